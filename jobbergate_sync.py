@@ -1,0 +1,2300 @@
+#!/usr/bin/env python3
+"""jobbergate-sync: a one-pass Jobbergate cluster agent for cron or a systemd timer.
+
+One run takes a lock, submits the cluster's CREATED job submissions to Slurm through
+slurmrestd, reports the state of the active ones back to the Jobbergate API, pings the
+cluster health endpoint, logs one summary line and exits.
+
+Sections, in order: constants and errors; configuration; logging; deadline and HTTP;
+OIDC token; Jobbergate API client; #SBATCH parsing and translation; Slurm job states;
+slurmrestd client; user mapping; files as the user; state journal; the pass; CLI.
+"""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import json
+import logging
+import logging.handlers
+import os
+import pwd
+import re
+import signal
+import sqlite3
+import stat
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from typing import IO, Any, Callable, Iterable, Iterator, Mapping, Optional
+
+import click
+import jwt
+import requests
+import tenacity
+
+try:  # python-json-logger >= 3.1
+    from pythonjsonlogger.json import JsonFormatter
+except ImportError:  # pragma: no cover - older python-json-logger
+    from pythonjsonlogger.jsonlogger import JsonFormatter
+
+__version__ = "0.1.0"
+
+log = logging.getLogger("jobbergate_sync")
+
+# ---------------------------------------------------------------------------------------------
+# Constants and errors
+# ---------------------------------------------------------------------------------------------
+
+EXIT_OK = 0
+EXIT_ITEMS_FAILED = 1
+EX_USAGE = 64
+EX_UNAVAILABLE = 69
+EX_SOFTWARE = 70
+EX_TEMPFAIL = 75
+EX_NOPERM = 77
+EX_CONFIG = 78
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0   the pass completed and every item went well
+  1   the pass completed but some items failed (see the log)
+  64  bad command-line usage
+  69  the Jobbergate API, the OIDC issuer or slurmrestd was unreachable
+  70  internal error (a bug: please report it with the log)
+  75  another run holds the lock; nothing was done
+  77  authentication or permission failure (OIDC, API or slurmrestd)
+  78  bad configuration (the message names the section and key)"""
+
+DEFAULT_CONFIG_PATH = "/etc/jobbergate-sync/jobbergate-sync.ini"
+ENV_PREFIX = "JOBBERGATE_SYNC_"
+ENV_CONFIG = "JOBBERGATE_SYNC_CONFIG"
+# Test-only fault injection: names a step boundary at which the process SIGKILLs itself.
+# Read only when set; production never sets it. See README, "Reliability".
+ENV_CRASH_AT = "JOBBERGATE_SYNC_CRASH_AT"
+
+# The 25 slurm_job_state names jobbergate-api accepts (anything else is a 422).
+JOBBERGATE_JOB_STATES = frozenset(
+    """BOOT_FAIL CANCELLED COMPLETED COMPLETING CONFIGURING DEADLINE FAILED NODE_FAIL
+    OUT_OF_MEMORY PENDING PREEMPTED RUNNING RESV_DEL_HOLD REQUEUE_FED REQUEUE_HOLD REQUEUED
+    RESIZING REVOKED SIGNALING SPECIAL_EXIT STAGE_OUT STOPPED SUSPENDED TIMEOUT UNKNOWN""".split()
+)
+# Slurm base states; a list-valued job_state mixes one of these with flags.
+SLURM_BASE_STATES = (
+    "PENDING RUNNING SUSPENDED COMPLETED CANCELLED FAILED TIMEOUT NODE_FAIL PREEMPTED "
+    "BOOT_FAIL DEADLINE OUT_OF_MEMORY".split()
+)
+# States after which a Slurm job will not run again.
+SLURM_FINAL_STATES = frozenset(
+    "COMPLETED CANCELLED FAILED TIMEOUT NODE_FAIL PREEMPTED BOOT_FAIL DEADLINE OUT_OF_MEMORY "
+    "SPECIAL_EXIT UNKNOWN".split()
+)
+
+SLURM_ERROR_INVALID_JOB_ID = 2017
+SLURMDB_NOTHING_FOUND = 9003
+
+
+class SyncError(Exception):
+    """A failure that ends the pass (or one item) with a specific exit code."""
+
+    exit_code = EX_SOFTWARE
+
+
+class ConfigError(SyncError):
+    exit_code = EX_CONFIG
+
+
+class AuthError(SyncError):
+    exit_code = EX_NOPERM
+
+
+class Unavailable(SyncError):
+    """A peer did not answer usefully: connection failure, timeout, 5xx, 429, garbage body."""
+
+    exit_code = EX_UNAVAILABLE
+
+
+class PeerDown(Unavailable):
+    """A peer already found unavailable in this pass: the call was not even attempted."""
+
+
+class LockHeld(SyncError):
+    exit_code = EX_TEMPFAIL
+
+
+class ItemError(SyncError):
+    """One item failed for a reason that is neither the user's fault nor an outage."""
+
+    exit_code = EXIT_ITEMS_FAILED
+
+
+class Rejection(Exception):
+    """The submission can never be submitted as it is; the message is for its owner."""
+
+
+class DeadlineReached(Exception):
+    """The pass ran out of time; remaining work waits for the next pass."""
+
+
+def crash_point(name: str) -> None:
+    """Kill this process dead at a named step boundary when a test asks for it."""
+    wanted = os.environ.get(ENV_CRASH_AT)
+    if wanted and wanted == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    default: Any
+    kind: type = str
+    required: bool = False
+
+
+CONFIG_SCHEMA: dict[str, dict[str, Setting]] = {
+    "jobbergate": {
+        "api_url": Setting(None, required=True),
+        "timeout": Setting(15.0, float),
+        "page_size": Setting(100, int),
+        "max_pages": Setting(50, int),
+    },
+    "oidc": {
+        "issuer": Setting(None, required=True),
+        "client_id": Setting(None, required=True),
+        "client_secret": Setting(""),
+        "client_secret_file": Setting(""),
+        "token_margin": Setting(60, int),
+        "timeout": Setting(10.0, float),
+    },
+    "slurmrestd": {
+        "url": Setting("http://127.0.0.1:6820"),
+        "api_version": Setting("v0.0.38"),
+        "jwt_key_file": Setting(""),
+        "token_file": Setting(""),
+        "token_lifespan": Setting(600, int),
+        "query_user": Setting("slurm"),
+        "slurmdbd": Setting(False, bool),
+        "timeout": Setting(15.0, float),
+    },
+    "submit": {
+        "execution_directory": Setting("/home/{username}"),
+        "write_files": Setting(True, bool),
+        "max_file_size": Setting(10 * 1024 * 1024, int),
+        "job_path": Setting("/usr/local/bin:/usr/bin:/bin"),
+    },
+    "mapper": {
+        "type": Setting("email-local-part"),
+        "user": Setting(""),
+        "map_file": Setting(""),
+        "min_uid": Setting(1000, int),
+    },
+    "run": {
+        "state_dir": Setting("/var/lib/jobbergate-sync"),
+        "lock_file": Setting("/run/jobbergate-sync/lock"),
+        "interval": Setting(60, int),
+        "deadline": Setting(50, int),
+        "retries": Setting(3, int),
+        "backoff": Setting(1.0, float),
+        "resend_after": Setting(3600, int),
+    },
+    "logging": {
+        "format": Setting("json"),
+        "level": Setting("info"),
+        "file": Setting(""),
+    },
+}
+
+MAPPER_TYPES = ("single-user", "email-local-part", "map-file")
+LOG_FORMATS = ("json", "text")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+API_VERSION_RE = re.compile(r"^v0\.0\.(\d+)$")
+OLDEST_API_MINOR, NEWEST_API_MINOR = 38, 44
+
+
+def parse_setting(section: str, key: str, raw: str, kind: type) -> Any:
+    """Convert one raw INI/environment value to its type, naming the key on error."""
+    raw = raw.strip()
+    try:
+        if kind is bool:
+            lowered = raw.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        return kind(raw)
+    except ValueError as exc:
+        raise ConfigError(f"[{section}] {key} = {raw!r}: not a valid {kind.__name__} ({exc})") from None
+
+
+def read_secret_file(path: str, what: str) -> bytes:
+    """Read a secret file that only its owner may read; refuse a group/world-readable one."""
+    credentials_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials_dir and "/" not in path:  # systemd LoadCredential= name
+        path = os.path.join(credentials_dir, path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot open: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        mode = os.fstat(handle.fileno()).st_mode
+        if mode & 0o077:
+            raise ConfigError(
+                f"{what} {path} is readable or writable by group or others (mode {stat.S_IMODE(mode):04o}); "
+                "refusing to use it: chmod 0600 it"
+            )
+        return handle.read()
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Validated settings: config.<section>.<key>, plus the secrets read from their files."""
+
+    sections: dict[str, dict[str, Any]]
+    client_secret: str
+    slurm_jwt_key: Optional[bytes]
+    slurm_static_token: Optional[str]
+
+    def __getattr__(self, section: str) -> Any:
+        try:
+            return _Section(self.sections[section])
+        except KeyError:
+            raise AttributeError(section) from None
+
+
+class _Section:
+    def __init__(self, values: Mapping[str, Any]):
+        self.__dict__.update(values)
+
+
+def load_config(path: str, environ: Mapping[str, str]) -> Config:
+    """Read the INI file, apply JOBBERGATE_SYNC_<SECTION>_<KEY> overrides, validate, read secrets."""
+    parser = configparser.ConfigParser(interpolation=None, default_section="__no_defaults__")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            file_mode = os.fstat(handle.fileno()).st_mode
+            parser.read_file(handle, source=path)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"configuration file {path}: {exc.strerror}") from None
+    except (configparser.Error, UnicodeDecodeError) as exc:
+        raise ConfigError(f"configuration file {path}: {exc}") from None
+
+    raw: dict[str, dict[str, str]] = {}
+    for section in parser.sections():
+        if section not in CONFIG_SCHEMA:
+            raise ConfigError(f"{path}: unknown section [{section}] (known: {', '.join(CONFIG_SCHEMA)})")
+        for key, value in parser.items(section):
+            if key not in CONFIG_SCHEMA[section]:
+                raise ConfigError(f"{path}: unknown key {key!r} in [{section}]")
+            raw.setdefault(section, {})[key] = value
+    if raw.get("oidc", {}).get("client_secret", "").strip() and file_mode & 0o077:
+        raise ConfigError(
+            f"{path} holds [oidc] client_secret but is readable by group or others "
+            f"(mode {stat.S_IMODE(file_mode):04o}): chmod 0600 it or use client_secret_file"
+        )
+
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in (ENV_CONFIG, ENV_CRASH_AT):
+            continue
+        section, _, key = name[len(ENV_PREFIX):].lower().partition("_")
+        if section not in CONFIG_SCHEMA or key not in CONFIG_SCHEMA[section]:
+            raise ConfigError(f"environment variable {name} names no setting")
+        raw.setdefault(section, {})[key] = value
+
+    sections: dict[str, dict[str, Any]] = {}
+    for section, settings in CONFIG_SCHEMA.items():
+        values = sections[section] = {}
+        for key, setting in settings.items():
+            text = raw.get(section, {}).get(key)
+            if text is None or (text.strip() == "" and setting.required):
+                if setting.required:
+                    raise ConfigError(f"{path}: [{section}] {key} is required")
+                values[key] = setting.default
+            else:
+                values[key] = parse_setting(section, key, text, setting.kind)
+    validate_config(sections)
+
+    oidc, slurm = sections["oidc"], sections["slurmrestd"]
+    if bool(oidc["client_secret"]) == bool(oidc["client_secret_file"]):
+        raise ConfigError("[oidc] set exactly one of client_secret and client_secret_file")
+    client_secret = oidc["client_secret"] or read_secret_file(
+        oidc["client_secret_file"], "[oidc] client_secret_file"
+    ).decode("utf-8").strip()
+    if bool(slurm["jwt_key_file"]) == bool(slurm["token_file"]):
+        raise ConfigError("[slurmrestd] set exactly one of jwt_key_file and token_file")
+    jwt_key = static_token = None
+    if slurm["jwt_key_file"]:
+        jwt_key = read_secret_file(slurm["jwt_key_file"], "[slurmrestd] jwt_key_file")
+        if not jwt_key:
+            raise ConfigError(f"[slurmrestd] jwt_key_file {slurm['jwt_key_file']} is empty")
+    else:
+        static_token = read_secret_file(slurm["token_file"], "[slurmrestd] token_file").decode().strip()
+        static_token = static_token.removeprefix("SLURM_JWT=")  # as printed by scontrol token
+    return Config(sections, client_secret, jwt_key, static_token)
+
+
+def validate_config(sections: dict[str, dict[str, Any]]) -> None:
+    """Check values that parse but make no sense, naming the key."""
+
+    def need(condition: bool, where: str, message: str) -> None:
+        if not condition:
+            raise ConfigError(f"[{where.split('.')[0]}] {where.split('.')[1]}: {message}")
+
+    for where in ("jobbergate.api_url", "oidc.issuer", "slurmrestd.url"):
+        section, key = where.split(".")
+        need(re.match(r"^https?://[^/]", sections[section][key]) is not None, where, "must be an http(s) URL")
+    match = API_VERSION_RE.match(sections["slurmrestd"]["api_version"])
+    need(
+        match is not None and OLDEST_API_MINOR <= int(match.group(1)) <= NEWEST_API_MINOR,
+        "slurmrestd.api_version",
+        f"supported versions are v0.0.{OLDEST_API_MINOR} to v0.0.{NEWEST_API_MINOR}",
+    )
+    need(1 <= sections["jobbergate"]["page_size"] <= 100, "jobbergate.page_size", "must be 1 to 100")
+    for where in ("jobbergate.max_pages", "run.interval", "run.deadline", "run.retries",
+                  "slurmrestd.token_lifespan", "submit.max_file_size"):
+        section, key = where.split(".")
+        need(sections[section][key] > 0, where, "must be positive")
+    for where in ("jobbergate.timeout", "oidc.timeout", "slurmrestd.timeout"):
+        section, key = where.split(".")
+        need(sections[section][key] > 0, where, "must be positive")
+    need(sections["run"]["backoff"] >= 0, "run.backoff", "must not be negative")
+    need(sections["slurmrestd"]["token_lifespan"] > 60, "slurmrestd.token_lifespan", "must exceed 60 seconds")
+    template = sections["submit"]["execution_directory"]
+    need(template.startswith("/"), "submit.execution_directory", "must be an absolute path template")
+    try:
+        template.format(username="u", home="/h")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(f"[submit] execution_directory: bad template ({exc}); use {{username}} or {{home}}") from None
+    mapper = sections["mapper"]
+    need(mapper["type"] in MAPPER_TYPES, "mapper.type", f"must be one of {', '.join(MAPPER_TYPES)}")
+    need(mapper["type"] != "single-user" or bool(mapper["user"]), "mapper.user", "required by the single-user mapper")
+    need(mapper["type"] != "map-file" or bool(mapper["map_file"]), "mapper.map_file", "required by the map-file mapper")
+    need(mapper["min_uid"] >= 1, "mapper.min_uid", "must be at least 1: jobs never run as root")
+    need(sections["logging"]["format"] in LOG_FORMATS, "logging.format", "must be json or text")
+    need(sections["logging"]["level"].lower() in LOG_LEVELS, "logging.level", f"must be one of {', '.join(LOG_LEVELS)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging
+# ---------------------------------------------------------------------------------------------
+
+CONTEXT_FIELDS = ("submission_id", "slurm_job_id", "user")
+
+
+class SecretRedactor(logging.Filter):
+    """Replace every registered secret in a record's text by '***' before any handler sees it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def add(self, secret: Optional[str]) -> None:
+        if secret and len(secret) >= 6:
+            self.secrets.add(secret)
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self.redact(record.getMessage())
+        record.args = ()
+        if record.exc_info:
+            record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+
+REDACTOR = SecretRedactor()
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        context = " ".join(f"{field}={getattr(record, field)}" for field in CONTEXT_FIELDS if hasattr(record, field))
+        return f"{line} [{context}]" if context else line
+
+
+def setup_logging(log_format: str, level: str, log_file: str = "", stream: Optional[IO[str]] = None) -> None:
+    """Configure the tool's logger; every handler gets the secret redactor."""
+    if log_format == "json":
+        formatter: logging.Formatter = JsonFormatter(
+            "%(asctime)s %(levelname)s %(message)s", rename_fields={"asctime": "time", "levelname": "level"}
+        )
+    else:
+        formatter = TextFormatter("%(asctime)s %(levelname)s %(message)s")
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
+    handlers: list[logging.Handler] = [logging.StreamHandler(stream or sys.stderr)]
+    if log_file:
+        # The file gets everything; stderr (what cron mails) only warnings and errors.
+        handlers[0].setLevel(logging.WARNING)
+        handlers.append(logging.handlers.WatchedFileHandler(log_file))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler.addFilter(REDACTOR)
+        log.addHandler(handler)
+    log.setLevel(getattr(logging, level.upper()))
+    log.propagate = False
+
+
+def ctx(**fields: Any) -> dict[str, Any]:
+    """Build the `extra` of a log call from the non-empty context fields."""
+    return {"extra": {key: value for key, value in fields.items() if value is not None}}
+
+
+# ---------------------------------------------------------------------------------------------
+# Deadline and HTTP
+# ---------------------------------------------------------------------------------------------
+
+
+class Deadline:
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.ends_at = clock() + seconds
+
+    def remaining(self) -> float:
+        return self.ends_at - self.clock()
+
+    def check(self) -> None:
+        if self.remaining() <= 0:
+            raise DeadlineReached()
+
+
+class Http:
+    """requests with a timeout bounded by the pass deadline, retries for idempotent calls,
+    and a per-peer circuit breaker: once a peer is down, later calls fail fast."""
+
+    def __init__(self, deadline: Deadline, retries: int, backoff: float, session: Optional[requests.Session] = None):
+        self.deadline = deadline
+        self.retries = retries
+        self.backoff = backoff
+        self.session = session or requests.Session()
+        self.session.headers["User-Agent"] = f"jobbergate-sync/{__version__}"
+        self.down: dict[str, str] = {}
+
+    def send(self, peer: str, method: str, url: str, timeout: float, **kwargs: Any) -> requests.Response:
+        """One attempt; network failures become Unavailable."""
+        if peer in self.down:
+            raise PeerDown(f"{peer} is unreachable in this pass ({self.down[peer]}); skipped {method} {url}")
+        remaining = self.deadline.remaining()
+        if remaining <= 0:
+            raise DeadlineReached()
+        try:
+            return self.session.request(method, url, timeout=min(timeout, max(remaining, 0.5)), **kwargs)
+        except requests.Timeout:
+            raise Unavailable(f"{method} {url}: no answer within {timeout:g} s") from None
+        except requests.ConnectionError as exc:
+            raise Unavailable(f"{method} {url}: connection failed ({type(exc).__name__})") from None
+        except requests.RequestException as exc:
+            raise Unavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from None
+
+    def call(self, peer: str, attempt: Callable[[], Any], idempotent: bool) -> Any:
+        """Run `attempt`; retry it on Unavailable when the call is idempotent. Marks the peer down
+        when it stays unavailable."""
+        try:
+            if not idempotent:
+                return attempt()
+            retrying = tenacity.Retrying(
+                retry=tenacity.retry_if_exception(lambda exc: isinstance(exc, Unavailable) and not isinstance(exc, PeerDown)),
+                stop=tenacity.stop_after_attempt(self.retries) | tenacity.stop_after_delay(max(self.deadline.remaining(), 0)),
+                wait=tenacity.wait_random_exponential(multiplier=self.backoff, max=max(self.backoff * 8, 0.001)),
+                before_sleep=lambda state: log.warning(
+                    "retrying after: %s", state.outcome.exception() if state.outcome else "?"
+                ),
+                reraise=True,
+            )
+            return retrying(attempt)
+        except PeerDown:
+            raise
+        except Unavailable as exc:
+            self.down[peer] = str(exc)
+            raise
+
+
+def json_body(response: requests.Response) -> Any:
+    """The parsed JSON body, or None when the body is empty or not JSON."""
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def short_body(response: requests.Response, limit: int = 300) -> str:
+    body = json_body(response)
+    if isinstance(body, dict) and "detail" in body:
+        return str(body["detail"])[:limit]
+    return response.text[:limit].strip() or "(empty body)"
+
+
+# ---------------------------------------------------------------------------------------------
+# OIDC token (client credentials), cached on disk
+# ---------------------------------------------------------------------------------------------
+
+
+def write_private_file(path: str, data: bytes, crash_before_rename: str = "") -> None:
+    """Atomically replace `path` with a file created 0600 from its first byte."""
+    directory = os.path.dirname(path) or "."
+    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-")  # mkstemp creates 0600
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if crash_before_rename:
+            crash_point(crash_before_rename)
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_path)
+        raise
+
+
+def token_expiry(token: str, expires_in: Any, now: float) -> float:
+    """The token's `exp` claim (what the API checks), else now + expires_in."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+        if isinstance(claims.get("exp"), (int, float)):
+            return float(claims["exp"])
+    except jwt.PyJWTError:
+        pass
+    if isinstance(expires_in, (int, float)) and expires_in > 0:
+        return now + float(expires_in)
+    raise AuthError("the OIDC token has neither an exp claim nor expires_in")
+
+
+class OidcToken:
+    """The API access token: reused from the cache until `margin` seconds before it expires."""
+
+    def __init__(self, config: Config, http: Http, cache_path: str, write_cache: bool = True):
+        self.token_url = config.oidc.issuer.rstrip("/") + "/protocol/openid-connect/token"
+        self.client_id = config.oidc.client_id
+        self.client_secret = config.client_secret
+        self.timeout = config.oidc.timeout
+        self.margin = config.oidc.token_margin
+        self.http = http
+        self.cache_path = cache_path
+        self.write_cache = write_cache
+        self.current: Optional[str] = None
+        REDACTOR.add(self.client_secret)
+
+    def get(self) -> str:
+        if self.current is None:
+            self.current = self._cached() or self._fetch()
+        return self.current
+
+    def refresh(self) -> str:
+        self.current = self._fetch()
+        return self.current
+
+    def _cached(self) -> Optional[str]:
+        try:
+            with open(self.cache_path, encoding="utf-8") as handle:
+                cached = json.load(handle)
+            if cached.get("token_url") != self.token_url or cached.get("client_id") != self.client_id:
+                return None
+            if float(cached["expires_at"]) - self.margin <= time.time():
+                log.debug("cached API token expired or about to; fetching a new one")
+                return None
+            token = str(cached["access_token"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        REDACTOR.add(token)
+        log.debug("reusing the cached API token")
+        return token
+
+    def _fetch(self) -> str:
+        form = {"grant_type": "client_credentials", "client_id": self.client_id, "client_secret": self.client_secret}
+
+        def attempt() -> requests.Response:
+            response = self.http.send("oidc", "POST", self.token_url, self.timeout, data=form)
+            if response.status_code >= 500 or response.status_code == 429:
+                raise Unavailable(f"POST {self.token_url}: HTTP {response.status_code}")
+            return response
+
+        response = self.http.call("oidc", attempt, idempotent=True)
+        body = json_body(response)
+        if response.status_code != 200:
+            reason = body.get("error_description") or body.get("error") if isinstance(body, dict) else None
+            raise AuthError(
+                f"OIDC issuer refused client {self.client_id!r} at {self.token_url}: "
+                f"HTTP {response.status_code} {reason or short_body(response)}"
+            )
+        if not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
+            raise Unavailable(f"POST {self.token_url}: the answer has no access_token")
+        token = body["access_token"]
+        REDACTOR.add(token)
+        now = time.time()
+        expires_at = token_expiry(token, body.get("expires_in"), now)
+        log.info("fetched a new API token for client %s, valid for %d s", self.client_id, expires_at - now)
+        if self.write_cache:
+            record = {"token_url": self.token_url, "client_id": self.client_id,
+                      "access_token": token, "expires_at": expires_at}
+            write_private_file(self.cache_path, json.dumps(record).encode(), crash_before_rename="token-cache")
+        return token
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobbergate API client
+# ---------------------------------------------------------------------------------------------
+
+
+class ApiConflict(Exception):
+    """A 400/404/409 from a state-changing agent call; the pass decides what it means."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class JobbergateApi:
+    def __init__(self, config: Config, http: Http, token: OidcToken):
+        self.base = config.jobbergate.api_url.rstrip("/")
+        self.timeout = config.jobbergate.timeout
+        self.page_size = config.jobbergate.page_size
+        self.max_pages = config.jobbergate.max_pages
+        self.http = http
+        self.token = token
+
+    def _request(self, method: str, path: str, idempotent: bool, **kwargs: Any) -> requests.Response:
+        """One API call with the bearer token: a 401 refreshes the token once; 5xx/429 are outages;
+        other 4xx are returned to the caller."""
+        url = self.base + path
+
+        def attempt() -> requests.Response:
+            response = self._send(method, url, self.token.get(), **kwargs)
+            if response.status_code == 401:
+                log.info("API answered 401 to %s %s; fetching a new token and trying once more", method, url)
+                response = self._send(method, url, self.token.refresh(), **kwargs)
+                if response.status_code == 401:
+                    raise AuthError(f"{method} {url}: the API rejects a fresh token for client {self.token.client_id} (401)")
+            if response.status_code == 403:
+                raise AuthError(
+                    f"{method} {url}: forbidden (403: {short_body(response)}); check the client's permissions"
+                )
+            if response.status_code >= 500 or response.status_code == 429:
+                raise Unavailable(f"{method} {url}: HTTP {response.status_code} {short_body(response)}")
+            return response
+
+        return self.http.call("api", attempt, idempotent)
+
+    def _send(self, method: str, url: str, token: str, **kwargs: Any) -> requests.Response:
+        return self.http.send("api", method, url, self.timeout, headers={"Authorization": f"Bearer {token}"}, **kwargs)
+
+    def _expect(self, response: requests.Response, *statuses: int) -> requests.Response:
+        if response.status_code not in statuses:
+            raise ApiConflict(response.status_code, short_body(response))
+        return response
+
+    def list_all(self, path: str) -> tuple[list[dict[str, Any]], bool]:
+        """Every item of a paginated agent list, read before anything acts on it, deduplicated by
+        id. Returns (items, complete); complete is False when max_pages cut the list."""
+        items: dict[int, dict[str, Any]] = {}
+        page, pages = 1, 1
+        while page <= pages:
+            if page > self.max_pages:
+                log.warning("%s has %d pages; reading only %d in this pass (jobbergate.max_pages)", path, pages, self.max_pages)
+                return list(items.values()), False
+            response = self._request("GET", path, True, params={"page": page, "size": self.page_size})
+            body = json_body(self._expect_list(response, path))
+            if not isinstance(body, dict) or not isinstance(body.get("items"), list) or not isinstance(body.get("pages"), int):
+                raise Unavailable(f"GET {self.base}{path} page {page}: not a page of items ({response.text[:200]!r})")
+            pages = body["pages"]
+            if not body["items"]:
+                break
+            for item in body["items"]:
+                if isinstance(item, dict) and isinstance(item.get("id"), int) and not isinstance(item.get("id"), bool):
+                    items.setdefault(item["id"], item)
+                else:
+                    log.error("ignoring a malformed item without an integer id in %s: %.200r", path, item)
+            page += 1
+        return list(items.values()), True
+
+    def _expect_list(self, response: requests.Response, path: str) -> requests.Response:
+        if response.status_code != 200:
+            raise ItemError(f"GET {self.base}{path}: HTTP {response.status_code} {short_body(response)}")
+        return response
+
+    def list_pending(self) -> tuple[list[dict[str, Any]], bool]:
+        return self.list_all("/job-submissions/agent/pending")
+
+    def list_active(self) -> tuple[list[dict[str, Any]], bool]:
+        return self.list_all("/job-submissions/agent/active")
+
+    def download(self, parent_id: int, filename: str, destination: IO[bytes], max_bytes: int) -> int:
+        """Stream one job-script file into `destination`; never holds it whole in memory."""
+        path = f"/job-scripts/{parent_id}/upload/{requests.utils.quote(filename, safe='')}"
+
+        response = self._request("GET", path, True, stream=True)
+        with response:
+            if response.status_code == 404:
+                raise Rejection(f"file {filename!r} of job script {parent_id} does not exist in Jobbergate")
+            self._expect(response, 200)
+            size = 0
+            try:
+                for chunk in response.iter_content(chunk_size=65536):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise Rejection(
+                            f"file {filename!r} of job script {parent_id} is larger than the "
+                            f"{max_bytes}-byte limit of this cluster"
+                        )
+                    destination.write(chunk)
+            except requests.RequestException as exc:
+                raise Unavailable(f"GET {self.base}{path}: download interrupted ({type(exc).__name__})") from None
+        destination.flush()
+        return size
+
+    def report_submitted(self, submission_id: int, report: "StateReport") -> None:
+        payload = {"id": submission_id, "slurm_job_id": report.job_id, "slurm_job_state": report.state,
+                   "slurm_job_info": report.info}
+        if report.reason:
+            payload["slurm_job_state_reason"] = report.reason
+        response = self._request("POST", "/job-submissions/agent/submitted", False, json=payload)
+        self._expect(response, 200, 201, 202)
+
+    def report_rejected(self, submission_id: int, message: str) -> None:
+        response = self._request("POST", "/job-submissions/agent/rejected", False,
+                                 json={"id": submission_id, "report_message": message})
+        self._expect(response, 200, 201, 202)
+
+    def update(self, submission_id: int, report: "StateReport") -> None:
+        payload: dict[str, Any] = {"slurm_job_state": report.state, "slurm_job_info": report.info}
+        if report.job_id is not None:
+            payload["slurm_job_id"] = report.job_id
+        if report.reason:
+            payload["slurm_job_state_reason"] = report.reason
+        response = self._request("PUT", f"/job-submissions/agent/{submission_id}", True, json=payload)
+        self._expect(response, 200, 202)
+
+    def get_submission(self, submission_id: int) -> dict[str, Any]:
+        response = self._expect(self._request("GET", f"/job-submissions/{submission_id}", True), 200)
+        body = json_body(response)
+        if not isinstance(body, dict) or "status" not in body:
+            raise Unavailable(f"GET {self.base}/job-submissions/{submission_id}: not a submission")
+        return body
+
+    def ping_health(self, interval: int) -> None:
+        response = self._request("PUT", "/clusters/status", True, params={"interval": interval})
+        self._expect(response, 200, 202, 204)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pending submissions: validating what the API sent
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ScriptFile:
+    parent_id: int
+    filename: str
+    is_entrypoint: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingSubmission:
+    id: int
+    name: str
+    owner_email: str
+    execution_directory: Optional[str]
+    sbatch_arguments: tuple[str, ...]
+    files: tuple[ScriptFile, ...]
+
+    @property
+    def entrypoint(self) -> ScriptFile:
+        return next(f for f in self.files if f.is_entrypoint)
+
+
+MAX_FILENAME_BYTES = 255
+
+
+def check_filename(name: Any) -> str:
+    """A file name must be a plain base name; anything else is refused, never 'cleaned'."""
+    if not isinstance(name, str) or name == "":
+        raise Rejection(f"job script file name {name!r} is empty or not a string")
+    if "\x00" in name:
+        raise Rejection(f"job script file name {name!r} contains a NUL byte")
+    if "/" in name or name in (".", ".."):
+        raise Rejection(f"job script file name {name!r} is not a plain file name (no '/', '.' or '..' allowed)")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise Rejection(f"job script file name {name!r} contains a control character")
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_FILENAME_BYTES:
+        raise Rejection(f"job script file name {name[:40]!r}... is longer than {MAX_FILENAME_BYTES} bytes")
+    return name
+
+
+def parse_pending(item: Mapping[str, Any]) -> PendingSubmission:
+    """Validate one item of agent/pending; a malformed one is refused with the field named."""
+    submission_id = item["id"]
+
+    def field(name: str, kind: type, required: bool = True) -> Any:
+        value = item.get(name)
+        if value is None and not required:
+            return None
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise Rejection(f"submission {submission_id}: field {name!r} is missing or not a {kind.__name__}")
+        return value
+
+    name = field("name", str)
+    owner_email = field("owner_email", str)
+    execution_directory = field("execution_directory", str, required=False)
+    arguments = field("sbatch_arguments", list, required=False) or []
+    if not all(isinstance(arg, str) for arg in arguments):
+        raise Rejection(f"submission {submission_id}: sbatch_arguments must be a list of strings")
+    script = field("job_script", dict)
+    raw_files = script.get("files")
+    if not isinstance(raw_files, list) or not raw_files:
+        raise Rejection(f"submission {submission_id}: its job script lists no files")
+    files = []
+    for raw in raw_files:
+        if not isinstance(raw, dict) or not isinstance(raw.get("parent_id"), int) or raw.get("file_type") not in ("ENTRYPOINT", "SUPPORT"):
+            raise Rejection(f"submission {submission_id}: malformed job script file entry {raw!r:.200}")
+        files.append(ScriptFile(raw["parent_id"], check_filename(raw.get("filename")), raw["file_type"] == "ENTRYPOINT"))
+    names = [f.filename for f in files]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise Rejection(f"job script file name {duplicates[0]!r} appears more than once")
+    entrypoints = sum(f.is_entrypoint for f in files)
+    if entrypoints != 1:
+        raise Rejection(f"the job script has {entrypoints} ENTRYPOINT files; exactly one is required")
+    return PendingSubmission(submission_id, name, owner_email, execution_directory, tuple(arguments), tuple(files))
+
+
+# ---------------------------------------------------------------------------------------------
+# #SBATCH parsing and translation to slurmrestd job JSON
+# ---------------------------------------------------------------------------------------------
+
+
+def split_sbatch_words(text: str) -> list[str]:
+    """Split the text after '#SBATCH' as sbatch does: whitespace separates, quotes group,
+    a backslash escapes the next character, an unquoted '#' starts a comment."""
+    words: list[str] = []
+    current: list[str] = []
+    in_word = escaped = False
+    quote = ""
+    for ch in text:
+        if escaped:
+            current.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = in_word = True
+        elif quote:
+            if ch == quote:
+                quote = ""
+            else:
+                current.append(ch)
+        elif ch in "\"'":
+            quote, in_word = ch, True
+        elif ch == "#":
+            break
+        elif ch.isspace():
+            if in_word:
+                words.append("".join(current))
+                current, in_word = [], False
+        else:
+            current.append(ch)
+            in_word = True
+    if quote:
+        raise Rejection(f"unterminated {quote} quote in {text.strip()!r}")
+    if in_word:
+        words.append("".join(current))
+    return words
+
+
+SBATCH_LINE_RE = re.compile(r"^#(SBATCH|SLURM)(\s|$)")
+
+
+def sbatch_block_arguments(script: str) -> list[str]:
+    """The arguments of the leading #SBATCH block: it ends at the first line that is neither
+    blank nor a comment, exactly where sbatch stops reading."""
+    arguments: list[str] = []
+    for number, line in enumerate(script.splitlines()):
+        if number == 0 and line.startswith("#!"):
+            continue
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            break
+        match = SBATCH_LINE_RE.match(line)
+        if match:
+            words = split_sbatch_words(line[match.end(1):])
+            if words and words[0].lower() in ("hetjob", "packjob"):
+                raise Rejection("heterogeneous jobs (#SBATCH hetjob) are not supported")
+            arguments.extend(words)
+    return arguments
+
+
+@dataclasses.dataclass(frozen=True)
+class OptionSpec:
+    name: str
+    short: Optional[str]
+    arg: str  # "required", "none" or "optional"
+    translate: Callable[[Optional[str], int], dict[str, Any]]
+
+
+def _family_key(family: int, old: str, new: str) -> str:
+    return old if family <= 38 else new
+
+
+def _positive_int(option: str, value: str) -> int:
+    if not re.fullmatch(r"\d+", value or "") or int(value) <= 0:
+        raise Rejection(f"--{option} expects a positive whole number, got {value!r}")
+    return int(value)
+
+
+def parse_time_minutes(option: str, value: str) -> Optional[int]:
+    """sbatch time formats to minutes (None = unlimited): M, M:S, H:M:S, D-H, D-H:M, D-H:M:S."""
+    text = (value or "").strip()
+    if text.upper() in ("UNLIMITED", "INFINITE", "-1"):
+        return None
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
+    if not match:
+        raise Rejection(f"--{option}: {value!r} is not a Slurm time (minutes, MM:SS, HH:MM:SS, D-HH[:MM[:SS]])")
+    days, first, second, third = match.groups()
+    if days is not None:  # D-H[:M[:S]]
+        seconds = int(days) * 86400 + int(first) * 3600 + int(second or 0) * 60 + int(third or 0)
+    elif third is not None:  # H:M:S
+        seconds = int(first) * 3600 + int(second) * 60 + int(third)
+    elif second is not None:  # M:S
+        seconds = int(first) * 60 + int(second)
+    else:  # M
+        seconds = int(first) * 60
+    if seconds == 0:
+        return None  # sbatch: a zero time limit means no limit
+    return (seconds + 59) // 60  # Slurm rounds partial minutes up
+
+
+MEMORY_UNITS = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+
+
+def parse_memory_mb(option: str, value: str) -> int:
+    match = re.fullmatch(r"(\d+)([KMGT]?)B?", (value or "").strip().upper())
+    if not match:
+        raise Rejection(f"--{option}: {value!r} is not a memory size (e.g. 4000, 500M, 4G)")
+    return max(1, int(int(match.group(1)) * MEMORY_UNITS[match.group(2) or "M"]))
+
+
+def _number(family: int, value: Optional[int]) -> Any:
+    """Plain ints on v0.0.38; {set, infinite, number} from v0.0.39 on."""
+    if family <= 38:
+        return 0 if value is None else value
+    if value is None:
+        return {"set": True, "infinite": True, "number": 0}
+    return {"set": True, "infinite": False, "number": value}
+
+
+def as_string(key: str) -> Callable[[Optional[str], int], dict[str, Any]]:
+    return lambda value, family: {key: value}
+
+
+def as_string_renamed(old: str, new: str) -> Callable[[Optional[str], int], dict[str, Any]]:
+    return lambda value, family: {_family_key(family, old, new): value}
+
+
+def as_int(key: str, option: str) -> Callable[[Optional[str], int], dict[str, Any]]:
+    return lambda value, family: {key: _positive_int(option, value or "")}
+
+
+def as_time(key: str, option: str) -> Callable[[Optional[str], int], dict[str, Any]]:
+    return lambda value, family: {key: _number(family, parse_time_minutes(option, value or ""))}
+
+
+def as_memory(key: str, option: str) -> Callable[[Optional[str], int], dict[str, Any]]:
+    return lambda value, family: {key: parse_memory_mb(option, value or "")}
+
+
+def as_flag(key: str, flag_value: Any = True) -> Callable[[Optional[str], int], dict[str, Any]]:
+    return lambda value, family: {key: flag_value}
+
+
+def translate_nodes(value: Optional[str], family: int) -> dict[str, Any]:
+    match = re.fullmatch(r"(\d+)(?:-(\d+))?", (value or "").strip())
+    if not match:
+        raise Rejection(f"--nodes expects N or MIN-MAX, got {value!r}")
+    low, high = int(match.group(1)), int(match.group(2) or match.group(1))
+    if family <= 38:
+        return {"nodes": value}
+    return {"minimum_nodes": low, "maximum_nodes": high}
+
+
+MAIL_TYPES_ALL = ["BEGIN", "END", "FAIL", "REQUEUE", "STAGE_OUT", "INVALID_DEPENDENCY"]
+
+
+def translate_nice(value: Optional[str], family: int) -> dict[str, Any]:
+    if value is not None and not re.fullmatch(r"[+-]?\d+", value):
+        raise Rejection(f"--nice expects a whole number, got {value!r}")
+    return {"nice": int(value) if value is not None else 100}
+
+
+def translate_mail_type(value: Optional[str], family: int) -> dict[str, Any]:
+    if family <= 38:
+        return {"mail_type": value}
+    names = [name.strip().upper() for name in (value or "").split(",") if name.strip()]
+    flags: list[str] = []
+    for name in names:
+        for flag in MAIL_TYPES_ALL if name == "ALL" else [name]:
+            if flag not in flags:
+                flags.append(flag)
+    return {"mail_type": flags}
+
+
+def translate_exclusive(value: Optional[str], family: int) -> dict[str, Any]:
+    mode = (value or "").strip().lower()
+    if mode not in ("", "user", "mcs", "topo"):
+        raise Rejection(f"--exclusive accepts no value or user, mcs, topo; got {value!r}")
+    if family >= 42:
+        return {"shared": mode or "none"}
+    return {"exclusive": mode or True} if family <= 38 else {"exclusive": mode or "true"}
+
+
+def _gres_to_tres(spec: str, family: int) -> str:
+    """sbatch's 'gpu:2' to the tres form: 'gres:gpu:2' on v0.0.39 (Slurm 23.02), 'gres/gpu:2' later."""
+    prefix = "gres:" if family == 39 else "gres/"
+    return ",".join(prefix + part.strip() for part in spec.split(",") if part.strip())
+
+
+def as_gres(old_key: str, new_key: str, gpu: bool) -> Callable[[Optional[str], int], dict[str, Any]]:
+    def translate(value: Optional[str], family: int) -> dict[str, Any]:
+        spec = value or ""
+        if family <= 38:
+            return {old_key: spec}
+        if gpu and ":" not in spec.split(",")[0]:
+            spec = f"gpu:{spec}"
+        return {new_key: _gres_to_tres(spec, family)}
+
+    return translate
+
+
+def translate_begin(value: Optional[str], family: int) -> dict[str, Any]:
+    if family <= 38:
+        return {"begin_time": value}
+    text = (value or "").strip().lower()
+    relative = re.fullmatch(r"now\+(\d+)(seconds|minutes|hours|days|weeks)?", text)
+    if relative:
+        factor = {"seconds": 1, None: 1, "minutes": 60, "hours": 3600, "days": 86400, "weeks": 604800}
+        return {"begin_time": _number(family, int(time.time()) + int(relative.group(1)) * factor[relative.group(2)])}
+    try:
+        moment = datetime.fromisoformat(value or "")
+    except ValueError:
+        raise Rejection(f"--begin: {value!r} is not understood (use now+N[seconds|minutes|hours|days] or YYYY-MM-DDTHH:MM:SS)") from None
+    return {"begin_time": _number(family, int(moment.timestamp()))}
+
+
+def translate_signal(value: Optional[str], family: int) -> dict[str, Any]:
+    if family <= 38:
+        return {"signal": value}
+    match = re.fullmatch(r"(?:([RB]{1,2}):)?([A-Za-z0-9]+)(?:@(\d+))?", (value or "").strip())
+    if not match:
+        raise Rejection(f"--signal: {value!r} is not [{{R|B}}:]SIGNAL[@SECONDS]")
+    flags = (["BATCH_JOB"] if "B" in (match.group(1) or "") else [])
+    return {"kill_warning_signal": match.group(2), "kill_warning_delay": _number(family, int(match.group(3) or 60)),
+            "kill_warning_flags": flags}
+
+
+def refuse(reason: str) -> Callable[[Optional[str], int], dict[str, Any]]:
+    def translate(value: Optional[str], family: int) -> dict[str, Any]:
+        raise Rejection(reason)
+
+    return translate
+
+
+def translate_export(value: Optional[str], family: int) -> dict[str, Any]:
+    """--export may only add explicit NAME=value pairs: the job never inherits the agent's environment."""
+    exported: dict[str, str] = {}
+    for part in (value or "").split(","):
+        part = part.strip()
+        if part.upper() in ("NONE", "NIL", ""):
+            continue
+        if part.upper() == "ALL":
+            raise Rejection("--export=ALL is not allowed: the job would inherit the agent's environment; "
+                            "list the variables as NAME=value")
+        name, equals, content = part.partition("=")
+        if not equals or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise Rejection(f"--export entry {part!r} must be NAME=value (variables are never copied from the agent)")
+        exported[name] = content
+    return {"__export__": exported}
+
+
+OPTION_SPECS: tuple[OptionSpec, ...] = (
+    OptionSpec("job-name", "J", "required", as_string("name")),
+    OptionSpec("time", "t", "required", as_time("time_limit", "time")),
+    OptionSpec("time-min", None, "required", as_time("time_minimum", "time-min")),
+    OptionSpec("partition", "p", "required", as_string("partition")),
+    OptionSpec("nodes", "N", "required", translate_nodes),
+    OptionSpec("ntasks", "n", "required", as_int("tasks", "ntasks")),
+    OptionSpec("cpus-per-task", "c", "required", as_int("cpus_per_task", "cpus-per-task")),
+    OptionSpec("ntasks-per-node", None, "required", as_int("tasks_per_node", "ntasks-per-node")),
+    OptionSpec("mincpus", None, "required", as_int("minimum_cpus_per_node", "mincpus")),
+    OptionSpec("mem", None, "required", as_memory("memory_per_node", "mem")),
+    OptionSpec("mem-per-cpu", None, "required", as_memory("memory_per_cpu", "mem-per-cpu")),
+    OptionSpec("tmp", None, "required", as_memory("temporary_disk_per_node", "tmp")),
+    OptionSpec("output", "o", "required", as_string("standard_output")),
+    OptionSpec("error", "e", "required", as_string("standard_error")),
+    OptionSpec("input", "i", "required", as_string("standard_input")),
+    OptionSpec("chdir", "D", "required", as_string("current_working_directory")),
+    OptionSpec("account", "A", "required", as_string("account")),
+    OptionSpec("qos", "q", "required", as_string("qos")),
+    OptionSpec("array", "a", "required", as_string("array")),
+    OptionSpec("dependency", "d", "required", as_string("dependency")),
+    OptionSpec("comment", None, "required", as_string("comment")),
+    OptionSpec("constraint", "C", "required", as_string("constraints")),
+    OptionSpec("reservation", None, "required", as_string("reservation")),
+    OptionSpec("wckey", None, "required", as_string("wckey")),
+    OptionSpec("licenses", "L", "required", as_string("licenses")),
+    OptionSpec("nodelist", "w", "required", as_string_renamed("nodelist", "required_nodes")),
+    OptionSpec("exclude", "x", "required", as_string_renamed("exclude_nodes", "excluded_nodes")),
+    OptionSpec("distribution", "m", "required", as_string("distribution")),
+    OptionSpec("nice", None, "optional", translate_nice),
+    OptionSpec("mail-type", None, "required", translate_mail_type),
+    OptionSpec("mail-user", None, "required", as_string("mail_user")),
+    OptionSpec("exclusive", None, "optional", translate_exclusive),
+    OptionSpec("requeue", None, "none", as_flag("requeue", True)),
+    OptionSpec("no-requeue", None, "none", as_flag("requeue", False)),
+    OptionSpec("hold", "H", "none", as_flag("hold", True)),
+    OptionSpec("overcommit", "O", "none", as_flag("overcommit", True)),
+    OptionSpec("contiguous", None, "none", as_flag("contiguous", True)),
+    OptionSpec("threads-per-core", None, "required", as_int("threads_per_core", "threads-per-core")),
+    OptionSpec("cores-per-socket", None, "required", as_int("cores_per_socket", "cores-per-socket")),
+    OptionSpec("sockets-per-node", None, "required", as_int("sockets_per_node", "sockets-per-node")),
+    OptionSpec("gres", None, "required", as_gres("gres", "tres_per_node", gpu=False)),
+    OptionSpec("gpus", "G", "required", as_gres("gpus", "tres_per_job", gpu=True)),
+    OptionSpec("gpus-per-node", None, "required", as_gres("gpus_per_node", "tres_per_node", gpu=True)),
+    OptionSpec("gpus-per-task", None, "required", as_gres("gpus_per_task", "tres_per_task", gpu=True)),
+    OptionSpec("begin", "b", "required", translate_begin),
+    OptionSpec("signal", None, "required", translate_signal),
+    OptionSpec("export", None, "required", translate_export),
+    OptionSpec("uid", None, "required", refuse("--uid is not allowed: the job always runs as the submission's owner")),
+    OptionSpec("gid", None, "required", refuse("--gid is not allowed: the job always runs with the owner's group")),
+    OptionSpec("export-file", None, "required", refuse("--export-file is not allowed: it would read a file as the agent")),
+    OptionSpec("get-user-env", None, "optional", refuse("--get-user-env is not supported: use --export=NAME=value")),
+    OptionSpec("wrap", None, "required", refuse("--wrap is not allowed: the job script is the submission's entrypoint")),
+)
+OPTIONS_BY_LONG = {spec.name: spec for spec in OPTION_SPECS}
+OPTIONS_BY_SHORT = {spec.short: spec for spec in OPTION_SPECS if spec.short}
+
+
+@dataclasses.dataclass(frozen=True)
+class ParsedOption:
+    spec: OptionSpec
+    value: Optional[str]
+    source: str  # "#SBATCH" or "sbatch_arguments"
+
+
+def _find_long_option(name: str, source: str) -> OptionSpec:
+    """Exact long name, else a unique prefix (sbatch uses getopt_long, which accepts one)."""
+    if name in OPTIONS_BY_LONG:
+        return OPTIONS_BY_LONG[name]
+    candidates = [spec for long_name, spec in OPTIONS_BY_LONG.items() if long_name.startswith(name)]
+    if len(candidates) == 1 and name:
+        return candidates[0]
+    raise Rejection(f"unsupported option --{name} in {source}: this cluster cannot translate it for slurmrestd")
+
+
+def parse_options(words: list[str], source: str) -> list[ParsedOption]:
+    """getopt_long-style parsing of sbatch options: --opt=value, --opt value, -o value, -ovalue."""
+    parsed: list[ParsedOption] = []
+    index = 0
+    while index < len(words):
+        word = words[index]
+        index += 1
+        if word.startswith("--"):
+            name, equals, value = word[2:].partition("=")
+            spec = _find_long_option(name, source)
+            if spec.arg == "none" and equals:
+                raise Rejection(f"option --{spec.name} takes no value (in {source})")
+            if spec.arg == "required" and not equals:
+                if index >= len(words):
+                    raise Rejection(f"option --{spec.name} needs a value (in {source})")
+                value, index = words[index], index + 1
+            parsed.append(ParsedOption(spec, value if (equals or spec.arg == "required") else None, source))
+        elif word.startswith("-") and len(word) > 1:
+            spec = OPTIONS_BY_SHORT.get(word[1])
+            if spec is None:
+                raise Rejection(f"unsupported option {word[:2]} in {source}: this cluster cannot translate it for slurmrestd")
+            value = word[2:] or None
+            if spec.arg == "required" and value is None:
+                if index >= len(words):
+                    raise Rejection(f"option -{spec.short} needs a value (in {source})")
+                value, index = words[index], index + 1
+            elif spec.arg == "none" and value is not None:
+                raise Rejection(f"option -{spec.short} takes no value (in {source})")
+            parsed.append(ParsedOption(spec, value, source))
+        else:
+            raise Rejection(f"unexpected argument {word!r} in {source}: only options are allowed")
+    return parsed
+
+
+CONTROL_CHARACTER_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_option_value(option: ParsedOption) -> None:
+    if option.value is not None and CONTROL_CHARACTER_RE.search(option.value):
+        raise Rejection(f"the value of --{option.spec.name} in {option.source} contains a newline, NUL or other control character")
+
+
+def api_family(api_version: str) -> int:
+    """38, 39, 40 (v0.0.40/41) or 42 (v0.0.42 and later): the request/response shape family."""
+    minor = int(API_VERSION_RE.match(api_version).group(1))  # type: ignore[union-attr]
+    if minor >= 42:
+        return 42
+    return 40 if minor >= 40 else minor
+
+
+@dataclasses.dataclass(frozen=True)
+class JobRequest:
+    payload: dict[str, Any]
+    working_directory: str
+
+
+def submission_tag(cluster: str, submission_id: int) -> str:
+    """The mark put in the Slurm job's comment so a later pass can find the job after a crash."""
+    return f"jobbergate-sync:{cluster}:{submission_id}"
+
+
+def comment_has_tag(comment: Any, tag: str) -> bool:
+    return isinstance(comment, str) and (comment == tag or comment.startswith(tag + " "))
+
+
+def build_job_request(
+    script: str,
+    sbatch_arguments: Iterable[str],
+    default_name: str,
+    working_directory: str,
+    environment: dict[str, str],
+    tag: str,
+    family: int,
+) -> JobRequest:
+    """Merge the script's #SBATCH block with the submission's sbatch_arguments (they win, as on the
+    sbatch command line) and translate them to the slurmrestd job JSON of `family`."""
+    options = parse_options(sbatch_block_arguments(script), "#SBATCH")
+    for argument in sbatch_arguments:
+        if CONTROL_CHARACTER_RE.search(argument):
+            raise Rejection(f"sbatch_arguments entry {argument!r} contains a newline, NUL or other control character")
+        options += parse_options(split_sbatch_words(argument), "sbatch_arguments")
+    fields: dict[str, Any] = {}
+    exported: dict[str, str] = {}
+    for option in options:
+        check_option_value(option)
+        translated = option.spec.translate(option.value, family)
+        if "__export__" in translated:
+            exported.update(translated.pop("__export__"))
+        fields.update(translated)
+    cwd = fields.pop("current_working_directory", None) or working_directory
+    cwd = os.path.normpath(os.path.join(working_directory, cwd))
+    for key in ("standard_output", "standard_error", "standard_input"):
+        if key in fields and not fields[key].startswith("/"):
+            fields[key] = os.path.join(cwd, fields[key])  # sbatch resolves these against the job's cwd
+    user_comment = fields.pop("comment", "")
+    job: dict[str, Any] = {"name": default_name, **fields, "current_working_directory": cwd,
+                           "comment": f"{tag} {user_comment}" if user_comment else tag}
+    env = {**environment, **exported}
+    if family <= 38:
+        job["environment"] = env
+        return JobRequest({"script": script, "job": job}, cwd)
+    job["environment"] = [f"{name}={value}" for name, value in env.items()]
+    if family == 39:
+        return JobRequest({"script": script, "job": job}, cwd)
+    job["script"] = script
+    return JobRequest({"job": job}, cwd)
+
+
+def check_script(script_bytes: bytes, filename: str) -> str:
+    try:
+        script = script_bytes.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Rejection(f"entrypoint {filename!r} is not UTF-8 text (byte {exc.start})") from None
+    if "\x00" in script:
+        raise Rejection(f"entrypoint {filename!r} contains a NUL byte")
+    if not script.startswith("#!"):
+        raise Rejection(f"entrypoint {filename!r} does not start with '#!' (e.g. #!/bin/bash); Slurm cannot run it")
+    return script
+
+
+# ---------------------------------------------------------------------------------------------
+# Slurm job states: normalisation and reports
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class StateReport:
+    """What the tool tells Jobbergate about one Slurm job."""
+
+    job_id: Optional[int]
+    state: str
+    reason: Optional[str]
+    info: str
+
+
+def normalise_state_name(raw: Any) -> Optional[str]:
+    """One of Jobbergate's 25 names, from a decorated or truncated Slurm name, else None."""
+    if not isinstance(raw, str) or not raw.strip():
+        return None
+    word = raw.strip().split()[0].upper()  # "CANCELLED by 0" -> "CANCELLED"
+    if word in JOBBERGATE_JOB_STATES:
+        return word
+    if word.endswith("+"):  # squeue/sacct truncation: "OUT_OF_ME+"
+        matches = [name for name in JOBBERGATE_JOB_STATES if name.startswith(word[:-1])]
+        if len(matches) == 1:
+            return matches[0]
+    return None
+
+
+def normalise_job_state(raw: Any) -> Optional[str]:
+    """A string, or a list of base state plus flags (v0.0.40+): prefer the base state."""
+    names = [normalise_state_name(item) for item in (raw if isinstance(raw, list) else [raw])]
+    names = [name for name in names if name]
+    for name in names:
+        if name in SLURM_BASE_STATES:
+            return name
+    return names[0] if names else None
+
+
+def unwrap_number(value: Any) -> Optional[int]:
+    """Plain int, or {set, infinite, number}: set false or infinite -> None."""
+    if isinstance(value, dict):
+        if not value.get("set", True) or value.get("infinite"):
+            return None
+        value = value.get("number")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def exit_code_text(value: Any) -> Optional[str]:
+    """Human text for a job's exit code in any of its shapes (raw wait status or structured)."""
+    if isinstance(value, dict) and ("return_code" in value or "signal" in value):
+        signal_info = value.get("signal") or {}
+        signal_id = unwrap_number(signal_info.get("id")) if isinstance(signal_info, dict) else None
+        if signal_id:
+            return f"signal {signal_info.get('name') or signal_id}"
+        code = unwrap_number(value.get("return_code"))
+        return f"exit code {code}" if code else None
+    status = unwrap_number(value)
+    if not status:
+        return None
+    if status & 0x7F:
+        return f"signal {status & 0x7F}"
+    return f"exit code {status >> 8}"
+
+
+def state_report(job_id: int, state_raw: Any, reason_raw: Any, exit_code: Any, record: Any) -> Optional[StateReport]:
+    """Translate one Slurm record to a report; None when the state is not one Jobbergate knows.
+    OUT_OF_MEMORY is not terminal in Jobbergate, so it is reported as FAILED (reason OutOfMemory)."""
+    state = normalise_job_state(state_raw)
+    if state is None:
+        return None
+    reason = reason_raw if isinstance(reason_raw, str) and reason_raw not in ("", "None") else None
+    if state == "OUT_OF_MEMORY":
+        state, reason = "FAILED", "OutOfMemory"
+    if state == "FAILED":
+        detail = exit_code_text(exit_code)
+        if detail:
+            reason = f"{reason or 'Failed'} ({detail})"
+    return StateReport(job_id, state, reason, json.dumps(record, sort_keys=True, default=str))
+
+
+def report_from_slurmctld(job: Mapping[str, Any]) -> Optional[StateReport]:
+    return state_report(job["job_id"], job.get("job_state"), job.get("state_reason"), job.get("exit_code"), job)
+
+
+def report_from_slurmdbd(job: Mapping[str, Any]) -> Optional[StateReport]:
+    """slurmdbd records: trust state.current, not exit_code (wrong on dbv0.0.38/v0.0.39)."""
+    state = job.get("state") if isinstance(job.get("state"), dict) else {}
+    return state_report(job["job_id"], state.get("current"), state.get("reason"), None, job)
+
+
+# ---------------------------------------------------------------------------------------------
+# slurmrestd client
+# ---------------------------------------------------------------------------------------------
+
+
+def slurm_errors(body: Any) -> list[tuple[Optional[int], str]]:
+    """(code, text) of each entry of a slurmrestd errors[] list, whichever keys it uses."""
+    entries = body.get("errors") if isinstance(body, dict) else None
+    result = []
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, dict):
+            code = entry.get("error_number", entry.get("error_code"))
+            text = entry.get("description") or entry.get("error") or "unspecified error"
+            result.append((code if isinstance(code, int) else None, str(text)))
+    return result
+
+
+def is_transient_slurm_code(code: Optional[int]) -> bool:
+    """Slurm protocol/communication (1000-1999) and socket (5000-5999) errors: slurmctld is
+    unreachable or refused the credentials, the job itself is not at fault."""
+    return code is not None and (1000 <= code < 2000 or 5000 <= code < 6000)
+
+
+def describe_errors(errors: list[tuple[Optional[int], str]]) -> str:
+    return "; ".join(f"{text} (error {code})" if code is not None else text for code, text in errors)
+
+
+class SlurmCredentials:
+    """X-SLURM-USER-NAME/X-SLURM-USER-TOKEN for a user: an HS256 token minted with the cluster
+    key (claims iat, exp, sun), or a configured static SlurmUser/root token."""
+
+    def __init__(self, jwt_key: Optional[bytes], static_token: Optional[str], lifespan: int):
+        self.jwt_key = jwt_key
+        self.static_token = static_token
+        self.lifespan = lifespan
+        self.minted: dict[str, tuple[str, float]] = {}
+        REDACTOR.add(static_token)
+
+    def headers(self, user: str) -> dict[str, str]:
+        if self.static_token:
+            return {"X-SLURM-USER-NAME": user, "X-SLURM-USER-TOKEN": self.static_token}
+        token, expires = self.minted.get(user, ("", 0.0))
+        now = time.time()
+        if expires - 60 <= now:
+            expires = now + self.lifespan
+            token = jwt.encode({"iat": int(now), "exp": int(expires), "sun": user}, self.jwt_key, algorithm="HS256")
+            REDACTOR.add(token)
+            self.minted[user] = (token, expires)
+        return {"X-SLURM-USER-NAME": user, "X-SLURM-USER-TOKEN": token}
+
+
+class SlurmRest:
+    def __init__(self, config: Config, http: Http):
+        self.base = config.slurmrestd.url.rstrip("/")
+        self.version = config.slurmrestd.api_version
+        self.family = api_family(self.version)
+        self.timeout = config.slurmrestd.timeout
+        self.query_user = config.slurmrestd.query_user
+        self.use_slurmdbd = config.slurmrestd.slurmdbd
+        self.http = http
+        self.credentials = SlurmCredentials(config.slurm_jwt_key, config.slurm_static_token, config.slurmrestd.token_lifespan)
+
+    def _request(self, method: str, path: str, user: str, idempotent: bool, **kwargs: Any) -> tuple[requests.Response, Any]:
+        url = self.base + path
+
+        def attempt() -> tuple[requests.Response, Any]:
+            response = self.http.send("slurmrestd", method, url, self.timeout, headers=self.credentials.headers(user), **kwargs)
+            body = json_body(response)
+            if response.status_code == 401:
+                raise AuthError(f"{method} {url}: slurmrestd refused the credentials for user {user} (401)")
+            if response.status_code == 404 and body is None:
+                raise ConfigError(f"{method} {url}: slurmrestd does not serve this path; is api_version {self.version} loaded?")
+            errors = slurm_errors(body)
+            if any(is_transient_slurm_code(code) for code, _ in errors):
+                raise Unavailable(f"{method} {url}: Slurm could not be reached or refused the token: {describe_errors(errors)}")
+            if response.status_code in (429, 502, 503, 504) or (response.status_code >= 500 and not errors):
+                raise Unavailable(f"{method} {url}: HTTP {response.status_code} {response.text[:200].strip()}")
+            return response, body
+
+        return self.http.call("slurmrestd", attempt, idempotent)
+
+    def submit(self, payload: dict[str, Any], user: str) -> int:
+        """POST job/submit as `user`. Never retried: an unanswered submit is resolved by the tag."""
+        response, body = self._request("POST", f"/slurm/{self.version}/job/submit", user, False, json=payload)
+        job_id = body.get("job_id") if isinstance(body, dict) else None
+        if isinstance(job_id, int) and job_id > 0:
+            warnings = slurm_errors(body)
+            if warnings:
+                log.warning("Slurm accepted job %d with messages: %s", job_id, describe_errors(warnings), **ctx(slurm_job_id=job_id))
+            return job_id
+        errors = slurm_errors(body)
+        if errors:
+            raise Rejection(f"Slurm refused the job: {describe_errors(errors)}")
+        raise Unavailable(f"POST {self.base}/slurm/{self.version}/job/submit: HTTP {response.status_code} without a job id")
+
+    def jobs(self) -> dict[int, dict[str, Any]]:
+        """Every job slurmctld holds, in one call."""
+        response, body = self._request("GET", f"/slurm/{self.version}/jobs", self.query_user, True)
+        jobs = body.get("jobs") if isinstance(body, dict) else None
+        if response.status_code != 200 or not isinstance(jobs, list):
+            raise Unavailable(f"GET {self.base}/slurm/{self.version}/jobs: HTTP {response.status_code} {describe_errors(slurm_errors(body))}")
+        return {job["job_id"]: job for job in jobs if isinstance(job, dict) and isinstance(job.get("job_id"), int)}
+
+    def job(self, job_id: int) -> Optional[dict[str, Any]]:
+        """The job from slurmctld, or None only when Slurm positively says it has no such job."""
+        response, body = self._request("GET", f"/slurm/{self.version}/job/{job_id}", self.query_user, True)
+        errors = slurm_errors(body)
+        if any(code == SLURM_ERROR_INVALID_JOB_ID for code, _ in errors):
+            return None
+        jobs = body.get("jobs") if isinstance(body, dict) else None
+        if response.status_code == 200 and isinstance(jobs, list) and jobs and isinstance(jobs[0], dict):
+            return jobs[0]
+        raise ItemError(f"GET {self.base}/slurm/{self.version}/job/{job_id}: HTTP {response.status_code} {describe_errors(errors)}")
+
+    def accounting_job(self, job_id: int) -> Optional[dict[str, Any]]:
+        """The job's slurmdbd record, or None when slurmdbd has none."""
+        response, body = self._request("GET", f"/slurmdb/{self.version}/job/{job_id}", self.query_user, True)
+        jobs = body.get("jobs") if isinstance(body, dict) else None
+        if isinstance(jobs, list) and jobs:
+            # After a slurmctld state wipe several records share an id: the newest is ours.
+            records = [job for job in jobs if isinstance(job, dict)]
+            return max(records, key=lambda job: unwrap_number((job.get("time") or {}).get("submission")) or 0)
+        errors = slurm_errors(body)
+        if response.status_code in (200, 204, 404) and (not errors or any(c == SLURMDB_NOTHING_FOUND for c, _ in errors)):
+            return None
+        raise ItemError(f"GET {self.base}/slurmdb/{self.version}/job/{job_id}: HTTP {response.status_code} {describe_errors(errors)}")
+
+    def jobs_with_tag(self, tag: str) -> list[int]:
+        return sorted(job_id for job_id, job in self.jobs().items() if comment_has_tag(job.get("comment"), tag))
+
+    def cancel(self, job_id: int, user: str) -> bool:
+        """Cancel as the job's owner. True when cancelled, False when Slurm no longer knows the job."""
+        response, body = self._request("DELETE", f"/slurm/{self.version}/job/{job_id}", user, True)
+        errors = slurm_errors(body)
+        if any(code == SLURM_ERROR_INVALID_JOB_ID for code, _ in errors) or response.status_code == 404:
+            return False
+        if response.status_code != 200 or errors:
+            raise ItemError(f"cancelling Slurm job {job_id} as {user}: HTTP {response.status_code} {describe_errors(errors)}")
+        return True
+
+
+# ---------------------------------------------------------------------------------------------
+# User mapping
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalUser:
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+
+USERNAME_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$")
+
+
+def lookup_user(name: str) -> Optional[LocalUser]:
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        return None
+    return LocalUser(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+
+
+def read_map_file(path: str) -> dict[str, str]:
+    """Lines 'email username'; '#' starts a comment; emails compare case-insensitively."""
+    mapping: dict[str, str] = {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"[mapper] map_file {path}: {exc.strerror}") from None
+    for number, line in enumerate(lines, 1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        if len(words) != 2 or "@" not in words[0]:
+            raise ConfigError(f"[mapper] map_file {path} line {number}: expected 'email username'")
+        mapping[words[0].lower()] = words[1]
+    return mapping
+
+
+class UserMapper:
+    def __init__(self, config: Config, lookup: Callable[[str], Optional[LocalUser]] = lookup_user):
+        self.kind = config.mapper.type
+        self.single_user = config.mapper.user
+        self.map_file = config.mapper.map_file
+        self.min_uid = config.mapper.min_uid
+        self.lookup = lookup
+        self._map: Optional[dict[str, str]] = None
+
+    def username_for(self, email: str) -> str:
+        if self.kind == "single-user":
+            return self.single_user
+        if self.kind == "email-local-part":
+            local_part = email.partition("@")[0].lower()
+            if "@" not in email or not USERNAME_RE.match(local_part):
+                raise Rejection(f"owner email {email!r} has no local part usable as a user name on this cluster")
+            return local_part
+        if self._map is None:
+            self._map = read_map_file(self.map_file)
+        username = self._map.get(email.lower())
+        if username is None:
+            raise Rejection(f"owner email {email!r} is not in this cluster's user map")
+        return username
+
+    def user_for(self, email: str) -> LocalUser:
+        """The local account jobs of `email` run as; root and system accounts are refused."""
+        username = self.username_for(email)
+        user = self.lookup(username)
+        if user is None:
+            raise Rejection(f"owner email {email!r} maps to user {username!r}, which does not exist on this cluster")
+        if user.uid < self.min_uid:
+            raise Rejection(
+                f"owner email {email!r} maps to {username!r} (uid {user.uid}), a system account "
+                f"(uid below {self.min_uid}); jobs are never run as root or system accounts"
+            )
+        return user
+
+
+# ---------------------------------------------------------------------------------------------
+# Files as the user: execution directory and job files, written by a child that became the user
+# ---------------------------------------------------------------------------------------------
+
+PERMANENT_FILE_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ELOOP, errno.EISDIR,
+                         errno.ENAMETOOLONG, errno.EROFS, errno.EEXIST, errno.ENOENT, errno.ENXIO}
+
+
+def resolve_execution_directory(requested: Optional[str], template: str, user: LocalUser) -> str:
+    directory = requested if requested else template.format(username=user.name, home=user.home)
+    if "\x00" in directory or any(ord(ch) < 32 for ch in directory):
+        raise Rejection(f"execution directory {directory!r} contains a control character")
+    if not directory.startswith("/"):
+        raise Rejection(f"execution directory {directory!r} is not an absolute path")
+    return os.path.normpath(directory)
+
+
+def stage_in_directory(directory: str, files: list[tuple[str, int]]) -> None:
+    """Create `directory` if missing, check it is a real writable directory, and write each
+    (name, source fd) into it without following symbolic links. Runs as the user."""
+    try:
+        info = os.lstat(directory)
+    except FileNotFoundError:
+        try:
+            os.makedirs(directory, mode=0o755, exist_ok=True)
+            info = os.lstat(directory)
+        except OSError as exc:
+            raise _file_error(exc, f"cannot create execution directory {directory}") from None
+    except OSError as exc:
+        raise _file_error(exc, f"cannot reach execution directory {directory}") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise Rejection(f"execution directory {directory} is a symbolic link; give the real directory")
+    if not stat.S_ISDIR(info.st_mode):
+        raise Rejection(f"execution directory {directory} is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise Rejection(f"execution directory {directory} is not writable by the job's user")
+    directory_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for name, source_fd in files:
+            try:
+                target = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                                 0o644, dir_fd=directory_fd)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise Rejection(f"{directory}/{name} is a symbolic link; refusing to write through it") from None
+                raise _file_error(exc, f"cannot write {directory}/{name}") from None
+            with os.fdopen(target, "wb") as out:
+                if not stat.S_ISREG(os.fstat(out.fileno()).st_mode):
+                    raise Rejection(f"{directory}/{name} exists and is not a regular file")
+                out.truncate()
+                os.lseek(source_fd, 0, os.SEEK_SET)
+                while True:
+                    chunk = os.read(source_fd, 65536)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+    finally:
+        os.close(directory_fd)
+
+
+def _file_error(exc: OSError, what: str) -> Exception:
+    message = f"{what}: {exc.strerror}"
+    return Rejection(message) if exc.errno in PERMANENT_FILE_ERRNOS else ItemError(message)
+
+
+def run_as_user(user: LocalUser, work: Callable[[], None]) -> None:
+    """Run `work` with the user's identity. As root: in a forked child that set the user's own
+    supplementary groups, gid and uid, so no root access reaches a path the user controls."""
+    if os.geteuid() != 0:
+        if os.geteuid() != user.uid:
+            raise ItemError(f"jobbergate-sync runs as uid {os.geteuid()} and cannot act as {user.name}; run it as root")
+        work()
+        return
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        outcome: dict[str, str] = {}
+        try:
+            os.close(reader)
+            os.setgroups(os.getgrouplist(user.name, user.gid))
+            os.setresgid(user.gid, user.gid, user.gid)
+            os.setresuid(user.uid, user.uid, user.uid)
+            os.umask(0o022)
+            os.chdir("/")
+            work()
+        except Rejection as exc:
+            outcome = {"rejection": str(exc)}
+        except BaseException as exc:  # report everything to the parent, never unwind into its code
+            outcome = {"error": f"{type(exc).__name__}: {exc}"}
+        try:
+            os.write(writer, json.dumps(outcome).encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if not data:
+        raise ItemError(f"the file-writing process for {user.name} died (wait status {status})")
+    outcome = json.loads(data)
+    if "rejection" in outcome:
+        raise Rejection(outcome["rejection"])
+    if "error" in outcome:
+        raise ItemError(f"writing files as {user.name}: {outcome['error']}")
+
+
+# ---------------------------------------------------------------------------------------------
+# State journal: what was submitted and reported, durable across crashes
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class JournalEntry:
+    submission_id: int
+    tag: str
+    username: Optional[str]
+    slurm_job_id: Optional[int]
+    reported: bool
+    last_state: Optional[str]
+    last_reason: Optional[str]
+    last_reported_at: Optional[float]
+    created_at: float
+
+
+JOURNAL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS submissions (
+    submission_id INTEGER PRIMARY KEY,
+    tag TEXT NOT NULL,
+    username TEXT,
+    slurm_job_id INTEGER,
+    reported INTEGER NOT NULL DEFAULT 0,
+    last_state TEXT,
+    last_reason TEXT,
+    last_reported_at REAL,
+    created_at REAL NOT NULL
+)"""
+
+
+def create_private_file(path: str) -> None:
+    """Create an empty file 0600 if it does not exist; refuse an existing one others can read."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        mode = os.stat(path).st_mode
+        if mode & 0o077:
+            raise ConfigError(f"{path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); chmod 0600 it")
+
+
+class Journal:
+    """sqlite3 with synchronous=FULL: a row is on disk before the call that follows it."""
+
+    def __init__(self, path: Optional[str]):
+        if path is None:  # dry run: a scratch copy, so planning writes nothing
+            self.db = sqlite3.connect(":memory:", isolation_level=None)
+        else:
+            create_private_file(path)
+            self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
+            self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute(JOURNAL_SCHEMA)
+
+    @classmethod
+    def scratch_copy_of(cls, path: str) -> "Journal":
+        journal = cls(None)
+        if os.path.exists(path):
+            source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            source.backup(journal.db)
+            source.close()
+        return journal
+
+    def get(self, submission_id: int) -> Optional[JournalEntry]:
+        row = self.db.execute(
+            "SELECT submission_id, tag, username, slurm_job_id, reported, last_state, last_reason, "
+            "last_reported_at, created_at FROM submissions WHERE submission_id = ?", (submission_id,)).fetchone()
+        return JournalEntry(*row[:4], bool(row[4]), *row[5:]) if row else None
+
+    def record_intent(self, submission_id: int, tag: str, username: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO submissions (submission_id, tag, username, created_at) VALUES (?, ?, ?, ?)",
+                        (submission_id, tag, username, time.time()))
+
+    def record_job(self, submission_id: int, slurm_job_id: int) -> None:
+        self.db.execute("UPDATE submissions SET slurm_job_id = ? WHERE submission_id = ?", (slurm_job_id, submission_id))
+
+    def record_report(self, submission_id: int, tag: str, report: StateReport) -> None:
+        """The submission's job is known to Jobbergate, with this state as the last one sent."""
+        self.db.execute(
+            "INSERT INTO submissions (submission_id, tag, slurm_job_id, reported, last_state, last_reason, "
+            "last_reported_at, created_at) VALUES (?, ?, ?, 1, ?, ?, ?, ?) ON CONFLICT(submission_id) DO UPDATE SET "
+            "slurm_job_id = excluded.slurm_job_id, reported = 1, last_state = excluded.last_state, "
+            "last_reason = excluded.last_reason, last_reported_at = excluded.last_reported_at",
+            (submission_id, tag, report.job_id, report.state, report.reason, time.time(), time.time()))
+
+    def forget(self, submission_id: int) -> None:
+        self.db.execute("DELETE FROM submissions WHERE submission_id = ?", (submission_id,))
+
+    def entries(self) -> list[JournalEntry]:
+        ids = [row[0] for row in self.db.execute("SELECT submission_id FROM submissions")]
+        return [entry for entry in map(self.get, ids) if entry]
+
+    def size(self) -> int:
+        return self.db.execute("SELECT count(*) FROM submissions").fetchone()[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The pass
+# ---------------------------------------------------------------------------------------------
+
+STALE_INTENT_SECONDS = 86400
+
+
+@dataclasses.dataclass
+class PassSummary:
+    submitted: int = 0
+    rejected: int = 0
+    updated: int = 0
+    cancelled: int = 0
+    errors: int = 0
+    unavailable: bool = False
+    deadline_reached: bool = False
+
+    def exit_code(self) -> int:
+        if self.unavailable:
+            return EX_UNAVAILABLE
+        return EXIT_ITEMS_FAILED if self.errors else EXIT_OK
+
+
+class SyncPass:
+    def __init__(self, config: Config, api: JobbergateApi, slurm: SlurmRest, journal: Journal, mapper: UserMapper,
+                 deadline: Deadline, dry_run: bool = False, echo: Callable[[str], None] = click.echo):
+        self.config = config
+        self.api = api
+        self.slurm = slurm
+        self.journal = journal
+        self.mapper = mapper
+        self.deadline = deadline
+        self.dry_run = dry_run
+        self.echo = echo
+        self.cluster = config.oidc.client_id
+        self.summary = PassSummary()
+
+    def run(self) -> PassSummary:
+        try:
+            self.submit_pending()
+            self.update_active()
+            if not self.dry_run:
+                self.api.ping_health(self.config.run.interval)
+        except DeadlineReached:
+            self.summary.deadline_reached = True
+            log.warning("the pass reached its %d s deadline; the remaining work waits for the next pass",
+                        self.config.run.deadline)
+        except Unavailable as exc:
+            self.summary.unavailable = True
+            log.error("%s", exc)
+        return self.summary
+
+    def _item(self, submission_id: Optional[int], action: Callable[[], None]) -> None:
+        """Run one item's work; its failure is logged and counted, and the pass goes on.
+        Authentication and configuration failures end the pass."""
+        try:
+            action()
+        except Unavailable as exc:
+            self.summary.errors += 1
+            self.summary.unavailable = True
+            log.error("left for the next pass: %s", exc, **ctx(submission_id=submission_id))
+        except ItemError as exc:
+            self.summary.errors += 1
+            log.error("%s", exc, **ctx(submission_id=submission_id))
+        except ApiConflict as exc:
+            self.summary.errors += 1
+            log.error("the API refused a change for submission %s: %s", submission_id, exc, **ctx(submission_id=submission_id))
+
+    # -- submitting ------------------------------------------------------------------------------
+
+    def submit_pending(self) -> None:
+        pending, _ = self.api.list_pending()
+        log.info("%d pending submission(s) for cluster %s", len(pending), self.cluster)
+        for item in pending:
+            self.deadline.check()
+            self._item(item["id"], lambda: self.submit_one(item))
+
+    def submit_one(self, item: Mapping[str, Any]) -> None:
+        submission_id = item["id"]
+        entry = self.journal.get(submission_id)
+        if entry and entry.slurm_job_id is not None:
+            log.info("submission %d already has Slurm job %d from an earlier pass; reporting it", submission_id,
+                     entry.slurm_job_id, **ctx(submission_id=submission_id, slurm_job_id=entry.slurm_job_id))
+            self.report_submitted(submission_id, entry.slurm_job_id)
+            return
+        if entry and self.recover_intent(entry):
+            return
+        try:
+            self.submit_new(parse_pending(item))
+        except Rejection as exc:
+            self.reject(submission_id, str(exc))
+
+    def recover_intent(self, entry: JournalEntry) -> bool:
+        """An earlier pass stopped between recording its intent and recording the job id: look for
+        the job by its tag before deciding to submit. True when the job was found and reported."""
+        found = self.slurm.jobs_with_tag(entry.tag)
+        if not found:
+            log.info("submission %d: an earlier submit left no job in Slurm; submitting", entry.submission_id,
+                     **ctx(submission_id=entry.submission_id))
+            return False
+        if len(found) > 1:
+            log.error("submission %d has %d Slurm jobs %s; keeping %d, cancelling the others", entry.submission_id,
+                      len(found), found, found[0], **ctx(submission_id=entry.submission_id))
+            for duplicate in found[1:]:
+                self.slurm.cancel(duplicate, entry.username or self.slurm.query_user)
+        log.info("submission %d: found Slurm job %d from an interrupted pass", entry.submission_id, found[0],
+                 **ctx(submission_id=entry.submission_id, slurm_job_id=found[0]))
+        self.journal.record_job(entry.submission_id, found[0])
+        self.report_submitted(entry.submission_id, found[0])
+        return True
+
+    def submit_new(self, submission: PendingSubmission) -> None:
+        user = self.mapper.user_for(submission.owner_email)
+        directory = resolve_execution_directory(submission.execution_directory,
+                                                self.config.submit.execution_directory, user)
+        support = [f for f in submission.files if not f.is_entrypoint]
+        if support and not self.config.submit.write_files:
+            raise Rejection(f"this cluster does not write supporting files (write_files = false) and the job script "
+                            f"has {len(support)}: {', '.join(f.filename for f in support)}")
+        staged = self.download_files(submission)
+        try:
+            script = check_script(self.read_back(staged[submission.entrypoint.filename]), submission.entrypoint.filename)
+            environment = {"PATH": self.config.submit.job_path, "HOME": user.home, "USER": user.name, "LOGNAME": user.name}
+            tag = submission_tag(self.cluster, submission.id)
+            request = build_job_request(script, submission.sbatch_arguments, submission.name, directory,
+                                        environment, tag, self.slurm.family)
+            context = ctx(submission_id=submission.id, user=user.name)
+            if self.dry_run:
+                self.echo(f"would submit submission {submission.id} as {user.name} in {directory}: "
+                          f"{json.dumps(request.payload['job'], sort_keys=True)[:2000]}")
+                self.summary.submitted += 1
+                return
+            files = [(name, handle.fileno()) for name, handle in staged.items()] if self.config.submit.write_files else []
+            run_as_user(user, lambda: stage_in_directory(directory, files))
+            log.info("wrote %d file(s) to %s as %s", len(files), directory, user.name, **context)
+            crash_point("after-files-written")
+        finally:
+            for handle in staged.values():
+                handle.close()
+        self.journal.record_intent(submission.id, tag, user.name)
+        try:
+            job_id = self.slurm.submit(request.payload, user.name)
+        except Rejection:
+            self.journal.forget(submission.id)
+            raise
+        crash_point("after-slurm-submit")
+        self.journal.record_job(submission.id, job_id)
+        log.info("submitted submission %d as Slurm job %d", submission.id, job_id,
+                 **ctx(submission_id=submission.id, slurm_job_id=job_id, user=user.name))
+        crash_point("after-journal-job")
+        self.report_submitted(submission.id, job_id)
+
+    def download_files(self, submission: PendingSubmission) -> dict[str, IO[bytes]]:
+        """Each file streamed into an unlinked private temporary file in the state directory."""
+        staged: dict[str, IO[bytes]] = {}
+        try:
+            for script_file in sorted(submission.files, key=lambda f: not f.is_entrypoint):
+                handle = tempfile.TemporaryFile(dir=self.config.run.state_dir)
+                staged[script_file.filename] = handle
+                size = self.api.download(script_file.parent_id, script_file.filename, handle,
+                                         self.config.submit.max_file_size)
+                log.debug("downloaded %s (%d bytes)", script_file.filename, size, **ctx(submission_id=submission.id))
+        except BaseException:
+            for handle in staged.values():
+                handle.close()
+            raise
+        return staged
+
+    @staticmethod
+    def read_back(handle: IO[bytes]) -> bytes:
+        handle.seek(0)
+        return handle.read()
+
+    def reject(self, submission_id: int, message: str) -> None:
+        self.summary.rejected += 1
+        if self.dry_run:
+            self.echo(f"would reject submission {submission_id}: {message}")
+            return
+        log.warning("rejecting submission %d: %s", submission_id, message, **ctx(submission_id=submission_id))
+        try:
+            self.api.report_rejected(submission_id, message)
+        except ApiConflict as exc:
+            current = self.api.get_submission(submission_id)
+            if current.get("status") != "REJECTED":
+                raise ItemError(f"could not reject submission {submission_id} ({exc}); it is now {current.get('status')}") from None
+
+    def current_report(self, job_id: int) -> StateReport:
+        """The job's state for agent/submitted; when Slurm cannot say, PENDING (it was just accepted)."""
+        try:
+            job = self.slurm.job(job_id)
+        except (Unavailable, ItemError) as exc:
+            log.warning("could not read Slurm job %d just after submitting it (%s); reporting PENDING", job_id, exc,
+                        **ctx(slurm_job_id=job_id))
+            job = None
+        report = report_from_slurmctld(job) if job else None
+        return report or StateReport(job_id, "PENDING", None, json.dumps({"job_id": job_id}))
+
+    def report_submitted(self, submission_id: int, job_id: int) -> None:
+        """agent/submitted is not idempotent: a 400 is answered by reading the submission."""
+        context = ctx(submission_id=submission_id, slurm_job_id=job_id)
+        report = self.current_report(job_id)
+        if self.dry_run:
+            self.echo(f"would report submission {submission_id} SUBMITTED as Slurm job {job_id}")
+            return
+        tag = submission_tag(self.cluster, submission_id)
+        try:
+            self.api.report_submitted(submission_id, report)
+        except ApiConflict as exc:
+            if exc.status == 404:
+                self.slurm.cancel(job_id, self._owner_of(submission_id))
+                self.journal.forget(submission_id)
+                raise ItemError(f"submission {submission_id} no longer exists; cancelled its Slurm job {job_id}") from None
+            if exc.status != 400:
+                raise
+            if not self._earlier_report_landed(submission_id, job_id, exc):
+                self.api.report_submitted(submission_id, report)
+        crash_point("after-agent-submitted")
+        self.journal.record_report(submission_id, tag, report)
+        self.summary.submitted += 1
+        log.info("reported submission %d SUBMITTED with Slurm job %d (%s)", submission_id, job_id, report.state, **context)
+
+    def _earlier_report_landed(self, submission_id: int, job_id: int, refusal: ApiConflict) -> bool:
+        current = self.api.get_submission(submission_id)
+        status, recorded = current.get("status"), current.get("slurm_job_id")
+        if status in ("SUBMITTED", "CANCELLED") and recorded == job_id:
+            return True
+        if status == "CREATED" or (status == "CANCELLED" and recorded is None):
+            return False
+        self.slurm.cancel(job_id, self._owner_of(submission_id))
+        self.journal.forget(submission_id)
+        raise ItemError(f"submission {submission_id} is {status} with Slurm job {recorded}, not ours ({job_id}): "
+                        f"cancelled Slurm job {job_id} as a duplicate (API said: {refusal.detail})")
+
+    def _owner_of(self, submission_id: int) -> str:
+        entry = self.journal.get(submission_id)
+        return entry.username if entry and entry.username else self.slurm.query_user
+
+    # -- updating --------------------------------------------------------------------------------
+
+    def update_active(self) -> None:
+        active, complete = self.api.list_active()
+        log.info("%d active submission(s) for cluster %s", len(active), self.cluster)
+        jobs = self.slurm.jobs() if any(isinstance(item.get("slurm_job_id"), int) for item in active) else {}
+        for item in active:
+            self.deadline.check()
+            self._item(item["id"], lambda: self.update_one(item, jobs))
+        if complete and not self.dry_run:
+            self.prune_journal({item["id"] for item in active})
+
+    def update_one(self, item: Mapping[str, Any], jobs: Mapping[int, dict[str, Any]]) -> None:
+        submission_id, status, job_id = item["id"], item.get("status"), item.get("slurm_job_id")
+        if not isinstance(job_id, int):
+            if status == "CANCELLED":
+                self.close_cancelled_without_job(submission_id)
+            else:
+                log.error("active submission %d is %s without a Slurm job id", submission_id, status,
+                          **ctx(submission_id=submission_id))
+                self.summary.errors += 1
+            return
+        report = self.slurm_report(job_id, jobs)
+        if status == "CANCELLED" and report.state not in SLURM_FINAL_STATES:
+            self.cancel_job(submission_id, job_id, jobs)
+        self.send_update(submission_id, report)
+
+    def slurm_report(self, job_id: int, jobs: Mapping[int, dict[str, Any]]) -> StateReport:
+        """The job's state from slurmctld, else slurmdbd, else UNKNOWN once Slurm says it has no such job."""
+        job = jobs.get(job_id) or self.slurm.job(job_id)
+        report = report_from_slurmctld(job) if job else None
+        if job is None and self.slurm.use_slurmdbd:
+            record = self.slurm.accounting_job(job_id)
+            report = report_from_slurmdbd(record) if record else None
+            job = record
+        if job is None:
+            return StateReport(job_id, "UNKNOWN", f"Slurm has no record of job {job_id}",
+                               json.dumps({"job_id": job_id, "error": "Invalid job id specified"}))
+        if report is None:
+            raise ItemError(f"Slurm job {job_id} is in a state Jobbergate does not know: {job.get('job_state') or job.get('state')}")
+        return report
+
+    def cancel_job(self, submission_id: int, job_id: int, jobs: Mapping[int, dict[str, Any]]) -> None:
+        owner = (jobs.get(job_id) or {}).get("user_name") or self._owner_of(submission_id)
+        context = ctx(submission_id=submission_id, slurm_job_id=job_id, user=owner)
+        if self.dry_run:
+            self.echo(f"would cancel Slurm job {job_id} of cancelled submission {submission_id} as {owner}")
+            return
+        if self.slurm.cancel(job_id, owner):
+            self.summary.cancelled += 1
+            log.info("cancelled Slurm job %d of cancelled submission %d as %s", job_id, submission_id, owner, **context)
+
+    def close_cancelled_without_job(self, submission_id: int) -> None:
+        """Cancelled before it reached Slurm, unless an interrupted pass did submit it: then record
+        that job (agent/submitted is allowed on CANCELLED) so the next pass cancels it."""
+        entry = self.journal.get(submission_id)
+        if entry and entry.slurm_job_id is not None:
+            self.report_submitted(submission_id, entry.slurm_job_id)
+            return
+        if entry and self.recover_intent(entry):
+            return
+        report = StateReport(None, "CANCELLED", "Job was cancelled by the user before a Slurm job was created",
+                             "cancelled before submission to Slurm")
+        self.send_update(submission_id, report)
+        self.summary.cancelled += 1
+
+    def send_update(self, submission_id: int, report: StateReport) -> None:
+        entry = self.journal.get(submission_id)
+        fresh = (entry is not None and entry.reported and entry.last_state == report.state
+                 and entry.last_reason == report.reason
+                 and time.time() - (entry.last_reported_at or 0) < self.config.run.resend_after)
+        if fresh:
+            return
+        context = ctx(submission_id=submission_id, slurm_job_id=report.job_id)
+        if self.dry_run:
+            self.echo(f"would update submission {submission_id}: {report.state} ({report.reason or 'no reason'})")
+            self.summary.updated += 1
+            return
+        self.api.update(submission_id, report)
+        self.journal.record_report(submission_id, submission_tag(self.cluster, submission_id), report)
+        self.summary.updated += 1
+        log.info("updated submission %d: Slurm job %s is %s%s", submission_id, report.job_id, report.state,
+                 f" ({report.reason})" if report.reason else "", **context)
+        crash_point("mid-update")
+
+    def prune_journal(self, active_ids: set[int]) -> None:
+        """Forget submissions Jobbergate has closed; keep unreported work unless it is long stale."""
+        for entry in self.journal.entries():
+            if entry.submission_id in active_ids:
+                continue
+            if entry.reported:
+                self.journal.forget(entry.submission_id)
+            elif time.time() - entry.created_at > STALE_INTENT_SECONDS:
+                log.warning("forgetting a day-old unreported record of submission %d (Slurm job %s)",
+                            entry.submission_id, entry.slurm_job_id, **ctx(submission_id=entry.submission_id))
+                self.journal.forget(entry.submission_id)
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+
+def prepare_state_dir(path: str) -> None:
+    """The state directory holds the token cache and the journal: created 0700, refused if others can enter."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"[run] state_dir {path}: cannot create: {exc.strerror}") from None
+    mode = os.stat(path).st_mode
+    if mode & 0o077:
+        raise ConfigError(f"[run] state_dir {path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); chmod 0700 it")
+
+
+class RunLock:
+    """A non-blocking flock on the lock file; the kernel drops it if the process dies."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd: Optional[int] = None
+
+    def __enter__(self) -> "RunLock":
+        try:
+            os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"[run] lock_file {self.path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise LockHeld(f"another jobbergate-sync run holds {self.path}; nothing done") from None
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+
+
+def run_once(config: Config, dry_run: bool) -> int:
+    started = time.monotonic()
+    deadline = Deadline(config.run.deadline)
+    http = Http(deadline, config.run.retries, config.run.backoff)
+    state_dir = config.run.state_dir
+    journal_path = os.path.join(state_dir, "journal.sqlite3")
+    token = OidcToken(config, http, os.path.join(state_dir, "token.json"), write_cache=not dry_run)
+    journal = Journal.scratch_copy_of(journal_path) if dry_run else Journal(journal_path)
+    sync = SyncPass(config, JobbergateApi(config, http, token), SlurmRest(config, http), journal,
+                    UserMapper(config), deadline, dry_run=dry_run)
+    summary = sync.run()
+    log.info(
+        "pass finished%s: submitted=%d rejected=%d updated=%d cancelled=%d errors=%d duration=%.2fs",
+        " (dry run)" if dry_run else "", summary.submitted, summary.rejected, summary.updated,
+        summary.cancelled, summary.errors, time.monotonic() - started,
+        extra={"submitted": summary.submitted, "rejected": summary.rejected, "updated": summary.updated,
+               "cancelled": summary.cancelled, "errors": summary.errors, "journal_entries": journal.size(),
+               "duration_s": round(time.monotonic() - started, 3), "dry_run": dry_run},
+    )
+    return summary.exit_code()
+
+
+@click.command(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--once", is_flag=True, help="Run one pass and exit (also the default; for readable crontabs).")
+@click.option("--config", "config_path", envvar=ENV_CONFIG, default=DEFAULT_CONFIG_PATH, show_default=True,
+              help=f"INI configuration file (or ${ENV_CONFIG}).")
+@click.option("--dry-run", is_flag=True, help="Fetch and plan; print what would be done; change nothing anywhere.")
+@click.option("--check-config", is_flag=True, help="Validate the configuration and secrets, then exit.")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), help="Log as JSON lines or text (default: [logging] format).")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
+@click.option("-q", "--quiet", is_flag=True, help="Log only warnings and errors: silent when all went well (for cron).")
+@click.version_option(__version__, prog_name="jobbergate-sync")
+def cli(once: bool, config_path: str, dry_run: bool, check_config: bool, log_format: Optional[str], verbose: bool,
+        quiet: bool) -> int:
+    """Submit this cluster's pending Jobbergate job submissions to Slurm through slurmrestd,
+    report the state of active ones, and exit. Meant to run every minute from cron or a
+    systemd timer."""
+    setup_logging(log_format or "json", "warning" if quiet else "info")
+    try:
+        config = load_config(config_path, os.environ)
+    except ConfigError as exc:
+        log.error("bad configuration: %s", exc)
+        return EX_CONFIG
+    level = "debug" if verbose else "warning" if quiet else config.logging.level
+    try:
+        setup_logging(log_format or config.logging.format, level, config.logging.file)
+    except OSError as exc:
+        log.error("bad configuration: [logging] file %s: %s", config.logging.file, exc.strerror)
+        return EX_CONFIG
+    if check_config:
+        click.echo(f"{config_path}: configuration is valid")
+        return EXIT_OK
+    try:
+        prepare_state_dir(config.run.state_dir)
+        if dry_run:
+            return run_once(config, dry_run=True)
+        with RunLock(config.run.lock_file):
+            return run_once(config, dry_run=False)
+    except LockHeld as exc:
+        log.info("%s", exc)
+        return exc.exit_code
+    except SyncError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    except Exception:
+        log.exception("internal error; please report it with this log")
+        return EX_SOFTWARE
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    try:
+        result = cli.main(args=argv, prog_name="jobbergate-sync", standalone_mode=False)
+    except click.UsageError as exc:
+        exc.show()
+        return EX_USAGE
+    except click.Abort:
+        return EX_SOFTWARE
+    return result if isinstance(result, int) else EXIT_OK
+
+
+def console_main() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()
