@@ -199,7 +199,7 @@ CONFIG_SCHEMA: dict[str, dict[str, Setting]] = {
     "run": {
         "state_dir": Setting("/var/lib/jobbergate-sync"),
         "lock_file": Setting("/run/jobbergate-sync/lock"),
-        "interval": Setting(60, int),
+        "interval": Setting(90, int),
         "deadline": Setting(50, int),
         "retries": Setting(3, int),
         "backoff": Setting(1.0, float),
@@ -473,6 +473,9 @@ class Deadline:
             raise DeadlineReached()
 
 
+DEADLINE_GRACE_TIMEOUT = 5.0
+
+
 class Http:
     """requests with a timeout bounded by the pass deadline, retries for idempotent calls,
     and a per-peer circuit breaker: once a peer is down, later calls fail fast."""
@@ -489,11 +492,11 @@ class Http:
         """One attempt; network failures become Unavailable."""
         if peer in self.down:
             raise PeerDown(f"{peer} is unreachable in this pass ({self.down[peer]}); skipped {method} {url}")
-        remaining = self.deadline.remaining()
-        if remaining <= 0:
-            raise DeadlineReached()
+        # Past the deadline an item already under way may still finish, with short timeouts:
+        # a job Slurm accepted is better reported now than recovered by the next pass.
+        timeout = min(timeout, max(self.deadline.remaining(), DEADLINE_GRACE_TIMEOUT))
         try:
-            return self.session.request(method, url, timeout=min(timeout, max(remaining, 0.5)), **kwargs)
+            return self.session.request(method, url, timeout=timeout, **kwargs)
         except requests.Timeout:
             raise Unavailable(f"{method} {url}: no answer within {timeout:g} s") from None
         except requests.ConnectionError as exc:
@@ -1597,7 +1600,7 @@ def read_map_file(path: str) -> dict[str, str]:
 
 
 class UserMapper:
-    def __init__(self, config: Config, lookup: Callable[[str], Optional[LocalUser]] = lookup_user):
+    def __init__(self, config: Config, lookup: Optional[Callable[[str], Optional[LocalUser]]] = None):
         self.kind = config.mapper.type
         self.single_user = config.mapper.user
         self.map_file = config.mapper.map_file
@@ -1623,7 +1626,7 @@ class UserMapper:
     def user_for(self, email: str) -> LocalUser:
         """The local account jobs of `email` run as; root and system accounts are refused."""
         username = self.username_for(email)
-        user = self.lookup(username)
+        user = (self.lookup or lookup_user)(username)
         if user is None:
             raise Rejection(f"owner email {email!r} maps to user {username!r}, which does not exist on this cluster")
         if user.uid < self.min_uid:
@@ -2096,8 +2099,8 @@ class SyncPass:
                 self.summary.errors += 1
             return
         report = self.slurm_report(job_id, jobs)
-        if status == "CANCELLED" and report.state not in SLURM_FINAL_STATES:
-            self.cancel_job(submission_id, job_id, jobs)
+        if status == "CANCELLED" and report.state not in SLURM_FINAL_STATES and self.cancel_job(submission_id, job_id, jobs):
+            report = self.slurm_report(job_id, {})  # the state after the cancel
         self.send_update(submission_id, report)
 
     def slurm_report(self, job_id: int, jobs: Mapping[int, dict[str, Any]]) -> StateReport:
@@ -2115,15 +2118,18 @@ class SyncPass:
             raise ItemError(f"Slurm job {job_id} is in a state Jobbergate does not know: {job.get('job_state') or job.get('state')}")
         return report
 
-    def cancel_job(self, submission_id: int, job_id: int, jobs: Mapping[int, dict[str, Any]]) -> None:
+    def cancel_job(self, submission_id: int, job_id: int, jobs: Mapping[int, dict[str, Any]]) -> bool:
+        """Cancel the Slurm job of a cancelled submission as its owner; True when Slurm did."""
         owner = (jobs.get(job_id) or {}).get("user_name") or self._owner_of(submission_id)
-        context = ctx(submission_id=submission_id, slurm_job_id=job_id, user=owner)
         if self.dry_run:
             self.echo(f"would cancel Slurm job {job_id} of cancelled submission {submission_id} as {owner}")
-            return
-        if self.slurm.cancel(job_id, owner):
-            self.summary.cancelled += 1
-            log.info("cancelled Slurm job %d of cancelled submission %d as %s", job_id, submission_id, owner, **context)
+            return False
+        if not self.slurm.cancel(job_id, owner):
+            return False
+        self.summary.cancelled += 1
+        log.info("cancelled Slurm job %d of cancelled submission %d as %s", job_id, submission_id, owner,
+                 **ctx(submission_id=submission_id, slurm_job_id=job_id, user=owner))
+        return True
 
     def close_cancelled_without_job(self, submission_id: int) -> None:
         """Cancelled before it reached Slurm, unless an interrupted pass did submit it: then record

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import responses
+
+import jobbergate_sync
+from fakes import API, CLIENT_ID, CLIENT_SECRET, ISSUER, SLURM, FakeIssuer, FakeJobbergate, FakeSlurm
+
+JWT_KEY = b"0123456789abcdef0123456789abcdef"
+
+
+def _job_user() -> pwd.struct_passwd:
+    """As root (CI), jobs run as the real unprivileged account 'nobody', so the fork-and-drop path
+    is exercised for real; otherwise as the current user."""
+    return pwd.getpwnam("nobody") if os.geteuid() == 0 else pwd.getpwuid(os.geteuid())
+
+
+@pytest.fixture
+def job_user() -> pwd.struct_passwd:
+    return _job_user()
+
+
+@pytest.fixture
+def exec_root(job_user: pwd.struct_passwd) -> Iterator[Path]:
+    """A directory the job user owns and can reach (pytest's tmp_path is 0700 root-only)."""
+    path = Path(tempfile.mkdtemp(prefix="jgs-exec-"))
+    path.chmod(0o755)
+    os.chown(path, job_user.pw_uid, job_user.pw_gid)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def write_secret(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    path.chmod(0o600)
+    return str(path)
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, job_user: pwd.struct_passwd, exec_root: Path, monkeypatch: pytest.MonkeyPatch):
+    """Writes the INI for a test; keyword overrides are 'section.key': value."""
+    for name in list(os.environ):
+        if name.startswith(jobbergate_sync.ENV_PREFIX):
+            monkeypatch.delenv(name)
+
+    def make(**overrides: Any) -> str:
+        settings = {
+            "jobbergate.api_url": API,
+            "oidc.issuer": ISSUER,
+            "oidc.client_id": CLIENT_ID,
+            "oidc.client_secret_file": write_secret(tmp_path / "client_secret", CLIENT_SECRET.encode() + b"\n"),
+            "slurmrestd.url": SLURM,
+            "slurmrestd.jwt_key_file": write_secret(tmp_path / "jwt.key", JWT_KEY),
+            "slurmrestd.query_user": "slurm",
+            "submit.execution_directory": f"{exec_root}/{{username}}",
+            "mapper.min_uid": 1000 if job_user.pw_uid >= 1000 else 1,
+            "run.state_dir": str(tmp_path / "state"),
+            "run.lock_file": str(tmp_path / "run" / "lock"),
+            "run.backoff": 0,
+            "run.retries": 2,
+        }
+        settings.update({key.replace("__", "."): value for key, value in overrides.items()})
+        sections: dict[str, list[str]] = {}
+        for key, value in settings.items():
+            if value is None:
+                continue
+            section, name = key.split(".")
+            sections.setdefault(section, []).append(f"{name} = {value}")
+        path = tmp_path / "jobbergate-sync.ini"
+        path.write_text("".join(f"[{s}]\n" + "\n".join(lines) + "\n" for s, lines in sections.items()))
+        path.chmod(0o600)
+        return str(path)
+
+    return make
+
+
+class Stack:
+    def __init__(self, rsps: responses.RequestsMock):
+        self.rsps = rsps
+        self.issuer = FakeIssuer(rsps)
+        self.api = FakeJobbergate(rsps, self.issuer)
+        self.slurm = FakeSlurm(rsps, JWT_KEY)
+
+
+@pytest.fixture
+def stack() -> Iterator[Stack]:
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        yield Stack(rsps)
+
+
+@pytest.fixture
+def email(job_user: pwd.struct_passwd) -> str:
+    return f"{job_user.pw_name}@example.com"

@@ -1,0 +1,296 @@
+"""Stateful stand-ins for the OIDC issuer, jobbergate-api and slurmrestd, served through `responses`.
+
+They follow the contract recorded in shared/reference (status rules, 400/409 answers, pagination,
+slurmrestd v0.0.38 shapes and error bodies) closely enough for unit tests; the integration suite
+runs the real services.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any, Callable, Optional
+from urllib.parse import parse_qs, urlparse
+
+import jwt
+import requests
+import responses
+
+API = "http://api.test/jobbergate"
+ISSUER = "http://oidc.test/realms/jobbergate-local"
+SLURM = "http://slurm.test:6820"
+CLIENT_ID = "test-cluster"
+CLIENT_SECRET = "client-secret-value-42"
+
+DONE_STATES = {"COMPLETED"}
+ABORT_STATES = {"BOOT_FAIL", "CANCELLED", "DEADLINE", "FAILED", "NODE_FAIL", "PREEMPTED", "SPECIAL_EXIT",
+                "TIMEOUT", "UNKNOWN"}
+
+
+def _json(status: int, body: Any, headers: Optional[dict] = None) -> tuple:
+    return status, {"Content-Type": "application/json", **(headers or {})}, json.dumps(body)
+
+
+class FakeIssuer:
+    def __init__(self, rsps: responses.RequestsMock, ttl: int = 300):
+        self.ttl = ttl
+        self.issued: list[str] = []
+        self.failures: list[Any] = []  # next answers: an int status or an exception
+        rsps.add_callback(responses.POST, f"{ISSUER}/protocol/openid-connect/token", callback=self._token)
+
+    def _token(self, request: requests.PreparedRequest) -> tuple:
+        if self.failures:
+            failure = self.failures.pop(0)
+            if isinstance(failure, Exception):
+                return 0, {}, failure
+            return _json(failure, {"error": "server_error"})
+        form = parse_qs(request.body)
+        if form.get("client_id") != [CLIENT_ID] or form.get("client_secret") != [CLIENT_SECRET]:
+            return _json(401, {"error": "unauthorized_client", "error_description": "Invalid client secret"})
+        now = int(time.time())
+        token = jwt.encode({"sub": "svc", "azp": CLIENT_ID, "iat": now, "exp": now + self.ttl, "n": len(self.issued)},
+                           "issuer-signing-key-of-32-bytes!!", algorithm="HS256")
+        self.issued.append(token)
+        return _json(200, {"access_token": token, "expires_in": self.ttl, "token_type": "Bearer"})
+
+
+class FakeJobbergate:
+    """Submissions, files and the agent routes, with the real API's status rules."""
+
+    def __init__(self, rsps: responses.RequestsMock, issuer: FakeIssuer):
+        self.issuer = issuer
+        self.submissions: dict[int, dict[str, Any]] = {}
+        self.files: dict[tuple[int, str], bytes] = {}
+        self.calls: list[tuple[str, str, Any]] = []
+        self.health: list[int] = []
+        self.fail_next: dict[str, list[Any]] = {}  # route name -> statuses/exceptions to answer first
+        self.revoked: set[str] = set()
+        self.reject_all_tokens = False
+        self.before_submitted: Optional[Callable[[dict], None]] = None  # e.g. another agent acting first
+        self.submitted_reply_after_processing: Any = None  # a lost answer: an exception, or 400 (a repeat)
+        routes = [
+            (responses.GET, r"/job-submissions/agent/pending", self._pending, "pending"),
+            (responses.GET, r"/job-submissions/agent/active", self._active, "active"),
+            (responses.GET, r"/job-scripts/(\d+)/upload/(.+)", self._file, "file"),
+            (responses.POST, r"/job-submissions/agent/submitted", self._submitted, "submitted"),
+            (responses.POST, r"/job-submissions/agent/rejected", self._rejected, "rejected"),
+            (responses.PUT, r"/job-submissions/agent/(\d+)", self._update, "update"),
+            (responses.GET, r"/job-submissions/(\d+)", self._get, "get"),
+            (responses.PUT, r"/clusters/status", self._health, "health"),
+        ]
+        for method, pattern, handler, name in routes:
+            rsps.add_callback(method, re.compile(re.escape(API) + pattern + r"(\?.*)?$"),
+                              callback=self._guard(name, pattern, handler))
+
+    def add_submission(self, submission_id: int, files: Optional[dict[str, bytes]] = None, *,
+                       entrypoint: str = "job.sh", email: str = "user@example.com", name: Optional[str] = None,
+                       status: str = "CREATED", sbatch_arguments: Optional[list[str]] = None,
+                       execution_directory: Optional[str] = None, slurm_job_id: Optional[int] = None) -> dict:
+        files = files if files is not None else {"job.sh": b"#!/bin/bash\necho hello\n"}
+        script_id = 1000 + submission_id
+        for filename, content in files.items():
+            self.files[(script_id, filename)] = content
+        submission = {
+            "id": submission_id, "name": name or f"sub-{submission_id}", "owner_email": email, "status": status,
+            "client_id": CLIENT_ID, "slurm_job_id": slurm_job_id, "execution_parameters": {},
+            "execution_directory": execution_directory, "sbatch_arguments": sbatch_arguments,
+            "slurm_job_state": None, "report_message": None, "slurm_job_info": None,
+            "job_script": {"id": script_id, "name": "script", "owner_email": email, "files": [
+                {"parent_id": script_id, "filename": filename,
+                 "file_type": "ENTRYPOINT" if filename == entrypoint else "SUPPORT"} for filename in files]},
+        }
+        self.submissions[submission_id] = submission
+        return submission
+
+    def status(self, submission_id: int) -> str:
+        return self.submissions[submission_id]["status"]
+
+    def called(self, name: str) -> list[Any]:
+        return [body for call, _, body in self.calls if call == name]
+
+    def _guard(self, name: str, pattern: str, handler: Any) -> Any:
+        def callback(request: requests.PreparedRequest) -> tuple:
+            path = urlparse(request.url).path[len(urlparse(API).path):]
+            body = json.loads(request.body) if request.body else None
+            self.calls.append((name, request.url, body))
+            token = (request.headers.get("Authorization") or "").removeprefix("Bearer ")
+            if token not in self.issuer.issued or token in self.revoked or self.reject_all_tokens:
+                return _json(401, {"detail": "Not authenticated"})
+            if self.fail_next.get(name):
+                failure = self.fail_next[name].pop(0)
+                if isinstance(failure, Exception):
+                    return 0, {}, failure
+                if isinstance(failure, tuple):  # (status, raw body)
+                    return failure[0], {"Content-Type": "text/html"}, failure[1]
+                return _json(failure, {"detail": "injected failure"})
+            match = re.fullmatch(pattern, path)
+            return handler(request, body, *match.groups())
+
+        return callback
+
+    def _page(self, request: requests.PreparedRequest, items: list[dict]) -> tuple:
+        query = parse_qs(urlparse(request.url).query)
+        page, size = int(query.get("page", ["1"])[0]), int(query.get("size", ["50"])[0])
+        if size > 100:
+            return _json(422, {"detail": [{"type": "less_than_equal", "loc": ["query", "size"]}]})
+        pages = (len(items) + size - 1) // size
+        chunk = items[(page - 1) * size: page * size]
+        return _json(200, {"items": chunk, "total": len(items), "page": page, "size": size, "pages": pages})
+
+    def _pending(self, request: requests.PreparedRequest, body: Any) -> tuple:
+        items = [{key: value for key, value in sub.items() if value is not None and key not in ("status", "slurm_job_id")}
+                 for sub in self.submissions.values() if sub["status"] == "CREATED"]
+        return self._page(request, items)
+
+    def _active(self, request: requests.PreparedRequest, body: Any) -> tuple:
+        items = [{key: sub[key] for key in ("id", "name", "status", "slurm_job_id") if sub[key] is not None}
+                 for sub in self.submissions.values() if sub["status"] in ("SUBMITTED", "CANCELLED")]
+        return self._page(request, items)
+
+    def _file(self, request: requests.PreparedRequest, body: Any, script_id: str, filename: str) -> tuple:
+        content = self.files.get((int(script_id), requests.utils.unquote(filename)))
+        if content is None:
+            return _json(404, {"detail": f"job_script_files row not found by parent_id={script_id}, filename='{filename}'"})
+        return 200, {"Content-Type": "text/plain; charset=utf-8", "filename": filename}, content
+
+    def _submitted(self, request: requests.PreparedRequest, body: Any) -> tuple:
+        sub = self.submissions.get(body["id"])
+        if sub is None:
+            return _json(404, {"detail": f"job_submissions entry was not found by locator={body['id']}"})
+        if self.before_submitted:
+            self.before_submitted(sub)
+        if sub["status"] not in ("CREATED", "CANCELLED"):
+            return _json(400, {"detail": "Only CREATED Job Submissions can be marked as SUBMITTED"})
+        if body.get("slurm_job_state") not in DONE_STATES | ABORT_STATES | {"PENDING", "RUNNING", "COMPLETING"}:
+            return _json(422, {"detail": [{"type": "enum", "loc": ["body", "slurm_job_state"]}]})
+        sub.update(slurm_job_id=body["slurm_job_id"], slurm_job_state=body["slurm_job_state"],
+                   slurm_job_info=body["slurm_job_info"], report_message=body.get("slurm_job_state_reason"))
+        if sub["status"] == "CREATED":
+            sub["status"] = "SUBMITTED"
+        reply, self.submitted_reply_after_processing = self.submitted_reply_after_processing, None
+        if isinstance(reply, Exception):
+            return 0, {}, reply
+        if reply == 400:
+            return _json(400, {"detail": "Only CREATED Job Submissions can be marked as SUBMITTED"})
+        return 202, {}, ""
+
+    def _rejected(self, request: requests.PreparedRequest, body: Any) -> tuple:
+        sub = self.submissions[body["id"]]
+        if sub["status"] != "CREATED":
+            return _json(400, {"detail": "Only CREATED Job Submissions can be marked as REJECTED"})
+        sub.update(status="REJECTED", report_message=body["report_message"])
+        return 202, {}, ""
+
+    def _update(self, request: requests.PreparedRequest, body: Any, submission_id: str) -> tuple:
+        sub = self.submissions[int(submission_id)]
+        if sub["status"] not in ("SUBMITTED", "CANCELLED"):
+            return _json(400, {"detail": f"Only SUBMITTED or CANCELLED jobs may be updated by the agent, got {sub['status']}"})
+        if body.get("slurm_job_id") != sub["slurm_job_id"]:
+            return _json(409, {"detail": "Update slurm job id does not match the job id on record"})
+        state = body["slurm_job_state"]
+        sub.update(slurm_job_state=state, slurm_job_info=body["slurm_job_info"])
+        if state in DONE_STATES:
+            sub["status"] = "DONE"
+        elif state in ABORT_STATES:
+            sub.update(status="ABORTED", report_message=body.get("slurm_job_state_reason"))
+        return 202, {}, ""
+
+    def _get(self, request: requests.PreparedRequest, body: Any, submission_id: str) -> tuple:
+        sub = self.submissions.get(int(submission_id))
+        if sub is None:
+            return _json(404, {"detail": "not found"})
+        return _json(200, sub)
+
+    def _health(self, request: requests.PreparedRequest, body: Any) -> tuple:
+        self.health.append(int(parse_qs(urlparse(request.url).query)["interval"][0]))
+        return 202, {}, ""
+
+
+class FakeSlurm:
+    """slurmrestd v0.0.38 (Slurm 22.05) shapes: job ids, string job_state, 500 + error 2017 for gone jobs."""
+
+    def __init__(self, rsps: responses.RequestsMock, jwt_key: bytes, version: str = "v0.0.38"):
+        self.jwt_key = jwt_key
+        self.version = version
+        self.jobs: dict[int, dict[str, Any]] = {}
+        self.accounting: dict[int, dict[str, Any]] = {}
+        self.submitted: list[dict[str, Any]] = []
+        self.cancelled: list[tuple[int, str]] = []
+        self.requests: list[tuple[str, str, dict]] = []
+        self.next_id = 100
+        # Queued answers per route ("submit", "list", "get", "delete", "dbd"): (status, body) or an exception.
+        self.answers: dict[str, list[Any]] = {}
+        self.down = False
+        base = re.escape(f"{SLURM}/slurm/{version}")
+        rsps.add_callback(responses.POST, re.compile(base + r"/job/submit$"), callback=self._wrap("submit"))
+        rsps.add_callback(responses.GET, re.compile(base + r"/jobs(\?.*)?$"), callback=self._wrap("list"))
+        rsps.add_callback(responses.GET, re.compile(base + r"/job/(\d+)$"), callback=self._wrap("get"))
+        rsps.add_callback(responses.DELETE, re.compile(base + r"/job/(\d+)$"), callback=self._wrap("delete"))
+        rsps.add_callback(responses.GET, re.compile(re.escape(f"{SLURM}/slurmdb/{version}") + r"/job/(\d+)$"),
+                          callback=self._wrap("dbd"))
+
+    def _wrap(self, route: str) -> Any:
+        def callback(request: requests.PreparedRequest) -> tuple:
+            headers = {key: value for key, value in request.headers.items() if key.startswith("X-SLURM")}
+            self.requests.append((request.method, request.url, headers))
+            if self.down:
+                return 0, {}, requests.ConnectionError("connection refused")
+            user, token = headers.get("X-SLURM-USER-NAME"), headers.get("X-SLURM-USER-TOKEN")
+            try:
+                claims = jwt.decode(token or "", self.jwt_key, algorithms=["HS256"])
+            except jwt.PyJWTError:
+                return _json(500, {"errors": [{"error_code": 5005, "error": "Zero Bytes were transmitted or received"}]})
+            if claims.get("sun") != user:
+                return _json(500, {"errors": [{"error_code": 5005, "error": "Zero Bytes were transmitted or received"}]})
+            if self.answers.get(route):
+                answer = self.answers[route].pop(0)
+                return (0, {}, answer) if isinstance(answer, Exception) else _json(*answer)
+            job_id = re.search(r"/job/(\d+)$", urlparse(request.url).path)
+            handler = getattr(self, f"_{route}")  # looked up per call, so a test may wrap it
+            return handler(request, user, int(job_id.group(1)) if job_id else None)
+
+        return callback
+
+    def add_job(self, job_id: int, state: Any = "RUNNING", reason: str = "None", user: str = "alice",
+                comment: str = "", exit_code: Any = 0) -> dict:
+        job = {"job_id": job_id, "job_state": state, "state_reason": reason, "user_name": user, "comment": comment,
+               "exit_code": exit_code, "name": f"job-{job_id}"}
+        self.jobs[job_id] = job
+        return job
+
+    def _submit(self, request: requests.PreparedRequest, user: str, _: Any) -> tuple:
+        payload = json.loads(request.body)
+        self.submitted.append({"user": user, **payload})
+        job_id = self.next_id
+        self.next_id += 1
+        job = payload["job"]
+        self.add_job(job_id, "PENDING", "Priority", user, job.get("comment", ""))
+        self.jobs[job_id]["name"] = job.get("name", "")
+        return _json(200, {"errors": [], "job_id": job_id, "step_id": "BATCH", "job_submit_user_msg": ""})
+
+    def _list(self, request: requests.PreparedRequest, user: str, _: Any) -> tuple:
+        return _json(200, {"errors": [], "jobs": list(self.jobs.values())})
+
+    def _get(self, request: requests.PreparedRequest, user: str, job_id: int) -> tuple:
+        if job_id not in self.jobs:
+            return _json(500, {"errors": [{"description": f"Unable to find JobId={job_id}", "error_number": 2017,
+                                           "error": "Invalid job id specified", "source": "slurm_load_job"}], "jobs": []})
+        return _json(200, {"errors": [], "jobs": [self.jobs[job_id]]})
+
+    def _delete(self, request: requests.PreparedRequest, user: str, job_id: int) -> tuple:
+        job = self.jobs.get(job_id)
+        if job is None:
+            return _json(500, {"errors": [{"error_number": 2017, "error": "Invalid job id specified"}]})
+        if job["user_name"] != user:
+            return _json(500, {"errors": [{"error_number": 2002, "error": "Access/permission denied"}]})
+        self.cancelled.append((job_id, user))
+        if job["job_state"] in ("PENDING", "RUNNING"):
+            job.update(job_state="CANCELLED", state_reason="None")
+        return _json(200, {"errors": []})
+
+    def _dbd(self, request: requests.PreparedRequest, user: str, job_id: int) -> tuple:
+        if job_id in self.accounting:
+            return _json(200, {"errors": [], "jobs": [self.accounting[job_id]]})
+        return _json(200, {"errors": [{"description": "Nothing found", "error_number": 9003,
+                                       "error": "Nothing found with query", "source": "slurmdb_jobs_get"}], "jobs": []})

@@ -1,0 +1,157 @@
+"""The command line: exit codes, lock, quiet mode, logging without secrets, deadline."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import jobbergate_sync
+from conftest import JWT_KEY
+from fakes import CLIENT_SECRET
+from jobbergate_sync import main
+
+
+def test_help_documents_every_exit_code(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for code in ("0 ", "1 ", "64", "69", "70", "75", "77", "78"):
+        assert f"  {code}" in out
+    assert "--dry-run" in out and "--once" in out
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert jobbergate_sync.__version__ in capsys.readouterr().out
+
+
+def test_usage_error_is_64(capsys):
+    assert main(["--no-such-flag"]) == jobbergate_sync.EX_USAGE
+    assert "No such option" in capsys.readouterr().err
+
+
+def test_missing_config_is_78(tmp_path, capsys):
+    assert main(["--config", str(tmp_path / "absent.ini")]) == jobbergate_sync.EX_CONFIG
+    assert "absent.ini does not exist" in capsys.readouterr().err
+
+
+def test_unknown_key_is_78_and_named(config_file, capsys):
+    path = config_file(**{"run.colour": "blue"})
+    assert main(["--config", path]) == jobbergate_sync.EX_CONFIG
+    assert "unknown key 'colour' in [run]" in capsys.readouterr().err
+
+
+def test_config_from_environment_variable(config_file, monkeypatch, capsys):
+    monkeypatch.setenv("JOBBERGATE_SYNC_CONFIG", config_file())
+    assert main(["--check-config"]) == 0
+    assert "configuration is valid" in capsys.readouterr().out
+
+
+def test_state_dir_open_to_others_is_refused(config_file, tmp_path, capsys):
+    (tmp_path / "state").mkdir(mode=0o755)
+    (tmp_path / "state").chmod(0o755)
+    assert main(["--config", config_file()]) == jobbergate_sync.EX_CONFIG
+    assert "state_dir" in capsys.readouterr().err
+
+
+def test_lock_held_exits_75_and_touches_nothing(stack, config_file, tmp_path):
+    config = config_file()
+    (tmp_path / "run").mkdir()
+    with open(tmp_path / "run" / "lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert main(["--config", config]) == jobbergate_sync.EX_TEMPFAIL
+    assert stack.api.calls == [] and stack.issuer.issued == []
+
+
+def test_a_killed_lock_holder_does_not_block_the_next_run(stack, config_file, tmp_path):
+    config = config_file()
+    lock = tmp_path / "run" / "lock"
+    lock.parent.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)\nfcntl.flock(fd, fcntl.LOCK_EX)\n"
+         "print('locked', flush=True)\ntime.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["--config", config]) == jobbergate_sync.EX_TEMPFAIL
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["--config", config]) == 0
+
+
+def test_quiet_is_silent_when_all_went_well(stack, config_file, email, capsys):
+    stack.api.add_submission(1, email=email)
+    assert main(["--once", "-q", "--config", config_file()]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""
+    assert stack.api.status(1) == "SUBMITTED"
+
+
+def test_quiet_still_reports_failures(stack, config_file, email, capsys):
+    stack.api.add_submission(1, email=email)
+    stack.slurm.down = True
+    assert main(["--once", "-q", "--config", config_file()]) == jobbergate_sync.EX_UNAVAILABLE
+    assert "slurm.test" in capsys.readouterr().err
+
+
+def test_internal_error_is_70_with_a_traceback(stack, config_file, monkeypatch, capsys):
+    def broken(self):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(jobbergate_sync.SyncPass, "run", broken)
+    assert main(["--config", config_file(), "--log-format", "text"]) == jobbergate_sync.EX_SOFTWARE
+    err = capsys.readouterr().err
+    assert "internal error" in err and "RuntimeError: boom" in err
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_no_secret_reaches_the_log(stack, config_file, email, capsys, log_format):
+    stack.api.add_submission(1, email=email)
+    stack.api.add_submission(2, email="root@example.com")
+    stack.api.add_submission(3, status="SUBMITTED", slurm_job_id=300)
+    stack.slurm.add_job(300, "COMPLETED")
+    config = config_file()
+    assert main(["--config", config, "-v", "--log-format", log_format]) == 0
+    stack.api.reject_all_tokens = True  # a failing pass logs more
+    assert main(["--config", config, "-v", "--log-format", log_format]) == jobbergate_sync.EX_NOPERM
+    err = capsys.readouterr().err
+    secrets = [CLIENT_SECRET, JWT_KEY.decode(), *stack.issuer.issued,
+               *{headers["X-SLURM-USER-TOKEN"] for _, _, headers in stack.slurm.requests}]
+    assert len(secrets) >= 5
+    for secret in secrets:
+        assert secret not in err
+    assert "submission_id" in err  # the log did say what happened
+    if log_format == "json":
+        lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+        assert any(line.get("submission_id") == 1 and line.get("slurm_job_id") == 100 for line in lines)
+        assert any(line["level"] == "DEBUG" for line in lines)
+
+
+def test_deadline_leaves_the_rest_for_the_next_pass(stack, config_file, email, capsys):
+    for submission_id in (1, 2):
+        stack.api.add_submission(submission_id, email=email)
+    original = stack.slurm._submit
+
+    def slow_submit(*args):
+        time.sleep(1.2)
+        return original(*args)
+
+    stack.slurm._submit = slow_submit
+    config = config_file(**{"run.deadline": 1})
+    assert main(["--config", config]) == 0
+    assert "deadline" in capsys.readouterr().err
+    assert sorted(stack.api.status(i) for i in (1, 2)) == ["CREATED", "SUBMITTED"]
+
+
+def test_console_script_entry_point_runs(tmp_path):
+    result = subprocess.run([sys.executable, "-c", "import jobbergate_sync; jobbergate_sync.console_main()",
+                             "--config", str(tmp_path / "none.ini")], capture_output=True, text=True)
+    assert result.returncode == jobbergate_sync.EX_CONFIG
+    assert "does not exist" in result.stderr
