@@ -1996,7 +1996,8 @@ class SyncPass:
         staged: dict[str, IO[bytes]] = {}
         try:
             for script_file in sorted(submission.files, key=lambda f: not f.is_entrypoint):
-                handle = tempfile.TemporaryFile(dir=self.config.run.state_dir)
+                # The state directory is root's own (0700); a dry run leaves it alone.
+                handle = tempfile.TemporaryFile(dir=None if self.dry_run else self.config.run.state_dir)
                 staged[script_file.filename] = handle
                 size = self.api.download(script_file.parent_id, script_file.filename, handle,
                                          self.config.submit.max_file_size)
@@ -2271,9 +2272,9 @@ def cli(once: bool, config_path: str, dry_run: bool, check_config: bool, log_for
         click.echo(f"{config_path}: configuration is valid")
         return EXIT_OK
     try:
-        prepare_state_dir(config.run.state_dir)
         if dry_run:
             return run_once(config, dry_run=True)
+        prepare_state_dir(config.run.state_dir)
         with RunLock(config.run.lock_file):
             return run_once(config, dry_run=False)
     except LockHeld as exc:

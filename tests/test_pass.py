@@ -428,7 +428,6 @@ def test_dry_run_changes_nothing(stack, config_file, email, tmp_path, exec_root,
     writes = [name for name, _, _ in stack.api.calls if name not in ("pending", "active", "file", "get")]
     assert writes == []
     assert [r for r in stack.slurm.requests if r[0] != "GET"] == []
-    assert not (tmp_path / "state" / "token.json").exists()
-    assert not (tmp_path / "state" / "journal.sqlite3").exists()
+    assert not (tmp_path / "state").exists() and not (tmp_path / "run").exists()
     assert list(exec_root.iterdir()) == []
     assert [stack.api.status(i) for i in (1, 2, 3, 4)] == ["CREATED", "CREATED", "SUBMITTED", "CANCELLED"]
