@@ -370,11 +370,11 @@ def validate_config(sections: dict[str, dict[str, Any]]) -> None:
     need(sections["run"]["backoff"] >= 0, "run.backoff", "must not be negative")
     need(sections["slurmrestd"]["token_lifespan"] > 60, "slurmrestd.token_lifespan", "must exceed 60 seconds")
     template = sections["submit"]["execution_directory"]
-    need(template.startswith("/"), "submit.execution_directory", "must be an absolute path template")
     try:
-        template.format(username="u", home="/h")
+        example = template.format(username="u", home="/h")
     except (KeyError, IndexError, ValueError) as exc:
         raise ConfigError(f"[submit] execution_directory: bad template ({exc}); use {{username}} or {{home}}") from None
+    need(example.startswith("/"), "submit.execution_directory", "must be an absolute path template")
     mapper = sections["mapper"]
     need(mapper["type"] in MAPPER_TYPES, "mapper.type", f"must be one of {', '.join(MAPPER_TYPES)}")
     need(mapper["type"] != "single-user" or bool(mapper["user"]), "mapper.user", "required by the single-user mapper")
@@ -396,11 +396,12 @@ class SecretRedactor(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self.secrets: set[str] = set()
+        self.secrets: list[str] = []
 
     def add(self, secret: Optional[str]) -> None:
-        if secret and len(secret) >= 6:
-            self.secrets.add(secret)
+        if secret and len(secret) >= 6 and secret not in self.secrets:
+            # Longest first, so a secret that contains another is hidden whole.
+            self.secrets = sorted([*self.secrets, secret], key=len, reverse=True)
 
     def redact(self, text: str) -> str:
         for secret in self.secrets:
@@ -924,7 +925,8 @@ def sbatch_block_arguments(script: str) -> list[str]:
     """The arguments of the leading #SBATCH block: it ends at the first line that is neither
     blank nor a comment, exactly where sbatch stops reading."""
     arguments: list[str] = []
-    for number, line in enumerate(script.splitlines()):
+    # sbatch reads lines ending in "\n" only; str.splitlines() would also split on \r, \v, \x1c...
+    for number, line in enumerate(script.split("\n")):
         if number == 0 and line.startswith("#!"):
             continue
         stripped = line.strip()
@@ -979,14 +981,16 @@ def parse_time_minutes(option: str, value: str) -> Optional[int]:
     return (seconds + 59) // 60  # Slurm rounds partial minutes up
 
 
-MEMORY_UNITS = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+MEMORY_UNITS_KB = {"K": 1, "M": 1024, "G": 1024 ** 2, "T": 1024 ** 3}
 
 
 def parse_memory_mb(option: str, value: str) -> int:
     match = re.fullmatch(r"(\d+)([KMGT]?)B?", (value or "").strip().upper())
     if not match:
         raise Rejection(f"--{option}: {value!r} is not a memory size (e.g. 4000, 500M, 4G)")
-    return max(1, int(int(match.group(1)) * MEMORY_UNITS[match.group(2) or "M"]))
+    # 0 keeps its sbatch meaning (all of a node's memory); kilobytes round up as Slurm does.
+    kilobytes = int(match.group(1)) * MEMORY_UNITS_KB[match.group(2) or "M"]
+    return (kilobytes + 1023) // 1024
 
 
 def _number(family: int, value: Optional[int]) -> Any:
@@ -1073,8 +1077,9 @@ def as_gres(old_key: str, new_key: str, gpu: bool) -> Callable[[Optional[str], i
         spec = value or ""
         if family <= 38:
             return {old_key: spec}
-        if gpu and ":" not in spec.split(",")[0]:
-            spec = f"gpu:{spec}"
+        if gpu:  # --gpus=volta:3 means gpu:volta:3
+            spec = ",".join(part if part.strip().startswith("gpu") else f"gpu:{part.strip()}"
+                            for part in spec.split(",") if part.strip())
         return {new_key: _gres_to_tres(spec, family)}
 
     return translate
@@ -1282,10 +1287,13 @@ def build_job_request(
     """Merge the script's #SBATCH block with the submission's sbatch_arguments (they win, as on the
     sbatch command line) and translate them to the slurmrestd job JSON of `family`."""
     options = parse_options(sbatch_block_arguments(script), "#SBATCH")
+    argument_words: list[str] = []
     for argument in sbatch_arguments:
         if CONTROL_CHARACTER_RE.search(argument):
             raise Rejection(f"sbatch_arguments entry {argument!r} contains a newline, NUL or other control character")
-        options += parse_options(split_sbatch_words(argument), "sbatch_arguments")
+        argument_words += split_sbatch_words(argument)
+    # One word list, as on a command line: ["--nodes", "2"] and ["--nodes 2"] mean the same.
+    options += parse_options(argument_words, "sbatch_arguments")
     fields: dict[str, Any] = {}
     exported: dict[str, str] = {}
     for option in options:
@@ -1570,7 +1578,7 @@ class LocalUser:
     home: str
 
 
-USERNAME_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$")
+USERNAME_RE = re.compile(r"[a-z_][a-z0-9_.-]{0,31}\$?")
 
 
 def lookup_user(name: str) -> Optional[LocalUser]:
@@ -1613,7 +1621,7 @@ class UserMapper:
             return self.single_user
         if self.kind == "email-local-part":
             local_part = email.partition("@")[0].lower()
-            if "@" not in email or not USERNAME_RE.match(local_part):
+            if "@" not in email or not USERNAME_RE.fullmatch(local_part):
                 raise Rejection(f"owner email {email!r} has no local part usable as a user name on this cluster")
             return local_part
         if self._map is None:
@@ -1647,7 +1655,7 @@ PERMANENT_FILE_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ELOOP, 
 
 def resolve_execution_directory(requested: Optional[str], template: str, user: LocalUser) -> str:
     directory = requested if requested else template.format(username=user.name, home=user.home)
-    if "\x00" in directory or any(ord(ch) < 32 for ch in directory):
+    if any(ord(ch) < 32 or ch == "\x7f" for ch in directory):
         raise Rejection(f"execution directory {directory!r} contains a control character")
     if not directory.startswith("/"):
         raise Rejection(f"execution directory {directory!r} is not an absolute path")

@@ -11,9 +11,7 @@ import pytest
 import responses
 
 import jobbergate_sync
-from fakes import API, CLIENT_ID, CLIENT_SECRET, ISSUER, SLURM, FakeIssuer, FakeJobbergate, FakeSlurm
-
-JWT_KEY = b"0123456789abcdef0123456789abcdef"
+from fakes import API, CLIENT_ID, CLIENT_SECRET, ISSUER, JWT_KEY, SLURM, FakeIssuer, FakeJobbergate, FakeSlurm
 
 
 def _job_user() -> pwd.struct_passwd:

@@ -22,6 +22,7 @@ ISSUER = "http://oidc.test/realms/jobbergate-local"
 SLURM = "http://slurm.test:6820"
 CLIENT_ID = "test-cluster"
 CLIENT_SECRET = "client-secret-value-42"
+JWT_KEY = b"0123456789abcdef0123456789abcdef"
 
 DONE_STATES = {"COMPLETED"}
 ABORT_STATES = {"BOOT_FAIL", "CANCELLED", "DEADLINE", "FAILED", "NODE_FAIL", "PREEMPTED", "SPECIAL_EXIT",

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 import jobbergate_sync
-from conftest import JWT_KEY
-from fakes import CLIENT_SECRET
+from fakes import CLIENT_SECRET, JWT_KEY
 from jobbergate_sync import main
 
 

@@ -1,0 +1,872 @@
+"""#SBATCH parsing and translation to slurmrestd job JSON; script, file name and pending-item checks."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, List, Optional, Sequence
+
+import pytest
+
+import jobbergate_sync
+from jobbergate_sync import (
+    Rejection,
+    api_family,
+    build_job_request,
+    check_filename,
+    check_script,
+    parse_options,
+    parse_pending,
+    sbatch_block_arguments,
+    split_sbatch_words,
+)
+
+FAMILIES = [38, 39, 40, 42]
+BASE_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/home/alice", "USER": "alice"}
+WORKDIR = "/home/alice/jobs"
+TAG = "jobbergate-sync:my-cluster:42"
+
+
+def build(args: Sequence[str] = (), family: int = 38, directives: Sequence[str] = (),
+          name: str = "my-submission", workdir: str = WORKDIR,
+          env: Optional[Dict[str, str]] = None) -> jobbergate_sync.JobRequest:
+    script = "#!/bin/bash\n" + "".join(f"#SBATCH {line}\n" for line in directives) + "echo hello\n"
+    return build_job_request(script, list(args), name, workdir, dict(BASE_ENV if env is None else env), TAG, family)
+
+
+def job_of(args: Sequence[str] = (), family: int = 38, directives: Sequence[str] = (), **kwargs: Any) -> Dict[str, Any]:
+    return build(args, family, directives, **kwargs).payload["job"]
+
+
+def environment_of(job: Dict[str, Any], family: int) -> Dict[str, str]:
+    """The job's environment as a dict, whichever shape the family uses."""
+    if family == 38:
+        assert isinstance(job["environment"], dict)
+        return job["environment"]
+    assert isinstance(job["environment"], list)
+    return dict(entry.split("=", 1) for entry in job["environment"])
+
+
+def unlimited(family: int) -> Any:
+    return 0 if family == 38 else {"set": True, "infinite": True, "number": 0}
+
+
+def number(family: int, value: int) -> Any:
+    return value if family == 38 else {"set": True, "infinite": False, "number": value}
+
+
+# ---------------------------------------------------------------------------------------------
+# split_sbatch_words
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("--time=5 --job-name=x", ["--time=5", "--job-name=x"]),
+        ("  -N  2\t-n 4  ", ["-N", "2", "-n", "4"]),
+        ('--job-name="my job"', ["--job-name=my job"]),
+        ("--job-name='my job'", ["--job-name=my job"]),
+        ('--comment="it\'s fine"', ["--comment=it's fine"]),
+        ("--comment='say \"hi\"'", ['--comment=say "hi"']),
+        (r"--job-name=my\ job", ["--job-name=my job"]),
+        (r'--comment="a\"b"', ['--comment=a"b']),
+        (r"--comment='a\'b'", ["--comment=a'b"]),
+        (r"--comment=back\\slash", [r"--comment=back\slash"]),
+        ('a"b c"d', ["ab cd"]),
+        ('--comment=""', ["--comment="]),
+        ('""', [""]),
+        ("--time=5 # a comment --partition=x", ["--time=5"]),
+        ("--time=5 #--partition=x", ["--time=5"]),
+        ("--job-name=a#b --partition=x", ["--job-name=a"]),
+        ('--comment="#1 job"', ["--comment=#1 job"]),
+        ("--comment='#1'", ["--comment=#1"]),
+        (r"--comment=\#1", ["--comment=#1"]),
+        ("# only a comment", []),
+        ("", []),
+        ("   \t ", []),
+        ("--comment=$(id);rm|x&y`z`", ["--comment=$(id);rm|x&y`z`"]),
+    ],
+)
+def test_split_sbatch_words(text: str, words: List[str]) -> None:
+    assert split_sbatch_words(text) == words
+
+
+@pytest.mark.parametrize(("text", "quote"), [('--job-name="abc', '"'), ("--job-name='abc", "'"),
+                                             ("'a' \"b", '"'), (r'"a\"', '"')])
+def test_split_sbatch_words_unterminated_quote(text: str, quote: str) -> None:
+    with pytest.raises(Rejection, match=f"unterminated {quote} quote"):
+        split_sbatch_words(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# sbatch_block_arguments
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("script", "arguments"),
+    [
+        ("#!/bin/bash\n#SBATCH --time=5\n#SBATCH -J name -p debug\necho hi\n",
+         ["--time=5", "-J", "name", "-p", "debug"]),
+        # the block ends at the first command: later #SBATCH lines are ignored, as sbatch does
+        ("#!/bin/bash\n#SBATCH -J first\necho hi\n#SBATCH -J second\n", ["-J", "first"]),
+        ("#!/bin/bash\n#SBATCH -J first\n  true  \n#SBATCH -J second\n", ["-J", "first"]),
+        # blank lines, whitespace-only lines and comments inside the block are fine
+        ("#!/bin/bash\n\n# set up\n#SBATCH -t 5\n\n   \n\t\n# more\n#SBATCH -p debug\nsrun x\n",
+         ["-t", "5", "-p", "debug"]),
+        # '##SBATCH' (the usual way to disable a directive) and an indented '#SBATCH' are comments
+        ("#!/bin/bash\n##SBATCH -p off\n  #SBATCH -p indented\n#SBATCH -p on\n", ["-p", "on"]),
+        # #SLURM lines are directives too
+        ("#!/bin/bash\n#SLURM --time=5\n", ["--time=5"]),
+        # a directive line may carry a trailing comment, and a bare '#SBATCH' adds nothing
+        ("#!/bin/bash\n#SBATCH --time=5 # five minutes\n#SBATCH\n", ["--time=5"]),
+        # CRLF line ends
+        ("#!/bin/bash\r\n#SBATCH -t 5\r\n#SBATCH -p debug\r\necho\r\n", ["-t", "5", "-p", "debug"]),
+        # an option and its value may sit on separate lines: sbatch gathers one argv
+        ("#!/bin/bash\n#SBATCH -N\n#SBATCH 2\n", ["-N", "2"]),
+        # no #SBATCH block at all
+        ("#!/bin/bash\necho hi\n", []),
+        ("#!/bin/bash\n", []),
+        ("", []),
+        # a shebang carrying what looks like options is skipped
+        ("#!/bin/bash --time=5\n#SBATCH -p debug\n", ["-p", "debug"]),
+        # quoting inside the block follows split_sbatch_words
+        ("#!/bin/bash\n#SBATCH --job-name='a b' --comment=\"x # y\"\n", ["--job-name=a b", "--comment=x # y"]),
+    ],
+)
+def test_sbatch_block_arguments(script: str, arguments: List[str]) -> None:
+    assert sbatch_block_arguments(script) == arguments
+
+
+@pytest.mark.parametrize("line", ["#SBATCH hetjob", "#SBATCH packjob", "#SBATCH HETJOB", "#SBATCH   hetjob # second"])
+def test_hetjob_separator_refused(line: str) -> None:
+    script = f"#!/bin/bash\n#SBATCH -n 1\n{line}\n#SBATCH -n 2\nsrun x\n"
+    with pytest.raises(Rejection, match=r"heterogeneous jobs \(#SBATCH hetjob\) are not supported"):
+        sbatch_block_arguments(script)
+
+
+def test_hetjob_after_the_block_is_just_a_comment() -> None:
+    assert sbatch_block_arguments("#!/bin/bash\n#SBATCH -n 1\necho\n#SBATCH hetjob\n") == ["-n", "1"]
+
+
+def test_unterminated_quote_in_block_refused() -> None:
+    with pytest.raises(Rejection, match="unterminated ' quote"):
+        sbatch_block_arguments("#!/bin/bash\n#SBATCH --job-name='oops\n")
+
+
+@pytest.mark.parametrize("separator", ["\x0c", "\x1c", "\u2028"])
+def test_block_lines_are_split_on_newline_only(separator: str) -> None:
+    script = f"#!/bin/bash\n# notes{separator}more notes\n#SBATCH --time=5\necho\n"
+    assert sbatch_block_arguments(script) == ["--time=5"]
+
+
+# ---------------------------------------------------------------------------------------------
+# parse_options
+# ---------------------------------------------------------------------------------------------
+
+
+def parsed(words: List[str]) -> List[tuple]:
+    return [(option.spec.name, option.value) for option in parse_options(words, "#SBATCH")]
+
+
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [
+        (["--time=10"], [("time", "10")]),
+        (["--time", "10"], [("time", "10")]),
+        (["-t", "10"], [("time", "10")]),
+        (["-t10"], [("time", "10")]),
+        (["-N", "2"], [("nodes", "2")]),
+        (["-N2"], [("nodes", "2")]),
+        (["-N1-4"], [("nodes", "1-4")]),
+        (["--part=debug"], [("partition", "debug")]),
+        (["--part", "debug"], [("partition", "debug")]),
+        (["--job=x"], [("job-name", "x")]),
+        (["--mem=4G"], [("mem", "4G")]),  # exact name wins over the prefix of --mem-per-cpu
+        (["--mem-per-c=1G"], [("mem-per-cpu", "1G")]),
+        (["--time-min=5"], [("time-min", "5")]),
+        (["--comment="], [("comment", "")]),
+        (["--comment=a=b"], [("comment", "a=b")]),
+        (["--hold"], [("hold", None)]),
+        (["-H"], [("hold", None)]),
+        (["--nice"], [("nice", None)]),
+        (["--nice=5"], [("nice", "5")]),
+        (["--exclusive"], [("exclusive", None)]),
+        (["--exclusive=user"], [("exclusive", "user")]),
+        (["-t", "-5"], [("time", "-5")]),  # a required argument is taken even if it looks like an option
+        (["-J", "a", "--time=5", "-p", "debug", "--requeue"],
+         [("job-name", "a"), ("time", "5"), ("partition", "debug"), ("requeue", None)]),
+    ],
+)
+def test_parse_options(words: List[str], expected: List[tuple]) -> None:
+    assert parsed(words) == expected
+
+
+def test_parse_options_records_the_source() -> None:
+    options = parse_options(["-p", "debug"], "sbatch_arguments")
+    assert [option.source for option in options] == ["sbatch_arguments"]
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        (["--me=1"], r"unsupported option --me in sbatch_arguments"),  # ambiguous: mem, mem-per-cpu
+        (["--ex=1"], r"unsupported option --ex in sbatch_arguments"),  # ambiguous: exclusive, exclude, export...
+        (["--bogus=1"], r"unsupported option --bogus in sbatch_arguments"),
+        (["--parsable"], r"unsupported option --parsable in sbatch_arguments"),
+        (["--"], r"unsupported option -- in sbatch_arguments"),
+        (["-Z"], r"unsupported option -Z in sbatch_arguments"),
+        (["-Zfoo"], r"unsupported option -Z in sbatch_arguments"),
+        (["--hold=yes"], r"option --hold takes no value \(in sbatch_arguments\)"),
+        (["--requeue=1"], r"option --requeue takes no value"),
+        (["-Hx"], r"option -H takes no value"),
+        (["--time"], r"option --time needs a value \(in sbatch_arguments\)"),
+        (["-p"], r"option -p needs a value \(in sbatch_arguments\)"),
+        (["script.sh"], r"unexpected argument 'script\.sh' in sbatch_arguments: only options are allowed"),
+        (["-"], r"unexpected argument '-' in sbatch_arguments"),
+        (["--exclusive", "user"], r"unexpected argument 'user'"),  # optional arguments need '='
+        (["-t", "5", "extra"], r"unexpected argument 'extra'"),
+    ],
+)
+def test_parse_options_refusals(words: List[str], message: str) -> None:
+    with pytest.raises(Rejection, match=message):
+        parse_options(words, "sbatch_arguments")
+
+
+# ---------------------------------------------------------------------------------------------
+# api_family and payload shape
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("version", "family"),
+    [("v0.0.38", 38), ("v0.0.39", 39), ("v0.0.40", 40), ("v0.0.41", 40), ("v0.0.42", 42), ("v0.0.43", 42),
+     ("v0.0.44", 42)],
+)
+def test_api_family(version: str, family: int) -> None:
+    assert api_family(version) == family
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_payload_shape(family: int) -> None:
+    script = "#!/bin/bash\necho hello\n"
+    request = build_job_request(script, [], "my-submission", WORKDIR, dict(BASE_ENV), TAG, family)
+    payload = request.payload
+    job = payload["job"]
+    if family <= 39:
+        assert set(payload) == {"script", "job"}
+        assert payload["script"] == script
+        assert "script" not in job
+    else:
+        assert set(payload) == {"job"}
+        assert job["script"] == script
+    if family == 38:
+        assert job["environment"] == BASE_ENV
+    else:
+        assert job["environment"] == ["PATH=/usr/bin:/bin", "HOME=/home/alice", "USER=alice"]
+    assert job["name"] == "my-submission"
+    assert job["current_working_directory"] == WORKDIR
+    assert job["comment"] == TAG
+    assert request.working_directory == WORKDIR
+
+
+def test_minimal_v38_payload_is_exactly_what_slurmrestd_accepted() -> None:
+    """Matches the [live] minimal payload of the slurmrestd reference (plus name and comment)."""
+    script = "#!/bin/bash\necho hello\n"
+    payload = build_job_request(script, [], "n", "/home/alice", {"PATH": "/usr/local/bin:/usr/bin:/bin"}, "t", 38).payload
+    assert payload == {"script": script, "job": {"name": "n", "current_working_directory": "/home/alice", "comment": "t",
+                                                 "environment": {"PATH": "/usr/local/bin:/usr/bin:/bin"}}}
+
+
+# ---------------------------------------------------------------------------------------------
+# Precedence, name, cwd, output paths, comment
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sbatch_arguments_override_directives(family: int) -> None:
+    job = job_of(["--partition=fromargs", "-J argname"], family,
+                 directives=["--partition=fromscript", "-t 5", "--job-name=scriptname"])
+    assert job["partition"] == "fromargs"
+    assert job["name"] == "argname"
+    assert job["time_limit"] == number(family, 5)
+
+
+def test_later_sbatch_argument_wins() -> None:
+    assert job_of(["-p a", "-p b"])["partition"] == "b"
+
+
+def test_an_option_and_its_value_may_be_separate_entries() -> None:
+    # Clients send ["--nodes", "2"] as often as ["--nodes 2"]; both are one command line.
+    job = job_of(["--partition", "debug", "-N", "2"])
+    assert job["partition"] == "debug"
+    assert job["nodes"] == "2"
+
+
+def test_each_sbatch_argument_entry_is_split_into_words() -> None:
+    job = job_of(["--partition debug --time 10", "-N 2"])
+    assert (job["partition"], job["time_limit"], job["nodes"]) == ("debug", 10, "2")
+
+
+@pytest.mark.parametrize(
+    ("args", "directives", "name"),
+    [([], [], "my-submission"), ([], ["-J fromscript"], "fromscript"), (["--job-name=fromargs"], [], "fromargs"),
+     (["-J fromargs"], ["--job-name=fromscript"], "fromargs")],
+)
+def test_default_job_name(args, directives, name) -> None:
+    assert job_of(args, 40, directives)["name"] == name
+
+
+@pytest.mark.parametrize(
+    ("args", "cwd"),
+    [
+        ([], WORKDIR),
+        (["--chdir=/scratch/alice"], "/scratch/alice"),
+        (["-D /scratch/alice/"], "/scratch/alice"),
+        (["--chdir=run1"], WORKDIR + "/run1"),
+        (["--chdir=./a/b"], WORKDIR + "/a/b"),
+        (["--chdir=../other"], "/home/alice/other"),
+        (["--chdir="], WORKDIR),
+    ],
+)
+@pytest.mark.parametrize("family", [38, 40])
+def test_working_directory(args: List[str], cwd: str, family: int) -> None:
+    request = build(args, family)
+    assert request.payload["job"]["current_working_directory"] == cwd
+    assert request.working_directory == cwd
+
+
+@pytest.mark.parametrize(
+    ("args", "key", "path"),
+    [
+        (["--output=out-%j.txt"], "standard_output", WORKDIR + "/out-%j.txt"),
+        (["-o logs/out.txt"], "standard_output", WORKDIR + "/logs/out.txt"),
+        (["--error=err.txt"], "standard_error", WORKDIR + "/err.txt"),
+        (["-e /var/tmp/err.txt"], "standard_error", "/var/tmp/err.txt"),
+        (["--input=in.txt"], "standard_input", WORKDIR + "/in.txt"),
+        (["--output=/abs/out.txt"], "standard_output", "/abs/out.txt"),
+        (["--chdir=/scratch", "--output=out.txt"], "standard_output", "/scratch/out.txt"),
+        (["--output=out.txt", "--chdir=sub"], "standard_output", WORKDIR + "/sub/out.txt"),
+    ],
+)
+def test_relative_output_paths_join_the_job_cwd(args: List[str], key: str, path: str) -> None:
+    assert job_of(args, 40)[key] == path
+
+
+def test_no_output_key_without_the_option() -> None:
+    job = job_of([], 40)
+    assert not {"standard_output", "standard_error", "standard_input"} & set(job)
+
+
+@pytest.mark.parametrize(
+    ("args", "comment"),
+    [([], TAG), (["--comment=hello"], TAG + " hello"), (['--comment="hello world"'], TAG + " hello world"),
+     (["--comment="], TAG)],
+)
+@pytest.mark.parametrize("family", [38, 42])
+def test_comment_carries_the_tag(args: List[str], comment: str, family: int) -> None:
+    job = job_of(args, family)
+    assert job["comment"] == comment
+    assert jobbergate_sync.comment_has_tag(job["comment"], TAG)
+
+
+# ---------------------------------------------------------------------------------------------
+# Times, memory, nodes
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "minutes"),
+    [
+        ("10", 10), ("90", 90), ("1", 1),
+        ("1:30", 2), ("0:30", 1), ("2:00", 2), ("0:59", 1), ("0:60", 1), ("0:61", 2),  # M:S, rounded up
+        ("1:00:00", 60), ("01:30:00", 90), ("1:00:01", 61), ("0:0:30", 1),  # H:M:S
+        ("2-0", 2880), ("1-12", 2160),  # D-H
+        ("1-0:30", 1470), ("0-1:1", 61),  # D-H:M
+        ("1-0:0:30", 1441), ("3-01:02:03", 3 * 1440 + 63),  # D-H:M:S
+        ("UNLIMITED", None), ("unlimited", None), ("INFINITE", None), ("-1", None),
+        ("0", None), ("0:0", None), ("00:00:00", None), ("0-0", None),  # zero means no limit
+    ],
+)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_time_formats(value: str, minutes: Optional[int], family: int) -> None:
+    job = job_of([f"--time={value}", f"--time-min={value}"], family)
+    expected = unlimited(family) if minutes is None else number(family, minutes)
+    assert job["time_limit"] == expected
+    assert job["time_minimum"] == expected
+
+
+@pytest.mark.parametrize("value", ["abc", "1:2:3:4", "1-", "-5", "1h", "1.5", "1-2-3", ":30", ""])
+def test_bad_time_refused(value: str) -> None:
+    with pytest.raises(Rejection, match=rf"--time: {re.escape(repr(value))} is not a Slurm time"):
+        job_of([f"--time={value}"])
+
+
+@pytest.mark.parametrize(
+    ("value", "mb"),
+    [("4000", 4000), ("500M", 500), ("500m", 500), ("4G", 4096), ("4g", 4096), ("4GB", 4096), ("1T", 1024 * 1024),
+     ("2048K", 2), ("1024k", 1), ("512K", 1), ("100MB", 100)],
+)
+@pytest.mark.parametrize("option,key", [("mem", "memory_per_node"), ("mem-per-cpu", "memory_per_cpu"),
+                                        ("tmp", "temporary_disk_per_node")])
+def test_memory_units(value: str, mb: int, option: str, key: str) -> None:
+    assert job_of([f"--{option}={value}"], 40)[key] == mb
+
+
+def test_mem_zero_means_all_memory() -> None:
+    assert job_of(["--mem=0"], 38)["memory_per_node"] == 0
+
+
+def test_kilobytes_round_up_like_slurm() -> None:
+    assert job_of(["--mem=1500K"], 38)["memory_per_node"] == 2
+
+
+@pytest.mark.parametrize("value", ["lots", "4X", "-1", "", "4GiB", "1.5G", "G"])
+def test_bad_memory_refused(value: str) -> None:
+    with pytest.raises(Rejection, match=rf"--mem: {re.escape(repr(value))} is not a memory size"):
+        job_of([f"--mem={value}"])
+
+
+@pytest.mark.parametrize(("value", "low", "high"), [("2", 2, 2), ("1-4", 1, 4), ("10", 10, 10)])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_nodes(value: str, low: int, high: int, family: int) -> None:
+    job = job_of([f"--nodes={value}"], family)
+    if family == 38:
+        assert job["nodes"] == value
+        assert "minimum_nodes" not in job
+    else:
+        assert (job["minimum_nodes"], job["maximum_nodes"]) == (low, high)
+        assert "nodes" not in job
+
+
+@pytest.mark.parametrize("value", ["two", "1-", "-4", "1,2", "1-4:2"])
+def test_bad_nodes_refused(value: str) -> None:
+    with pytest.raises(Rejection, match=rf"--nodes expects N or MIN-MAX, got {re.escape(repr(value))}"):
+        job_of([f"--nodes={value}"], 40)
+
+
+@pytest.mark.parametrize(
+    ("args", "key", "value"),
+    [
+        (["-n 4"], "tasks", 4),
+        (["--ntasks=4"], "tasks", 4),
+        (["-c 2"], "cpus_per_task", 2),
+        (["--ntasks-per-node=8"], "tasks_per_node", 8),
+        (["--mincpus=3"], "minimum_cpus_per_node", 3),
+        (["--threads-per-core=1"], "threads_per_core", 1),
+        (["-p gpu"], "partition", "gpu"),
+        (["-A proj1"], "account", "proj1"),
+        (["-q high"], "qos", "high"),
+        (["-a 1-10%2"], "array", "1-10%2"),
+        (["-d afterok:12"], "dependency", "afterok:12"),
+        (["-C intel&ib"], "constraints", "intel&ib"),
+        (["-L matlab:1"], "licenses", "matlab:1"),
+        (["--reservation=maint"], "reservation", "maint"),
+        (["--mail-user=alice@example.com"], "mail_user", "alice@example.com"),
+        (["--hold"], "hold", True),
+        (["--requeue"], "requeue", True),
+        (["--no-requeue"], "requeue", False),
+        (["--overcommit"], "overcommit", True),
+        (["--contiguous"], "contiguous", True),
+        (["--nice"], "nice", 100),
+        (["--nice=-5"], "nice", -5),
+        (["--nice=+10"], "nice", 10),
+    ],
+)
+def test_simple_translations(args: List[str], key: str, value: Any) -> None:
+    assert job_of(args, 40)[key] == value
+
+
+@pytest.mark.parametrize(("args", "message"), [(["--ntasks=0"], r"--ntasks expects a positive whole number"),
+                                               (["-c two"], r"--cpus-per-task expects a positive whole number"),
+                                               (["--nice=low"], r"--nice expects a whole number")])
+def test_bad_numbers_refused(args: List[str], message: str) -> None:
+    with pytest.raises(Rejection, match=message):
+        job_of(args, 40)
+
+
+# ---------------------------------------------------------------------------------------------
+# Mail, exclusive, GPUs/GRES, node lists, signal
+# ---------------------------------------------------------------------------------------------
+
+ALL_MAIL = ["BEGIN", "END", "FAIL", "REQUEUE", "STAGE_OUT", "INVALID_DEPENDENCY"]
+
+
+@pytest.mark.parametrize(
+    ("value", "flags"),
+    [("ALL", ALL_MAIL), ("all", ALL_MAIL), ("END,FAIL", ["END", "FAIL"]), ("'end, fail'", ["END", "FAIL"]),
+     ("BEGIN,ALL", ALL_MAIL), ("FAIL,ALL", ["FAIL", "BEGIN", "END", "REQUEUE", "STAGE_OUT", "INVALID_DEPENDENCY"])],
+)
+@pytest.mark.parametrize("family", [39, 40, 42])
+def test_mail_type_is_a_flag_list_from_v39(value: str, flags: List[str], family: int) -> None:
+    assert job_of([f"--mail-type={value}"], family)["mail_type"] == flags
+
+
+def test_mail_type_stays_an_sbatch_string_on_v38() -> None:
+    assert job_of(["--mail-type=ALL"], 38)["mail_type"] == "ALL"
+    assert job_of(["--mail-type=END,FAIL"], 38)["mail_type"] == "END,FAIL"
+
+
+@pytest.mark.parametrize(
+    ("args", "family", "expected"),
+    [
+        (["--exclusive"], 38, {"exclusive": True}),
+        (["--exclusive"], 39, {"exclusive": "true"}),
+        (["--exclusive"], 40, {"exclusive": "true"}),
+        (["--exclusive"], 42, {"shared": "none"}),
+        (["--exclusive=user"], 38, {"exclusive": "user"}),
+        (["--exclusive=mcs"], 40, {"exclusive": "mcs"}),
+        (["--exclusive=user"], 42, {"shared": "user"}),
+        (["--exclusive=topo"], 42, {"shared": "topo"}),
+    ],
+)
+def test_exclusive(args: List[str], family: int, expected: Dict[str, Any]) -> None:
+    job = job_of(args, family)
+    for key, value in expected.items():
+        assert job[key] == value
+    if family >= 42:
+        assert "exclusive" not in job  # removed in v0.0.42: it would be silently ignored
+    else:
+        assert "shared" not in job
+
+
+def test_bad_exclusive_value_refused() -> None:
+    with pytest.raises(Rejection, match=r"--exclusive accepts no value or user, mcs, topo; got 'bogus'"):
+        job_of(["--exclusive=bogus"], 40)
+
+
+@pytest.mark.parametrize(
+    ("args", "family", "key", "value"),
+    [
+        (["--gres=gpu:2"], 38, "gres", "gpu:2"),
+        (["--gres=gpu:2"], 39, "tres_per_node", "gres:gpu:2"),
+        (["--gres=gpu:2"], 40, "tres_per_node", "gres/gpu:2"),
+        (["--gres=gpu:2"], 42, "tres_per_node", "gres/gpu:2"),
+        (["--gres=gpu:a100:1,nvme:1"], 40, "tres_per_node", "gres/gpu:a100:1,gres/nvme:1"),
+        (["--gres=gpu:a100:1,nvme:1"], 39, "tres_per_node", "gres:gpu:a100:1,gres:nvme:1"),
+        (["--gpus=2"], 38, "gpus", "2"),
+        (["-G 2"], 39, "tres_per_job", "gres:gpu:2"),
+        (["--gpus=2"], 40, "tres_per_job", "gres/gpu:2"),
+        (["--gpus=2"], 42, "tres_per_job", "gres/gpu:2"),
+        (["--gpus-per-node=4"], 38, "gpus_per_node", "4"),
+        (["--gpus-per-node=4"], 40, "tres_per_node", "gres/gpu:4"),
+        (["--gpus-per-task=1"], 39, "tres_per_task", "gres:gpu:1"),
+        (["--gpus-per-task=1"], 42, "tres_per_task", "gres/gpu:1"),
+    ],
+)
+def test_gres_and_gpus(args: List[str], family: int, key: str, value: str) -> None:
+    job = job_of(args, family)
+    assert job[key] == value
+    if family > 38:
+        assert not {"gres", "gpus", "gpus_per_node", "gpus_per_task"} & set(job)
+
+
+@pytest.mark.parametrize(("option", "key"), [("gpus", "tres_per_job"), ("gpus-per-node", "tres_per_node")])
+def test_typed_gpu_count(option: str, key: str) -> None:
+    assert job_of([f"--{option}=volta:3"], 40)[key] == "gres/gpu:volta:3"
+
+
+@pytest.mark.parametrize(
+    ("args", "family", "key", "value"),
+    [
+        (["--nodelist=n[1-2]"], 38, "nodelist", "n[1-2]"),
+        (["-w n[1-2]"], 39, "required_nodes", "n[1-2]"),
+        (["-w n[1-2]"], 42, "required_nodes", "n[1-2]"),
+        (["--exclude=n3"], 38, "exclude_nodes", "n3"),
+        (["-x n3"], 40, "excluded_nodes", "n3"),
+    ],
+)
+def test_node_list_keys_renamed(args: List[str], family: int, key: str, value: str) -> None:
+    job = job_of(args, family)
+    assert job[key] == value
+    old_and_new = {"nodelist", "required_nodes", "exclude_nodes", "excluded_nodes"}
+    assert old_and_new & set(job) == {key}
+
+
+def test_signal_v38_is_the_sbatch_string() -> None:
+    assert job_of(["--signal=B:USR1@90"], 38)["signal"] == "B:USR1@90"
+
+
+@pytest.mark.parametrize(
+    ("value", "signal", "delay", "flags"),
+    [("B:USR1@90", "USR1", 90, ["BATCH_JOB"]), ("USR2", "USR2", 60, []), ("R:10@30", "10", 30, [])],
+)
+def test_signal_from_v39(value: str, signal: str, delay: int, flags: List[str]) -> None:
+    job = job_of([f"--signal={value}"], 40)
+    assert job["kill_warning_signal"] == signal
+    assert job["kill_warning_delay"] == number(40, delay)
+    assert job["kill_warning_flags"] == flags
+    assert "signal" not in job
+
+
+def test_begin_iso_date_becomes_epoch_from_v39() -> None:
+    job = job_of(["--begin=2030-01-02T03:04:05"], 40)
+    from datetime import datetime
+
+    assert job["begin_time"] == number(40, int(datetime(2030, 1, 2, 3, 4, 5).timestamp()))
+    assert job_of(["--begin=2030-01-02T03:04:05"], 38)["begin_time"] == "2030-01-02T03:04:05"
+
+
+def test_begin_relative_uses_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jobbergate_sync.time, "time", lambda: 1_000_000.0)
+    assert job_of(["--begin=now+2hours"], 42)["begin_time"] == number(42, 1_000_000 + 7200)
+
+
+# ---------------------------------------------------------------------------------------------
+# --export and the environment
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_export_adds_name_value_pairs(family: int) -> None:
+    job = job_of(["--export=FOO=bar,EMPTY=,EQ=a=b"], family, directives=["--export=FROM_SCRIPT=1"])
+    env = environment_of(job, family)
+    assert env == {**BASE_ENV, "FROM_SCRIPT": "1", "FOO": "bar", "EMPTY": "", "EQ": "a=b"}
+
+
+@pytest.mark.parametrize("family", [38, 40])
+def test_export_may_override_the_base_environment(family: int) -> None:
+    env = environment_of(job_of(["--export=PATH=/opt/bin"], family), family)
+    assert env["PATH"] == "/opt/bin"
+
+
+@pytest.mark.parametrize("value", ["NONE", "none", "NIL"])
+def test_export_none_keeps_only_the_base_environment(value: str) -> None:
+    assert job_of([f"--export={value}"], 38)["environment"] == BASE_ENV
+
+
+@pytest.mark.parametrize("value", ["ALL", "all", "ALL,FOO=bar", "FOO=bar,ALL"])
+def test_export_all_refused(value: str) -> None:
+    with pytest.raises(Rejection, match=r"--export=ALL is not allowed"):
+        job_of([f"--export={value}"], 40)
+
+
+@pytest.mark.parametrize("value", ["HOME", "FOO=bar,SECRET", "1X=y", "A-B=c", "=x"])
+def test_export_without_value_or_bad_name_refused(value: str) -> None:
+    with pytest.raises(Rejection, match=r"--export entry .* must be NAME=value"):
+        job_of([f"--export={value}"], 40)
+
+
+# ---------------------------------------------------------------------------------------------
+# Forbidden options, control characters, shell metacharacters
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        ("--uid=0", r"--uid is not allowed"),
+        ("--uid root", r"--uid is not allowed"),
+        ("--ui=0", r"--uid is not allowed"),  # a unique prefix is still the same option
+        ("--gid=0", r"--gid is not allowed"),
+        ("--wrap='id > /tmp/x'", r"--wrap is not allowed"),
+        ("--export-file=/etc/shadow", r"--export-file is not allowed"),
+        ("--get-user-env", r"--get-user-env is not supported"),
+        ("--get-user-env=10L", r"--get-user-env is not supported"),
+    ],
+)
+@pytest.mark.parametrize("where", ["sbatch_arguments", "#SBATCH"])
+def test_forbidden_options_refused(argument: str, message: str, where: str) -> None:
+    with pytest.raises(Rejection, match=message):
+        if where == "sbatch_arguments":
+            job_of([argument], 40)
+        else:
+            job_of([], 40, directives=[argument])
+
+
+@pytest.mark.parametrize("value", ["a\nb", "a\rb", "a\x00b", "a\tb", "a\x1bb", "a\x7fb", "a\x01"])
+def test_control_characters_in_sbatch_arguments_refused(value: str) -> None:
+    with pytest.raises(Rejection, match=r"sbatch_arguments entry .* contains a newline, NUL or other control character"):
+        job_of([f"--job-name={value}"], 40)
+
+
+@pytest.mark.parametrize("value", ["a\tb", "a\x00b", "a\x1b[31mb", "a\x7fb", "a\x08b"])
+def test_control_characters_in_directive_values_refused(value: str) -> None:
+    script = f"#!/bin/bash\n#SBATCH --job-name='{value}'\necho\n"
+    with pytest.raises(Rejection, match=r"the value of --job-name in #SBATCH contains a newline, NUL or other control"):
+        build_job_request(script, [], "n", WORKDIR, dict(BASE_ENV), TAG, 40)
+
+
+@pytest.mark.parametrize("family", [38, 42])
+def test_shell_metacharacters_are_passed_literally(family: int) -> None:
+    job = job_of(["--job-name='$(rm -rf ~); echo `id` | tee x & wait'", "--output=out_$USER_%j.txt"], family,
+                 directives=["--comment=\"a;b>c<d*e?\""])
+    assert job["name"] == "$(rm -rf ~); echo `id` | tee x & wait"
+    assert job["standard_output"] == WORKDIR + "/out_$USER_%j.txt"
+    assert job["comment"] == TAG + " a;b>c<d*e?"
+
+
+def test_unsupported_option_in_sbatch_arguments_refused() -> None:
+    with pytest.raises(Rejection, match=r"unsupported option --cpu-freq in sbatch_arguments"):
+        job_of(["--cpu-freq=high"], 40)
+
+
+def test_unsupported_option_in_directives_refused() -> None:
+    with pytest.raises(Rejection, match=r"unsupported option --cpu-freq in #SBATCH"):
+        job_of([], 40, directives=["--cpu-freq=high"])
+
+
+def test_options_after_the_block_are_not_translated() -> None:
+    script = "#!/bin/bash\n#SBATCH -p debug\necho\n#SBATCH --uid=0\n"
+    job = build_job_request(script, [], "n", WORKDIR, dict(BASE_ENV), TAG, 38).payload["job"]
+    assert job["partition"] == "debug"
+    assert "uid" not in job
+
+
+# ---------------------------------------------------------------------------------------------
+# check_script
+# ---------------------------------------------------------------------------------------------
+
+
+def test_check_script_returns_the_text() -> None:
+    assert check_script("#!/bin/bash\necho é\n".encode(), "job.sh") == "#!/bin/bash\necho é\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"#!/bin/bash\n\xff\xfe\n", r"entrypoint 'job\.sh' is not UTF-8 text \(byte 12\)"),
+        (b"#!/bin/bash\necho \x00\n", r"entrypoint 'job\.sh' contains a NUL byte"),
+        (b"echo hello\n", r"entrypoint 'job\.sh' does not start with '#!'"),
+        (b"\n#!/bin/bash\n", r"entrypoint 'job\.sh' does not start with '#!'"),
+        (b" #!/bin/bash\n", r"entrypoint 'job\.sh' does not start with '#!'"),
+        (b"", r"entrypoint 'job\.sh' does not start with '#!'"),
+        (b"\xef\xbb\xbf#!/bin/bash\n", r"entrypoint 'job\.sh' does not start with '#!'"),  # BOM
+    ],
+)
+def test_check_script_refusals(data: bytes, message: str) -> None:
+    with pytest.raises(Rejection, match=message):
+        check_script(data, "job.sh")
+
+
+# ---------------------------------------------------------------------------------------------
+# check_filename and parse_pending
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["job.sh", "data file.txt", ".bashrc", "..hidden", "a..b", "x" * 255, "é" * 127,
+                                  "-rf", "naïve.py"])
+def test_good_file_names(name: str) -> None:
+    assert check_filename(name) == name
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("../x", r"is not a plain file name"),
+        ("/etc/x", r"is not a plain file name"),
+        ("a/b", r"is not a plain file name"),
+        ("dir/", r"is not a plain file name"),
+        (".", r"is not a plain file name"),
+        ("..", r"is not a plain file name"),
+        ("", r"is empty or not a string"),
+        (None, r"is empty or not a string"),
+        (5, r"is empty or not a string"),
+        (["job.sh"], r"is empty or not a string"),
+        ("a\x00b", r"contains a NUL byte"),
+        ("a\nb", r"contains a control character"),
+        ("a\tb", r"contains a control character"),
+        ("a\x1bb", r"contains a control character"),
+        ("a\x7fb", r"contains a control character"),
+        ("x" * 256, r"is longer than 255 bytes"),
+        ("é" * 128, r"is longer than 255 bytes"),  # 256 bytes in UTF-8
+    ],
+)
+def test_bad_file_names(name: Any, message: str) -> None:
+    with pytest.raises(Rejection, match=message):
+        check_filename(name)
+
+
+def pending_item(**overrides: Any) -> Dict[str, Any]:
+    item: Dict[str, Any] = {
+        "id": 7,
+        "name": "demo",
+        "owner_email": "alice@example.com",
+        "execution_directory": "/home/alice/jobs",
+        "execution_parameters": {},
+        "sbatch_arguments": ["--partition=debug", "--nodes=1"],
+        "job_script": {
+            "id": 3,
+            "name": "demo-script",
+            "files": [
+                {"parent_id": 3, "filename": "job.sh", "file_type": "ENTRYPOINT"},
+                {"parent_id": 3, "filename": "helpers.sh", "file_type": "SUPPORT"},
+            ],
+        },
+    }
+    for key, value in overrides.items():
+        if value is _REMOVE:
+            item.pop(key)
+        else:
+            item[key] = value
+    return item
+
+
+_REMOVE = object()
+
+
+def files(*entries: Any) -> Dict[str, Any]:
+    return {"id": 3, "files": list(entries)}
+
+
+def entry(filename: Any = "job.sh", file_type: Any = "ENTRYPOINT", parent_id: Any = 3) -> Dict[str, Any]:
+    return {"parent_id": parent_id, "filename": filename, "file_type": file_type}
+
+
+def test_parse_pending_valid_item() -> None:
+    submission = parse_pending(pending_item())
+    assert submission.id == 7
+    assert submission.name == "demo"
+    assert submission.owner_email == "alice@example.com"
+    assert submission.execution_directory == "/home/alice/jobs"
+    assert submission.sbatch_arguments == ("--partition=debug", "--nodes=1")
+    assert [(f.parent_id, f.filename, f.is_entrypoint) for f in submission.files] == [
+        (3, "job.sh", True), (3, "helpers.sh", False)]
+    assert submission.entrypoint.filename == "job.sh"
+
+
+def test_parse_pending_optional_fields_may_be_absent() -> None:
+    submission = parse_pending(pending_item(execution_directory=_REMOVE, sbatch_arguments=_REMOVE))
+    assert submission.execution_directory is None
+    assert submission.sbatch_arguments == ()
+
+
+def test_parse_pending_optional_fields_may_be_null() -> None:
+    submission = parse_pending(pending_item(execution_directory=None, sbatch_arguments=None))
+    assert submission.execution_directory is None
+    assert submission.sbatch_arguments == ()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"name": _REMOVE}, r"submission 7: field 'name' is missing or not a str"),
+        ({"name": 12}, r"submission 7: field 'name' is missing or not a str"),
+        ({"owner_email": _REMOVE}, r"submission 7: field 'owner_email' is missing or not a str"),
+        ({"owner_email": ["a@b"]}, r"field 'owner_email' is missing or not a str"),
+        ({"execution_directory": 5}, r"field 'execution_directory' is missing or not a str"),
+        ({"sbatch_arguments": "--partition=debug"}, r"field 'sbatch_arguments' is missing or not a list"),
+        ({"sbatch_arguments": ["-N", 2]}, r"submission 7: sbatch_arguments must be a list of strings"),
+        ({"job_script": _REMOVE}, r"submission 7: field 'job_script' is missing or not a dict"),
+        ({"job_script": "3"}, r"field 'job_script' is missing or not a dict"),
+        ({"job_script": {"id": 3}}, r"submission 7: its job script lists no files"),
+        ({"job_script": files()}, r"its job script lists no files"),
+        ({"job_script": {"id": 3, "files": "job.sh"}}, r"its job script lists no files"),
+        ({"job_script": files("job.sh")}, r"malformed job script file entry"),
+        ({"job_script": files(entry(parent_id=None))}, r"malformed job script file entry"),
+        ({"job_script": files(entry(parent_id="3"))}, r"malformed job script file entry"),
+        ({"job_script": files(entry(file_type="OTHER"))}, r"malformed job script file entry"),
+        ({"job_script": files(entry(file_type=None))}, r"malformed job script file entry"),
+        ({"job_script": files(entry(filename="../../etc/cron.d/x"))}, r"is not a plain file name"),
+        ({"job_script": files(entry(filename=None))}, r"is empty or not a string"),
+        ({"job_script": files(entry(), entry(filename="job.sh", file_type="SUPPORT"))},
+         r"job script file name 'job\.sh' appears more than once"),
+        ({"job_script": files(entry("a.sh", "SUPPORT"), entry("b.sh", "SUPPORT"))},
+         r"the job script has 0 ENTRYPOINT files; exactly one is required"),
+        ({"job_script": files(entry("a.sh"), entry("b.sh"))},
+         r"the job script has 2 ENTRYPOINT files; exactly one is required"),
+    ],
+)
+def test_parse_pending_refusals(overrides: Dict[str, Any], message: str) -> None:
+    with pytest.raises(Rejection, match=message):
+        parse_pending(pending_item(**overrides))
