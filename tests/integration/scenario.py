@@ -1,0 +1,32 @@
+"""Small helpers shared by the end-to-end tests."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Optional
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def new_submission(user: Any, files: dict[str, bytes], *, entrypoint: Optional[str] = None,
+                   sbatch_arguments: Optional[list[str]] = None, execution_directory: Optional[str] = None,
+                   client_id: str = "local-slurm") -> dict[str, Any]:
+    """A job script with `files` (the first one is the entrypoint) and one submission of it."""
+    script = user.create_job_script(unique("script"), files, entrypoint=entrypoint or next(iter(files)))
+    return user.create_submission(script["id"], unique("sub"), client_id=client_id,
+                                  execution_directory=execution_directory, sbatch_arguments=sbatch_arguments)
+
+
+def status_of(user: Any, submission: dict[str, Any]) -> str:
+    return user.get_submission(submission["id"])["status"]
+
+
+def tag(submission: dict[str, Any], cluster: str = "local-slurm") -> str:
+    return f"jobbergate-sync:{cluster}:{submission['id']}"
+
+
+def job_for(slurm: Any, submission: dict[str, Any], cluster: str = "local-slurm") -> list[dict[str, Any]]:
+    """Every Slurm job slurmctld holds that carries the submission's tag."""
+    return slurm.slurm_jobs_with_comment(tag(submission, cluster))

@@ -1,0 +1,104 @@
+"""Runs the installed `jobbergate-sync` console script the way an admin or cron does."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+SCRIPT = Path(sys.executable).parent / "jobbergate-sync"
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def log(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.stderr.splitlines() if line.startswith("{")]
+
+    def summary(self) -> dict[str, Any]:
+        return [line for line in self.log if line["message"].startswith("pass finished")][-1]
+
+
+class Tool:
+    """One configured agent instance: its own INI, state directory and lock."""
+
+    def __init__(self, directory: Path, api_url: str, issuer: str, slurmrestd_url: str, jwt_key: str,
+                 cluster: str, secret: str, **overrides: Any):
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o700)
+        secret_file = directory / "client_secret"
+        secret_file.write_text(secret + "\n")
+        secret_file.chmod(0o600)
+        self.settings: dict[str, Any] = {
+            "jobbergate.api_url": api_url,
+            "jobbergate.timeout": 5,
+            "oidc.issuer": issuer,
+            "oidc.client_id": cluster,
+            "oidc.client_secret_file": str(secret_file),
+            "oidc.timeout": 5,
+            "slurmrestd.url": slurmrestd_url,
+            "slurmrestd.api_version": "v0.0.38",
+            "slurmrestd.jwt_key_file": jwt_key,
+            "slurmrestd.slurmdbd": "true",
+            "slurmrestd.timeout": 5,
+            "submit.execution_directory": "/home/{username}/jobbergate",
+            "run.state_dir": str(directory / "state"),
+            "run.lock_file": str(directory / "run" / "lock"),
+            "run.backoff": 0.2,
+            "run.retries": 2,
+            "run.deadline": 40,
+        }
+        self.settings.update({key.replace("__", "."): value for key, value in overrides.items()})
+        self.config = directory / "jobbergate-sync.ini"
+        self.write_config()
+
+    def write_config(self) -> None:
+        sections: dict[str, list[str]] = {}
+        for key, value in self.settings.items():
+            section, name = key.split(".")
+            sections.setdefault(section, []).append(f"{name} = {value}")
+        self.config.write_text("".join(f"[{s}]\n" + "\n".join(v) + "\n\n" for s, v in sections.items()))
+        self.config.chmod(0o600)
+
+    @property
+    def journal(self) -> Path:
+        return self.directory / "state" / "journal.sqlite3"
+
+    @property
+    def token_cache(self) -> Path:
+        return self.directory / "state" / "token.json"
+
+    def run(self, *args: str, env: Optional[dict[str, str]] = None, timeout: float = 180) -> Result:
+        command = [str(SCRIPT), "--once", "--config", str(self.config), *args]
+        environment = {key: value for key, value in os.environ.items() if not key.startswith("JOBBERGATE_SYNC_")}
+        environment.update(env or {})
+        began = time.monotonic()
+        completed = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=timeout,
+                                   stdin=subprocess.DEVNULL, cwd="/")
+        return Result(completed.returncode, completed.stdout, completed.stderr, time.monotonic() - began)
+
+    def run_until(self, condition: Callable[[], bool], timeout: float = 150, pause: float = 2.0) -> list[Result]:
+        """Passes, as cron would run them, until `condition()` holds."""
+        results = []
+        deadline = time.monotonic() + timeout
+        while True:
+            results.append(self.run())
+            assert results[-1].returncode in (0, 1), results[-1].stderr[-3000:]
+            if condition():
+                return results
+            if time.monotonic() > deadline:
+                raise AssertionError(f"condition not reached after {len(results)} passes; last log:\n"
+                                     + results[-1].stderr[-3000:])
+            time.sleep(pause)
+
