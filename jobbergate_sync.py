@@ -670,6 +670,7 @@ class JobbergateApi:
         self.timeout = config.jobbergate.timeout
         self.page_size = config.jobbergate.page_size
         self.max_pages = config.jobbergate.max_pages
+        self.malformed_items = 0  # list items without an integer id: skipped, counted as errors
         self.http = http
         self.token = token
 
@@ -723,6 +724,7 @@ class JobbergateApi:
                 if isinstance(item, dict) and isinstance(item.get("id"), int) and not isinstance(item.get("id"), bool):
                     items.setdefault(item["id"], item)
                 else:
+                    self.malformed_items += 1
                     log.error("ignoring a malformed item without an integer id in %s: %.200r", path, item)
             page += 1
         return list(items.values()), True
@@ -1897,6 +1899,7 @@ class SyncPass:
         except Unavailable as exc:
             self.summary.unavailable = True
             log.error("%s", exc)
+        self.summary.errors += self.api.malformed_items
         return self.summary
 
     def _item(self, submission_id: Optional[int], action: Callable[[], None]) -> None:

@@ -431,3 +431,63 @@ def test_dry_run_changes_nothing(stack, config_file, email, tmp_path, exec_root,
     assert not (tmp_path / "state").exists() and not (tmp_path / "run").exists()
     assert list(exec_root.iterdir()) == []
     assert [stack.api.status(i) for i in (1, 2, 3, 4)] == ["CREATED", "CREATED", "SUBMITTED", "CANCELLED"]
+
+
+@pytest.mark.parametrize("field, value", [
+    ("owner_email", 42), ("name", None), ("sbatch_arguments", "--time=5"), ("job_script", None),
+    ("execution_directory", ["/tmp"]),
+])
+def test_a_pending_item_with_a_missing_or_mistyped_field_is_rejected_naming_it(stack, config_file, email,
+                                                                               field, value):
+    stack.api.add_submission(1, email=email)
+    stack.api.add_submission(2, email=email)
+    stack.api.submissions[1][field] = value
+
+    assert run(config_file()) == 0
+
+    assert stack.api.status(1) == "REJECTED"
+    assert repr(field) in stack.api.submissions[1]["report_message"]
+    assert stack.api.status(2) == "SUBMITTED"
+    assert len(stack.slurm.submitted) == 1
+
+
+def test_a_malformed_file_list_is_rejected(stack, config_file, email):
+    stack.api.add_submission(1, email=email)
+    stack.api.submissions[1]["job_script"]["files"] = [{"filename": "job.sh", "file_type": "ENTRYPOINT"}]
+    assert run(config_file()) == 0
+    assert "malformed job script file entry" in stack.api.submissions[1]["report_message"]
+    assert stack.slurm.submitted == []
+
+
+def test_an_item_without_an_id_is_skipped_counted_and_the_rest_proceed(stack, config_file, email):
+    stack.api.add_submission(1, email=email)
+    page = {"items": [{"name": "no id at all"}, {"id": "7", "name": "string id"},
+                      stack.api.submissions[1] | {"status": None}], "total": 3, "page": 1, "size": 100, "pages": 1}
+    stack.api.fail_next["pending"] = [(200, json.dumps(page))]
+
+    assert run(config_file()) == jobbergate_sync.EXIT_ITEMS_FAILED
+
+    assert stack.api.status(1) == "SUBMITTED"
+
+
+def test_a_huge_page_count_reads_only_max_pages(stack, config_file, email):
+    stack.api.add_submission(1, email=email)
+    page = {"items": [stack.api.submissions[1]], "total": 10 ** 9, "page": 1, "size": 1, "pages": 10 ** 9}
+    stack.api.fail_next["pending"] = [(200, json.dumps(page))] * 3
+
+    assert run(config_file(**{"jobbergate.max_pages": 3})) == 0
+
+    assert len(stack.api.called("pending")) == 3
+    assert len(stack.slurm.submitted) == 1  # the same item on every page is submitted once
+
+
+def test_an_empty_page_before_the_announced_last_ends_the_listing(stack, config_file, email):
+    stack.api.add_submission(1, email=email)
+    first = {"items": [stack.api.submissions[1]], "total": 3, "page": 1, "size": 1, "pages": 3}
+    empty = {"items": [], "total": 1, "page": 2, "size": 1, "pages": 3}
+    stack.api.fail_next["pending"] = [(200, json.dumps(first)), (200, json.dumps(empty))]
+
+    assert run(config_file()) == 0
+
+    assert len(stack.api.called("pending")) == 2
+    assert stack.api.status(1) == "SUBMITTED"
