@@ -496,8 +496,11 @@ class Http:
         # Past the deadline an item already under way may still finish, with short timeouts:
         # a job Slurm accepted is better reported now than recovered by the next pass.
         timeout = min(timeout, max(self.deadline.remaining(), DEADLINE_GRACE_TIMEOUT))
+        began = time.monotonic()
         try:
-            return self.session.request(method, url, timeout=timeout, **kwargs)
+            response = self.session.request(method, url, timeout=timeout, **kwargs)
+            log.debug("%s %s -> HTTP %d in %.3f s", method, url, response.status_code, time.monotonic() - began)
+            return response
         except requests.Timeout:
             raise Unavailable(f"{method} {url}: no answer within {timeout:g} s") from None
         except requests.ConnectionError as exc:
@@ -1509,6 +1512,8 @@ class SlurmRest:
 
     def submit(self, payload: dict[str, Any], user: str) -> int:
         """POST job/submit as `user`. Never retried: an unanswered submit is resolved by the tag."""
+        job_fields = {key: value for key, value in payload["job"].items() if key != "script"}
+        log.debug("job request for slurmrestd (script left out): %s", json.dumps(job_fields))
         response, body = self._request("POST", f"/slurm/{self.version}/job/submit", user, False, json=payload)
         job_id = body.get("job_id") if isinstance(body, dict) else None
         if isinstance(job_id, int) and job_id > 0:

@@ -525,6 +525,19 @@ EOF
 
 sacctmgr_answers() { sacctmgr -n -P show cluster format=cluster </dev/null >/dev/null 2>&1; }
 
+# Start a forking Slurm daemon (slurmdbd, slurmctld, slurmd), record its PID and the config hash
+# it runs with. Usage: start_slurm_daemon NAME PORT HASH_FILE HASH
+start_slurm_daemon() {
+  local name=$1 port=$2 hash_file=$3 hash=$4
+  check_port_free "$name" "$port"
+  rm -f "$RUN_DIR/slurm/$name.pid"
+  (cd / && "/usr/sbin/$name" </dev/null >>"$LOG_DIR/slurm/$name.out" 2>&1) ||
+    { tail_log "$LOG_DIR/slurm/$name.log"; die "$name failed to start"; }
+  record_pid_from_file "$name" "$RUN_DIR/slurm/$name.pid" 20 ||
+    { tail_log "$LOG_DIR/slurm/$name.log"; die "$name did not start"; }
+  echo "$hash" >"$hash_file"
+}
+
 start_slurmdbd() {
   if is_running slurmdbd; then
     if [ "$(cat "$RUN_DIR/slurmdbd.hash" 2>/dev/null)" = "$SLURMDBD_HASH" ]; then
@@ -533,13 +546,7 @@ start_slurmdbd() {
     log "slurmdbd.conf changed: restarting slurmdbd"
     stop_services slurmdbd
   fi
-  check_port_free slurmdbd "$SLURMDBD_PORT"
-  rm -f "$RUN_DIR/slurm/slurmdbd.pid"
-  (cd / && /usr/sbin/slurmdbd </dev/null >>"$LOG_DIR/slurm/slurmdbd.out" 2>&1) ||
-    { tail_log "$LOG_DIR/slurm/slurmdbd.log"; die "slurmdbd failed to start"; }
-  record_pid_from_file slurmdbd "$RUN_DIR/slurm/slurmdbd.pid" 20 ||
-    { tail_log "$LOG_DIR/slurm/slurmdbd.log"; die "slurmdbd did not start"; }
-  echo "$SLURMDBD_HASH" >"$RUN_DIR/slurmdbd.hash"
+  start_slurm_daemon slurmdbd "$SLURMDBD_PORT" "$RUN_DIR/slurmdbd.hash" "$SLURMDBD_HASH"
   wait_until 60 "slurmdbd" sacctmgr_answers ||
     { tail_log "$LOG_DIR/slurm/slurmdbd.log"; die "slurmdbd does not answer sacctmgr"; }
   log "started slurmdbd (pid $(service_pid slurmdbd))"
@@ -573,13 +580,7 @@ start_slurmctld() {
     log "slurm.conf changed: restarting slurmctld, slurmd, slurmrestd"
     stop_services slurmrestd slurmd slurmctld
   fi
-  check_port_free slurmctld "$SLURMCTLD_PORT"
-  rm -f "$RUN_DIR/slurm/slurmctld.pid"
-  (cd / && /usr/sbin/slurmctld </dev/null >>"$LOG_DIR/slurm/slurmctld.out" 2>&1) ||
-    { tail_log "$LOG_DIR/slurm/slurmctld.log"; die "slurmctld failed to start"; }
-  record_pid_from_file slurmctld "$RUN_DIR/slurm/slurmctld.pid" 20 ||
-    { tail_log "$LOG_DIR/slurm/slurmctld.log"; die "slurmctld did not start"; }
-  echo "$SLURM_HASH" >"$RUN_DIR/slurm.hash"
+  start_slurm_daemon slurmctld "$SLURMCTLD_PORT" "$RUN_DIR/slurm.hash" "$SLURM_HASH"
   wait_until 30 "slurmctld" scontrol ping ||
     { tail_log "$LOG_DIR/slurm/slurmctld.log"; die "slurmctld does not answer"; }
   log "started slurmctld (pid $(service_pid slurmctld))"
@@ -588,13 +589,7 @@ start_slurmctld() {
 start_slurmd() {
   if ! is_running slurmd || [ "$(cat "$RUN_DIR/slurmd.hash" 2>/dev/null)" != "$SLURM_HASH" ]; then
     is_running slurmd && stop_services slurmd
-    check_port_free slurmd "$SLURMD_PORT"
-    rm -f "$RUN_DIR/slurm/slurmd.pid"
-    (cd / && /usr/sbin/slurmd </dev/null >>"$LOG_DIR/slurm/slurmd.out" 2>&1) ||
-      { tail_log "$LOG_DIR/slurm/slurmd.log"; die "slurmd failed to start"; }
-    record_pid_from_file slurmd "$RUN_DIR/slurm/slurmd.pid" 20 ||
-      { tail_log "$LOG_DIR/slurm/slurmd.log"; die "slurmd did not start"; }
-    echo "$SLURM_HASH" >"$RUN_DIR/slurmd.hash"
+    start_slurm_daemon slurmd "$SLURMD_PORT" "$RUN_DIR/slurmd.hash" "$SLURM_HASH"
     log "started slurmd (pid $(service_pid slurmd))"
   fi
   if ! wait_until 15 "node" node_ready; then

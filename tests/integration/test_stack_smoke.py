@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import requests
 
 from helpers import (
@@ -116,24 +117,20 @@ def test_slurmrestd_job_as_alice_completes_and_reaches_slurmdbd(stack: Stack, un
     assert record["comment"]["job"] == unique_name  # AccountingStoreFlags=job_comment
 
 
+def stop_and_check_it_is_gone(services, name: str, url: str) -> None:
+    services.stop(name)
+    with pytest.raises(requests.ConnectionError):
+        requests.get(url, timeout=2)
+
+
 def test_stop_and_start_services(stack: Stack, services) -> None:
     kid = requests.get(f"{stack.oidc_url}/protocol/openid-connect/certs", timeout=5).json()["keys"][0]["kid"]
-    services.stop("oidc")
-    try:
-        requests.get(f"{stack.oidc_url}/.well-known/openid-configuration", timeout=2)
-        raise AssertionError("issuer still answers after stop")
-    except requests.ConnectionError:
-        pass
+    stop_and_check_it_is_gone(services, "oidc", f"{stack.oidc_url}/.well-known/openid-configuration")
     services.start("oidc")
     assert requests.get(f"{stack.oidc_url}/protocol/openid-connect/certs", timeout=5).json()["keys"][0]["kid"] == kid
     # the API still accepts tokens: the signing key survived the restart
     assert AgentClient(stack).request("GET", "/job-submissions/agent/active").status_code == 200
 
-    services.stop("slurmrestd")
-    try:
-        requests.get(f"{stack.slurmrestd_url}/openapi/v3", timeout=2)
-        raise AssertionError("slurmrestd still answers after stop")
-    except requests.ConnectionError:
-        pass
+    stop_and_check_it_is_gone(services, "slurmrestd", f"{stack.slurmrestd_url}/openapi/v3")
     services.start("slurmrestd")
     assert requests.get(f"{stack.slurmrestd_url}/openapi/v3", timeout=5).status_code == 401
