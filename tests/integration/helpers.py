@@ -328,6 +328,9 @@ class _ApiClient:
     def __init__(self, stack: Stack | None):
         self.stack = _s(stack)
         self.session = requests.Session()
+        # A fresh connection per request: a kept-alive one that uvicorn closes while idle (after 5 s)
+        # can be reset just as a test reuses it, which would fail a POST for nothing.
+        self.session.headers["Connection"] = "close"
         self._token: str | None = None
         self._exp = 0.0
 

@@ -30,10 +30,17 @@ def journal_ids(tool) -> set[int]:
         return {row[0] for row in db.execute("SELECT submission_id FROM submissions")}
 
 
+def record_outcome(figures, jobs: list, status: str, wanted: str) -> None:
+    """Count a followed submission, its extra Slurm jobs, and whether it was lost."""
+    figures.record("submissions_followed")
+    figures.record("duplicates", max(len(jobs) - 1, 0))
+    figures.record("lost", int(not jobs or status != wanted))
+
+
 def assert_exactly_one_job_and_done(alice, tool, slurm, submission, figures):
     tool.run_until(lambda: status_of(alice, submission) == "DONE")
     jobs = job_for(slurm, submission)
-    figures.record("duplicates", len(jobs) - 1 if len(jobs) > 1 else 0)
+    record_outcome(figures, jobs, status_of(alice, submission), "DONE")
     assert len(jobs) == 1, jobs
     assert alice.get_submission(submission["id"])["slurm_job_id"] == jobs[0]["job_id"]
     assert tool.run().returncode == 0  # the pass after DONE prunes the journal
@@ -67,7 +74,8 @@ def test_sigkill_in_the_middle_of_the_update_phase(alice, make_tool, slurm, figu
     tool = make_tool(unique("crash-update"))
     submissions = [new_submission(alice, {"job.sh": b"#!/bin/bash\nsleep 4\n"}) for _ in range(3)]
     assert tool.run().returncode == 0
-    time.sleep(1)
+    for submission in submissions:  # a state change to report, so the update phase has work
+        slurm.wait_for_state(alice.get_submission(submission["id"])["slurm_job_id"], {"RUNNING", "COMPLETED"})
     crashed = tool.run(env={"JOBBERGATE_SYNC_CRASH_AT": "mid-update"})
     assert crashed.returncode == -9
     figures.record("crash_points", 1)
@@ -115,9 +123,10 @@ def test_outages_reject_nothing_end_in_time_and_heal(alice, proxied, slurm, figu
     proxy.set("pass")
     healed = tool.run()
     assert healed.returncode == 0, healed.stderr[-2000:]
-    figures.record("lost", 0 if status_of(alice, submission) == "SUBMITTED" else 1)
+    jobs = job_for(slurm, submission)
+    record_outcome(figures, jobs, status_of(alice, submission), "SUBMITTED")
     assert status_of(alice, submission) == "SUBMITTED"
-    assert len(job_for(slurm, submission)) == 1
+    assert len(jobs) == 1
 
 
 FILENAME_CASES = ["../x", "/etc/jgs-x", "a/b", "a\x00b", "x" * 300]
