@@ -697,7 +697,8 @@ api_env() { # the API's settings (B.5), for env -i
     "DATABASE_NAME=$DB_NAME" "S3_ENDPOINT_URL=http://127.0.0.1:$S3_PORT" "S3_BUCKET_NAME=$BUCKET" \
     AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 \
     "ARMASEC_DOMAIN=127.0.0.1:$OIDC_PORT/realms/$REALM" ARMASEC_USE_HTTPS=false ARMASEC_DEBUG=false \
-    LANG=C.UTF-8 PATH=/usr/local/bin:/usr/bin:/bin "HOME=$STACK_DIR/api-cwd"
+    LANG=C.UTF-8 PATH=/usr/local/bin:/usr/bin:/bin "HOME=$STACK_DIR/api-cwd" \
+    MAX_UPLOAD_FILE_SIZE=268435456 # 256 MiB instead of 5, as sites raise it: the large-file test needs it
 }
 
 db_head() { psql_admin -d "$DB_NAME" -c "SELECT version_num FROM alembic_version" 2>/dev/null || true; }

@@ -9,6 +9,7 @@ import re
 import sqlite3
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -298,3 +299,31 @@ def test_a_pass_killed_while_holding_the_lock_does_not_block_the_next(alice, too
     killed = tool.run(env={"JOBBERGATE_SYNC_CRASH_AT": "after-files-written"})
     assert killed.returncode == -9
     assert tool.run().returncode == 0
+
+
+def peak_memory_mib_of(command: list[str]) -> tuple[int, float]:
+    """Run `command` under a small Python parent and return (exit code, the largest resident set
+    any of its processes reached, in MiB)."""
+    wrapper = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[1:], stdin=subprocess.DEVNULL, "
+               "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+               "print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", wrapper, *command], capture_output=True, text=True, check=True).stdout
+    code, kilobytes = out.split()
+    return int(code), int(kilobytes) / 1024
+
+
+def test_a_large_support_file_is_streamed_never_held_in_memory(alice, make_tool, slurm, figures):
+    figures.record("hostile_inputs", 1)
+    size_mib = 128
+    tool = make_tool("large-files", submit__max_file_size=(size_mib + 1) * 1024 * 1024)
+    workdir = Path(f"/home/alice/jgs/{unique('large')}")
+    submission = new_submission(alice, {"job.sh": b"#!/bin/bash\nwc -c big.bin\n", "big.bin": b"\x00" * size_mib * 1024 * 1024},
+                                execution_directory=str(workdir))
+
+    code, peak_mib = peak_memory_mib_of([str(SCRIPT), "--once", "--config", str(tool.config)])
+
+    figures.record("peak_mib_of_a_pass_with_a_128_mib_file", round(peak_mib))
+    assert code == 0
+    assert status_of(alice, submission) in ("SUBMITTED", "DONE")  # a quick job may end within the pass
+    assert (workdir / "big.bin").stat().st_size == size_mib * 1024 * 1024
+    assert peak_mib < size_mib / 2, f"the pass peaked at {peak_mib:.0f} MiB for a {size_mib} MiB file"
