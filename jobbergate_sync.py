@@ -828,6 +828,7 @@ class PendingSubmission:
 
 
 MAX_FILENAME_BYTES = 255
+CONTROL_CHARACTER_RE = re.compile(r"[\x00-\x1f\x7f]")  # refused in file names, directories and option values
 
 
 def check_filename(name: Any) -> str:
@@ -838,7 +839,7 @@ def check_filename(name: Any) -> str:
         raise Rejection(f"job script file name {name!r} contains a NUL byte")
     if "/" in name or name in (".", ".."):
         raise Rejection(f"job script file name {name!r} is not a plain file name (no '/', '.' or '..' allowed)")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+    if CONTROL_CHARACTER_RE.search(name):
         raise Rejection(f"job script file name {name!r} contains a control character")
     if len(name.encode("utf-8", "surrogateescape")) > MAX_FILENAME_BYTES:
         raise Rejection(f"job script file name {name[:40]!r}... is longer than {MAX_FILENAME_BYTES} bytes")
@@ -1083,8 +1084,8 @@ def as_gres(old_key: str, new_key: str, gpu: bool) -> Callable[[Optional[str], i
         if family <= 38:
             return {old_key: spec}
         if gpu:  # --gpus=volta:3 means gpu:volta:3
-            spec = ",".join(part if part.strip().startswith("gpu") else f"gpu:{part.strip()}"
-                            for part in spec.split(",") if part.strip())
+            parts = [part.strip() for part in spec.split(",") if part.strip()]
+            spec = ",".join(part if part.startswith("gpu") else f"gpu:{part}" for part in parts)
         return {new_key: _gres_to_tres(spec, family)}
 
     return translate
@@ -1247,9 +1248,6 @@ def parse_options(words: list[str], source: str) -> list[ParsedOption]:
         else:
             raise Rejection(f"unexpected argument {word!r} in {source}: only options are allowed")
     return parsed
-
-
-CONTROL_CHARACTER_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def check_option_value(option: ParsedOption) -> None:
@@ -1662,7 +1660,7 @@ PERMANENT_FILE_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ELOOP, 
 
 def resolve_execution_directory(requested: Optional[str], template: str, user: LocalUser) -> str:
     directory = requested if requested else template.format(username=user.name, home=user.home)
-    if any(ord(ch) < 32 or ch == "\x7f" for ch in directory):
+    if CONTROL_CHARACTER_RE.search(directory):
         raise Rejection(f"execution directory {directory!r} contains a control character")
     if not directory.startswith("/"):
         raise Rejection(f"execution directory {directory!r} is not an absolute path")
