@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "tests" / "integration")]
+sys.path[:0] = [str(ROOT / "tests" / "integration"), str(ROOT / "tests")]
 
 import helpers  # noqa: E402
 from scenario import new_submission, status_of  # noqa: E402
@@ -38,9 +38,7 @@ def main() -> int:
     for size in sizes:
         helpers.AgentClient(stack, stack.client_id).drain()
         with tempfile.TemporaryDirectory() as directory:
-            tool = Tool(Path(directory) / "tool", stack.api_url, stack.oidc_issuer, stack.slurmrestd_url,
-                        stack.jwt_key, cluster=stack.client_id, secret=stack.client_secret,
-                        submit__execution_directory="/home/{username}/jgs-bench", run__deadline=300)
+            tool = Tool(Path(directory) / "tool", stack, stack.client_id, submit__execution_directory="/home/{username}/jgs-bench", run__deadline=300)
             submissions = [new_submission(alice, JOB) for _ in range(size)]
             first = tool.run(timeout=600)
             if first.returncode != 0:

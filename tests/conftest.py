@@ -11,6 +11,7 @@ import pytest
 import responses
 
 import jobbergate_sync
+from config_files import write_ini, write_secret
 from fakes import API, CLIENT_ID, CLIENT_SECRET, ISSUER, JWT_KEY, SLURM, FakeIssuer, FakeJobbergate, FakeSlurm
 
 
@@ -33,12 +34,6 @@ def exec_root(job_user: pwd.struct_passwd) -> Iterator[Path]:
     os.chown(path, job_user.pw_uid, job_user.pw_gid)
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-def write_secret(path: Path, data: bytes) -> str:
-    path.write_bytes(data)
-    path.chmod(0o600)
-    return str(path)
 
 
 @pytest.fixture
@@ -65,16 +60,7 @@ def config_file(tmp_path: Path, job_user: pwd.struct_passwd, exec_root: Path, mo
             "run.retries": 2,
         }
         settings.update({key.replace("__", "."): value for key, value in overrides.items()})
-        sections: dict[str, list[str]] = {}
-        for key, value in settings.items():
-            if value is None:
-                continue
-            section, name = key.split(".")
-            sections.setdefault(section, []).append(f"{name} = {value}")
-        path = tmp_path / "jobbergate-sync.ini"
-        path.write_text("".join(f"[{s}]\n" + "\n".join(lines) + "\n" for s, lines in sections.items()))
-        path.chmod(0o600)
-        return str(path)
+        return write_ini(tmp_path / "jobbergate-sync.ini", settings)
 
     return make
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -10,6 +9,7 @@ from typing import Any, Dict, Optional
 import pytest
 
 import jobbergate_sync
+from config_files import write_ini, write_secret
 from fakes import JWT_KEY
 from jobbergate_sync import ConfigError, load_config
 
@@ -22,25 +22,6 @@ CLIENT_SECRET = "client-secret-from-file-42"
 def _no_credentials_directory(monkeypatch: pytest.MonkeyPatch) -> None:
     # read_secret_file consults os.environ; keep the caller's environment out of these tests.
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
-
-
-def write_secret(path: Path, data: bytes, mode: int = 0o600) -> str:
-    path.write_bytes(data)
-    path.chmod(mode)
-    return str(path)
-
-
-def write_ini(path: Path, settings: Dict[str, Optional[Any]], mode: int = 0o600) -> str:
-    """settings: {"section.key": value}; a None value leaves the key out."""
-    sections: Dict[str, list] = {}
-    for dotted, value in settings.items():
-        section, key = dotted.split(".")
-        lines = sections.setdefault(section, [])
-        if value is not None:
-            lines.append(f"{key} = {value}")
-    path.write_text("".join(f"[{name}]\n" + "".join(line + "\n" for line in lines) for name, lines in sections.items()))
-    path.chmod(mode)
-    return str(path)
 
 
 @pytest.fixture

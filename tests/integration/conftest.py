@@ -6,8 +6,11 @@ the ``stack`` fixture (directly or through the others) FAIL, not skip, when it i
 
 from __future__ import annotations
 
+import json
 import sys
+from collections import Counter
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -17,30 +20,13 @@ if str(HERE) not in sys.path:
 
 import helpers  # noqa: E402
 from helpers import AgentClient, IssuerControl, SlurmControl, Stack, StackNotUp, UserClient  # noqa: E402
+from tool import Tool  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
     # setup.cfg declares the marker; this only keeps --strict-markers happy without it
     if not any(line.split(":")[0].strip() == "integration" for line in config.getini("markers")):
         config.addinivalue_line("markers", "integration: end-to-end tests against the real stack")
-
-
-def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager) -> None:
-    """Keep ``sys.modules["conftest"]`` pointing at tests/conftest.py.
-
-    pytest imports every rootless conftest.py as the module ``conftest``, so loading this one would
-    shadow tests/conftest.py and break ``from conftest import X`` in tests/*.py. Once this module is
-    registered, put the parent conftest back (this file is never imported by name)."""
-    if plugin is not sys.modules.get(__name__) or getattr(plugin, "__file__", None) != __file__:
-        return
-    parent_conftests = [
-        p for p in manager.get_plugins()
-        if getattr(p, "__file__", None) and Path(p.__file__).name == "conftest.py"
-        and Path(p.__file__).resolve().parent in HERE.parents
-    ]
-    if parent_conftests:
-        nearest = max(parent_conftests, key=lambda p: len(Path(p.__file__).resolve().parts))
-        sys.modules["conftest"] = nearest
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -144,22 +130,57 @@ def services(stack: Stack):
 
 
 @pytest.fixture
-def stack_control(services):
-    """Alias of ``services``."""
-    return services
-
-
-@pytest.fixture
 def unique_name(request: pytest.FixtureRequest) -> str:
     """A short name unique to this test run, handy as a job name or Slurm comment."""
     base = "".join(c if c.isalnum() else "-" for c in request.node.name)[:40].strip("-")
     return helpers.unique(f"jgs-{base}")
 
 
-# Fixtures of the tool under test (tool, make_tool, figures, ...) can live in an optional module
-# e2e_fixtures.py beside this file; everything it exports is made visible to the tests here.
-try:
-    from e2e_fixtures import *  # noqa: E402,F401,F403
-except ModuleNotFoundError as _exc:  # pragma: no cover - depends on the other files present
-    if _exc.name != "e2e_fixtures":
-        raise
+# ---------------------------------------------------------------------- the tool under test
+
+FIGURES = Counter()
+
+
+class Figures:
+    """Counts of what the reliability tests tried and found, summed over the session."""
+
+    def record(self, name: str, amount: int = 1) -> None:
+        FIGURES[name] += amount
+
+
+@pytest.fixture(scope="session")
+def figures(stack: helpers.Stack) -> Iterator[Figures]:
+    yield Figures()
+    path = stack.stack_dir / "reliability-figures.json"
+    path.write_text(json.dumps(dict(sorted(FIGURES.items())), indent=2) + "\n")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if FIGURES:
+        terminalreporter.write_sep("-", "reliability figures")
+        for name, count in sorted(FIGURES.items()):
+            terminalreporter.write_line(f"{name}: {count}")
+
+
+@pytest.fixture
+def make_tool(stack: helpers.Stack, tmp_path: Path) -> Callable[..., Tool]:
+    """make_tool(name, cluster="local-slurm", **overrides) -> a Tool with its own config and state.
+    The first tool of each cluster in a test drains that cluster's leftover submissions, so
+    every test starts from a clean slate."""
+    tools: dict[str, Tool] = {}
+    drained: set[str] = set()
+
+    def make(name: str, cluster: str = stack.client_id, **overrides: Any) -> Tool:
+        if name not in tools:
+            if cluster not in drained:
+                helpers.AgentClient(stack, cluster).drain()
+                drained.add(cluster)
+            tools[name] = Tool(tmp_path / name, stack, cluster, **overrides)
+        return tools[name]
+
+    return make
+
+
+@pytest.fixture
+def tool(make_tool: Callable[..., Tool]) -> Tool:
+    return make_tool("tool")

@@ -137,19 +137,9 @@ class Stack:
         return out
 
     @property
-    def jwt_key(self) -> str:
-        """Path of the Slurm JWT key, as a string."""
-        return str(self.jwt_key_path)
-
-    @property
     def oidc_base(self) -> str:
         """Scheme, host and port of the issuer: http://127.0.0.1:8180"""
         return self.oidc_url.split("/realms/", 1)[0]
-
-    @property
-    def oidc_issuer(self) -> str:
-        """The issuer URL (same as ``oidc_url``)."""
-        return self.oidc_url
 
     @property
     def slurm_api(self) -> str:
@@ -265,8 +255,6 @@ class IssuerControl:
     def issued(self, client_id: str, grant: str | None = None) -> int:
         table = self.stats()["issued"].get(client_id, {})
         return table.get(grant, 0) if grant else sum(table.values())
-
-    count = issued  # alias
 
     def refused(self, client_id: str, grant: str | None = None) -> int:
         table = self.stats()["refused"].get(client_id, {})
@@ -698,11 +686,6 @@ class SlurmControl:
 
     def wait_for_state(self, job_id: int, states: Iterable[str] = SLURM_TERMINAL_STATES, timeout: float = 120) -> dict:
         return wait_for_slurm_state(job_id, states, timeout, self.stack)
-
-    # short names
-    token, jobs, jobs_with_comment, job, db_job, submit, cancel = (
-        slurm_token, slurm_jobs, slurm_jobs_with_comment, slurm_job, slurmdb_job, slurm_submit, slurm_cancel,
-    )
 
 
 # ---------------------------------------------------------------------------------- service control

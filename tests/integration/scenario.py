@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any, Optional
 
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+from helpers import unique
 
 
 def new_submission(user: Any, files: dict[str, bytes], *, entrypoint: Optional[str] = None,

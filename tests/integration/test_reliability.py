@@ -95,7 +95,7 @@ def proxied(make_tool, stack):
         proxy = FaultyProxy(upstream)
         proxies.append(proxy)
         setting = {"api": ("jobbergate__api_url", proxy.url + "/jobbergate"),
-                   "oidc": ("oidc__issuer", proxy.url + stack.oidc_issuer[len(stack.oidc_base):]),
+                   "oidc": ("oidc__issuer", proxy.url + stack.oidc_url[len(stack.oidc_base):]),
                    "slurmrestd": ("slurmrestd__url", proxy.url)}[peer]
         return make_tool(unique(f"proxy-{peer}"), **{setting[0]: setting[1]}), proxy
 
@@ -268,7 +268,7 @@ def test_shell_metacharacters_are_data_not_commands(alice, tool, slurm, figures)
 
 
 def test_no_secret_or_token_in_any_log_line(alice, make_tool, stack, figures):
-    key_bytes = Path(stack.jwt_key).read_bytes()
+    key_bytes = stack.jwt_key_path.read_bytes()
     for log_format in ("json", "text"):
         tool = make_tool(unique(f"secrets-{log_format}"))
         new_submission(alice, SHORT_JOB)

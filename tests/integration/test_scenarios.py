@@ -136,7 +136,7 @@ def test_token_is_fetched_once_and_an_expired_cached_token_is_replaced(tool, iss
     issuer.reset()
     for _ in range(3):
         assert tool.run().returncode == 0
-    assert issuer.count("local-slurm") == 1
+    assert issuer.issued("local-slurm") == 1
 
     expired = issuer.mint(client="local-slurm", ttl=-30)
     tool.token_cache.write_text(json.dumps({"token_url": tool.settings["oidc.issuer"] + "/protocol/openid-connect/token",
@@ -144,7 +144,7 @@ def test_token_is_fetched_once_and_an_expired_cached_token_is_replaced(tool, iss
                                             "expires_at": time.time() + 3600}))
     result = tool.run()
     assert result.returncode == 0, result.stderr
-    assert issuer.count("local-slurm") == 2
+    assert issuer.issued("local-slurm") == 2
 
 
 def test_health_shows_the_cluster_healthy_with_our_interval(alice, tool):
@@ -168,16 +168,16 @@ def test_two_clusters_each_see_only_their_own_submissions(alice, tool, make_tool
     assert len(job_for(slurm, ours)) == 1
 
 
-def test_slurmrestd_outage_keeps_submissions_created_until_it_returns(alice, tool, stack_control):
+def test_slurmrestd_outage_keeps_submissions_created_until_it_returns(alice, tool, services):
     sub = new_submission(alice, {"job.sh": b"#!/bin/bash\ntrue\n"})
-    stack_control.stop("slurmrestd")
+    services.stop("slurmrestd")
     try:
         result = tool.run()
         assert result.returncode == 69, result.stderr
         assert status_of(alice, sub) == "CREATED"
         assert alice.get_submission(sub["id"])["report_message"] is None
     finally:
-        stack_control.start("slurmrestd")
+        services.start("slurmrestd")
     result = tool.run()
     assert result.returncode == 0, result.stderr
     assert status_of(alice, sub) == "SUBMITTED"

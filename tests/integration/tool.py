@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from config_files import write_ini, write_secret
+from helpers import Stack, wait_for
+
 SCRIPT = Path(sys.executable).parent / "jobbergate-sync"
 
 
@@ -32,24 +35,21 @@ class Result:
 class Tool:
     """One configured agent instance: its own INI, state directory and lock."""
 
-    def __init__(self, directory: Path, api_url: str, issuer: str, slurmrestd_url: str, jwt_key: str,
-                 cluster: str, secret: str, **overrides: Any):
+    def __init__(self, directory: Path, stack: Stack, cluster: str, **overrides: Any):
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         directory.chmod(0o700)
-        secret_file = directory / "client_secret"
-        secret_file.write_text(secret + "\n")
-        secret_file.chmod(0o600)
+        secret_file = write_secret(directory / "client_secret", stack.client_secrets[cluster].encode() + b"\n")
         self.settings: dict[str, Any] = {
-            "jobbergate.api_url": api_url,
+            "jobbergate.api_url": stack.api_url,
             "jobbergate.timeout": 5,
-            "oidc.issuer": issuer,
+            "oidc.issuer": stack.oidc_url,
             "oidc.client_id": cluster,
-            "oidc.client_secret_file": str(secret_file),
+            "oidc.client_secret_file": secret_file,
             "oidc.timeout": 5,
-            "slurmrestd.url": slurmrestd_url,
+            "slurmrestd.url": stack.slurmrestd_url,
             "slurmrestd.api_version": "v0.0.38",
-            "slurmrestd.jwt_key_file": jwt_key,
+            "slurmrestd.jwt_key_file": stack.jwt_key_path,
             "slurmrestd.slurmdbd": "true",
             "slurmrestd.timeout": 5,
             "submit.execution_directory": "/home/{username}/jobbergate",
@@ -60,16 +60,7 @@ class Tool:
             "run.deadline": 40,
         }
         self.settings.update({key.replace("__", "."): value for key, value in overrides.items()})
-        self.config = directory / "jobbergate-sync.ini"
-        self.write_config()
-
-    def write_config(self) -> None:
-        sections: dict[str, list[str]] = {}
-        for key, value in self.settings.items():
-            section, name = key.split(".")
-            sections.setdefault(section, []).append(f"{name} = {value}")
-        self.config.write_text("".join(f"[{s}]\n" + "\n".join(v) + "\n\n" for s, v in sections.items()))
-        self.config.chmod(0o600)
+        self.config = Path(write_ini(directory / "jobbergate-sync.ini", self.settings))
 
     @property
     def journal(self) -> Path:
@@ -90,15 +81,16 @@ class Tool:
 
     def run_until(self, condition: Callable[[], bool], timeout: float = 150, pause: float = 2.0) -> list[Result]:
         """Passes, as cron would run them, until `condition()` holds."""
-        results = []
-        deadline = time.monotonic() + timeout
-        while True:
+        results: list[Result] = []
+
+        def one_pass() -> bool:
             results.append(self.run())
             assert results[-1].returncode in (0, 1), results[-1].stderr[-3000:]
-            if condition():
-                return results
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not reached after {len(results)} passes; last log:\n"
-                                     + results[-1].stderr[-3000:])
-            time.sleep(pause)
+            return condition()
+
+        try:
+            wait_for(one_pass, timeout, pause, "the condition")
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc} after {len(results)} passes; last log:\n{results[-1].stderr[-3000:]}") from None
+        return results
 
