@@ -29,8 +29,8 @@ import stat
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
-from typing import IO, Any, Callable, Iterable, Iterator, Mapping, Optional
+from datetime import datetime
+from typing import IO, Any, Callable, Iterable, Mapping, Optional
 
 import click
 import jwt
@@ -499,7 +499,7 @@ class Http:
         began = time.monotonic()
         try:
             response = self.session.request(method, url, timeout=timeout, **kwargs)
-            log.debug("%s %s -> HTTP %d in %.3f s", method, url, response.status_code, time.monotonic() - began)
+            log.debug("%s %s -> HTTP %d in %.3f s", method, response.url, response.status_code, time.monotonic() - began)
             return response
         except requests.Timeout:
             raise Unavailable(f"{method} {url}: no answer within {timeout:g} s") from None

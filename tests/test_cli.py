@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
+import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 import jobbergate_sync
-from fakes import CLIENT_SECRET, JWT_KEY
+from fakes import API, CLIENT_SECRET, JWT_KEY
 from jobbergate_sync import main
 
 
@@ -131,6 +130,22 @@ def test_no_secret_reaches_the_log(stack, config_file, email, capsys, log_format
         lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
         assert any(line.get("submission_id") == 1 and line.get("slurm_job_id") == 100 for line in lines)
         assert any(line["level"] == "DEBUG" for line in lines)
+
+
+def test_verbose_logs_every_http_exchange_and_the_job_request_without_the_script(stack, config_file, email, capsys):
+    stack.api.add_submission(1, {"job.sh": b"#!/bin/bash\n#SBATCH --job-name=verbose-demo\necho secret-script-body\n"},
+                             email=email)
+
+    assert main(["--config", config_file(), "-v", "--log-format", "json"]) == 0
+
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    debug = [line["message"] for line in lines if line["level"] == "DEBUG"]
+    assert any(re.fullmatch(r"POST http://slurm\.test:6820/slurm/v0\.0\.38/job/submit -> HTTP 200 in [\d.]+ s", m)
+               for m in debug)
+    assert any(m.startswith(f"GET {API}/job-submissions/agent/pending?") and "-> HTTP 200" in m for m in debug)
+    [request] = [m for m in debug if m.startswith("job request for slurmrestd")]
+    assert '"name": "verbose-demo"' in request
+    assert "secret-script-body" not in request
 
 
 def test_deadline_leaves_the_rest_for_the_next_pass(stack, config_file, email, capsys):
