@@ -139,6 +139,16 @@ class Signer:
 # ------------------------------------------------------------------------------------------- state
 
 
+def expand_agent_clients(realm: dict) -> dict:
+    """Each name in ``agent_clients`` becomes a service-account client with the secret
+    ``<name>-secret`` and the ``agent_permissions``: one cluster per Slurm leg and API version
+    in the matrix tests, without a page of identical JSON."""
+    for name in realm.get("agent_clients", []):
+        realm["clients"].setdefault(name, {"secret": f"{name}-secret", "service_account": True,
+                                           "permissions": list(realm.get("agent_permissions", []))})
+    return realm
+
+
 class RealmConfig:
     """The realm JSON file, re-read whenever its mtime/size changes."""
 
@@ -153,7 +163,7 @@ class RealmConfig:
             st = self.path.stat()
             stamp = (st.st_mtime_ns, st.st_size)
             if stamp != self._stamp:
-                self._data = json.loads(self.path.read_text())
+                self._data = expand_agent_clients(json.loads(self.path.read_text()))
                 self._stamp = stamp
             return self._data
 

@@ -1,5 +1,5 @@
 """End-to-end scenarios: work created through the real jobbergate-api as a user would, then the
-installed `jobbergate-sync` run against the real slurmrestd (issue 3)."""
+installed `jobbergate-sync` run against the real slurmrestd."""
 
 from __future__ import annotations
 
