@@ -99,46 +99,64 @@ SLURMDB_NOTHING_FOUND = 9003
 SLURMDB_CONNECTION_ERRORS = range(7000, 7100)  # ESLURM_DB_CONNECTION and kin: slurmdbd did not answer
 
 
+# What the pass does with each exception; nothing else leaves a pass. Any other exception is a bug:
+# the pass ends with 70 and a traceback. Whatever ends it, its last log line is the summary.
+
+
 class SyncError(Exception):
-    """A failure that ends the pass (or one item) with a specific exit code."""
+    """Base of the failures that carry an exit code (exit_code); never raised itself (70 if it were)."""
 
     exit_code = EX_SOFTWARE
 
 
 class ConfigError(SyncError):
+    """Bad configuration, or a peer proving it wrong (an API route or slurmrestd path that does not
+    exist): the pass ends with 78; the message names the section and key."""
+
     exit_code = EX_CONFIG
 
 
 class AuthError(SyncError):
+    """The OIDC issuer, the API (401 after a fresh token, 403) or slurmrestd (401) refused us: the
+    pass ends with 77."""
+
     exit_code = EX_NOPERM
 
 
 class Unavailable(SyncError):
-    """A peer did not answer usefully: connection failure, timeout, 5xx, 429, garbage body."""
+    """A peer did not answer usefully (connection failure, timeout, 5xx, 429, garbage body, slurmdbd
+    down or behind): the item, or the phase that needed the peer, is left for the next pass, the
+    peer is skipped for the rest of the pass, the other phases run, and the pass exits 69."""
 
     exit_code = EX_UNAVAILABLE
 
 
 class PeerDown(Unavailable):
-    """A peer already found unavailable in this pass: the call was not even attempted."""
+    """A call to a peer already found unavailable in this pass, not even attempted: as Unavailable (69)."""
 
 
 class LockHeld(SyncError):
+    """Another run holds the lock: nothing is done, no pass runs, exit 75."""
+
     exit_code = EX_TEMPFAIL
 
 
 class ItemError(SyncError):
-    """One item failed for a reason that is neither the user's fault nor an outage."""
+    """One item (or one phase's list) failed for a reason that is neither its owner's fault nor an
+    outage: logged and counted, retried next pass; the pass goes on and exits 1."""
 
     exit_code = EXIT_ITEMS_FAILED
 
 
 class Rejection(Exception):
-    """The submission can never be submitted as it is; the message is for its owner."""
+    """The submission can never be submitted as it is: it is rejected (REJECTED in the API) with this
+    message, which is for its owner; the pass goes on."""
 
 
 class SubmitUnsettled(Rejection):
-    """An interrupted submit that neither slurmctld nor slurmdbd can settle."""
+    """An interrupted submit that neither slurmctld nor slurmdbd can settle: rejected like any
+    Rejection (never submitted again; the owner is told it may have run and since when), and logged
+    at ERROR for the admin with the submission id and tag."""
 
     def __init__(self, entry: Any, reason: str):
         when = utc_text(entry.intent_at)
@@ -152,7 +170,8 @@ class SubmitUnsettled(Rejection):
 
 
 class DeadlineReached(Exception):
-    """The pass ran out of time; remaining work waits for the next pass."""
+    """The pass ran out of time: the remaining work waits for the next pass; the exit code is that of
+    the work done (0 or 1)."""
 
 
 def crash_point(name: str) -> None:
@@ -675,7 +694,8 @@ class OidcToken:
 
 
 class ApiConflict(Exception):
-    """A 400/404/409 from a state-changing agent call; the pass decides what it means."""
+    """A 400/404/409 from a state-changing agent call: where the pass expects one it reads the
+    submission to decide; anywhere else the item is logged and counted (exit 1) and retried next pass."""
 
     def __init__(self, status: int, detail: str):
         super().__init__(f"HTTP {status}: {detail}")
@@ -711,9 +731,17 @@ class JobbergateApi:
                 )
             if response.status_code >= 500 or response.status_code == 429:
                 raise Unavailable(f"{method} {url}: HTTP {response.status_code} {short_body(response)}")
+            if response.status_code == 404 and short_body(response) in ("Not Found", "(empty body)"):
+                raise self._no_such_route(method, url, response)
             return response
 
         return self.http.call("api", attempt, idempotent)
+
+    def _no_such_route(self, method: str, url: str, response: requests.Response) -> ConfigError:
+        """A 404 that names no missing record: the URL is not the API's, so the setting is wrong."""
+        return ConfigError(f"{method} {url}: HTTP 404 {short_body(response)[:80]}: the Jobbergate API has no such "
+                           f"route; check [jobbergate] api_url = {self.base}: it must end with /jobbergate, the "
+                           "API's mount (e.g. https://jobbergate.example.com/jobbergate)")
 
     def _send(self, method: str, url: str, token: str, **kwargs: Any) -> requests.Response:
         return self.http.send("api", method, url, self.timeout, headers={"Authorization": f"Bearer {token}"}, **kwargs)
@@ -749,6 +777,8 @@ class JobbergateApi:
         return list(items.values()), True
 
     def _expect_list(self, response: requests.Response, path: str) -> requests.Response:
+        if response.status_code == 404:  # a list has no record to miss
+            raise self._no_such_route("GET", self.base + path, response)
         if response.status_code != 200:
             raise ItemError(f"GET {self.base}{path}: HTTP {response.status_code} {short_body(response)}")
         return response
@@ -2460,25 +2490,39 @@ class RunLock:
 
 
 def run_once(config: Config, dry_run: bool) -> int:
+    """One pass. Whatever happens in it, its last log line is the summary, with the exit code."""
     started = time.monotonic()
-    deadline = Deadline(config.run.deadline)
-    http = Http(deadline, config.run.retries, config.run.backoff)
-    state_dir = config.run.state_dir
-    journal_path = os.path.join(state_dir, "journal.sqlite3")
-    token = OidcToken(config, http, os.path.join(state_dir, "token.json"), write_cache=not dry_run)
-    journal = Journal.scratch_copy_of(journal_path) if dry_run else Journal(journal_path)
-    sync = SyncPass(config, JobbergateApi(config, http, token), SlurmRest(config, http), journal,
-                    UserMapper(config), deadline, dry_run=dry_run)
-    summary = sync.run()
-    log.info(
-        "pass finished%s: submitted=%d rejected=%d updated=%d cancelled=%d errors=%d duration=%.2fs",
-        " (dry run)" if dry_run else "", summary.submitted, summary.rejected, summary.updated,
+    summary, journal = PassSummary(), None
+    try:
+        deadline = Deadline(config.run.deadline)
+        http = Http(deadline, config.run.retries, config.run.backoff)
+        state_dir = config.run.state_dir
+        journal_path = os.path.join(state_dir, "journal.sqlite3")
+        token = OidcToken(config, http, os.path.join(state_dir, "token.json"), write_cache=not dry_run)
+        journal = Journal.scratch_copy_of(journal_path) if dry_run else Journal(journal_path)
+        sync = SyncPass(config, JobbergateApi(config, http, token), SlurmRest(config, http), journal,
+                        UserMapper(config), deadline, dry_run=dry_run)
+        summary = sync.summary
+        exit_code = sync.run().exit_code()
+    except SyncError as exc:  # authentication or configuration: the pass ends here
+        log.error("pass ended: %s", exc)
+        exit_code = exc.exit_code
+    except Exception:
+        log.exception("internal error; please report it with this log")
+        exit_code = EX_SOFTWARE
+    entries = None
+    with contextlib.suppress(sqlite3.Error, AttributeError):
+        entries = journal.size()  # type: ignore[union-attr]
+    log.log(
+        logging.INFO if exit_code == EXIT_OK else logging.WARNING,  # -q still shows how a failed pass ended
+        "pass finished%s: exit_code=%d submitted=%d rejected=%d updated=%d cancelled=%d errors=%d duration=%.2fs",
+        " (dry run)" if dry_run else "", exit_code, summary.submitted, summary.rejected, summary.updated,
         summary.cancelled, summary.errors, time.monotonic() - started,
-        extra={"submitted": summary.submitted, "rejected": summary.rejected, "updated": summary.updated,
-               "cancelled": summary.cancelled, "errors": summary.errors, "journal_entries": journal.size(),
-               "duration_s": round(time.monotonic() - started, 3), "dry_run": dry_run},
+        extra={"exit_code": exit_code, "submitted": summary.submitted, "rejected": summary.rejected,
+               "updated": summary.updated, "cancelled": summary.cancelled, "errors": summary.errors,
+               "journal_entries": entries, "duration_s": round(time.monotonic() - started, 3), "dry_run": dry_run},
     )
-    return summary.exit_code()
+    return exit_code
 
 
 @click.command(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
