@@ -64,11 +64,12 @@ Exit codes:
   0   the pass completed and every item went well
   1   the pass completed but some items failed (see the log)
   64  bad command-line usage
-  69  the Jobbergate API, the OIDC issuer or slurmrestd was unreachable
+  69  the Jobbergate API, the OIDC issuer, slurmrestd or slurmdbd was unreachable
   70  internal error (a bug: please report it with the log)
   75  another run holds the lock; nothing was done
   77  authentication or permission failure (OIDC, API or slurmrestd)
-  78  bad configuration (the message names the section and key)"""
+  78  bad configuration (the message names the section and key; a 404 from
+      the API means [jobbergate] api_url lacks the /jobbergate mount)"""
 
 DEFAULT_CONFIG_PATH = "/etc/jobbergate-sync/jobbergate-sync.ini"
 ENV_PREFIX = "JOBBERGATE_SYNC_"
@@ -2034,7 +2035,8 @@ def accounting_candidates(records: Iterable[Mapping[str, Any]], entry: JournalEn
             continue
         if entry.job_name is None or entry.working_directory is None:
             continue
-        submitted = unwrap_number((record.get("time") or {}).get("submission"))
+        times = record.get("time") if isinstance(record.get("time"), dict) else {}
+        submitted = unwrap_number(times.get("submission"))
         if (record.get("user") in (None, entry.username)
                 and record.get("name") in (entry.job_name, ACCOUNTING_PLACEHOLDER_NAME)
                 and _same_directory(record.get("working_directory"), entry.working_directory)
@@ -2173,8 +2175,7 @@ class SyncPass:
     def adopt_job(self, entry: JournalEntry, job_id: int, where: str, report: Optional[StateReport] = None) -> None:
         log.info("submission %d: found Slurm job %d from an interrupted pass in %s", entry.submission_id, job_id,
                  where, **ctx(submission_id=entry.submission_id, slurm_job_id=job_id))
-        if not self.dry_run:
-            self.journal.record_job(entry.submission_id, job_id)
+        self.journal.record_job(entry.submission_id, job_id)
         self.report_submitted(entry.submission_id, job_id, report)
 
     def find_in_accounting(self, entry: JournalEntry) -> Optional[dict[str, Any]]:
@@ -2241,6 +2242,7 @@ class SyncPass:
             for handle in staged.values():
                 handle.close()
         self.journal.record_intent(submission.id, tag, user.name, request.payload["job"]["name"], request.working_directory)
+        crash_point("after-journal-intent")
         try:
             job_id = self.slurm.submit(request.payload, user.name)
         except Rejection:

@@ -32,11 +32,12 @@ def age_intent(tmp_path: Path, seconds: float) -> float:
 @pytest.fixture
 def submitted_then_crashed(stack, config_file, email, crash_at, monkeypatch, tmp_path):
     """Slurm accepted job 100 for submission 1 and the pass died before the journal had the job id;
-    then the job ran, ended, and `purge` makes slurmctld forget it."""
-    def make(age: float, **settings: str) -> tuple[str, float]:
+    then the job ran, ended, and `purge` makes slurmctld forget it. At "after-journal-intent" the pass
+    died before its submit was sent."""
+    def make(age: float, point: str = "after-slurm-submit", **settings: str) -> tuple[str, float]:
         stack.api.add_submission(1, email=email)
         config = config_file(**settings)
-        crash_at("after-slurm-submit")
+        crash_at(point)
         with pytest.raises(Crash):
             run(config)
         monkeypatch.setattr(jobbergate_sync, "crash_point", lambda name: None)
@@ -110,6 +111,18 @@ def test_two_jobs_that_could_be_it_are_never_guessed_between(stack, submitted_th
     assert stack.api.status(1) == "REJECTED"
     assert "slurmdbd holds 2 jobs that could be it (100, 101)" in stack.api.submissions[1]["report_message"]
     assert len(stack.slurm.submitted) == 1
+
+
+@pytest.mark.parametrize("age, outcome", [(0, "SUBMITTED"), (600, "REJECTED")])
+def test_killed_between_intent_and_submit(stack, submitted_then_crashed, age, outcome):
+    """The common case: nothing reached Slurm. Soon after, slurmctld's silence proves it; past the
+    horizon without slurmdbd nothing can, and the job is not risked twice."""
+    config, _ = submitted_then_crashed(age, "after-journal-intent")
+
+    assert run(config) == 0
+
+    assert stack.api.status(1) == outcome
+    assert len(stack.slurm.submitted) == (1 if outcome == "SUBMITTED" else 0)
 
 
 def test_young_intent_absent_from_slurmctld_is_submitted_without_asking_slurmdbd(stack, never_reached_slurm):
