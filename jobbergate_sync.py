@@ -29,7 +29,7 @@ import stat
 import sys
 import tempfile
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import IO, Any, Callable, Iterable, Mapping, Optional
 
 import click
@@ -64,11 +64,12 @@ Exit codes:
   0   the pass completed and every item went well
   1   the pass completed but some items failed (see the log)
   64  bad command-line usage
-  69  the Jobbergate API, the OIDC issuer or slurmrestd was unreachable
+  69  the Jobbergate API, the OIDC issuer, slurmrestd or slurmdbd was unreachable
   70  internal error (a bug: please report it with the log)
   75  another run holds the lock; nothing was done
   77  authentication or permission failure (OIDC, API or slurmrestd)
-  78  bad configuration (the message names the section and key)"""
+  78  bad configuration (the message names the section and key; a 404 from
+      the API means [jobbergate] api_url lacks the /jobbergate mount)"""
 
 DEFAULT_CONFIG_PATH = "/etc/jobbergate-sync/jobbergate-sync.ini"
 ENV_PREFIX = "JOBBERGATE_SYNC_"
@@ -96,48 +97,82 @@ SLURM_FINAL_STATES = frozenset(
 
 SLURM_ERROR_INVALID_JOB_ID = 2017
 SLURMDB_NOTHING_FOUND = 9003
+SLURMDB_CONNECTION_ERRORS = range(7000, 7100)  # ESLURM_DB_CONNECTION and kin: slurmdbd did not answer
+
+
+# What the pass does with each exception; nothing else leaves a pass. Any other exception is a bug:
+# the pass ends with 70 and a traceback. Whatever ends it, its last log line is the summary.
 
 
 class SyncError(Exception):
-    """A failure that ends the pass (or one item) with a specific exit code."""
+    """Base of the failures that carry an exit code (exit_code); never raised itself (70 if it were)."""
 
     exit_code = EX_SOFTWARE
 
 
 class ConfigError(SyncError):
+    """Bad configuration, or a peer proving it wrong (an API route or slurmrestd path that does not
+    exist): the pass ends with 78; the message names the section and key."""
+
     exit_code = EX_CONFIG
 
 
 class AuthError(SyncError):
+    """The OIDC issuer, the API (401 after a fresh token, 403) or slurmrestd (401) refused us: the
+    pass ends with 77."""
+
     exit_code = EX_NOPERM
 
 
 class Unavailable(SyncError):
-    """A peer did not answer usefully: connection failure, timeout, 5xx, 429, garbage body."""
+    """A peer did not answer usefully (connection failure, timeout, 5xx, 429, garbage body, slurmdbd
+    down or behind): the item, or the phase that needed the peer, is left for the next pass, the
+    peer is skipped for the rest of the pass, the other phases run, and the pass exits 69."""
 
     exit_code = EX_UNAVAILABLE
 
 
 class PeerDown(Unavailable):
-    """A peer already found unavailable in this pass: the call was not even attempted."""
+    """A call to a peer already found unavailable in this pass, not even attempted: as Unavailable (69)."""
 
 
 class LockHeld(SyncError):
+    """Another run holds the lock: nothing is done, no pass runs, exit 75."""
+
     exit_code = EX_TEMPFAIL
 
 
 class ItemError(SyncError):
-    """One item failed for a reason that is neither the user's fault nor an outage."""
+    """One item (or one phase's list) failed for a reason that is neither its owner's fault nor an
+    outage: logged and counted, retried next pass; the pass goes on and exits 1."""
 
     exit_code = EXIT_ITEMS_FAILED
 
 
 class Rejection(Exception):
-    """The submission can never be submitted as it is; the message is for its owner."""
+    """The submission can never be submitted as it is: it is rejected (REJECTED in the API) with this
+    message, which is for its owner; the pass goes on."""
+
+
+class SubmitUnsettled(Rejection):
+    """An interrupted submit that neither slurmctld nor slurmdbd can settle: rejected like any
+    Rejection (never submitted again; the owner is told it may have run and since when), and logged
+    at ERROR for the admin with the submission id and tag."""
+
+    def __init__(self, entry: Any, reason: str):
+        when = utc_text(entry.intent_at)
+        super().__init__(
+            f"jobbergate-sync cannot tell whether this job reached Slurm: submitting it was interrupted at {when} "
+            f"and Slurm keeps no record that settles it ({reason}). It was not submitted again, so that it never "
+            f"runs twice, but it may already have run since {when}: check for its output, and resubmit it if "
+            "it did not run.")
+        self.entry = entry
+        self.reason = reason
 
 
 class DeadlineReached(Exception):
-    """The pass ran out of time; remaining work waits for the next pass."""
+    """The pass ran out of time: the remaining work waits for the next pass; the exit code is that of
+    the work done (0 or 1)."""
 
 
 def crash_point(name: str) -> None:
@@ -182,6 +217,7 @@ CONFIG_SCHEMA: dict[str, dict[str, Setting]] = {
         "token_lifespan": Setting(600, int),
         "query_user": Setting("slurm"),
         "slurmdbd": Setting(False, bool),
+        "purge_horizon": Setting(300, int),
         "timeout": Setting(15.0, float),
     },
     "submit": {
@@ -361,7 +397,7 @@ def validate_config(sections: dict[str, dict[str, Any]]) -> None:
     )
     need(1 <= sections["jobbergate"]["page_size"] <= 100, "jobbergate.page_size", "must be 1 to 100")
     for where in ("jobbergate.max_pages", "run.interval", "run.deadline", "run.retries",
-                  "slurmrestd.token_lifespan", "submit.max_file_size"):
+                  "slurmrestd.token_lifespan", "slurmrestd.purge_horizon", "submit.max_file_size"):
         section, key = where.split(".")
         need(sections[section][key] > 0, where, "must be positive")
     for where in ("jobbergate.timeout", "oidc.timeout", "slurmrestd.timeout"):
@@ -659,7 +695,8 @@ class OidcToken:
 
 
 class ApiConflict(Exception):
-    """A 400/404/409 from a state-changing agent call; the pass decides what it means."""
+    """A 400/404/409 from a state-changing agent call: where the pass expects one it reads the
+    submission to decide; anywhere else the item is logged and counted (exit 1) and retried next pass."""
 
     def __init__(self, status: int, detail: str):
         super().__init__(f"HTTP {status}: {detail}")
@@ -695,9 +732,17 @@ class JobbergateApi:
                 )
             if response.status_code >= 500 or response.status_code == 429:
                 raise Unavailable(f"{method} {url}: HTTP {response.status_code} {short_body(response)}")
+            if response.status_code == 404 and short_body(response) in ("Not Found", "(empty body)"):
+                raise self._no_such_route(method, url, response)
             return response
 
         return self.http.call("api", attempt, idempotent)
+
+    def _no_such_route(self, method: str, url: str, response: requests.Response) -> ConfigError:
+        """A 404 that names no missing record: the URL is not the API's, so the setting is wrong."""
+        return ConfigError(f"{method} {url}: HTTP 404 {short_body(response)[:80]}: the Jobbergate API has no such "
+                           f"route; check [jobbergate] api_url = {self.base}: it must end with /jobbergate, the "
+                           "API's mount (e.g. https://jobbergate.example.com/jobbergate)")
 
     def _send(self, method: str, url: str, token: str, **kwargs: Any) -> requests.Response:
         return self.http.send("api", method, url, self.timeout, headers={"Authorization": f"Bearer {token}"}, **kwargs)
@@ -733,6 +778,8 @@ class JobbergateApi:
         return list(items.values()), True
 
     def _expect_list(self, response: requests.Response, path: str) -> requests.Response:
+        if response.status_code == 404:  # a list has no record to miss
+            raise self._no_such_route("GET", self.base + path, response)
         if response.status_code != 200:
             raise ItemError(f"GET {self.base}{path}: HTTP {response.status_code} {short_body(response)}")
         return response
@@ -1559,6 +1606,37 @@ class SlurmRest:
     def jobs_with_tag(self, tag: str) -> list[int]:
         return sorted(job_id for job_id, job in self.jobs().items() if comment_has_tag(job.get("comment"), tag))
 
+    def accounting_jobs_since(self, user: str, since: float) -> list[dict[str, Any]]:
+        """slurmdbd's records of jobs active at or after `since`: the user's own from v0.0.39 on
+        (users=, epoch start_time); everyone's on v0.0.38, whose query knows neither (sacct times)."""
+        if self.family <= 38:
+            minutes = int((time.time() - since) // 60) + 2
+            params: dict[str, Any] = {"start_time": f"now-{minutes}minutes"}
+        else:
+            params = {"users": user, "start_time": int(since)}
+        path = f"/slurmdb/{self.version}/jobs"
+        response, body = self._request("GET", path, self.query_user, True, params=params)
+        errors = slurm_errors(body)
+        jobs = body.get("jobs") if isinstance(body, dict) else None
+        if any(code in SLURMDB_CONNECTION_ERRORS for code, _ in errors):
+            raise Unavailable(f"GET {self.base}{path}: slurmdbd did not answer: {describe_errors(errors)}")
+        # Only a clean answer counts: an empty list may be taken as proof that a job never existed.
+        if response.status_code not in (200, 204) or any(code != SLURMDB_NOTHING_FOUND for code, _ in errors):
+            raise ItemError(f"GET {self.base}{path}: HTTP {response.status_code} {describe_errors(errors)}")
+        if response.status_code == 204:
+            return []
+        if not isinstance(jobs, list):
+            raise Unavailable(f"GET {self.base}{path}: not a list of jobs ({response.text[:200]!r})")
+        return [job for job in jobs if isinstance(job, dict)]
+
+    def accounting_backlog(self) -> Optional[int]:
+        """How many records slurmctld still holds for slurmdbd (sdiag's DBD Agent queue size);
+        None when slurmctld does not say."""
+        response, body = self._request("GET", f"/slurm/{self.version}/diag", self.query_user, True)
+        statistics = body.get("statistics") if isinstance(body, dict) and response.status_code == 200 else None
+        size = statistics.get("dbd_agent_queue_size") if isinstance(statistics, dict) else None
+        return size if isinstance(size, int) and not isinstance(size, bool) else None
+
     def cancel(self, job_id: int, user: str) -> bool:
         """Cancel as the job's owner. True when cancelled, False when Slurm no longer knows the job."""
         response, body = self._request("DELETE", f"/slurm/{self.version}/job/{job_id}", user, True)
@@ -1772,8 +1850,13 @@ class JournalEntry:
     last_reason: Optional[str]
     last_reported_at: Optional[float]
     created_at: float
+    intent_at: Optional[float] = None  # when the submit was decided, just before it was sent
+    job_name: Optional[str] = None  # the job's name and working directory as sent: with the owner and
+    working_directory: Optional[str] = None  # intent_at they find a purged job in slurmdbd
 
 
+JOURNAL_COLUMNS = ("submission_id, tag, username, slurm_job_id, reported, last_state, last_reason, "
+                   "last_reported_at, created_at, intent_at, job_name, working_directory")
 JOURNAL_SCHEMA = """
 CREATE TABLE IF NOT EXISTS submissions (
     submission_id INTEGER PRIMARY KEY,
@@ -1784,8 +1867,46 @@ CREATE TABLE IF NOT EXISTS submissions (
     last_state TEXT,
     last_reason TEXT,
     last_reported_at REAL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    intent_at REAL,
+    job_name TEXT,
+    working_directory TEXT
 )"""
+JOURNAL_VERSION = 2
+# Version 1 had no intent columns. Its created_at of a row without a job id is the intent's time
+# (record_intent wrote both at once), so it becomes intent_at; name and directory stay unknown.
+JOURNAL_MIGRATIONS = {
+    2: ("ALTER TABLE submissions ADD COLUMN intent_at REAL",
+        "ALTER TABLE submissions ADD COLUMN job_name TEXT",
+        "ALTER TABLE submissions ADD COLUMN working_directory TEXT",
+        "UPDATE submissions SET intent_at = created_at WHERE slurm_job_id IS NULL AND reported = 0"),
+}
+
+
+def migrate_journal(db: sqlite3.Connection) -> None:
+    """Bring a journal of any earlier version to JOURNAL_VERSION, in one transaction."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(submissions)")}
+    if not columns:
+        db.execute(JOURNAL_SCHEMA)
+        db.execute(f"PRAGMA user_version = {JOURNAL_VERSION}")
+        return
+    version = db.execute("PRAGMA user_version").fetchone()[0] or (2 if "intent_at" in columns else 1)
+    if version > JOURNAL_VERSION:
+        raise ConfigError(f"the journal was written by a newer jobbergate-sync (schema {version}); "
+                          f"this one reads schema {JOURNAL_VERSION} at most")
+    if version == JOURNAL_VERSION:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for step in range(version + 1, JOURNAL_VERSION + 1):
+            for statement in JOURNAL_MIGRATIONS[step]:
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version = {JOURNAL_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    log.info("journal migrated from schema %d to %d", version, JOURNAL_VERSION)
 
 
 def create_private_file(path: str) -> None:
@@ -1808,7 +1929,7 @@ class Journal:
             create_private_file(path)
             self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
             self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute(JOURNAL_SCHEMA)
+        migrate_journal(self.db)
 
     @classmethod
     def scratch_copy_of(cls, path: str) -> "Journal":
@@ -1817,17 +1938,20 @@ class Journal:
             source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
             source.backup(journal.db)
             source.close()
+            migrate_journal(journal.db)
         return journal
 
     def get(self, submission_id: int) -> Optional[JournalEntry]:
-        row = self.db.execute(
-            "SELECT submission_id, tag, username, slurm_job_id, reported, last_state, last_reason, "
-            "last_reported_at, created_at FROM submissions WHERE submission_id = ?", (submission_id,)).fetchone()
+        row = self.db.execute(f"SELECT {JOURNAL_COLUMNS} FROM submissions WHERE submission_id = ?",
+                              (submission_id,)).fetchone()
         return JournalEntry(*row[:4], bool(row[4]), *row[5:]) if row else None
 
-    def record_intent(self, submission_id: int, tag: str, username: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO submissions (submission_id, tag, username, created_at) VALUES (?, ?, ?, ?)",
-                        (submission_id, tag, username, time.time()))
+    def record_intent(self, submission_id: int, tag: str, username: str, job_name: str, working_directory: str) -> None:
+        now = time.time()
+        self.db.execute(
+            "INSERT OR REPLACE INTO submissions (submission_id, tag, username, created_at, intent_at, job_name, "
+            "working_directory) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (submission_id, tag, username, now, now, job_name, working_directory))
 
     def record_job(self, submission_id: int, slurm_job_id: int) -> None:
         self.db.execute("UPDATE submissions SET slurm_job_id = ? WHERE submission_id = ?", (slurm_job_id, submission_id))
@@ -1851,12 +1975,74 @@ class Journal:
     def size(self) -> int:
         return self.db.execute("SELECT count(*) FROM submissions").fetchone()[0]
 
+    def job_ids_of_others(self, submission_id: int) -> set[int]:
+        """The Slurm jobs the journal holds for other submissions: never the job of this one."""
+        return {row[0] for row in self.db.execute(
+            "SELECT slurm_job_id FROM submissions WHERE slurm_job_id IS NOT NULL AND submission_id != ?",
+            (submission_id,))}
+
 
 # ---------------------------------------------------------------------------------------------
 # The pass
 # ---------------------------------------------------------------------------------------------
 
 STALE_INTENT_SECONDS = 86400
+# Clock difference allowed for between this host and slurmctld when matching submit times.
+CLOCK_SLACK_SECONDS = 60
+# slurmdbd's name of a job whose record is not complete yet.
+ACCOUNTING_PLACEHOLDER_NAME = "allocation"
+
+
+def utc_text(epoch: Optional[float]) -> str:
+    if epoch is None:
+        return "an unknown time"
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def accounting_job_id(record: Mapping[str, Any]) -> int:
+    """The id sbatch would have printed: an array task's record names its array's job."""
+    array = record.get("array") if isinstance(record.get("array"), dict) else {}
+    array_id = unwrap_number(array.get("job_id"))
+    return array_id if array_id else record["job_id"]
+
+
+def _accounting_comment(record: Mapping[str, Any]) -> str:
+    comment = record.get("comment")
+    comment = comment.get("job") if isinstance(comment, dict) else comment
+    return comment if isinstance(comment, str) else ""
+
+
+def _same_directory(recorded: Any, wanted: str) -> bool:
+    return isinstance(recorded, str) and os.path.normpath(recorded or "/") == os.path.normpath(wanted)
+
+
+def accounting_candidates(records: Iterable[Mapping[str, Any]], entry: JournalEntry, window: tuple[float, float],
+                          excluded: set[int]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The slurmdbd records that may be the job an interrupted submit created, one per job, oldest
+    first: (those carrying its tag, those that could be it without a comment: same owner, name and
+    directory, submitted within `window`). A record whose comment lacks the tag is never ours: the
+    tag leads every comment this tool sends. Matching leans to "could be it": a false match only
+    withholds a submit, a missed one would run the job twice."""
+    tagged: dict[int, dict[str, Any]] = {}
+    alike: dict[int, dict[str, Any]] = {}
+    for record in records:
+        if not isinstance(record.get("job_id"), int) or accounting_job_id(record) in excluded:
+            continue
+        comment = _accounting_comment(record)
+        if comment:
+            if comment_has_tag(comment, entry.tag):
+                tagged.setdefault(accounting_job_id(record), dict(record))
+            continue
+        if entry.job_name is None or entry.working_directory is None:
+            continue
+        times = record.get("time") if isinstance(record.get("time"), dict) else {}
+        submitted = unwrap_number(times.get("submission"))
+        if (record.get("user") in (None, entry.username)
+                and record.get("name") in (entry.job_name, ACCOUNTING_PLACEHOLDER_NAME)
+                and _same_directory(record.get("working_directory"), entry.working_directory)
+                and (submitted is None or window[0] <= submitted <= window[1])):
+            alike.setdefault(accounting_job_id(record), dict(record))
+    return ([tagged[job_id] for job_id in sorted(tagged)], [alike[job_id] for job_id in sorted(alike)])
 
 
 @dataclasses.dataclass
@@ -1888,43 +2074,52 @@ class SyncPass:
         self.echo = echo
         self.cluster = config.oidc.client_id
         self.summary = PassSummary()
+        self.pending_ids: Optional[set[int]] = None  # every pending submission, once fully listed
 
     def run(self) -> PassSummary:
+        """Submit, update, ping health: a phase that cannot get its work (its list failed, its peer
+        is down) ends, and the next phase still runs. The deadline ends the pass's work;
+        authentication and configuration failures (and bugs) end the pass."""
+        phases: list[tuple[str, Callable[[], None]]] = [("submit phase", self.submit_pending),
+                                                         ("update phase", self.update_active)]
+        if not self.dry_run:
+            phases.append(("health ping", lambda: self.api.ping_health(self.config.run.interval)))
         try:
-            self.submit_pending()
-            self.update_active()
-            if not self.dry_run:
-                self.api.ping_health(self.config.run.interval)
+            for name, phase in phases:
+                self._contain(phase, f"{name} ended")
         except DeadlineReached:
             self.summary.deadline_reached = True
             log.warning("the pass reached its %d s deadline; the remaining work waits for the next pass",
                         self.config.run.deadline)
-        except Unavailable as exc:
-            self.summary.unavailable = True
-            log.error("%s", exc)
         self.summary.errors += self.api.malformed_items
         return self.summary
 
     def _item(self, submission_id: Optional[int], action: Callable[[], None]) -> None:
-        """Run one item's work; its failure is logged and counted, and the pass goes on.
-        Authentication and configuration failures end the pass."""
+        """Run one item's work; its failure is logged and counted, and the pass goes on."""
+        self._contain(action, f"submission {submission_id}", submission_id)
+
+    def _contain(self, action: Callable[[], None], what: str, submission_id: Optional[int] = None) -> None:
+        """Run `action`; an outage, an item failure or an API refusal is logged and counted and the
+        pass goes on. Everything else (authentication, configuration, deadline, bugs) goes up."""
         try:
             action()
         except Unavailable as exc:
-            self.summary.errors += 1
             self.summary.unavailable = True
-            log.error("left for the next pass: %s", exc, **ctx(submission_id=submission_id))
+            self._failed(f"{what}: left for the next pass: {exc}", submission_id)
         except ItemError as exc:
-            self.summary.errors += 1
-            log.error("%s", exc, **ctx(submission_id=submission_id))
+            self._failed(f"{what}: {exc}", submission_id)
         except ApiConflict as exc:
-            self.summary.errors += 1
-            log.error("the API refused a change for submission %s: %s", submission_id, exc, **ctx(submission_id=submission_id))
+            self._failed(f"{what}: the API refused a change: {exc}", submission_id)
+
+    def _failed(self, message: str, submission_id: Optional[int]) -> None:
+        self.summary.errors += 1
+        log.error("%s", message, **ctx(submission_id=submission_id))
 
     # -- submitting ------------------------------------------------------------------------------
 
     def submit_pending(self) -> None:
-        pending, _ = self.api.list_pending()
+        pending, complete = self.api.list_pending()
+        self.pending_ids = {item["id"] for item in pending} if complete else None
         log.info("%d pending submission(s) for cluster %s", len(pending), self.cluster)
         for item in pending:
             self.deadline.check()
@@ -1938,31 +2133,85 @@ class SyncPass:
                      entry.slurm_job_id, **ctx(submission_id=submission_id, slurm_job_id=entry.slurm_job_id))
             self.report_submitted(submission_id, entry.slurm_job_id)
             return
-        if entry and self.recover_intent(entry):
-            return
         try:
+            if entry and entry.intent_at is not None and self.recover_intent(entry):
+                return
             self.submit_new(parse_pending(item))
+        except SubmitUnsettled as exc:
+            self.reject_unsettled(exc)
         except Rejection as exc:
             self.reject(submission_id, str(exc))
 
     def recover_intent(self, entry: JournalEntry) -> bool:
-        """An earlier pass stopped between recording its intent and recording the job id: look for
-        the job by its tag before deciding to submit. True when the job was found and reported."""
+        """An earlier pass stopped between recording its intent and recording the job id. True when
+        its job was found (in slurmctld by its tag, else in slurmdbd) and reported; False when it
+        provably never reached Slurm, so submitting is safe. Raises SubmitUnsettled when neither
+        can tell, and Unavailable while slurmdbd does not answer: never a second submit in doubt."""
+        context = ctx(submission_id=entry.submission_id)
         found = self.slurm.jobs_with_tag(entry.tag)
-        if not found:
-            log.info("submission %d: an earlier submit left no job in Slurm; submitting", entry.submission_id,
-                     **ctx(submission_id=entry.submission_id))
+        if found:
+            if len(found) > 1:
+                log.error("submission %d has %d Slurm jobs %s; keeping %d, cancelling the others", entry.submission_id,
+                          len(found), found, found[0], **context)
+                for duplicate in found[1:]:
+                    self.slurm.cancel(duplicate, entry.username or self.slurm.query_user)
+            self.adopt_job(entry, found[0], "slurmctld")
+            return True
+        age = time.time() - (entry.intent_at or 0)
+        if age < self.config.slurmrestd.purge_horizon:
+            # A job submitted after the intent cannot have ended and been purged yet.
+            log.info("submission %d: the submit interrupted %d s ago left no job in slurmctld, which purges none "
+                     "that young; submitting", entry.submission_id, age, **context)
             return False
-        if len(found) > 1:
-            log.error("submission %d has %d Slurm jobs %s; keeping %d, cancelling the others", entry.submission_id,
-                      len(found), found, found[0], **ctx(submission_id=entry.submission_id))
-            for duplicate in found[1:]:
-                self.slurm.cancel(duplicate, entry.username or self.slurm.query_user)
-        log.info("submission %d: found Slurm job %d from an interrupted pass", entry.submission_id, found[0],
-                 **ctx(submission_id=entry.submission_id, slurm_job_id=found[0]))
-        self.journal.record_job(entry.submission_id, found[0])
-        self.report_submitted(entry.submission_id, found[0])
+        record = self.find_in_accounting(entry)
+        if record is None:
+            log.info("submission %d: neither slurmctld nor slurmdbd has a job from the submit interrupted at %s; "
+                     "submitting", entry.submission_id, utc_text(entry.intent_at), **context)
+            return False
+        job_id = accounting_job_id(record)
+        self.adopt_job(entry, job_id, "slurmdbd", report_from_slurmdbd({**record, "job_id": job_id}))
         return True
+
+    def adopt_job(self, entry: JournalEntry, job_id: int, where: str, report: Optional[StateReport] = None) -> None:
+        log.info("submission %d: found Slurm job %d from an interrupted pass in %s", entry.submission_id, job_id,
+                 where, **ctx(submission_id=entry.submission_id, slurm_job_id=job_id))
+        self.journal.record_job(entry.submission_id, job_id)
+        self.report_submitted(entry.submission_id, job_id, report)
+
+    def find_in_accounting(self, entry: JournalEntry) -> Optional[dict[str, Any]]:
+        """The slurmdbd record of the job an interrupted submit created, None when slurmdbd proves
+        there is none; SubmitUnsettled when it cannot tell."""
+        if not self.slurm.use_slurmdbd:
+            raise SubmitUnsettled(entry, "slurmctld purges finished jobs after the purge horizon and no slurmdbd "
+                                         "is configured to remember them")
+        intent_at = entry.intent_at or 0.0
+        window = (intent_at - CLOCK_SLACK_SECONDS, intent_at + self.slurm.timeout + CLOCK_SLACK_SECONDS)
+        records = self.slurm.accounting_jobs_since(entry.username or "", window[0])
+        tagged, alike = accounting_candidates(records, entry, window, self.journal.job_ids_of_others(entry.submission_id))
+        if tagged or len(alike) == 1:
+            return (tagged or alike)[0]
+        if alike:
+            raise SubmitUnsettled(entry, f"slurmdbd holds {len(alike)} jobs that could be it "
+                                         f"({', '.join(str(accounting_job_id(r)) for r in alike)})")
+        if entry.job_name is None or entry.working_directory is None:
+            raise SubmitUnsettled(entry, "the journal entry predates the job name and directory that a search "
+                                         "of slurmdbd needs")
+        backlog = self.slurm.accounting_backlog()
+        if backlog is None:
+            raise SubmitUnsettled(entry, "slurmctld does not say whether slurmdbd has every job record yet")
+        if backlog:
+            raise Unavailable(f"slurmctld still holds {backlog} record(s) for slurmdbd; the submission of "
+                              f"{utc_text(intent_at)} is settled once slurmdbd has them")
+        return None
+
+    def reject_unsettled(self, exc: "SubmitUnsettled") -> None:
+        entry = exc.entry
+        log.error("submission %d (tag %s): cannot tell whether the submit interrupted at %s reached Slurm (%s); "
+                  "rejecting it rather than risk running it twice", entry.submission_id, entry.tag,
+                  utc_text(entry.intent_at), exc.reason, **ctx(submission_id=entry.submission_id))
+        self.reject(entry.submission_id, str(exc))
+        if not self.dry_run:
+            self.journal.forget(entry.submission_id)
 
     def submit_new(self, submission: PendingSubmission) -> None:
         user = self.mapper.user_for(submission.owner_email)
@@ -1992,7 +2241,8 @@ class SyncPass:
         finally:
             for handle in staged.values():
                 handle.close()
-        self.journal.record_intent(submission.id, tag, user.name)
+        self.journal.record_intent(submission.id, tag, user.name, request.payload["job"]["name"], request.working_directory)
+        crash_point("after-journal-intent")
         try:
             job_id = self.slurm.submit(request.payload, user.name)
         except Rejection:
@@ -2051,10 +2301,10 @@ class SyncPass:
         report = report_from_slurmctld(job) if job else None
         return report or StateReport(job_id, "PENDING", None, json.dumps({"job_id": job_id}))
 
-    def report_submitted(self, submission_id: int, job_id: int) -> None:
+    def report_submitted(self, submission_id: int, job_id: int, known: Optional[StateReport] = None) -> None:
         """agent/submitted is not idempotent: a 400 is answered by reading the submission."""
         context = ctx(submission_id=submission_id, slurm_job_id=job_id)
-        report = self.current_report(job_id)
+        report = known or self.current_report(job_id)
         if self.dry_run:
             self.echo(f"would report submission {submission_id} SUBMITTED as Slurm job {job_id}")
             return
@@ -2071,6 +2321,8 @@ class SyncPass:
             if not self._earlier_report_landed(submission_id, job_id, exc):
                 self.api.report_submitted(submission_id, report)
         crash_point("after-agent-submitted")
+        if report.state in SLURM_FINAL_STATES:  # agent/submitted leaves it SUBMITTED; only an update closes it
+            self.api.update(submission_id, report)
         self.journal.record_report(submission_id, tag, report)
         self.summary.submitted += 1
         log.info("reported submission %d SUBMITTED with Slurm job %d (%s)", submission_id, job_id, report.state, **context)
@@ -2153,8 +2405,13 @@ class SyncPass:
         if entry and entry.slurm_job_id is not None:
             self.report_submitted(submission_id, entry.slurm_job_id)
             return
-        if entry and self.recover_intent(entry):
-            return
+        if entry and entry.intent_at is not None:
+            try:
+                if self.recover_intent(entry):
+                    return
+            except SubmitUnsettled as exc:
+                log.warning("submission %d was cancelled; whether its interrupted submit reached Slurm is unknown "
+                            "(%s)", entry.submission_id, exc.reason, **ctx(submission_id=entry.submission_id))
         report = StateReport(None, "CANCELLED", "Job was cancelled by the user before a Slurm job was created",
                              "cancelled before submission to Slurm")
         self.send_update(submission_id, report)
@@ -2180,13 +2437,14 @@ class SyncPass:
         crash_point("mid-update")
 
     def prune_journal(self, active_ids: set[int]) -> None:
-        """Forget submissions Jobbergate has closed; keep unreported work unless it is long stale."""
+        """Forget submissions Jobbergate has closed; keep unreported work unless it is long stale.
+        An intent of a submission still pending is kept whatever its age: it alone stops a second submit."""
         for entry in self.journal.entries():
-            if entry.submission_id in active_ids:
+            if entry.submission_id in active_ids or entry.submission_id in (self.pending_ids or ()):
                 continue
             if entry.reported:
                 self.journal.forget(entry.submission_id)
-            elif time.time() - entry.created_at > STALE_INTENT_SECONDS:
+            elif self.pending_ids is not None and time.time() - entry.created_at > STALE_INTENT_SECONDS:
                 log.warning("forgetting a day-old unreported record of submission %d (Slurm job %s)",
                             entry.submission_id, entry.slurm_job_id, **ctx(submission_id=entry.submission_id))
                 self.journal.forget(entry.submission_id)
@@ -2234,25 +2492,39 @@ class RunLock:
 
 
 def run_once(config: Config, dry_run: bool) -> int:
+    """One pass. Whatever happens in it, its last log line is the summary, with the exit code."""
     started = time.monotonic()
-    deadline = Deadline(config.run.deadline)
-    http = Http(deadline, config.run.retries, config.run.backoff)
-    state_dir = config.run.state_dir
-    journal_path = os.path.join(state_dir, "journal.sqlite3")
-    token = OidcToken(config, http, os.path.join(state_dir, "token.json"), write_cache=not dry_run)
-    journal = Journal.scratch_copy_of(journal_path) if dry_run else Journal(journal_path)
-    sync = SyncPass(config, JobbergateApi(config, http, token), SlurmRest(config, http), journal,
-                    UserMapper(config), deadline, dry_run=dry_run)
-    summary = sync.run()
-    log.info(
-        "pass finished%s: submitted=%d rejected=%d updated=%d cancelled=%d errors=%d duration=%.2fs",
-        " (dry run)" if dry_run else "", summary.submitted, summary.rejected, summary.updated,
+    summary, journal = PassSummary(), None
+    try:
+        deadline = Deadline(config.run.deadline)
+        http = Http(deadline, config.run.retries, config.run.backoff)
+        state_dir = config.run.state_dir
+        journal_path = os.path.join(state_dir, "journal.sqlite3")
+        token = OidcToken(config, http, os.path.join(state_dir, "token.json"), write_cache=not dry_run)
+        journal = Journal.scratch_copy_of(journal_path) if dry_run else Journal(journal_path)
+        sync = SyncPass(config, JobbergateApi(config, http, token), SlurmRest(config, http), journal,
+                        UserMapper(config), deadline, dry_run=dry_run)
+        summary = sync.summary
+        exit_code = sync.run().exit_code()
+    except SyncError as exc:  # authentication or configuration: the pass ends here
+        log.error("pass ended: %s", exc)
+        exit_code = exc.exit_code
+    except Exception:
+        log.exception("internal error; please report it with this log")
+        exit_code = EX_SOFTWARE
+    entries = None
+    with contextlib.suppress(sqlite3.Error, AttributeError):
+        entries = journal.size()  # type: ignore[union-attr]
+    log.log(
+        logging.INFO if exit_code == EXIT_OK else logging.WARNING,  # -q still shows how a failed pass ended
+        "pass finished%s: exit_code=%d submitted=%d rejected=%d updated=%d cancelled=%d errors=%d duration=%.2fs",
+        " (dry run)" if dry_run else "", exit_code, summary.submitted, summary.rejected, summary.updated,
         summary.cancelled, summary.errors, time.monotonic() - started,
-        extra={"submitted": summary.submitted, "rejected": summary.rejected, "updated": summary.updated,
-               "cancelled": summary.cancelled, "errors": summary.errors, "journal_entries": journal.size(),
-               "duration_s": round(time.monotonic() - started, 3), "dry_run": dry_run},
+        extra={"exit_code": exit_code, "submitted": summary.submitted, "rejected": summary.rejected,
+               "updated": summary.updated, "cancelled": summary.cancelled, "errors": summary.errors,
+               "journal_entries": entries, "duration_s": round(time.monotonic() - started, 3), "dry_run": dry_run},
     )
-    return summary.exit_code()
+    return exit_code
 
 
 @click.command(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})

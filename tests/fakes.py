@@ -83,6 +83,9 @@ class FakeJobbergate:
         for method, pattern, handler, name in routes:
             rsps.add_callback(method, re.compile(re.escape(API) + pattern + r"(\?.*)?$"),
                               callback=self._guard(name, pattern, handler))
+        outside_mount = re.compile(re.escape(API[:-len(urlparse(API).path)]) + r"/(?!jobbergate/).*")
+        for method in (responses.GET, responses.POST, responses.PUT):  # FastAPI's answer to an unknown path
+            rsps.add_callback(method, outside_mount, callback=lambda request: _json(404, {"detail": "Not Found"}))
 
     def add_submission(self, submission_id: int, files: Optional[dict[str, bytes]] = None, *,
                        entrypoint: str = "job.sh", email: str = "user@example.com", name: Optional[str] = None,
@@ -230,6 +233,10 @@ class FakeSlurm:
         rsps.add_callback(responses.DELETE, re.compile(base + r"/job/(\d+)$"), callback=self._wrap("delete"))
         rsps.add_callback(responses.GET, re.compile(re.escape(f"{SLURM}/slurmdb/{version}") + r"/job/(\d+)$"),
                           callback=self._wrap("dbd"))
+        rsps.add_callback(responses.GET, re.compile(re.escape(f"{SLURM}/slurmdb/{version}") + r"/jobs/?(\?.*)?$"),
+                          callback=self._wrap("dbd_jobs"))
+        rsps.add_callback(responses.GET, re.compile(base + r"/diag/?$"), callback=self._wrap("diag"))
+        self.dbd_backlog: Optional[int] = 0  # sdiag's "DBD Agent queue size"; None: not in the answer
 
     def _wrap(self, route: str) -> Any:
         def callback(request: requests.PreparedRequest) -> tuple:
@@ -295,3 +302,30 @@ class FakeSlurm:
             return _json(200, {"errors": [], "jobs": [self.accounting[job_id]]})
         return _json(200, {"errors": [{"description": "Nothing found", "error_number": 9003,
                                        "error": "Nothing found with query", "source": "slurmdb_jobs_get"}], "jobs": []})
+
+    def _dbd_jobs(self, request: requests.PreparedRequest, user: str, _: Any) -> tuple:
+        """Every record, whatever the filters (v0.0.38 honours few of them: the tool filters again)."""
+        if not self.accounting:
+            return _json(200, {"errors": [{"description": "Nothing found", "error_number": 9003,
+                                           "error": "Nothing found with query", "source": "slurmdb_jobs_get"}], "jobs": []})
+        return _json(200, {"errors": [], "jobs": list(self.accounting.values())})
+
+    def _diag(self, request: requests.PreparedRequest, user: str, _: Any) -> tuple:
+        statistics = {"jobs_submitted": len(self.submitted), "agent_queue_size": 0}
+        if self.dbd_backlog is not None:
+            statistics["dbd_agent_queue_size"] = self.dbd_backlog
+        return _json(200, {"errors": [], "statistics": statistics})
+
+    def purge(self, job_id: int, submitted_at: float, job_comment: bool = True, **fields: Any) -> dict:
+        """slurmctld forgets a finished job; slurmdbd keeps its record (dbv0.0.38 shape), with the
+        comment only under AccountingStoreFlags=job_comment."""
+        job = self.jobs.pop(job_id)
+        sent = next((entry["job"] for entry in self.submitted if entry["job"].get("comment") == job["comment"]), {})
+        state = job["job_state"] if job["job_state"] in DONE_STATES | ABORT_STATES else "COMPLETED"
+        record = {"job_id": job_id, "name": job["name"], "user": job["user_name"], "array": {"job_id": 0},
+                  "working_directory": sent.get("current_working_directory", "/"),
+                  "comment": {"job": job["comment"] if job_comment else None, "administrator": None, "system": None},
+                  "time": {"submission": int(submitted_at), "start": int(submitted_at) + 1, "end": int(submitted_at) + 2},
+                  "state": {"current": state, "reason": "None"}, **fields}
+        self.accounting[job_id] = record
+        return record
