@@ -955,8 +955,12 @@ class OptionSpec:
     translate: Callable[[Optional[str], int], dict[str, Any]]
 
 
-def _family_key(family: int, old: str, new: str) -> str:
-    return old if family <= 38 else new
+# Every translator gets the option's value and the API minor version (38 for v0.0.38 ... 44).
+API_MINORS = range(38, 45)
+
+
+def _renamed_key(minor: int, old: str, new: str) -> str:
+    return old if minor <= 38 else new
 
 
 def _positive_int(option: str, value: str) -> int:
@@ -999,9 +1003,9 @@ def parse_memory_mb(option: str, value: str) -> int:
     return (kilobytes + 1023) // 1024
 
 
-def _number(family: int, value: Optional[int]) -> Any:
+def _number(minor: int, value: Optional[int]) -> Any:
     """Plain ints on v0.0.38; {set, infinite, number} from v0.0.39 on."""
-    if family <= 38:
+    if minor <= 38:
         return 0 if value is None else value
     if value is None:
         return {"set": True, "infinite": True, "number": 0}
@@ -1009,122 +1013,272 @@ def _number(family: int, value: Optional[int]) -> Any:
 
 
 def as_string(key: str) -> Callable[[Optional[str], int], dict[str, Any]]:
-    return lambda value, family: {key: value}
+    return lambda value, minor: {key: value}
 
 
 def as_string_renamed(old: str, new: str) -> Callable[[Optional[str], int], dict[str, Any]]:
-    return lambda value, family: {_family_key(family, old, new): value}
+    return lambda value, minor: {_renamed_key(minor, old, new): value}
 
 
 def as_int(key: str, option: str) -> Callable[[Optional[str], int], dict[str, Any]]:
-    return lambda value, family: {key: _positive_int(option, value or "")}
+    return lambda value, minor: {key: _positive_int(option, value or "")}
 
 
 def as_time(key: str, option: str) -> Callable[[Optional[str], int], dict[str, Any]]:
-    return lambda value, family: {key: _number(family, parse_time_minutes(option, value or ""))}
+    return lambda value, minor: {key: _number(minor, parse_time_minutes(option, value or ""))}
 
 
-def as_memory(key: str, option: str) -> Callable[[Optional[str], int], dict[str, Any]]:
-    return lambda value, family: {key: parse_memory_mb(option, value or "")}
+def as_memory(key: str, option: str, object_from_v40: bool = True) -> Callable[[Optional[str], int], dict[str, Any]]:
+    """Megabytes; --mem and --mem-per-cpu as {set, number} from v0.0.40, whose memory fields are
+    objects (a plain integer is accepted there only with a type warning)."""
+    def translate(value: Optional[str], minor: int) -> dict[str, Any]:
+        megabytes = parse_memory_mb(option, value or "")
+        return {key: _number(minor, megabytes) if object_from_v40 and minor >= 40 else megabytes}
+
+    return translate
 
 
 def as_flag(key: str, flag_value: Any = True) -> Callable[[Optional[str], int], dict[str, Any]]:
-    return lambda value, family: {key: flag_value}
+    return lambda value, minor: {key: flag_value}
 
 
-def translate_nodes(value: Optional[str], family: int) -> dict[str, Any]:
+def not_on(option: str, minors: Iterable[int], why: str,
+           translate: Callable[[Optional[str], int], dict[str, Any]]) -> Callable[[Optional[str], int], dict[str, Any]]:
+    """Refuse the option by name on the API versions that cannot carry it, before anything reaches Slurm."""
+    refused = frozenset(minors)
+
+    def checked(value: Optional[str], minor: int) -> dict[str, Any]:
+        if minor in refused:
+            raise Rejection(f"--{option} cannot be used with this cluster's slurmrestd API v0.0.{minor}: {why}")
+        return translate(value, minor)
+
+    return checked
+
+
+def translate_nodes(value: Optional[str], minor: int) -> dict[str, Any]:
     match = re.fullmatch(r"(\d+)(?:-(\d+))?", (value or "").strip())
     if not match:
         raise Rejection(f"--nodes expects N or MIN-MAX, got {value!r}")
     low, high = int(match.group(1)), int(match.group(2) or match.group(1))
-    if family <= 38:
+    if minor <= 38:
         return {"nodes": value}
     return {"minimum_nodes": low, "maximum_nodes": high}
 
 
-MAIL_TYPES_ALL = ["BEGIN", "END", "FAIL", "REQUEUE", "STAGE_OUT", "INVALID_DEPENDENCY"]
+# sbatch's mail type names (parse_mail_type in proc_args.c) to the API's flag names.
+MAIL_TYPE_FLAGS = {
+    "BEGIN": ["BEGIN"], "END": ["END"], "FAIL": ["FAIL"], "REQUEUE": ["REQUEUE"], "STAGE_OUT": ["STAGE_OUT"],
+    "ARRAY_TASKS": ["ARRAY_TASKS"], "INVALID_DEPEND": ["INVALID_DEPENDENCY"],
+    "TIME_LIMIT": ["TIME=100%"], "TIME_LIMIT_90": ["TIME=90%"], "TIME_LIMIT_80": ["TIME=80%"],
+    "TIME_LIMIT_50": ["TIME=50%"],
+    "ALL": ["BEGIN", "END", "FAIL", "REQUEUE", "STAGE_OUT", "INVALID_DEPENDENCY"],
+    "NONE": [],
+}
 
 
-def translate_nice(value: Optional[str], family: int) -> dict[str, Any]:
+def translate_nice(value: Optional[str], minor: int) -> dict[str, Any]:
     if value is not None and not re.fullmatch(r"[+-]?\d+", value):
         raise Rejection(f"--nice expects a whole number, got {value!r}")
     return {"nice": int(value) if value is not None else 100}
 
 
-def translate_mail_type(value: Optional[str], family: int) -> dict[str, Any]:
-    if family <= 38:
-        return {"mail_type": value}
+def translate_mail_type(value: Optional[str], minor: int) -> dict[str, Any]:
+    """sbatch names to the flag list of v0.0.39+; NONE clears them all, as in sbatch."""
     names = [name.strip().upper() for name in (value or "").split(",") if name.strip()]
+    unknown = [name for name in names if name not in MAIL_TYPE_FLAGS]
+    if unknown or not names:
+        raise Rejection(f"--mail-type: {', '.join(unknown) or repr(value)} is not a mail type "
+                        f"(one or more of {', '.join(MAIL_TYPE_FLAGS)})")
+    if minor <= 38:
+        return {"mail_type": value}
     flags: list[str] = []
-    for name in names:
-        for flag in MAIL_TYPES_ALL if name == "ALL" else [name]:
-            if flag not in flags:
-                flags.append(flag)
-    return {"mail_type": flags}
+    for name in names[:names.index("NONE")] if "NONE" in names else names:
+        flags += [flag for flag in MAIL_TYPE_FLAGS[name] if flag not in flags]
+    return {"mail_type": [] if "NONE" in names else flags}
 
 
-def translate_exclusive(value: Optional[str], family: int) -> dict[str, Any]:
+def translate_exclusive(value: Optional[str], minor: int) -> dict[str, Any]:
     mode = (value or "").strip().lower()
     if mode not in ("", "user", "mcs", "topo"):
         raise Rejection(f"--exclusive accepts no value or user, mcs, topo; got {value!r}")
-    if family >= 42:
+    if mode == "topo" and minor <= 40:
+        raise Rejection(f"--exclusive=topo cannot be used with this cluster's slurmrestd API v0.0.{minor}: "
+                        "it knows only user and mcs (topo needs v0.0.41 or later)")
+    if minor >= 42:
         return {"shared": mode or "none"}
-    return {"exclusive": mode or True} if family <= 38 else {"exclusive": mode or "true"}
+    return {"exclusive": mode or True} if minor <= 38 else {"exclusive": mode or "true"}
 
 
-def _gres_to_tres(spec: str, family: int) -> str:
-    """sbatch's 'gpu:2' to the tres form: 'gres:gpu:2' on v0.0.39 (Slurm 23.02), 'gres/gpu:2' later."""
-    prefix = "gres:" if family == 39 else "gres/"
-    return ",".join(prefix + part.strip() for part in spec.split(",") if part.strip())
+def _gres_to_tres(spec: str) -> str:
+    """sbatch's 'gpu:2' to the TRES form 'gres/gpu:2' (build_job_request applies 23.02's 'gres:')."""
+    return ",".join("gres/" + part.strip() for part in spec.split(",") if part.strip())
 
 
 def as_gres(old_key: str, new_key: str, gpu: bool) -> Callable[[Optional[str], int], dict[str, Any]]:
-    def translate(value: Optional[str], family: int) -> dict[str, Any]:
+    def translate(value: Optional[str], minor: int) -> dict[str, Any]:
         spec = value or ""
-        if family <= 38:
+        if minor <= 38:
             return {old_key: spec}
         if gpu:  # --gpus=volta:3 means gpu:volta:3
             parts = [part.strip() for part in spec.split(",") if part.strip()]
             spec = ",".join(part if part.startswith("gpu") else f"gpu:{part}" for part in parts)
-        return {new_key: _gres_to_tres(spec, family)}
+        return {new_key: _gres_to_tres(spec)}
 
     return translate
 
 
-def translate_begin(value: Optional[str], family: int) -> dict[str, Any]:
-    if family <= 38:
-        return {"begin_time": value}
-    text = (value or "").strip().lower()
-    relative = re.fullmatch(r"now\+(\d+)(seconds|minutes|hours|days|weeks)?", text)
-    if relative:
-        factor = {"seconds": 1, None: 1, "minutes": 60, "hours": 3600, "days": 86400, "weeks": 604800}
-        return {"begin_time": _number(family, int(time.time()) + int(relative.group(1)) * factor[relative.group(2)])}
+def merge_tres(earlier: str, later: str) -> str:
+    """Two TRES lists for one key (--gres and --gpus-per-node both fill tres_per_node), merged as
+    sbatch does: one entry per GRES name, the later option winning for a name both give."""
+    merged: dict[str, str] = {}
+    for part in earlier.split(",") + later.split(","):
+        if part:
+            merged[part.split(":")[0]] = part
+    return ",".join(merged.values())
+
+
+def gres_prefix_for(minor: int, release: Optional[str]) -> str:
+    """v0.0.39 is served by Slurm 23.02 (TRES type prefix 'gres:') and by 23.11/24.05 ('gres/',
+    gres.c at 23.11): the release decides. An unknown release on v0.0.39 means 23.02, its own."""
+    if minor == 39 and (release is None or release.startswith("23.02")):
+        return "gres:"
+    return "gres/"
+
+
+# Slurm's parse_time() (src/common/parse_time.c), which sbatch --begin and slurmrestd v0.0.40+ use.
+TIME_UNITS = (("seconds", 1), ("second", 1), ("minutes", 60), ("minute", 60), ("hours", 3600), ("hour", 3600),
+              ("days", 86400), ("day", 86400), ("weeks", 604800), ("week", 604800))
+TIME_WORDS = {"midnight": 0, "noon": 12, "fika": 15, "teatime": 16}
+CLOCK_RE = re.compile(r"(\d{1,2}):(\d\d)(?::(\d\d))?[ \t]*(am|pm)?", re.IGNORECASE)
+DATE_RE = re.compile(r"(\d{4})-(\d\d)-(\d{1,2})|(\d{1,2})[./]?(\d{1,2})[./]?(\d\d)?")
+
+
+def _delta_seconds(text: str) -> tuple[int, int]:
+    """'+N[units]' after 'now': (seconds, characters used); blanks may separate digits."""
+    count, digits, index = 0, 0, 1
+    while index < len(text):
+        if text[index] in " \t":
+            index += 1
+            continue
+        unit = next(((name, factor) for name, factor in TIME_UNITS if text[index:].lower().startswith(name)), None)
+        if unit:
+            count, index = count * unit[1], index + len(unit[0])
+            break
+        if not text[index].isdigit():
+            raise ValueError(text)
+        count, digits, index = count * 10 + int(text[index]), digits + 1, index + 1
+    if not digits:
+        raise ValueError(text)
+    return (-count if text[0] == "-" else count), index
+
+
+def parse_slurm_time(text: str, now: float) -> int:
+    """The epoch seconds Slurm's parse_time(text, past=0) gives, in local time: now[+N[units]],
+    today, tomorrow, midnight, noon, fika, teatime, HH:MM[:SS] [AM|PM], MMDD[YY], MM/DD[/YY],
+    MM.DD[.YY], YYYY-MM-DD[THH:MM[:SS]], uts<epoch>. ValueError when Slurm would refuse it."""
+    if text[:3].lower() == "uts":
+        if not re.fullmatch(r"\d+", text[3:]) or int(text[3:]) < 1000000:
+            raise ValueError(text)
+        return int(text[3:])
+    today = time.localtime(now)
+    hour = minute = month = mday = year = None
+    second = 0
+    pos = 0
+    while pos < len(text) and text[pos] != "\n":
+        rest = text[pos:]
+        word = next((w for w in ("today", "tomorrow", *TIME_WORDS, "now") if rest.lower().startswith(w)), None)
+        if rest[0] in " \t-T":
+            pos += 1
+        elif word in ("today", "tomorrow", "now"):
+            pos += len(word)
+            delta = 0
+            if word == "now":
+                blanks = len(text[pos:]) - len(text[pos:].lstrip(" \t"))
+                if text[pos + blanks:pos + blanks + 1] in ("+", "-"):
+                    delta, used = _delta_seconds(text[pos + blanks:])
+                    pos += blanks + used
+                elif text[pos + blanks:].strip("\n"):
+                    raise ValueError(text)
+            moment = time.localtime(now + (86400 if word == "tomorrow" else delta))
+            month, mday, year = moment.tm_mon - 1, moment.tm_mday, moment.tm_year
+            if word == "now":
+                hour, minute, second = moment.tm_hour, moment.tm_min, moment.tm_sec
+        elif word:
+            hour, minute, second = TIME_WORDS[word], 0, 0
+            pos += len(word)
+        elif not rest[0].isdigit():
+            raise ValueError(text)
+        elif rest[1:2] == ":" or rest[2:3] == ":":
+            clock = CLOCK_RE.match(rest)
+            if not clock:
+                raise ValueError(text)
+            hour, minute, second = int(clock.group(1)), int(clock.group(2)), int(clock.group(3) or 0)
+            meridian = (clock.group(4) or "").lower()
+            if hour > 23 or minute > 59 or second > 59 or (meridian == "am" and hour > 12) or (
+                    meridian == "pm" and hour + 12 > 24):
+                raise ValueError(text)
+            hour = {"am": 0 if hour == 12 else hour, "pm": 12 if hour == 12 else hour + 12}.get(meridian, hour)
+            pos += clock.end()
+        else:
+            date = DATE_RE.match(rest)
+            if not date:
+                raise ValueError(text)
+            full_year, month_text, day_text = (date.group(1), date.group(2), date.group(3)) if date.group(1) else (
+                None, date.group(4), date.group(5))
+            month, mday = int(month_text) - 1, int(day_text)
+            if not 0 <= month <= 11 or not 1 <= mday <= 31:
+                raise ValueError(text)
+            if full_year:
+                year = int(full_year)
+            elif date.group(6):
+                year = 2000 + int(date.group(6))
+            pos += date.end()
+    if hour is None and month is None:
+        raise ValueError(text)
+    if hour is None:  # a date alone means its midnight
+        hour, minute = 0, 0
+    elif month is None:  # a time alone means its next occurrence
+        moment = today if (hour, minute) > (today.tm_hour, today.tm_min) else time.localtime(now + 86400)
+        month, mday, year = moment.tm_mon - 1, moment.tm_mday, moment.tm_year
+    if year is None:  # a date without a year means its next occurrence
+        ahead = (month, mday, hour, minute) > (today.tm_mon - 1, today.tm_mday, today.tm_hour, today.tm_min)
+        year = today.tm_year if ahead else today.tm_year + 1
+    return int(time.mktime((year, month + 1, mday, hour, minute or 0, second, 0, 0, -1)))
+
+
+def translate_begin(value: Optional[str], minor: int) -> dict[str, Any]:
+    """Every form sbatch accepts. v0.0.38 reads the sbatch string and v0.0.40+ run Slurm's own
+    parse_time() on it, so they get the string; v0.0.39 reads begin_time as a bare integer only
+    (an object is dropped without an error, and no job is made), so it gets the epoch."""
+    text = (value or "").strip()
     try:
-        moment = datetime.fromisoformat(value or "")
-    except ValueError:
-        raise Rejection(f"--begin: {value!r} is not understood (use now+N[seconds|minutes|hours|days] or YYYY-MM-DDTHH:MM:SS)") from None
-    return {"begin_time": _number(family, int(moment.timestamp()))}
+        moment = parse_slurm_time(text, time.time())
+    except (ValueError, OverflowError):
+        raise Rejection(f"--begin: {value!r} is not a Slurm time (now[+N[seconds|minutes|hours|days|weeks]], today, "
+                        "tomorrow, midnight, noon, teatime, HH:MM[:SS], MM/DD[/YY], YYYY-MM-DD[THH:MM[:SS]])") from None
+    return {"begin_time": moment if minor == 39 else text}
 
 
-def translate_signal(value: Optional[str], family: int) -> dict[str, Any]:
-    if family <= 38:
+def translate_signal(value: Optional[str], minor: int) -> dict[str, Any]:
+    if minor <= 38:
         return {"signal": value}
     match = re.fullmatch(r"(?:([RB]{1,2}):)?([A-Za-z0-9]+)(?:@(\d+))?", (value or "").strip())
     if not match:
         raise Rejection(f"--signal: {value!r} is not [{{R|B}}:]SIGNAL[@SECONDS]")
-    flags = (["BATCH_JOB"] if "B" in (match.group(1) or "") else [])
-    return {"kill_warning_signal": match.group(2), "kill_warning_delay": _number(family, int(match.group(3) or 60)),
+    where = match.group(1) or ""
+    flags = (["BATCH_JOB"] if "B" in where else []) + (["RESERVATION_JOB"] if "R" in where else [])
+    return {"kill_warning_signal": match.group(2), "kill_warning_delay": _number(minor, int(match.group(3) or 60)),
             "kill_warning_flags": flags}
 
 
 def refuse(reason: str) -> Callable[[Optional[str], int], dict[str, Any]]:
-    def translate(value: Optional[str], family: int) -> dict[str, Any]:
+    def translate(value: Optional[str], minor: int) -> dict[str, Any]:
         raise Rejection(reason)
 
     return translate
 
 
-def translate_export(value: Optional[str], family: int) -> dict[str, Any]:
+def translate_export(value: Optional[str], minor: int) -> dict[str, Any]:
     """--export may only add explicit NAME=value pairs: the job never inherits the agent's environment."""
     exported: dict[str, str] = {}
     for part in (value or "").split(","):
@@ -1153,7 +1307,7 @@ OPTION_SPECS: tuple[OptionSpec, ...] = (
     OptionSpec("mincpus", None, "required", as_int("minimum_cpus_per_node", "mincpus")),
     OptionSpec("mem", None, "required", as_memory("memory_per_node", "mem")),
     OptionSpec("mem-per-cpu", None, "required", as_memory("memory_per_cpu", "mem-per-cpu")),
-    OptionSpec("tmp", None, "required", as_memory("temporary_disk_per_node", "tmp")),
+    OptionSpec("tmp", None, "required", as_memory("temporary_disk_per_node", "tmp", object_from_v40=False)),
     OptionSpec("output", "o", "required", as_string("standard_output")),
     OptionSpec("error", "e", "required", as_string("standard_error")),
     OptionSpec("input", "i", "required", as_string("standard_input")),
@@ -1169,8 +1323,12 @@ OPTION_SPECS: tuple[OptionSpec, ...] = (
     OptionSpec("licenses", "L", "required", as_string("licenses")),
     OptionSpec("nodelist", "w", "required", as_string_renamed("nodelist", "required_nodes")),
     OptionSpec("exclude", "x", "required", as_string_renamed("exclude_nodes", "excluded_nodes")),
-    OptionSpec("distribution", "m", "required", as_string("distribution")),
-    OptionSpec("nice", None, "optional", translate_nice),
+    # v0.0.39's parsers for these two are disabled and abort slurmrestd (PARSE_DISABLED -> fatal_abort);
+    # v0.0.40 answers a distribution with "does not support parser" and drops it.
+    OptionSpec("distribution", "m", "required", not_on(
+        "distribution", (39, 40), "slurmrestd cannot parse the task distribution there", as_string("distribution"))),
+    OptionSpec("nice", None, "optional", not_on(
+        "nice", (39,), "slurmrestd aborts on the nice field there", translate_nice)),
     OptionSpec("mail-type", None, "required", translate_mail_type),
     OptionSpec("mail-user", None, "required", as_string("mail_user")),
     OptionSpec("exclusive", None, "optional", translate_exclusive),
@@ -1180,7 +1338,10 @@ OPTION_SPECS: tuple[OptionSpec, ...] = (
     OptionSpec("overcommit", "O", "none", as_flag("overcommit", True)),
     OptionSpec("contiguous", None, "none", as_flag("contiguous", True)),
     OptionSpec("threads-per-core", None, "required", as_int("threads_per_core", "threads-per-core")),
-    OptionSpec("cores-per-socket", None, "required", as_int("cores_per_socket", "cores-per-socket")),
+    # Only v0.0.38 (sbatch's own option) and v0.0.40 have a job field for it; the others ignore it.
+    OptionSpec("cores-per-socket", None, "required", not_on(
+        "cores-per-socket", (39, 41, 42, 43, 44), "that API version has no cores_per_socket job field",
+        as_int("cores_per_socket", "cores-per-socket"))),
     OptionSpec("sockets-per-node", None, "required", as_int("sockets_per_node", "sockets-per-node")),
     OptionSpec("gres", None, "required", as_gres("gres", "tres_per_node", gpu=False)),
     OptionSpec("gpus", "G", "required", as_gres("gpus", "tres_per_job", gpu=True)),
@@ -1255,18 +1416,17 @@ def check_option_value(option: ParsedOption) -> None:
         raise Rejection(f"the value of --{option.spec.name} in {option.source} contains a newline, NUL or other control character")
 
 
-def api_family(api_version: str) -> int:
-    """38, 39, 40 (v0.0.40/41) or 42 (v0.0.42 and later): the request/response shape family."""
-    minor = int(API_VERSION_RE.match(api_version).group(1))  # type: ignore[union-attr]
-    if minor >= 42:
-        return 42
-    return 40 if minor >= 40 else minor
+def api_minor(api_version: str) -> int:
+    """38 for v0.0.38 ... 44 for v0.0.44."""
+    return int(API_VERSION_RE.match(api_version).group(1))  # type: ignore[union-attr]
 
 
 @dataclasses.dataclass(frozen=True)
 class JobRequest:
     payload: dict[str, Any]
     working_directory: str
+    # Which option produced each job field, to name it when Slurm says it dropped the field.
+    options_by_field: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def submission_tag(cluster: str, submission_id: int) -> str:
@@ -1278,6 +1438,33 @@ def comment_has_tag(comment: Any, tag: str) -> bool:
     return isinstance(comment, str) and (comment == tag or comment.startswith(tag + " "))
 
 
+# Fields that sbatch treats as one setting: giving one discards the other, the later one winning
+# (_validate_memory_options in slurm_opt.c). slurmrestd would parse both and keep the node value.
+RIVAL_FIELDS = {"memory_per_node": "memory_per_cpu", "memory_per_cpu": "memory_per_node"}
+TRES_FIELDS = ("tres_per_node", "tres_per_job", "tres_per_task")
+# slurmrestd v0.0.40 of Slurm 23.11.0 and 23.11.1 aborts on the nice field (fixed in 23.11.2).
+NICE_ABORTS_RELEASES = ("23.11.0", "23.11.1")
+
+
+def translate_options(options: list[ParsedOption], minor: int) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
+    """The job fields of the options in order (a later option wins), the --export additions, and
+    which option gave each field."""
+    fields: dict[str, Any] = {}
+    exported: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    for option in options:
+        check_option_value(option)
+        translated = option.spec.translate(option.value, minor)
+        exported.update(translated.pop("__export__", {}))
+        for key, value in translated.items():
+            if key in TRES_FIELDS and key in fields and sources.get(key) != f"--{option.spec.name}":
+                value = merge_tres(fields[key], value)  # --gres and --gpus-per-node: one tres_per_node
+            fields.pop(RIVAL_FIELDS.get(key, ""), None)
+            fields[key] = value
+            sources[key] = f"--{option.spec.name}"
+    return fields, exported, sources
+
+
 def build_job_request(
     script: str,
     sbatch_arguments: Iterable[str],
@@ -1285,10 +1472,12 @@ def build_job_request(
     working_directory: str,
     environment: dict[str, str],
     tag: str,
-    family: int,
+    minor: int,
+    release: Optional[str] = None,
 ) -> JobRequest:
     """Merge the script's #SBATCH block with the submission's sbatch_arguments (they win, as on the
-    sbatch command line) and translate them to the slurmrestd job JSON of `family`."""
+    sbatch command line) and translate them to the slurmrestd job JSON of API v0.0.`minor`.
+    `release` is the Slurm release serving it, when known (GRES prefix on v0.0.39, nice on v0.0.40)."""
     options = parse_options(sbatch_block_arguments(script), "#SBATCH")
     argument_words: list[str] = []
     for argument in sbatch_arguments:
@@ -1297,14 +1486,14 @@ def build_job_request(
         argument_words += split_sbatch_words(argument)
     # One word list, as on a command line: ["--nodes", "2"] and ["--nodes 2"] mean the same.
     options += parse_options(argument_words, "sbatch_arguments")
-    fields: dict[str, Any] = {}
-    exported: dict[str, str] = {}
-    for option in options:
-        check_option_value(option)
-        translated = option.spec.translate(option.value, family)
-        if "__export__" in translated:
-            exported.update(translated.pop("__export__"))
-        fields.update(translated)
+    fields, exported, sources = translate_options(options, minor)
+    if minor == 40 and "nice" in fields and release in NICE_ABORTS_RELEASES:
+        raise Rejection(f"--nice cannot be used with this cluster's slurmrestd (Slurm {release}, API v0.0.40): "
+                        "it aborts on the nice field; Slurm 23.11.2 fixed that")
+    prefix = gres_prefix_for(minor, release)
+    for key in TRES_FIELDS:
+        if key in fields and prefix != "gres/":
+            fields[key] = fields[key].replace("gres/", prefix)
     cwd = fields.pop("current_working_directory", None) or working_directory
     cwd = os.path.normpath(os.path.join(working_directory, cwd))
     for key in ("standard_output", "standard_error", "standard_input"):
@@ -1314,14 +1503,14 @@ def build_job_request(
     job: dict[str, Any] = {"name": default_name, **fields, "current_working_directory": cwd,
                            "comment": f"{tag} {user_comment}" if user_comment else tag}
     env = {**environment, **exported}
-    if family <= 38:
+    if minor <= 38:
         job["environment"] = env
-        return JobRequest({"script": script, "job": job}, cwd)
+        return JobRequest({"script": script, "job": job}, cwd, sources)
     job["environment"] = [f"{name}={value}" for name, value in env.items()]
-    if family == 39:
-        return JobRequest({"script": script, "job": job}, cwd)
+    if minor == 39:
+        return JobRequest({"script": script, "job": job}, cwd, sources)
     job["script"] = script
-    return JobRequest({"job": job}, cwd)
+    return JobRequest({"job": job}, cwd, sources)
 
 
 def check_script(script_bytes: bytes, filename: str) -> str:
@@ -1482,7 +1671,7 @@ class SlurmRest:
     def __init__(self, config: Config, http: Http):
         self.base = config.slurmrestd.url.rstrip("/")
         self.version = config.slurmrestd.api_version
-        self.family = api_family(self.version)
+        self.minor = api_minor(self.version)
         self.timeout = config.slurmrestd.timeout
         self.query_user = config.slurmrestd.query_user
         self.use_slurmdbd = config.slurmrestd.slurmdbd
@@ -1978,7 +2167,7 @@ class SyncPass:
             environment = {"PATH": self.config.submit.job_path, "HOME": user.home, "USER": user.name, "LOGNAME": user.name}
             tag = submission_tag(self.cluster, submission.id)
             request = build_job_request(script, submission.sbatch_arguments, submission.name, directory,
-                                        environment, tag, self.slurm.family)
+                                        environment, tag, self.slurm.minor)
             context = ctx(submission_id=submission.id, user=user.name)
             if self.dry_run:
                 self.echo(f"would submit submission {submission.id} as {user.name} in {directory}: "
