@@ -136,6 +136,14 @@ class Rejection(Exception):
     """The submission can never be submitted as it is; the message is for its owner."""
 
 
+class DroppedOptions(Rejection):
+    """Slurm made the job but said it ignored options it was sent: the job must not run as it is."""
+
+    def __init__(self, message: str, job_id: int):
+        super().__init__(message)
+        self.job_id = job_id
+
+
 class DeadlineReached(Exception):
     """The pass ran out of time; remaining work waits for the next pass."""
 
@@ -1621,6 +1629,20 @@ def report_from_slurmdbd(job: Mapping[str, Any]) -> Optional[StateReport]:
 # ---------------------------------------------------------------------------------------------
 
 
+# Texts that say nothing about the cause: Slurm's reason is then in the other key.
+GENERIC_SLURM_TEXTS = frozenset({"", "batch job submission failed", "unspecified error"})
+
+
+def slurm_error_text(entry: Mapping[str, Any]) -> str:
+    """Slurm's own reason, `error` (e.g. "Invalid partition name specified"), with `description` only
+    when it says more than that and more than a generic "Batch job submission failed"."""
+    error, description = str(entry.get("error") or "").strip(), str(entry.get("description") or "").strip()
+    parts = [error] if error.lower() not in GENERIC_SLURM_TEXTS else []
+    if description.lower() not in GENERIC_SLURM_TEXTS and description.lower() not in error.lower():
+        parts = [description] if error.lower() in description.lower() else parts + [description]
+    return ": ".join(parts) or error or description or "unspecified error"
+
+
 def slurm_errors(body: Any) -> list[tuple[Optional[int], str]]:
     """(code, text) of each entry of a slurmrestd errors[] list, whichever keys it uses."""
     entries = body.get("errors") if isinstance(body, dict) else None
@@ -1628,9 +1650,37 @@ def slurm_errors(body: Any) -> list[tuple[Optional[int], str]]:
     for entry in entries if isinstance(entries, list) else []:
         if isinstance(entry, dict):
             code = entry.get("error_number", entry.get("error_code"))
-            text = entry.get("description") or entry.get("error") or "unspecified error"
-            result.append((code if isinstance(code, int) else None, str(text)))
+            result.append((code if isinstance(code, int) else None, slurm_error_text(entry)))
     return result
+
+
+def slurm_warnings(body: Any) -> list[tuple[str, str]]:
+    """(description, source) of each entry of a slurmrestd warnings[] list (v0.0.39 and later)."""
+    entries = body.get("warnings") if isinstance(body, dict) else None
+    return [(str(entry.get("description") or ""), str(entry.get("source") or ""))
+            for entry in (entries if isinstance(entries, list) else []) if isinstance(entry, dict)]
+
+
+# Warnings that leave the job as asked: a held job, a deprecated field that still works, a value
+# converted from another JSON type. Any other warning naming a field sent means slurmrestd dropped it
+# ("does not support parser", "Ignoring unknown field").
+HARMLESS_WARNING_RE = re.compile(r"held state|is deprecated|Expected OpenAPI type", re.IGNORECASE)
+WARNING_FIELD_RE = re.compile(r'^#/job/([A-Za-z0-9_]+)|field "([A-Za-z0-9_]+)"')
+
+
+def dropped_fields(warnings: list[tuple[str, str]], sent: Iterable[str]) -> list[str]:
+    """The job fields sent that a submit's warnings say slurmrestd did not use."""
+    sent = set(sent)
+    dropped: list[str] = []
+    for description, source in warnings:
+        if HARMLESS_WARNING_RE.search(description):
+            continue
+        for text in (source, description):
+            for match in WARNING_FIELD_RE.finditer(text):
+                name = match.group(1) or match.group(2)
+                if name in sent and name not in dropped:
+                    dropped.append(name)
+    return dropped
 
 
 def is_transient_slurm_code(code: Optional[int]) -> bool:
@@ -1684,8 +1734,9 @@ class SlurmRest:
         def attempt() -> tuple[requests.Response, Any]:
             response = self.http.send("slurmrestd", method, url, self.timeout, headers=self.credentials.headers(user), **kwargs)
             body = json_body(response)
-            if response.status_code == 401:
-                raise AuthError(f"{method} {url}: slurmrestd refused the credentials for user {user} (401)")
+            if response.status_code in (401, 511):  # 25.11 answers an authentication failure with 511
+                raise AuthError(f"{method} {url}: slurmrestd refused the credentials for user {user} "
+                                f"({response.status_code})")
             if response.status_code == 404 and body is None:
                 raise ConfigError(f"{method} {url}: slurmrestd does not serve this path; is api_version {self.version} loaded?")
             errors = slurm_errors(body)
@@ -1697,21 +1748,33 @@ class SlurmRest:
 
         return self.http.call("slurmrestd", attempt, idempotent)
 
-    def submit(self, payload: dict[str, Any], user: str) -> int:
-        """POST job/submit as `user`. Never retried: an unanswered submit is resolved by the tag."""
+    def submit(self, request: JobRequest, user: str) -> int:
+        """POST job/submit as `user`. Never retried: an unanswered submit is resolved by the tag.
+        Warnings are logged; one that says a field sent was dropped raises DroppedOptions."""
+        payload = request.payload
         job_fields = {key: value for key, value in payload["job"].items() if key != "script"}
         log.debug("job request for slurmrestd (script left out): %s", json.dumps(job_fields))
+        url = f"{self.base}/slurm/{self.version}/job/submit"
         response, body = self._request("POST", f"/slurm/{self.version}/job/submit", user, False, json=payload)
         job_id = body.get("job_id") if isinstance(body, dict) else None
         if isinstance(job_id, int) and job_id > 0:
-            warnings = slurm_errors(body)
-            if warnings:
-                log.warning("Slurm accepted job %d with messages: %s", job_id, describe_errors(warnings), **ctx(slurm_job_id=job_id))
+            context = ctx(slurm_job_id=job_id, user=user)
+            messages = slurm_errors(body)
+            if messages:
+                log.warning("Slurm accepted job %d with messages: %s", job_id, describe_errors(messages), **context)
+            warnings = slurm_warnings(body)
+            for description, source in warnings:
+                log.warning("Slurm accepted job %d with a warning: %s (%s)", job_id, description, source, **context)
+            dropped = dropped_fields(warnings, payload["job"])
+            if dropped:
+                named = ", ".join(request.options_by_field.get(field, field) for field in dropped)
+                raise DroppedOptions(f"this cluster's slurmrestd (API {self.version}) ignored {named}; the job cannot "
+                                     f"run as asked: remove {named}", job_id)
             return job_id
         errors = slurm_errors(body)
         if errors:
             raise Rejection(f"Slurm refused the job: {describe_errors(errors)}")
-        raise Unavailable(f"POST {self.base}/slurm/{self.version}/job/submit: HTTP {response.status_code} without a job id")
+        raise Unavailable(f"POST {url}: HTTP {response.status_code} without a job id")
 
     def jobs(self) -> dict[int, dict[str, Any]]:
         """Every job slurmctld holds, in one call."""
@@ -2183,7 +2246,14 @@ class SyncPass:
                 handle.close()
         self.journal.record_intent(submission.id, tag, user.name)
         try:
-            job_id = self.slurm.submit(request.payload, user.name)
+            job_id = self.slurm.submit(request, user.name)
+        except DroppedOptions as exc:
+            self.journal.record_job(submission.id, exc.job_id)
+            self.slurm.cancel(exc.job_id, user.name)
+            log.warning("cancelled Slurm job %d: %s", exc.job_id, exc, **ctx(submission_id=submission.id,
+                                                                              slurm_job_id=exc.job_id, user=user.name))
+            self.journal.forget(submission.id)
+            raise
         except Rejection:
             self.journal.forget(submission.id)
             raise
