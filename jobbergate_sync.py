@@ -95,6 +95,7 @@ SLURM_FINAL_STATES = frozenset(
 )
 
 SLURM_ERROR_INVALID_JOB_ID = 2017
+SLURM_ERROR_ALREADY_DONE = 2021  # "Job/step already completing or completed"
 SLURMDB_NOTHING_FOUND = 9003
 
 
@@ -1619,9 +1620,80 @@ def report_from_slurmctld(job: Mapping[str, Any]) -> Optional[StateReport]:
 
 
 def report_from_slurmdbd(job: Mapping[str, Any]) -> Optional[StateReport]:
-    """slurmdbd records: trust state.current, not exit_code (wrong on dbv0.0.38/v0.0.39)."""
+    """slurmdbd records: trust state.current; exit_code only in its structured v0.0.40+ form (the
+    plain number of dbv0.0.38/v0.0.39 is wrong)."""
     state = job.get("state") if isinstance(job.get("state"), dict) else {}
-    return state_report(job["job_id"], state.get("current"), state.get("reason"), None, job)
+    exit_code = job.get("exit_code") if isinstance(job.get("exit_code"), dict) and "return_code" in job["exit_code"] else None
+    return state_report(job["job_id"], state.get("current"), state.get("reason"), exit_code, job)
+
+
+def array_job_id_of(job: Mapping[str, Any]) -> Optional[int]:
+    """The array a slurmctld (array_job_id) or slurmdbd (array.job_id) record belongs to; None if none."""
+    array = job.get("array")
+    value = unwrap_number(array.get("job_id") if isinstance(array, dict) else job.get("array_job_id"))
+    return value or None
+
+
+def array_task_label(job: Mapping[str, Any]) -> str:
+    """The task id, or the still unsplit pending tasks ("2-5") of an array record."""
+    array = job.get("array") if isinstance(job.get("array"), dict) else {}
+    task = unwrap_number(array.get("task_id") if array else job.get("array_task_id"))
+    if task is not None:
+        return str(task)
+    return str((array.get("task") if array else job.get("array_task_string")) or "?")
+
+
+def job_records_of(records: Iterable[Any], job_id: int) -> list[dict[str, Any]]:
+    """The records of Slurm job `job_id`: the job itself, or every task of the array it started.
+    After the split the array's own id belongs to its last task; all tasks share array_job_id."""
+    return [job for job in records if isinstance(job, dict)
+            and (array_job_id_of(job) == job_id or (job.get("job_id") == job_id and not array_job_id_of(job)))]
+
+
+ARRAY_OUTCOME_WORDS = {"FAILED": "failed", "CANCELLED": "cancelled", "TIMEOUT": "timed out",
+                       "NODE_FAIL": "lost their node", "PREEMPTED": "preempted", "BOOT_FAIL": "failed to boot",
+                       "DEADLINE": "missed their deadline"}
+
+
+def array_report(job_id: int, tasks: list[tuple[str, dict[str, Any], StateReport]]) -> StateReport:
+    """One state for a whole array: PENDING while every task pends, RUNNING while any task is not
+    finished, COMPLETED when all completed, else the failure (FAILED first) naming the tasks."""
+    summary = [{"task": label, "job_id": record.get("job_id"), "state": report.state, "reason": report.reason}
+               for label, record, report in sorted(tasks, key=lambda task: (len(task[0]), task[0]))]
+    info = json.dumps({"array_job_id": job_id, "tasks": summary}, sort_keys=True)
+    states = [report.state for _, _, report in tasks]
+    if all(state == "PENDING" for state in states):
+        return StateReport(job_id, "PENDING", tasks[0][2].reason, info)
+    unfinished = [state for state in states if state not in SLURM_FINAL_STATES]
+    if unfinished:
+        done = len(states) - len(unfinished)
+        return StateReport(job_id, "RUNNING", f"array: {done} of {len(states)} task records finished", info)
+    failures: dict[tuple[str, str], list[str]] = {}
+    for task in summary:
+        if task["state"] != "COMPLETED":
+            detail = re.search(r"\((.*)\)$", task["reason"] or "")
+            failures.setdefault((task["state"], f" ({detail.group(1)})" if detail else ""), []).append(task["task"])
+    if not failures:
+        return StateReport(job_id, "COMPLETED", None, info)
+    state = "FAILED" if any(key[0] == "FAILED" for key in failures) else next(iter(failures))[0]
+    reason = "; ".join(f"array task{'s' if len(labels) > 1 else ''} {', '.join(labels)} "
+                       f"{ARRAY_OUTCOME_WORDS.get(failed, failed.lower())}{detail}"
+                       for (failed, detail), labels in failures.items())
+    return StateReport(job_id, state, reason, info)
+
+
+def report_from_records(job_id: int, records: list[dict[str, Any]],
+                        report_of: Callable[[Mapping[str, Any]], Optional[StateReport]]) -> Optional[StateReport]:
+    """The report of a job from its slurmctld or slurmdbd records: one job, or all tasks of an array."""
+    if len(records) == 1 and not array_job_id_of(records[0]):
+        return report_of(records[0])
+    tasks = []
+    for record in records:
+        report = report_of(record)
+        if report is None:
+            return None
+        tasks.append((array_task_label(record), record, report))
+    return array_report(job_id, tasks) if tasks else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1776,49 +1848,72 @@ class SlurmRest:
             raise Rejection(f"Slurm refused the job: {describe_errors(errors)}")
         raise Unavailable(f"POST {url}: HTTP {response.status_code} without a job id")
 
-    def jobs(self) -> dict[int, dict[str, Any]]:
-        """Every job slurmctld holds, in one call."""
+    def jobs(self) -> dict[int, list[dict[str, Any]]]:
+        """Every job slurmctld holds, in one call: id -> its records (all tasks of an array under the array's id)."""
         response, body = self._request("GET", f"/slurm/{self.version}/jobs", self.query_user, True)
         jobs = body.get("jobs") if isinstance(body, dict) else None
         if response.status_code != 200 or not isinstance(jobs, list):
             raise Unavailable(f"GET {self.base}/slurm/{self.version}/jobs: HTTP {response.status_code} {describe_errors(slurm_errors(body))}")
-        return {job["job_id"]: job for job in jobs if isinstance(job, dict) and isinstance(job.get("job_id"), int)}
+        grouped: dict[int, list[dict[str, Any]]] = {}
+        for job in jobs:
+            if isinstance(job, dict) and isinstance(job.get("job_id"), int):
+                grouped.setdefault(array_job_id_of(job) or job["job_id"], []).append(job)
+        return grouped
 
-    def job(self, job_id: int) -> Optional[dict[str, Any]]:
-        """The job from slurmctld, or None only when Slurm positively says it has no such job."""
+    def job(self, job_id: int) -> Optional[list[dict[str, Any]]]:
+        """The job's records from slurmctld (every task of an array), or None only when Slurm
+        positively says it has no such job."""
         response, body = self._request("GET", f"/slurm/{self.version}/job/{job_id}", self.query_user, True)
         errors = slurm_errors(body)
         if any(code == SLURM_ERROR_INVALID_JOB_ID for code, _ in errors):
             return None
         jobs = body.get("jobs") if isinstance(body, dict) else None
-        if response.status_code == 200 and isinstance(jobs, list) and jobs and isinstance(jobs[0], dict):
-            return jobs[0]
+        records = job_records_of(jobs, job_id) if isinstance(jobs, list) else []
+        if response.status_code == 200 and records:
+            return records
         raise ItemError(f"GET {self.base}/slurm/{self.version}/job/{job_id}: HTTP {response.status_code} {describe_errors(errors)}")
 
-    def accounting_job(self, job_id: int) -> Optional[dict[str, Any]]:
-        """The job's slurmdbd record, or None when slurmdbd has none."""
+    def accounting_job(self, job_id: int) -> Optional[list[dict[str, Any]]]:
+        """The job's slurmdbd records (every task of an array), or None when slurmdbd has none."""
         response, body = self._request("GET", f"/slurmdb/{self.version}/job/{job_id}", self.query_user, True)
         jobs = body.get("jobs") if isinstance(body, dict) else None
         if isinstance(jobs, list) and jobs:
-            # After a slurmctld state wipe several records share an id: the newest is ours.
-            records = [job for job in jobs if isinstance(job, dict)]
-            return max(records, key=lambda job: unwrap_number((job.get("time") or {}).get("submission")) or 0)
+            # After a slurmctld state wipe several records share an id: the newest of each task is ours.
+            newest: dict[str, dict[str, Any]] = {}
+            for job in sorted(job_records_of(jobs, job_id),
+                              key=lambda job: unwrap_number((job.get("time") or {}).get("submission")) or 0):
+                newest[array_task_label(job) if array_job_id_of(job) else ""] = job
+            if newest:
+                return list(newest.values())
         errors = slurm_errors(body)
         if response.status_code in (200, 204, 404) and (not errors or any(c == SLURMDB_NOTHING_FOUND for c, _ in errors)):
             return None
         raise ItemError(f"GET {self.base}/slurmdb/{self.version}/job/{job_id}: HTTP {response.status_code} {describe_errors(errors)}")
 
     def jobs_with_tag(self, tag: str) -> list[int]:
-        return sorted(job_id for job_id, job in self.jobs().items() if comment_has_tag(job.get("comment"), tag))
+        return sorted(job_id for job_id, records in self.jobs().items()
+                      if any(comment_has_tag(job.get("comment"), tag) for job in records))
 
-    def cancel(self, job_id: int, user: str) -> bool:
-        """Cancel as the job's owner. True when cancelled, False when Slurm no longer knows the job."""
+    def cancel(self, job_id: int, user: str) -> Optional[bool]:
+        """Cancel as `user`, who must own the job: a DELETE as anyone else hangs slurmctld 24.11.5.
+        True when Slurm says it cancelled, False when the job is gone or already finished, None when
+        Slurm does not say (before v0.0.42 a 200 comes back whatever happened: re-read the job)."""
         response, body = self._request("DELETE", f"/slurm/{self.version}/job/{job_id}", user, True)
         errors = slurm_errors(body)
         if any(code == SLURM_ERROR_INVALID_JOB_ID for code, _ in errors) or response.status_code == 404:
             return False
         if response.status_code != 200 or errors:
             raise ItemError(f"cancelling Slurm job {job_id} as {user}: HTTP {response.status_code} {describe_errors(errors)}")
+        outcomes = body.get("status") if isinstance(body, dict) else None
+        if not isinstance(outcomes, list):
+            return None
+        failures = [entry["error"] for entry in outcomes
+                    if isinstance(entry, dict) and isinstance(entry.get("error"), dict) and entry["error"].get("code")]
+        if any(failure.get("code") in (SLURM_ERROR_INVALID_JOB_ID, SLURM_ERROR_ALREADY_DONE) for failure in failures):
+            return False
+        if failures:
+            raise ItemError(f"cancelling Slurm job {job_id} as {user}: Slurm says "
+                            + "; ".join(f"{f.get('string') or f.get('message')} (error {f.get('code')})" for f in failures))
         return True
 
 
@@ -2209,7 +2304,7 @@ class SyncPass:
             log.error("submission %d has %d Slurm jobs %s; keeping %d, cancelling the others", entry.submission_id,
                       len(found), found, found[0], **ctx(submission_id=entry.submission_id))
             for duplicate in found[1:]:
-                self.slurm.cancel(duplicate, entry.username or self.slurm.query_user)
+                self.slurm.cancel(duplicate, self.owner_of(entry.submission_id, duplicate))
         log.info("submission %d: found Slurm job %d from an interrupted pass", entry.submission_id, found[0],
                  **ctx(submission_id=entry.submission_id, slurm_job_id=found[0]))
         self.journal.record_job(entry.submission_id, found[0])
@@ -2302,12 +2397,12 @@ class SyncPass:
     def current_report(self, job_id: int) -> StateReport:
         """The job's state for agent/submitted; when Slurm cannot say, PENDING (it was just accepted)."""
         try:
-            job = self.slurm.job(job_id)
+            records = self.slurm.job(job_id)
         except (Unavailable, ItemError) as exc:
             log.warning("could not read Slurm job %d just after submitting it (%s); reporting PENDING", job_id, exc,
                         **ctx(slurm_job_id=job_id))
-            job = None
-        report = report_from_slurmctld(job) if job else None
+            records = None
+        report = report_from_records(job_id, records, report_from_slurmctld) if records else None
         return report or StateReport(job_id, "PENDING", None, json.dumps({"job_id": job_id}))
 
     def report_submitted(self, submission_id: int, job_id: int) -> None:
@@ -2322,7 +2417,7 @@ class SyncPass:
             self.api.report_submitted(submission_id, report)
         except ApiConflict as exc:
             if exc.status == 404:
-                self.slurm.cancel(job_id, self._owner_of(submission_id))
+                self.slurm.cancel(job_id, self.owner_of(submission_id, job_id))
                 self.journal.forget(submission_id)
                 raise ItemError(f"submission {submission_id} no longer exists; cancelled its Slurm job {job_id}") from None
             if exc.status != 400:
@@ -2341,14 +2436,22 @@ class SyncPass:
             return True
         if status == "CREATED" or (status == "CANCELLED" and recorded is None):
             return False
-        self.slurm.cancel(job_id, self._owner_of(submission_id))
+        self.slurm.cancel(job_id, self.owner_of(submission_id, job_id))
         self.journal.forget(submission_id)
         raise ItemError(f"submission {submission_id} is {status} with Slurm job {recorded}, not ours ({job_id}): "
                         f"cancelled Slurm job {job_id} as a duplicate (API said: {refusal.detail})")
 
-    def _owner_of(self, submission_id: int) -> str:
+    def owner_of(self, submission_id: int, job_id: int, records: Optional[list[dict[str, Any]]] = None) -> str:
+        """Who may cancel the job: the user the journal says submitted it, else the job record's
+        owner. Never anyone else: a DELETE as a non-owner hangs slurmctld 24.11.5."""
         entry = self.journal.get(submission_id)
-        return entry.username if entry and entry.username else self.slurm.query_user
+        if entry and entry.username:
+            return entry.username
+        for record in records or self.slurm.job(job_id) or []:
+            if isinstance(record.get("user_name"), str) and record["user_name"]:
+                return record["user_name"]
+        raise ItemError(f"cannot tell who owns Slurm job {job_id} of submission {submission_id}; "
+                        "not cancelling it as anyone else")
 
     # -- updating --------------------------------------------------------------------------------
 
@@ -2373,37 +2476,51 @@ class SyncPass:
                 self.summary.errors += 1
             return
         report = self.slurm_report(job_id, jobs)
-        if status == "CANCELLED" and report.state not in SLURM_FINAL_STATES and self.cancel_job(submission_id, job_id, jobs):
-            report = self.slurm_report(job_id, {})  # the state after the cancel
+        if status == "CANCELLED" and report.state not in SLURM_FINAL_STATES:
+            report = self.cancel_job(submission_id, job_id, jobs) or report
         self.send_update(submission_id, report)
 
-    def slurm_report(self, job_id: int, jobs: Mapping[int, dict[str, Any]]) -> StateReport:
-        """The job's state from slurmctld, else slurmdbd, else UNKNOWN once Slurm says it has no such job."""
-        job = jobs.get(job_id) or self.slurm.job(job_id)
-        report = report_from_slurmctld(job) if job else None
-        if job is None and self.slurm.use_slurmdbd:
-            record = self.slurm.accounting_job(job_id)
-            report = report_from_slurmdbd(record) if record else None
-            job = record
-        if job is None:
+    def slurm_report(self, job_id: int, jobs: Mapping[int, list[dict[str, Any]]]) -> StateReport:
+        """The job's state (every task of an array) from slurmctld, else slurmdbd, else UNKNOWN once
+        Slurm says it has no such job."""
+        records = jobs.get(job_id) or self.slurm.job(job_id)
+        report = report_from_records(job_id, records, report_from_slurmctld) if records else None
+        finished_array = bool(records) and report is not None and report.state in SLURM_FINAL_STATES and any(
+            array_job_id_of(job) for job in records or [])
+        if (records is None or finished_array) and self.slurm.use_slurmdbd:
+            # slurmdbd also knows the tasks slurmctld has already purged
+            accounted = self.slurm.accounting_job(job_id)
+            if accounted:
+                records, report = accounted, report_from_records(job_id, accounted, report_from_slurmdbd)
+        if records is None:
             return StateReport(job_id, "UNKNOWN", f"Slurm has no record of job {job_id}",
                                json.dumps({"job_id": job_id, "error": "Invalid job id specified"}))
         if report is None:
-            raise ItemError(f"Slurm job {job_id} is in a state Jobbergate does not know: {job.get('job_state') or job.get('state')}")
+            raise ItemError(f"Slurm job {job_id} is in a state Jobbergate does not know: "
+                            f"{[job.get('job_state') or job.get('state') for job in records]}")
         return report
 
-    def cancel_job(self, submission_id: int, job_id: int, jobs: Mapping[int, dict[str, Any]]) -> bool:
-        """Cancel the Slurm job of a cancelled submission as its owner; True when Slurm did."""
-        owner = (jobs.get(job_id) or {}).get("user_name") or self._owner_of(submission_id)
+    def cancel_job(self, submission_id: int, job_id: int,
+                   jobs: Mapping[int, list[dict[str, Any]]]) -> Optional[StateReport]:
+        """Cancel the Slurm job of a cancelled submission as its owner; the state after the cancel,
+        or None when nothing was done. Counted only when Slurm cancelled it."""
+        owner = self.owner_of(submission_id, job_id, jobs.get(job_id))
+        context = ctx(submission_id=submission_id, slurm_job_id=job_id, user=owner)
         if self.dry_run:
             self.echo(f"would cancel Slurm job {job_id} of cancelled submission {submission_id} as {owner}")
-            return False
-        if not self.slurm.cancel(job_id, owner):
-            return False
+            return None
+        outcome = self.slurm.cancel(job_id, owner)
+        if outcome is False:
+            log.info("Slurm job %d of cancelled submission %d had already ended", job_id, submission_id, **context)
+            return None
+        after = self.slurm_report(job_id, {})
+        if outcome is None and after.state != "CANCELLED":
+            log.warning("asked Slurm to cancel job %d of submission %d as %s, but it is %s", job_id, submission_id,
+                        owner, after.state, **context)
+            return after
         self.summary.cancelled += 1
-        log.info("cancelled Slurm job %d of cancelled submission %d as %s", job_id, submission_id, owner,
-                 **ctx(submission_id=submission_id, slurm_job_id=job_id, user=owner))
-        return True
+        log.info("cancelled Slurm job %d of cancelled submission %d as %s", job_id, submission_id, owner, **context)
+        return after
 
     def close_cancelled_without_job(self, submission_id: int) -> None:
         """Cancelled before it reached Slurm, unless an interrupted pass did submit it: then record

@@ -100,7 +100,7 @@ def test_a_dropped_option_rejects_the_submission_by_name_and_cancels_its_job(sta
     assert slurm.cancelled == [(500, job_user.pw_name)]
 
 
-def test_held_job_warnings_are_only_logged(stack, config_file, email, caplog) -> None:
+def test_held_job_warnings_are_only_logged(stack, config_file, email, capsys) -> None:
     slurm = slurm_of(stack, "v0.0.40")
     stack.api.add_submission(1, email=email, sbatch_arguments=["--hold"])
     response = capture("v0.0.40_submit_held_distribution.json")["response"]
@@ -119,3 +119,168 @@ def test_authentication_failure_is_401_or_511(stack, config_file, email, status)
     slurm.answers["submit"] = [(status, "Authentication failure")]
     assert run(config_file(**{"slurmrestd.api_version": "v0.0.44"})) == jobbergate_sync.EX_NOPERM
     assert stack.api.status(1) == "CREATED"
+
+
+# ---------------------------------------------------------------------------------------------
+# Arrays: a submission follows every task
+# ---------------------------------------------------------------------------------------------
+
+
+def task(job_id: int, array_id: int, task_id: Any, state: str, code: int = 0, reason: str = "None") -> Dict[str, Any]:
+    """A v0.0.42 array task record in the shape of the recorded ones."""
+    record = json.loads(json.dumps(capture("v0.0.42_array_mixed.json")["response"]["jobs"][0]))
+    record.update(job_id=job_id, job_state=[state], state_reason=reason)
+    record["array_job_id"]["number"] = array_id
+    if isinstance(task_id, str):  # the unsplit pending tasks
+        record["array_task_id"], record["array_task_string"] = {"set": False, "infinite": False, "number": 0}, task_id
+    else:
+        record["array_task_id"]["number"] = task_id
+    record["exit_code"]["return_code"]["number"] = code
+    return record
+
+
+def test_recorded_mixed_array_is_failed_naming_the_task() -> None:
+    records = jobbergate_sync.job_records_of(capture("v0.0.42_array_mixed.json")["response"]["jobs"], 28)
+    report = jobbergate_sync.report_from_records(28, records, jobbergate_sync.report_from_slurmctld)
+    assert (report.job_id, report.state) == (28, "FAILED")
+    assert report.reason == "array task 0 failed (exit code 3)"
+    info = json.loads(report.info)
+    assert info["array_job_id"] == 28
+    assert [(t["task"], t["job_id"], t["state"]) for t in info["tasks"]] == [("0", 29, "FAILED"), ("1", 28, "COMPLETED")]
+
+
+def test_recorded_unsplit_array_is_pending() -> None:
+    records = capture("v0.0.42_array_pending.json")["response"]["jobs"]
+    report = jobbergate_sync.report_from_records(3, jobbergate_sync.job_records_of(records, 3),
+                                                 jobbergate_sync.report_from_slurmctld)
+    assert report.state == "PENDING"
+    assert json.loads(report.info)["tasks"][0]["task"] == "0-1"
+
+
+@pytest.mark.parametrize(
+    ("tasks", "state", "reason"),
+    [
+        ([task(28, 28, 1, "COMPLETED"), task(27, 28, 0, "RUNNING")], "RUNNING", "array: 1 of 2 task records finished"),
+        ([task(28, 28, 1, "COMPLETED"), task(28, 28, "2-3", "PENDING")], "RUNNING", "array: 1 of 2 task records finished"),
+        ([task(28, 28, 1, "COMPLETED"), task(29, 28, 0, "COMPLETED")], "COMPLETED", None),
+        ([task(28, 28, 2, "TIMEOUT"), task(29, 28, 0, "CANCELLED"), task(30, 28, 1, "CANCELLED")], "CANCELLED",
+         "array tasks 0, 1 cancelled; array task 2 timed out"),
+        ([task(28, 28, 1, "TIMEOUT"), task(29, 28, 0, "FAILED", 2, "NonZeroExitCode")], "FAILED",
+         "array task 0 failed (exit code 2); array task 1 timed out"),
+    ],
+)
+def test_array_state_follows_all_tasks(tasks: list, state: str, reason: Any) -> None:
+    report = jobbergate_sync.report_from_records(28, tasks, jobbergate_sync.report_from_slurmctld)
+    assert (report.state, report.reason) == (state, reason)
+
+
+def submitted_array(stack: Any, version: str, records: list, submission_id: int = 62) -> FakeSlurm:
+    slurm = slurm_of(stack, version)
+    stack.api.add_submission(submission_id, status="SUBMITTED", slurm_job_id=28)
+    for record in records:
+        slurm.jobs[record["job_id"]] = record
+    return slurm
+
+
+def test_array_whose_last_task_ended_first_stays_running(stack, config_file) -> None:
+    """Live on 25.11: the array's id (its last task) completed while task 0 still ran; closed DONE."""
+    submitted_array(stack, "v0.0.42", [task(28, 28, 1, "COMPLETED"), task(27, 28, 0, "RUNNING")])
+    assert run(config_file(**{"slurmrestd.api_version": "v0.0.42"})) == 0
+    [update] = stack.api.called("update")
+    assert update["slurm_job_state"] == "RUNNING"
+    assert stack.api.status(62) == "SUBMITTED"
+
+
+def test_array_with_a_failed_task_is_aborted(stack, config_file) -> None:
+    submitted_array(stack, "v0.0.42", capture("v0.0.42_array_mixed.json")["response"]["jobs"])
+    assert run(config_file(**{"slurmrestd.api_version": "v0.0.42"})) == 0
+    [update] = stack.api.called("update")
+    assert update["slurm_job_state"] == "FAILED"
+    assert update["slurm_job_state_reason"] == "array task 0 failed (exit code 3)"
+    assert stack.api.status(62) == "ABORTED"
+
+
+def test_purged_array_is_read_from_slurmdbd(stack, config_file) -> None:
+    slurm = submitted_array(stack, "v0.0.44", [])
+    record = capture("slurmdb_v0.0.44_job_exit3.json")["response"]["jobs"][0]
+    good = json.loads(json.dumps(record))
+    good.update(job_id=28, state={"current": ["COMPLETED"], "reason": "None"})
+    good["exit_code"]["return_code"]["number"] = 0
+    bad = json.loads(json.dumps(record))
+    bad["job_id"] = 29
+    for record_, task_id in ((good, 1), (bad, 0)):
+        record_["array"].update(job_id=28, task_id={"set": True, "infinite": False, "number": task_id})
+    slurm.answers["dbd"] = [(200, {"jobs": [good, bad], "errors": [], "warnings": []})]
+    assert run(config_file(**{"slurmrestd.api_version": "v0.0.44", "slurmrestd.slurmdbd": "true"})) == 0
+    [update] = stack.api.called("update")
+    assert (update["slurm_job_state"], update["slurm_job_state_reason"]) == ("FAILED", "array task 0 failed (exit code 3)")
+
+
+def test_array_tasks_are_one_job_for_crash_recovery(stack, config_file) -> None:
+    """All tasks carry the tag: they are one job under the array's id, not duplicates to cancel."""
+    slurm = slurm_of(stack, "v0.0.42")
+    records = capture("v0.0.42_array_mixed.json")["response"]["jobs"]
+    slurm.answers["list"] = [(200, {"jobs": records, "errors": []})]
+    rest = jobbergate_sync.SlurmRest(jobbergate_sync.load_config(config_file(**{"slurmrestd.api_version": "v0.0.42"}), {}),
+                                     jobbergate_sync.Http(jobbergate_sync.Deadline(30), 0, 0))
+    assert rest.jobs_with_tag("jobbergate-sync:test-cluster:62") == [28]
+
+
+# ---------------------------------------------------------------------------------------------
+# Cancels: only as the owner; believe status[] (v0.0.42+) or the job's state afterwards
+# ---------------------------------------------------------------------------------------------
+
+
+def cancelled_submission(stack: Any, version: str, user: str, state: str = "RUNNING") -> FakeSlurm:
+    slurm = slurm_of(stack, version)
+    stack.api.add_submission(1, status="CANCELLED", slurm_job_id=100)
+    job = task(100, 0, 0, state)
+    job["user_name"] = user
+    slurm.jobs[100] = job
+    return slurm
+
+
+def test_cancel_is_sent_as_the_job_owner_from_the_record(stack, config_file) -> None:
+    slurm = cancelled_submission(stack, "v0.0.42", "alice")
+    slurm.answers["delete"] = [(200, capture("v0.0.42_delete_owner.json")["response"])]
+    slurm.answers["get"] = [(200, {"jobs": [dict(slurm.jobs[100], job_state=["CANCELLED"])], "errors": []})]
+    assert run(config_file(**{"slurmrestd.api_version": "v0.0.42"})) == 0
+    [delete] = [headers for method, _, headers in slurm.requests if method == "DELETE"]
+    assert delete["X-SLURM-USER-NAME"] == "alice"
+    assert stack.api.status(1) == "ABORTED"
+    [update] = stack.api.called("update")
+    assert update["slurm_job_state"] == "CANCELLED"
+
+
+def test_no_cancel_as_anyone_else_when_the_owner_is_unknown(stack, config_file) -> None:
+    slurm = cancelled_submission(stack, "v0.0.42", "")
+    assert run(config_file(**{"slurmrestd.api_version": "v0.0.42"})) == 1
+    assert [method for method, _, _ in slurm.requests if method == "DELETE"] == []
+
+
+@pytest.mark.parametrize("name", ["v0.0.42_delete_finished.json", "v0.0.42_delete_purged.json"])
+def test_cancel_that_status_says_failed_is_not_counted(stack, config_file, name, capsys) -> None:
+    slurm = cancelled_submission(stack, "v0.0.42", "alice")
+    slurm.answers["delete"] = [(200, capture(name)["response"])]
+    assert run(config_file(**{"slurmrestd.api_version": "v0.0.42"}), "--log-format", "text") == 0
+    assert "cancelled=0" in capsys.readouterr().err
+
+
+def test_v41_cancel_is_confirmed_by_rereading_the_job(stack, config_file, capsys) -> None:
+    slurm = cancelled_submission(stack, "v0.0.41", "alice")
+    slurm.answers["delete"] = [(200, capture("v0.0.41_delete_finished.json")["response"])]  # 200 whatever happened
+    slurm.answers["get"] = [(200, {"jobs": [dict(slurm.jobs[100], job_state=["COMPLETED"])], "errors": []})]
+    assert run(config_file(**{"slurmrestd.api_version": "v0.0.41"}), "--log-format", "text") == 0
+    assert "cancelled=0" in capsys.readouterr().err
+    [update] = stack.api.called("update")
+    assert update["slurm_job_state"] == "COMPLETED"
+
+
+def test_cancel_status_permission_denied_is_an_error(stack, config_file) -> None:
+    slurm = cancelled_submission(stack, "v0.0.44", "alice")
+    slurm.answers["delete"] = [(200, {"status": [{"error": {"string": "Access/permission denied", "code": 2002,
+                                                           "message": "Access/permission denied"},
+                                                 "step_id": "100", "job_id": {"set": True, "number": 100}}],
+                                      "errors": [], "warnings": []})]
+    assert run(config_file(**{"slurmrestd.api_version": "v0.0.44"})) == 1
+    assert stack.api.called("update") == []
