@@ -161,6 +161,10 @@ def crash_point(name: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+class AutoBool:
+    """A setting that is true, false or auto (decided from what slurmrestd serves)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Setting:
     default: Any
@@ -185,12 +189,12 @@ CONFIG_SCHEMA: dict[str, dict[str, Setting]] = {
     },
     "slurmrestd": {
         "url": Setting("http://127.0.0.1:6820"),
-        "api_version": Setting("v0.0.38"),
+        "api_version": Setting("auto"),
         "jwt_key_file": Setting(""),
         "token_file": Setting(""),
         "token_lifespan": Setting(600, int),
         "query_user": Setting("slurm"),
-        "slurmdbd": Setting(False, bool),
+        "slurmdbd": Setting("auto", AutoBool),
         "timeout": Setting(15.0, float),
     },
     "submit": {
@@ -231,6 +235,10 @@ OLDEST_API_MINOR, NEWEST_API_MINOR = 38, 44
 def parse_setting(section: str, key: str, raw: str, kind: type) -> Any:
     """Convert one raw INI/environment value to its type, naming the key on error."""
     raw = raw.strip()
+    if kind is AutoBool:
+        if raw.lower() == "auto":
+            return "auto"
+        kind = bool
     try:
         if kind is bool:
             lowered = raw.lower()
@@ -364,9 +372,10 @@ def validate_config(sections: dict[str, dict[str, Any]]) -> None:
         need(re.match(r"^https?://[^/]", sections[section][key]) is not None, where, "must be an http(s) URL")
     match = API_VERSION_RE.match(sections["slurmrestd"]["api_version"])
     need(
-        match is not None and OLDEST_API_MINOR <= int(match.group(1)) <= NEWEST_API_MINOR,
+        sections["slurmrestd"]["api_version"] == "auto"
+        or (match is not None and OLDEST_API_MINOR <= int(match.group(1)) <= NEWEST_API_MINOR),
         "slurmrestd.api_version",
-        f"supported versions are v0.0.{OLDEST_API_MINOR} to v0.0.{NEWEST_API_MINOR}",
+        f"auto, or one of the supported versions v0.0.{OLDEST_API_MINOR} to v0.0.{NEWEST_API_MINOR}",
     )
     need(1 <= sections["jobbergate"]["page_size"] <= 100, "jobbergate.page_size", "must be 1 to 100")
     for where in ("jobbergate.max_pages", "run.interval", "run.deadline", "run.retries",
@@ -1765,6 +1774,45 @@ def describe_errors(errors: list[tuple[Optional[int], str]]) -> str:
     return "; ".join(f"{text} (error {code})" if code is not None else text for code, text in errors)
 
 
+SUBMIT_PATH_RE = re.compile(r"^/slurm/(v0\.0\.\d+)/job/submit/?$")
+SLURMDB_PATH_RE = re.compile(r"^/slurmdb/(v0\.0\.\d+)/")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServedApi:
+    """What one slurmrestd serves, read from its OpenAPI document."""
+
+    versions: tuple[str, ...]  # of the job endpoints, oldest first
+    slurmdb_versions: tuple[str, ...]
+    release: Optional[str]
+
+
+def served_api(document: Any) -> ServedApi:
+    """The job API versions, slurmdbd API versions and Slurm release of a /openapi/v3 document."""
+    paths = document.get("paths") if isinstance(document, dict) else None
+    paths = list(paths) if isinstance(paths, dict) else []
+    info = document.get("info") if isinstance(document, dict) and isinstance(document.get("info"), dict) else {}
+    release = (info.get("x-slurm") or {}).get("release") if isinstance(info.get("x-slurm"), dict) else None
+    if not release:  # 23.11-24.11: "Slurm-24.11.5&data_parsers..."
+        found = re.match(r"^Slurm-([0-9.]+)", str(info.get("version") or ""))
+        release = found.group(1) if found else None
+
+    def versions(pattern: re.Pattern[str]) -> tuple[str, ...]:
+        return tuple(sorted({m.group(1) for m in map(pattern.match, paths) if m}, key=api_minor))
+
+    return ServedApi(versions(SUBMIT_PATH_RE), versions(SLURMDB_PATH_RE), release)
+
+
+def choose_api_version(served: ServedApi, url: str) -> str:
+    """The newest job API version both slurmrestd and this tool speak; ConfigError when none."""
+    usable = [version for version in served.versions if OLDEST_API_MINOR <= api_minor(version) <= NEWEST_API_MINOR]
+    if not usable:
+        raise ConfigError(f"[slurmrestd] api_version = auto: slurmrestd at {url} serves "
+                          f"{', '.join(served.versions) or 'no job API'}; this tool supports "
+                          f"v0.0.{OLDEST_API_MINOR} to v0.0.{NEWEST_API_MINOR}")
+    return usable[-1]
+
+
 class SlurmCredentials:
     """X-SLURM-USER-NAME/X-SLURM-USER-TOKEN for a user: an HS256 token minted with the cluster
     key (claims iat, exp, sun), or a configured static SlurmUser/root token."""
@@ -1790,15 +1838,76 @@ class SlurmCredentials:
 
 
 class SlurmRest:
-    def __init__(self, config: Config, http: Http):
+    def __init__(self, config: Config, http: Http, choice_path: Optional[str] = None, remember: bool = True):
         self.base = config.slurmrestd.url.rstrip("/")
-        self.version = config.slurmrestd.api_version
-        self.minor = api_minor(self.version)
+        self.api_version_setting = config.slurmrestd.api_version
+        self.slurmdbd_setting = config.slurmrestd.slurmdbd
         self.timeout = config.slurmrestd.timeout
         self.query_user = config.slurmrestd.query_user
-        self.use_slurmdbd = config.slurmrestd.slurmdbd
         self.http = http
         self.credentials = SlurmCredentials(config.slurm_jwt_key, config.slurm_static_token, config.slurmrestd.token_lifespan)
+        # The auto choice (version, slurmdbd, release), remembered in the state directory between passes.
+        self.choice_path = choice_path
+        self.remember = remember
+        self._choice: Optional[dict[str, Any]] = None
+
+    @property
+    def version(self) -> str:
+        if self.api_version_setting != "auto":
+            return self.api_version_setting
+        return self.choice()["api_version"]
+
+    @property
+    def minor(self) -> int:
+        return api_minor(self.version)
+
+    @property
+    def use_slurmdbd(self) -> bool:
+        if self.slurmdbd_setting != "auto":
+            return bool(self.slurmdbd_setting)
+        return self.choice()["slurmdbd"]
+
+    @property
+    def release(self) -> Optional[str]:
+        """The Slurm release, when the OpenAPI document was read (auto settings)."""
+        return self._choice.get("release") if self._choice else None
+
+    def choice(self) -> dict[str, Any]:
+        """The remembered auto choice, else one made from slurmrestd's /openapi/v3 paths."""
+        if self._choice is None:
+            self._choice = self._remembered_choice() or self._discover()
+        return self._choice
+
+    def _remembered_choice(self) -> Optional[dict[str, Any]]:
+        try:
+            with open(self.choice_path or "", encoding="utf-8") as handle:
+                choice = json.load(handle)
+        except (OSError, ValueError):
+            return None
+        usable = (isinstance(choice, dict) and choice.get("url") == self.base and isinstance(choice.get("slurmdbd"), bool)
+                  and API_VERSION_RE.match(str(choice.get("api_version"))) is not None)
+        return choice if usable else None
+
+    def _discover(self) -> dict[str, Any]:
+        response, body = self._request("GET", "/openapi/v3", self.query_user, True)
+        served = served_api(body)
+        if response.status_code != 200 or not served.versions:
+            raise Unavailable(f"GET {self.base}/openapi/v3: HTTP {response.status_code}: no job API paths to choose from")
+        version = (self.api_version_setting if self.api_version_setting != "auto"
+                   else choose_api_version(served, self.base))
+        choice = {"url": self.base, "api_version": version, "slurmdbd": version in served.slurmdb_versions,
+                  "release": served.release}
+        log.info("slurmrestd at %s serves %s (Slurm %s); using %s%s", self.base, ", ".join(served.versions),
+                 served.release or "release unknown", version, " and slurmdbd" if choice["slurmdbd"] else "")
+        if self.remember and self.choice_path:
+            write_private_file(self.choice_path, json.dumps(choice).encode())
+        return choice
+
+    def forget_choice(self) -> None:
+        self._choice = None
+        if self.remember and self.choice_path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.choice_path)
 
     def _request(self, method: str, path: str, user: str, idempotent: bool, **kwargs: Any) -> tuple[requests.Response, Any]:
         url = self.base + path
@@ -1810,7 +1919,12 @@ class SlurmRest:
                 raise AuthError(f"{method} {url}: slurmrestd refused the credentials for user {user} "
                                 f"({response.status_code})")
             if response.status_code == 404 and body is None:
-                raise ConfigError(f"{method} {url}: slurmrestd does not serve this path; is api_version {self.version} loaded?")
+                if self.api_version_setting == "auto" and path != "/openapi/v3":
+                    self.forget_choice()
+                    raise Unavailable(f"{method} {url}: slurmrestd no longer serves this API version; "
+                                      "the next pass chooses again")
+                raise ConfigError(f"{method} {url}: slurmrestd does not serve this path; is api_version "
+                                  f"{self.api_version_setting} loaded?")
             errors = slurm_errors(body)
             if any(is_transient_slurm_code(code) for code, _ in errors):
                 raise Unavailable(f"{method} {url}: Slurm could not be reached or refused the token: {describe_errors(errors)}")
@@ -2325,7 +2439,7 @@ class SyncPass:
             environment = {"PATH": self.config.submit.job_path, "HOME": user.home, "USER": user.name, "LOGNAME": user.name}
             tag = submission_tag(self.cluster, submission.id)
             request = build_job_request(script, submission.sbatch_arguments, submission.name, directory,
-                                        environment, tag, self.slurm.minor)
+                                        environment, tag, self.slurm.minor, self.slurm.release)
             context = ctx(submission_id=submission.id, user=user.name)
             if self.dry_run:
                 self.echo(f"would submit submission {submission.id} as {user.name} in {directory}: "
@@ -2617,7 +2731,8 @@ def run_once(config: Config, dry_run: bool) -> int:
     journal_path = os.path.join(state_dir, "journal.sqlite3")
     token = OidcToken(config, http, os.path.join(state_dir, "token.json"), write_cache=not dry_run)
     journal = Journal.scratch_copy_of(journal_path) if dry_run else Journal(journal_path)
-    sync = SyncPass(config, JobbergateApi(config, http, token), SlurmRest(config, http), journal,
+    slurm = SlurmRest(config, http, os.path.join(state_dir, "slurmrestd.json"), remember=not dry_run)
+    sync = SyncPass(config, JobbergateApi(config, http, token), slurm, journal,
                     UserMapper(config), deadline, dry_run=dry_run)
     summary = sync.run()
     log.info(

@@ -223,6 +223,7 @@ class FakeSlurm:
         # Queued answers per route ("submit", "list", "get", "delete", "dbd"): (status, body) or an exception.
         self.answers: dict[str, list[Any]] = {}
         self.down = False
+        self.serves_slurmdbd = False  # whether /openapi/v3 lists /slurmdb/ paths
         base = re.escape(f"{SLURM}/slurm/{version}")
         rsps.add_callback(responses.POST, re.compile(base + r"/job/submit$"), callback=self._wrap("submit"))
         rsps.add_callback(responses.GET, re.compile(base + r"/jobs(\?.*)?$"), callback=self._wrap("list"))
@@ -230,6 +231,7 @@ class FakeSlurm:
         rsps.add_callback(responses.DELETE, re.compile(base + r"/job/(\d+)$"), callback=self._wrap("delete"))
         rsps.add_callback(responses.GET, re.compile(re.escape(f"{SLURM}/slurmdb/{version}") + r"/job/(\d+)$"),
                           callback=self._wrap("dbd"))
+        rsps.add_callback(responses.GET, f"{SLURM}/openapi/v3", callback=self._wrap("openapi"))
 
     def _wrap(self, route: str) -> Any:
         def callback(request: requests.PreparedRequest) -> tuple:
@@ -295,3 +297,10 @@ class FakeSlurm:
             return _json(200, {"errors": [], "jobs": [self.accounting[job_id]]})
         return _json(200, {"errors": [{"description": "Nothing found", "error_number": 9003,
                                        "error": "Nothing found with query", "source": "slurmdb_jobs_get"}], "jobs": []})
+
+    def _openapi(self, request: requests.PreparedRequest, user: str, _: Any) -> tuple:
+        paths = [f"/slurm/{self.version}/{path}" for path in ("job/submit", "jobs", "job/{job_id}", "ping")]
+        if self.serves_slurmdbd:
+            paths.append(f"/slurmdb/{self.version}/job/{{job_id}}")
+        return _json(200, {"openapi": "3.0.2", "info": {"version": "Slurm-22.05.8"},
+                           "paths": {path: {} for path in paths}})

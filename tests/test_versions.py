@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Dict
 
 import pytest
+import responses
 
 import jobbergate_sync
-from fakes import JWT_KEY, FakeSlurm
+from fakes import JWT_KEY, SLURM, FakeSlurm
 from jobbergate_sync import dropped_fields, main, slurm_errors, slurm_warnings
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "slurmrestd"
@@ -25,8 +27,14 @@ def run(config: str, *extra: str) -> int:
 
 
 def slurm_of(stack: Any, version: str) -> FakeSlurm:
-    """A fake slurmrestd serving `version` in place of the stack's v0.0.38 one."""
+    """A fake slurmrestd serving `version` in place of the stack's v0.0.38 one; other versions'
+    paths answer 404 text as slurmrestd does."""
+    stack.rsps.remove(responses.GET, f"{SLURM}/openapi/v3")
     stack.slurm = FakeSlurm(stack.rsps, JWT_KEY, version)
+    for method in (responses.GET, responses.POST, responses.DELETE):
+        stack.rsps.add(method, re.compile(re.escape(SLURM) + r"/slurm(db)?/v0\.0\.(?!" + version[-2:] + r")\d+/.*"),
+                       status=404, content_type="text/plain",
+                       body="Unable find requested URL. Please view /openapi/v3 for API reference.")
     return stack.slurm
 
 
@@ -284,3 +292,87 @@ def test_cancel_status_permission_denied_is_an_error(stack, config_file) -> None
                                       "errors": [], "warnings": []})]
     assert run(config_file(**{"slurmrestd.api_version": "v0.0.44"})) == 1
     assert stack.api.called("update") == []
+
+
+# ---------------------------------------------------------------------------------------------
+# api_version = auto, slurmdbd = auto
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "versions", "slurmdb", "release", "chosen"),
+    [
+        ("openapi_v3_25.11.7.json", ("v0.0.41", "v0.0.42", "v0.0.43", "v0.0.44"), (), "25.11.7", "v0.0.44"),
+        ("openapi_v3_25.11.7_dbd.json", ("v0.0.41", "v0.0.42", "v0.0.43", "v0.0.44"),
+         ("v0.0.41", "v0.0.42", "v0.0.43", "v0.0.44"), "25.11.7", "v0.0.44"),
+        ("openapi_v3_24.11.5.json", ("v0.0.40", "v0.0.41", "v0.0.42"), (), "24.11.5", "v0.0.42"),
+        ("openapi_v3_22.05.8.json", ("v0.0.36", "v0.0.37", "v0.0.38"), ("v0.0.36", "v0.0.37", "v0.0.38"), None,
+         "v0.0.38"),
+    ],
+)
+def test_served_api_from_recorded_documents(name, versions, slurmdb, release, chosen) -> None:
+    served = jobbergate_sync.served_api(capture(name)["response"])
+    assert (served.versions, served.slurmdb_versions, served.release) == (versions, slurmdb, release)
+    assert jobbergate_sync.choose_api_version(served, "http://slurm") == chosen
+
+
+def test_no_supported_version_is_a_configuration_error() -> None:
+    served = jobbergate_sync.ServedApi(("v0.0.36", "v0.0.37"), (), None)
+    with pytest.raises(jobbergate_sync.ConfigError, match=r"serves v0\.0\.36, v0\.0\.37; this tool supports v0\.0\.38 to v0\.0\.44"):
+        jobbergate_sync.choose_api_version(served, "http://slurm")
+
+
+def test_auto_uses_the_newest_served_version_and_remembers_it(stack, config_file, email, tmp_path) -> None:
+    slurm = slurm_of(stack, "v0.0.44")
+    document = capture("openapi_v3_25.11.7_dbd.json")["response"]
+    slurm.answers["openapi"] = [(200, document)]
+    stack.api.add_submission(1, email=email)
+    config = config_file()
+    assert run(config) == 0
+    assert stack.api.status(1) == "SUBMITTED"
+    assert "script" in slurm.submitted[0]["job"]  # the v0.0.44 shape
+    remembered = json.loads((tmp_path / "state" / "slurmrestd.json").read_text())
+    assert (remembered["api_version"], remembered["slurmdbd"], remembered["release"]) == ("v0.0.44", True, "25.11.7")
+    stack.api.add_submission(2, email=email)
+    assert run(config) == 0
+    assert [url for _, url, _ in slurm.requests].count("http://slurm.test:6820/openapi/v3") == 1
+
+
+def test_auto_looks_again_when_the_version_is_no_longer_served(stack, config_file, email, tmp_path) -> None:
+    (tmp_path / "state").mkdir(mode=0o700)
+    (tmp_path / "state" / "slurmrestd.json").write_text(json.dumps(
+        {"url": "http://slurm.test:6820", "api_version": "v0.0.40", "slurmdbd": False, "release": "24.11.5"}))
+    slurm = slurm_of(stack, "v0.0.44")
+    stack.api.add_submission(1, email=email)
+    config = config_file()
+    assert run(config) == jobbergate_sync.EX_UNAVAILABLE  # v0.0.40 is gone: 404
+    assert not (tmp_path / "state" / "slurmrestd.json").exists()
+    assert run(config) == 0
+    assert stack.api.status(1) == "SUBMITTED"
+    assert json.loads((tmp_path / "state" / "slurmrestd.json").read_text())["api_version"] == "v0.0.44"
+
+
+def test_auto_without_a_supported_version_exits_78(stack, config_file, email) -> None:
+    slurm = slurm_of(stack, "v0.0.44")
+    slurm.answers["openapi"] = [(200, {"paths": {"/slurm/v0.0.36/job/submit": {}, "/slurm/v0.0.37/job/submit": {}}})]
+    stack.api.add_submission(1, email=email)
+    assert run(config_file()) == jobbergate_sync.EX_CONFIG
+    assert stack.api.status(1) == "CREATED"
+
+
+def test_a_pinned_version_needs_no_discovery(stack, config_file, email) -> None:
+    slurm = slurm_of(stack, "v0.0.42")
+    stack.api.add_submission(1, email=email)
+    assert run(config_file(**{"slurmrestd.api_version": "v0.0.42", "slurmrestd.slurmdbd": "false"})) == 0
+    assert stack.api.status(1) == "SUBMITTED"
+    assert not [url for _, url, _ in slurm.requests if url.endswith("/openapi/v3")]
+
+
+def test_slurmdbd_auto_follows_the_served_paths(stack, config_file) -> None:
+    slurm = slurm_of(stack, "v0.0.44")
+    slurm.serves_slurmdbd = True
+    stack.api.add_submission(1, status="SUBMITTED", slurm_job_id=3)
+    slurm.answers["dbd"] = [(200, capture("slurmdb_v0.0.44_job_exit3.json")["response"])]
+    assert run(config_file()) == 0
+    [update] = stack.api.called("update")
+    assert (update["slurm_job_state"], update["slurm_job_state_reason"]) == ("FAILED", "Failed (exit code 3)")
