@@ -96,6 +96,7 @@ SLURM_FINAL_STATES = frozenset(
 )
 
 SLURM_ERROR_INVALID_JOB_ID = 2017
+SLURM_ERROR_ALREADY_DONE = 2021  # "Job/step already completing or completed"
 SLURMDB_NOTHING_FOUND = 9003
 SLURMDB_CONNECTION_ERRORS = range(7000, 7100)  # ESLURM_DB_CONNECTION and kin: slurmdbd did not answer
 
@@ -170,6 +171,15 @@ class SubmitUnsettled(Rejection):
         self.reason = reason
 
 
+class DroppedOptions(Rejection):
+    """Slurm made the job but warned that it ignored options it was sent, so the job must not run as
+    it is: the pass cancels it as its owner and the submission is rejected naming the options."""
+
+    def __init__(self, message: str, job_id: int):
+        super().__init__(message)
+        self.job_id = job_id
+
+
 class DeadlineReached(Exception):
     """The pass ran out of time: the remaining work waits for the next pass; the exit code is that of
     the work done (0 or 1)."""
@@ -185,6 +195,10 @@ def crash_point(name: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Configuration
 # ---------------------------------------------------------------------------------------------
+
+
+class AutoBool:
+    """A setting that is true, false or auto (decided from what slurmrestd serves)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,12 +225,12 @@ CONFIG_SCHEMA: dict[str, dict[str, Setting]] = {
     },
     "slurmrestd": {
         "url": Setting("http://127.0.0.1:6820"),
-        "api_version": Setting("v0.0.38"),
+        "api_version": Setting("auto"),
         "jwt_key_file": Setting(""),
         "token_file": Setting(""),
         "token_lifespan": Setting(600, int),
         "query_user": Setting("slurm"),
-        "slurmdbd": Setting(False, bool),
+        "slurmdbd": Setting("auto", AutoBool),
         "purge_horizon": Setting(300, int),
         "timeout": Setting(15.0, float),
     },
@@ -258,6 +272,10 @@ OLDEST_API_MINOR, NEWEST_API_MINOR = 38, 44
 def parse_setting(section: str, key: str, raw: str, kind: type) -> Any:
     """Convert one raw INI/environment value to its type, naming the key on error."""
     raw = raw.strip()
+    if kind is AutoBool:
+        if raw.lower() == "auto":
+            return "auto"
+        kind = bool
     try:
         if kind is bool:
             lowered = raw.lower()
@@ -391,9 +409,10 @@ def validate_config(sections: dict[str, dict[str, Any]]) -> None:
         need(re.match(r"^https?://[^/]", sections[section][key]) is not None, where, "must be an http(s) URL")
     match = API_VERSION_RE.match(sections["slurmrestd"]["api_version"])
     need(
-        match is not None and OLDEST_API_MINOR <= int(match.group(1)) <= NEWEST_API_MINOR,
+        sections["slurmrestd"]["api_version"] == "auto"
+        or (match is not None and OLDEST_API_MINOR <= int(match.group(1)) <= NEWEST_API_MINOR),
         "slurmrestd.api_version",
-        f"supported versions are v0.0.{OLDEST_API_MINOR} to v0.0.{NEWEST_API_MINOR}",
+        f"auto, or one of the supported versions v0.0.{OLDEST_API_MINOR} to v0.0.{NEWEST_API_MINOR}",
     )
     need(1 <= sections["jobbergate"]["page_size"] <= 100, "jobbergate.page_size", "must be 1 to 100")
     for where in ("jobbergate.max_pages", "run.interval", "run.deadline", "run.retries",
@@ -1002,8 +1021,12 @@ class OptionSpec:
     translate: Callable[[Optional[str], int], dict[str, Any]]
 
 
-def _family_key(family: int, old: str, new: str) -> str:
-    return old if family <= 38 else new
+# Every translator gets the option's value and the API minor version (38 for v0.0.38 ... 44).
+API_MINORS = range(38, 45)
+
+
+def _renamed_key(minor: int, old: str, new: str) -> str:
+    return old if minor <= 38 else new
 
 
 def _positive_int(option: str, value: str) -> int:
@@ -1046,9 +1069,9 @@ def parse_memory_mb(option: str, value: str) -> int:
     return (kilobytes + 1023) // 1024
 
 
-def _number(family: int, value: Optional[int]) -> Any:
+def _number(minor: int, value: Optional[int]) -> Any:
     """Plain ints on v0.0.38; {set, infinite, number} from v0.0.39 on."""
-    if family <= 38:
+    if minor <= 38:
         return 0 if value is None else value
     if value is None:
         return {"set": True, "infinite": True, "number": 0}
@@ -1056,122 +1079,272 @@ def _number(family: int, value: Optional[int]) -> Any:
 
 
 def as_string(key: str) -> Callable[[Optional[str], int], dict[str, Any]]:
-    return lambda value, family: {key: value}
+    return lambda value, minor: {key: value}
 
 
 def as_string_renamed(old: str, new: str) -> Callable[[Optional[str], int], dict[str, Any]]:
-    return lambda value, family: {_family_key(family, old, new): value}
+    return lambda value, minor: {_renamed_key(minor, old, new): value}
 
 
 def as_int(key: str, option: str) -> Callable[[Optional[str], int], dict[str, Any]]:
-    return lambda value, family: {key: _positive_int(option, value or "")}
+    return lambda value, minor: {key: _positive_int(option, value or "")}
 
 
 def as_time(key: str, option: str) -> Callable[[Optional[str], int], dict[str, Any]]:
-    return lambda value, family: {key: _number(family, parse_time_minutes(option, value or ""))}
+    return lambda value, minor: {key: _number(minor, parse_time_minutes(option, value or ""))}
 
 
-def as_memory(key: str, option: str) -> Callable[[Optional[str], int], dict[str, Any]]:
-    return lambda value, family: {key: parse_memory_mb(option, value or "")}
+def as_memory(key: str, option: str, object_from_v40: bool = True) -> Callable[[Optional[str], int], dict[str, Any]]:
+    """Megabytes; --mem and --mem-per-cpu as {set, number} from v0.0.40, whose memory fields are
+    objects (a plain integer is accepted there only with a type warning)."""
+    def translate(value: Optional[str], minor: int) -> dict[str, Any]:
+        megabytes = parse_memory_mb(option, value or "")
+        return {key: _number(minor, megabytes) if object_from_v40 and minor >= 40 else megabytes}
+
+    return translate
 
 
 def as_flag(key: str, flag_value: Any = True) -> Callable[[Optional[str], int], dict[str, Any]]:
-    return lambda value, family: {key: flag_value}
+    return lambda value, minor: {key: flag_value}
 
 
-def translate_nodes(value: Optional[str], family: int) -> dict[str, Any]:
+def not_on(option: str, minors: Iterable[int], why: str,
+           translate: Callable[[Optional[str], int], dict[str, Any]]) -> Callable[[Optional[str], int], dict[str, Any]]:
+    """Refuse the option by name on the API versions that cannot carry it, before anything reaches Slurm."""
+    refused = frozenset(minors)
+
+    def checked(value: Optional[str], minor: int) -> dict[str, Any]:
+        if minor in refused:
+            raise Rejection(f"--{option} cannot be used with this cluster's slurmrestd API v0.0.{minor}: {why}")
+        return translate(value, minor)
+
+    return checked
+
+
+def translate_nodes(value: Optional[str], minor: int) -> dict[str, Any]:
     match = re.fullmatch(r"(\d+)(?:-(\d+))?", (value or "").strip())
     if not match:
         raise Rejection(f"--nodes expects N or MIN-MAX, got {value!r}")
     low, high = int(match.group(1)), int(match.group(2) or match.group(1))
-    if family <= 38:
+    if minor <= 38:
         return {"nodes": value}
     return {"minimum_nodes": low, "maximum_nodes": high}
 
 
-MAIL_TYPES_ALL = ["BEGIN", "END", "FAIL", "REQUEUE", "STAGE_OUT", "INVALID_DEPENDENCY"]
+# sbatch's mail type names (parse_mail_type in proc_args.c) to the API's flag names.
+MAIL_TYPE_FLAGS = {
+    "BEGIN": ["BEGIN"], "END": ["END"], "FAIL": ["FAIL"], "REQUEUE": ["REQUEUE"], "STAGE_OUT": ["STAGE_OUT"],
+    "ARRAY_TASKS": ["ARRAY_TASKS"], "INVALID_DEPEND": ["INVALID_DEPENDENCY"],
+    "TIME_LIMIT": ["TIME=100%"], "TIME_LIMIT_90": ["TIME=90%"], "TIME_LIMIT_80": ["TIME=80%"],
+    "TIME_LIMIT_50": ["TIME=50%"],
+    "ALL": ["BEGIN", "END", "FAIL", "REQUEUE", "STAGE_OUT", "INVALID_DEPENDENCY"],
+    "NONE": [],
+}
 
 
-def translate_nice(value: Optional[str], family: int) -> dict[str, Any]:
+def translate_nice(value: Optional[str], minor: int) -> dict[str, Any]:
     if value is not None and not re.fullmatch(r"[+-]?\d+", value):
         raise Rejection(f"--nice expects a whole number, got {value!r}")
     return {"nice": int(value) if value is not None else 100}
 
 
-def translate_mail_type(value: Optional[str], family: int) -> dict[str, Any]:
-    if family <= 38:
-        return {"mail_type": value}
+def translate_mail_type(value: Optional[str], minor: int) -> dict[str, Any]:
+    """sbatch names to the flag list of v0.0.39+; NONE clears them all, as in sbatch."""
     names = [name.strip().upper() for name in (value or "").split(",") if name.strip()]
+    unknown = [name for name in names if name not in MAIL_TYPE_FLAGS]
+    if unknown or not names:
+        raise Rejection(f"--mail-type: {', '.join(unknown) or repr(value)} is not a mail type "
+                        f"(one or more of {', '.join(MAIL_TYPE_FLAGS)})")
+    if minor <= 38:
+        return {"mail_type": value}
     flags: list[str] = []
-    for name in names:
-        for flag in MAIL_TYPES_ALL if name == "ALL" else [name]:
-            if flag not in flags:
-                flags.append(flag)
-    return {"mail_type": flags}
+    for name in names[:names.index("NONE")] if "NONE" in names else names:
+        flags += [flag for flag in MAIL_TYPE_FLAGS[name] if flag not in flags]
+    return {"mail_type": [] if "NONE" in names else flags}
 
 
-def translate_exclusive(value: Optional[str], family: int) -> dict[str, Any]:
+def translate_exclusive(value: Optional[str], minor: int) -> dict[str, Any]:
     mode = (value or "").strip().lower()
     if mode not in ("", "user", "mcs", "topo"):
         raise Rejection(f"--exclusive accepts no value or user, mcs, topo; got {value!r}")
-    if family >= 42:
+    if mode == "topo" and minor <= 40:
+        raise Rejection(f"--exclusive=topo cannot be used with this cluster's slurmrestd API v0.0.{minor}: "
+                        "it knows only user and mcs (topo needs v0.0.41 or later)")
+    if minor >= 42:
         return {"shared": mode or "none"}
-    return {"exclusive": mode or True} if family <= 38 else {"exclusive": mode or "true"}
+    return {"exclusive": mode or True} if minor <= 38 else {"exclusive": mode or "true"}
 
 
-def _gres_to_tres(spec: str, family: int) -> str:
-    """sbatch's 'gpu:2' to the tres form: 'gres:gpu:2' on v0.0.39 (Slurm 23.02), 'gres/gpu:2' later."""
-    prefix = "gres:" if family == 39 else "gres/"
-    return ",".join(prefix + part.strip() for part in spec.split(",") if part.strip())
+def _gres_to_tres(spec: str) -> str:
+    """sbatch's 'gpu:2' to the TRES form 'gres/gpu:2' (build_job_request applies 23.02's 'gres:')."""
+    return ",".join("gres/" + part.strip() for part in spec.split(",") if part.strip())
 
 
 def as_gres(old_key: str, new_key: str, gpu: bool) -> Callable[[Optional[str], int], dict[str, Any]]:
-    def translate(value: Optional[str], family: int) -> dict[str, Any]:
+    def translate(value: Optional[str], minor: int) -> dict[str, Any]:
         spec = value or ""
-        if family <= 38:
+        if minor <= 38:
             return {old_key: spec}
         if gpu:  # --gpus=volta:3 means gpu:volta:3
             parts = [part.strip() for part in spec.split(",") if part.strip()]
             spec = ",".join(part if part.startswith("gpu") else f"gpu:{part}" for part in parts)
-        return {new_key: _gres_to_tres(spec, family)}
+        return {new_key: _gres_to_tres(spec)}
 
     return translate
 
 
-def translate_begin(value: Optional[str], family: int) -> dict[str, Any]:
-    if family <= 38:
-        return {"begin_time": value}
-    text = (value or "").strip().lower()
-    relative = re.fullmatch(r"now\+(\d+)(seconds|minutes|hours|days|weeks)?", text)
-    if relative:
-        factor = {"seconds": 1, None: 1, "minutes": 60, "hours": 3600, "days": 86400, "weeks": 604800}
-        return {"begin_time": _number(family, int(time.time()) + int(relative.group(1)) * factor[relative.group(2)])}
+def merge_tres(earlier: str, later: str) -> str:
+    """Two TRES lists for one key (--gres and --gpus-per-node both fill tres_per_node), merged as
+    sbatch does: one entry per GRES name, the later option winning for a name both give."""
+    merged: dict[str, str] = {}
+    for part in earlier.split(",") + later.split(","):
+        if part:
+            merged[part.split(":")[0]] = part
+    return ",".join(merged.values())
+
+
+def gres_prefix_for(minor: int, release: Optional[str]) -> str:
+    """v0.0.39 is served by Slurm 23.02 (TRES type prefix 'gres:') and by 23.11/24.05 ('gres/',
+    gres.c at 23.11): the release decides. An unknown release on v0.0.39 means 23.02, its own."""
+    if minor == 39 and (release is None or release.startswith("23.02")):
+        return "gres:"
+    return "gres/"
+
+
+# Slurm's parse_time() (src/common/parse_time.c), which sbatch --begin and slurmrestd v0.0.40+ use.
+TIME_UNITS = (("seconds", 1), ("second", 1), ("minutes", 60), ("minute", 60), ("hours", 3600), ("hour", 3600),
+              ("days", 86400), ("day", 86400), ("weeks", 604800), ("week", 604800))
+TIME_WORDS = {"midnight": 0, "noon": 12, "fika": 15, "teatime": 16}
+CLOCK_RE = re.compile(r"(\d{1,2}):(\d\d)(?::(\d\d))?[ \t]*(am|pm)?", re.IGNORECASE)
+DATE_RE = re.compile(r"(\d{4})-(\d\d)-(\d{1,2})|(\d{1,2})[./]?(\d{1,2})[./]?(\d\d)?")
+
+
+def _delta_seconds(text: str) -> tuple[int, int]:
+    """'+N[units]' after 'now': (seconds, characters used); blanks may separate digits."""
+    count, digits, index = 0, 0, 1
+    while index < len(text):
+        if text[index] in " \t":
+            index += 1
+            continue
+        unit = next(((name, factor) for name, factor in TIME_UNITS if text[index:].lower().startswith(name)), None)
+        if unit:
+            count, index = count * unit[1], index + len(unit[0])
+            break
+        if not text[index].isdigit():
+            raise ValueError(text)
+        count, digits, index = count * 10 + int(text[index]), digits + 1, index + 1
+    if not digits:
+        raise ValueError(text)
+    return (-count if text[0] == "-" else count), index
+
+
+def parse_slurm_time(text: str, now: float) -> int:
+    """The epoch seconds Slurm's parse_time(text, past=0) gives, in local time: now[+N[units]],
+    today, tomorrow, midnight, noon, fika, teatime, HH:MM[:SS] [AM|PM], MMDD[YY], MM/DD[/YY],
+    MM.DD[.YY], YYYY-MM-DD[THH:MM[:SS]], uts<epoch>. ValueError when Slurm would refuse it."""
+    if text[:3].lower() == "uts":
+        if not re.fullmatch(r"\d+", text[3:]) or int(text[3:]) < 1000000:
+            raise ValueError(text)
+        return int(text[3:])
+    today = time.localtime(now)
+    hour = minute = month = mday = year = None
+    second = 0
+    pos = 0
+    while pos < len(text) and text[pos] != "\n":
+        rest = text[pos:]
+        word = next((w for w in ("today", "tomorrow", *TIME_WORDS, "now") if rest.lower().startswith(w)), None)
+        if rest[0] in " \t-T":
+            pos += 1
+        elif word in ("today", "tomorrow", "now"):
+            pos += len(word)
+            delta = 0
+            if word == "now":
+                blanks = len(text[pos:]) - len(text[pos:].lstrip(" \t"))
+                if text[pos + blanks:pos + blanks + 1] in ("+", "-"):
+                    delta, used = _delta_seconds(text[pos + blanks:])
+                    pos += blanks + used
+                elif text[pos + blanks:].strip("\n"):
+                    raise ValueError(text)
+            moment = time.localtime(now + (86400 if word == "tomorrow" else delta))
+            month, mday, year = moment.tm_mon - 1, moment.tm_mday, moment.tm_year
+            if word == "now":
+                hour, minute, second = moment.tm_hour, moment.tm_min, moment.tm_sec
+        elif word:
+            hour, minute, second = TIME_WORDS[word], 0, 0
+            pos += len(word)
+        elif not rest[0].isdigit():
+            raise ValueError(text)
+        elif rest[1:2] == ":" or rest[2:3] == ":":
+            clock = CLOCK_RE.match(rest)
+            if not clock:
+                raise ValueError(text)
+            hour, minute, second = int(clock.group(1)), int(clock.group(2)), int(clock.group(3) or 0)
+            meridian = (clock.group(4) or "").lower()
+            if hour > 23 or minute > 59 or second > 59 or (meridian == "am" and hour > 12) or (
+                    meridian == "pm" and hour + 12 > 24):
+                raise ValueError(text)
+            hour = {"am": 0 if hour == 12 else hour, "pm": 12 if hour == 12 else hour + 12}.get(meridian, hour)
+            pos += clock.end()
+        else:
+            date = DATE_RE.match(rest)
+            if not date:
+                raise ValueError(text)
+            full_year, month_text, day_text = (date.group(1), date.group(2), date.group(3)) if date.group(1) else (
+                None, date.group(4), date.group(5))
+            month, mday = int(month_text) - 1, int(day_text)
+            if not 0 <= month <= 11 or not 1 <= mday <= 31:
+                raise ValueError(text)
+            if full_year:
+                year = int(full_year)
+            elif date.group(6):
+                year = 2000 + int(date.group(6))
+            pos += date.end()
+    if hour is None and month is None:
+        raise ValueError(text)
+    if hour is None:  # a date alone means its midnight
+        hour, minute = 0, 0
+    elif month is None:  # a time alone means its next occurrence
+        moment = today if (hour, minute) > (today.tm_hour, today.tm_min) else time.localtime(now + 86400)
+        month, mday, year = moment.tm_mon - 1, moment.tm_mday, moment.tm_year
+    if year is None:  # a date without a year means its next occurrence
+        ahead = (month, mday, hour, minute) > (today.tm_mon - 1, today.tm_mday, today.tm_hour, today.tm_min)
+        year = today.tm_year if ahead else today.tm_year + 1
+    return int(time.mktime((year, month + 1, mday, hour, minute or 0, second, 0, 0, -1)))
+
+
+def translate_begin(value: Optional[str], minor: int) -> dict[str, Any]:
+    """Every form sbatch accepts. v0.0.38 reads the sbatch string and v0.0.40+ run Slurm's own
+    parse_time() on it, so they get the string; v0.0.39 reads begin_time as a bare integer only
+    (an object is dropped without an error, and no job is made), so it gets the epoch."""
+    text = (value or "").strip()
     try:
-        moment = datetime.fromisoformat(value or "")
-    except ValueError:
-        raise Rejection(f"--begin: {value!r} is not understood (use now+N[seconds|minutes|hours|days] or YYYY-MM-DDTHH:MM:SS)") from None
-    return {"begin_time": _number(family, int(moment.timestamp()))}
+        moment = parse_slurm_time(text, time.time())
+    except (ValueError, OverflowError):
+        raise Rejection(f"--begin: {value!r} is not a Slurm time (now[+N[seconds|minutes|hours|days|weeks]], today, "
+                        "tomorrow, midnight, noon, teatime, HH:MM[:SS], MM/DD[/YY], YYYY-MM-DD[THH:MM[:SS]])") from None
+    return {"begin_time": moment if minor == 39 else text}
 
 
-def translate_signal(value: Optional[str], family: int) -> dict[str, Any]:
-    if family <= 38:
+def translate_signal(value: Optional[str], minor: int) -> dict[str, Any]:
+    if minor <= 38:
         return {"signal": value}
     match = re.fullmatch(r"(?:([RB]{1,2}):)?([A-Za-z0-9]+)(?:@(\d+))?", (value or "").strip())
     if not match:
         raise Rejection(f"--signal: {value!r} is not [{{R|B}}:]SIGNAL[@SECONDS]")
-    flags = (["BATCH_JOB"] if "B" in (match.group(1) or "") else [])
-    return {"kill_warning_signal": match.group(2), "kill_warning_delay": _number(family, int(match.group(3) or 60)),
+    where = match.group(1) or ""
+    flags = (["BATCH_JOB"] if "B" in where else []) + (["RESERVATION_JOB"] if "R" in where else [])
+    return {"kill_warning_signal": match.group(2), "kill_warning_delay": _number(minor, int(match.group(3) or 60)),
             "kill_warning_flags": flags}
 
 
 def refuse(reason: str) -> Callable[[Optional[str], int], dict[str, Any]]:
-    def translate(value: Optional[str], family: int) -> dict[str, Any]:
+    def translate(value: Optional[str], minor: int) -> dict[str, Any]:
         raise Rejection(reason)
 
     return translate
 
 
-def translate_export(value: Optional[str], family: int) -> dict[str, Any]:
+def translate_export(value: Optional[str], minor: int) -> dict[str, Any]:
     """--export may only add explicit NAME=value pairs: the job never inherits the agent's environment."""
     exported: dict[str, str] = {}
     for part in (value or "").split(","):
@@ -1200,7 +1373,7 @@ OPTION_SPECS: tuple[OptionSpec, ...] = (
     OptionSpec("mincpus", None, "required", as_int("minimum_cpus_per_node", "mincpus")),
     OptionSpec("mem", None, "required", as_memory("memory_per_node", "mem")),
     OptionSpec("mem-per-cpu", None, "required", as_memory("memory_per_cpu", "mem-per-cpu")),
-    OptionSpec("tmp", None, "required", as_memory("temporary_disk_per_node", "tmp")),
+    OptionSpec("tmp", None, "required", as_memory("temporary_disk_per_node", "tmp", object_from_v40=False)),
     OptionSpec("output", "o", "required", as_string("standard_output")),
     OptionSpec("error", "e", "required", as_string("standard_error")),
     OptionSpec("input", "i", "required", as_string("standard_input")),
@@ -1216,8 +1389,12 @@ OPTION_SPECS: tuple[OptionSpec, ...] = (
     OptionSpec("licenses", "L", "required", as_string("licenses")),
     OptionSpec("nodelist", "w", "required", as_string_renamed("nodelist", "required_nodes")),
     OptionSpec("exclude", "x", "required", as_string_renamed("exclude_nodes", "excluded_nodes")),
-    OptionSpec("distribution", "m", "required", as_string("distribution")),
-    OptionSpec("nice", None, "optional", translate_nice),
+    # v0.0.39's parsers for these two are disabled and abort slurmrestd (PARSE_DISABLED -> fatal_abort);
+    # v0.0.40 answers a distribution with "does not support parser" and drops it.
+    OptionSpec("distribution", "m", "required", not_on(
+        "distribution", (39, 40), "slurmrestd cannot parse the task distribution there", as_string("distribution"))),
+    OptionSpec("nice", None, "optional", not_on(
+        "nice", (39,), "slurmrestd aborts on the nice field there", translate_nice)),
     OptionSpec("mail-type", None, "required", translate_mail_type),
     OptionSpec("mail-user", None, "required", as_string("mail_user")),
     OptionSpec("exclusive", None, "optional", translate_exclusive),
@@ -1227,7 +1404,10 @@ OPTION_SPECS: tuple[OptionSpec, ...] = (
     OptionSpec("overcommit", "O", "none", as_flag("overcommit", True)),
     OptionSpec("contiguous", None, "none", as_flag("contiguous", True)),
     OptionSpec("threads-per-core", None, "required", as_int("threads_per_core", "threads-per-core")),
-    OptionSpec("cores-per-socket", None, "required", as_int("cores_per_socket", "cores-per-socket")),
+    # Only v0.0.38 (sbatch's own option) and v0.0.40 have a job field for it; the others ignore it.
+    OptionSpec("cores-per-socket", None, "required", not_on(
+        "cores-per-socket", (39, 41, 42, 43, 44), "that API version has no cores_per_socket job field",
+        as_int("cores_per_socket", "cores-per-socket"))),
     OptionSpec("sockets-per-node", None, "required", as_int("sockets_per_node", "sockets-per-node")),
     OptionSpec("gres", None, "required", as_gres("gres", "tres_per_node", gpu=False)),
     OptionSpec("gpus", "G", "required", as_gres("gpus", "tres_per_job", gpu=True)),
@@ -1302,18 +1482,17 @@ def check_option_value(option: ParsedOption) -> None:
         raise Rejection(f"the value of --{option.spec.name} in {option.source} contains a newline, NUL or other control character")
 
 
-def api_family(api_version: str) -> int:
-    """38, 39, 40 (v0.0.40/41) or 42 (v0.0.42 and later): the request/response shape family."""
-    minor = int(API_VERSION_RE.match(api_version).group(1))  # type: ignore[union-attr]
-    if minor >= 42:
-        return 42
-    return 40 if minor >= 40 else minor
+def api_minor(api_version: str) -> int:
+    """38 for v0.0.38 ... 44 for v0.0.44."""
+    return int(API_VERSION_RE.match(api_version).group(1))  # type: ignore[union-attr]
 
 
 @dataclasses.dataclass(frozen=True)
 class JobRequest:
     payload: dict[str, Any]
     working_directory: str
+    # Which option produced each job field, to name it when Slurm says it dropped the field.
+    options_by_field: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def submission_tag(cluster: str, submission_id: int) -> str:
@@ -1325,6 +1504,33 @@ def comment_has_tag(comment: Any, tag: str) -> bool:
     return isinstance(comment, str) and (comment == tag or comment.startswith(tag + " "))
 
 
+# Fields that sbatch treats as one setting: giving one discards the other, the later one winning
+# (_validate_memory_options in slurm_opt.c). slurmrestd would parse both and keep the node value.
+RIVAL_FIELDS = {"memory_per_node": "memory_per_cpu", "memory_per_cpu": "memory_per_node"}
+TRES_FIELDS = ("tres_per_node", "tres_per_job", "tres_per_task")
+# slurmrestd v0.0.40 of Slurm 23.11.0 and 23.11.1 aborts on the nice field (fixed in 23.11.2).
+NICE_ABORTS_RELEASES = ("23.11.0", "23.11.1")
+
+
+def translate_options(options: list[ParsedOption], minor: int) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
+    """The job fields of the options in order (a later option wins), the --export additions, and
+    which option gave each field."""
+    fields: dict[str, Any] = {}
+    exported: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    for option in options:
+        check_option_value(option)
+        translated = option.spec.translate(option.value, minor)
+        exported.update(translated.pop("__export__", {}))
+        for key, value in translated.items():
+            if key in TRES_FIELDS and key in fields and sources.get(key) != f"--{option.spec.name}":
+                value = merge_tres(fields[key], value)  # --gres and --gpus-per-node: one tres_per_node
+            fields.pop(RIVAL_FIELDS.get(key, ""), None)
+            fields[key] = value
+            sources[key] = f"--{option.spec.name}"
+    return fields, exported, sources
+
+
 def build_job_request(
     script: str,
     sbatch_arguments: Iterable[str],
@@ -1332,10 +1538,12 @@ def build_job_request(
     working_directory: str,
     environment: dict[str, str],
     tag: str,
-    family: int,
+    minor: int,
+    release: Optional[str] = None,
 ) -> JobRequest:
     """Merge the script's #SBATCH block with the submission's sbatch_arguments (they win, as on the
-    sbatch command line) and translate them to the slurmrestd job JSON of `family`."""
+    sbatch command line) and translate them to the slurmrestd job JSON of API v0.0.`minor`.
+    `release` is the Slurm release serving it, when known (GRES prefix on v0.0.39, nice on v0.0.40)."""
     options = parse_options(sbatch_block_arguments(script), "#SBATCH")
     argument_words: list[str] = []
     for argument in sbatch_arguments:
@@ -1344,14 +1552,14 @@ def build_job_request(
         argument_words += split_sbatch_words(argument)
     # One word list, as on a command line: ["--nodes", "2"] and ["--nodes 2"] mean the same.
     options += parse_options(argument_words, "sbatch_arguments")
-    fields: dict[str, Any] = {}
-    exported: dict[str, str] = {}
-    for option in options:
-        check_option_value(option)
-        translated = option.spec.translate(option.value, family)
-        if "__export__" in translated:
-            exported.update(translated.pop("__export__"))
-        fields.update(translated)
+    fields, exported, sources = translate_options(options, minor)
+    if minor == 40 and "nice" in fields and release in NICE_ABORTS_RELEASES:
+        raise Rejection(f"--nice cannot be used with this cluster's slurmrestd (Slurm {release}, API v0.0.40): "
+                        "it aborts on the nice field; Slurm 23.11.2 fixed that")
+    prefix = gres_prefix_for(minor, release)
+    for key in TRES_FIELDS:
+        if key in fields and prefix != "gres/":
+            fields[key] = fields[key].replace("gres/", prefix)
     cwd = fields.pop("current_working_directory", None) or working_directory
     cwd = os.path.normpath(os.path.join(working_directory, cwd))
     for key in ("standard_output", "standard_error", "standard_input"):
@@ -1361,14 +1569,14 @@ def build_job_request(
     job: dict[str, Any] = {"name": default_name, **fields, "current_working_directory": cwd,
                            "comment": f"{tag} {user_comment}" if user_comment else tag}
     env = {**environment, **exported}
-    if family <= 38:
+    if minor <= 38:
         job["environment"] = env
-        return JobRequest({"script": script, "job": job}, cwd)
+        return JobRequest({"script": script, "job": job}, cwd, sources)
     job["environment"] = [f"{name}={value}" for name, value in env.items()]
-    if family == 39:
-        return JobRequest({"script": script, "job": job}, cwd)
+    if minor == 39:
+        return JobRequest({"script": script, "job": job}, cwd, sources)
     job["script"] = script
-    return JobRequest({"job": job}, cwd)
+    return JobRequest({"job": job}, cwd, sources)
 
 
 def check_script(script_bytes: bytes, filename: str) -> str:
@@ -1469,14 +1677,99 @@ def report_from_slurmctld(job: Mapping[str, Any]) -> Optional[StateReport]:
 
 
 def report_from_slurmdbd(job: Mapping[str, Any]) -> Optional[StateReport]:
-    """slurmdbd records: trust state.current, not exit_code (wrong on dbv0.0.38/v0.0.39)."""
+    """slurmdbd records: trust state.current; exit_code only in its structured v0.0.40+ form (the
+    plain number of dbv0.0.38/v0.0.39 is wrong)."""
     state = job.get("state") if isinstance(job.get("state"), dict) else {}
-    return state_report(job["job_id"], state.get("current"), state.get("reason"), None, job)
+    exit_code = job.get("exit_code") if isinstance(job.get("exit_code"), dict) and "return_code" in job["exit_code"] else None
+    return state_report(job["job_id"], state.get("current"), state.get("reason"), exit_code, job)
+
+
+def array_job_id_of(job: Mapping[str, Any]) -> Optional[int]:
+    """The array a slurmctld (array_job_id) or slurmdbd (array.job_id) record belongs to; None if none."""
+    array = job.get("array")
+    value = unwrap_number(array.get("job_id") if isinstance(array, dict) else job.get("array_job_id"))
+    return value or None
+
+
+def array_task_label(job: Mapping[str, Any]) -> str:
+    """The task id, or the still unsplit pending tasks ("2-5") of an array record."""
+    array = job.get("array") if isinstance(job.get("array"), dict) else {}
+    task = unwrap_number(array.get("task_id") if array else job.get("array_task_id"))
+    if task is not None:
+        return str(task)
+    return str((array.get("task") if array else job.get("array_task_string")) or "?")
+
+
+def job_records_of(records: Iterable[Any], job_id: int) -> list[dict[str, Any]]:
+    """The records of Slurm job `job_id`: the job itself, or every task of the array it started.
+    After the split the array's own id belongs to its last task; all tasks share array_job_id."""
+    return [job for job in records if isinstance(job, dict)
+            and (array_job_id_of(job) == job_id or (job.get("job_id") == job_id and not array_job_id_of(job)))]
+
+
+ARRAY_OUTCOME_WORDS = {"FAILED": "failed", "CANCELLED": "cancelled", "TIMEOUT": "timed out",
+                       "NODE_FAIL": "lost their node", "PREEMPTED": "preempted", "BOOT_FAIL": "failed to boot",
+                       "DEADLINE": "missed their deadline"}
+
+
+def array_report(job_id: int, tasks: list[tuple[str, dict[str, Any], StateReport]]) -> StateReport:
+    """One state for a whole array: PENDING while every task pends, RUNNING while any task is not
+    finished, COMPLETED when all completed, else the failure (FAILED first) naming the tasks."""
+    summary = [{"task": label, "job_id": record.get("job_id"), "state": report.state, "reason": report.reason}
+               for label, record, report in sorted(tasks, key=lambda task: (len(task[0]), task[0]))]
+    info = json.dumps({"array_job_id": job_id, "tasks": summary}, sort_keys=True)
+    states = [report.state for _, _, report in tasks]
+    if all(state == "PENDING" for state in states):
+        return StateReport(job_id, "PENDING", tasks[0][2].reason, info)
+    unfinished = [state for state in states if state not in SLURM_FINAL_STATES]
+    if unfinished:
+        done = len(states) - len(unfinished)
+        return StateReport(job_id, "RUNNING", f"array: {done} of {len(states)} task records finished", info)
+    failures: dict[tuple[str, str], list[str]] = {}
+    for task in summary:
+        if task["state"] != "COMPLETED":
+            detail = re.search(r"\((.*)\)$", task["reason"] or "")
+            failures.setdefault((task["state"], f" ({detail.group(1)})" if detail else ""), []).append(task["task"])
+    if not failures:
+        return StateReport(job_id, "COMPLETED", None, info)
+    state = "FAILED" if any(key[0] == "FAILED" for key in failures) else next(iter(failures))[0]
+    reason = "; ".join(f"array task{'s' if len(labels) > 1 else ''} {', '.join(labels)} "
+                       f"{ARRAY_OUTCOME_WORDS.get(failed, failed.lower())}{detail}"
+                       for (failed, detail), labels in failures.items())
+    return StateReport(job_id, state, reason, info)
+
+
+def report_from_records(job_id: int, records: list[dict[str, Any]],
+                        report_of: Callable[[Mapping[str, Any]], Optional[StateReport]]) -> Optional[StateReport]:
+    """The report of a job from its slurmctld or slurmdbd records: one job, or all tasks of an array."""
+    if len(records) == 1 and not array_job_id_of(records[0]):
+        return report_of(records[0])
+    tasks = []
+    for record in records:
+        report = report_of(record)
+        if report is None:
+            return None
+        tasks.append((array_task_label(record), record, report))
+    return array_report(job_id, tasks) if tasks else None
 
 
 # ---------------------------------------------------------------------------------------------
 # slurmrestd client
 # ---------------------------------------------------------------------------------------------
+
+
+# Texts that say nothing about the cause: Slurm's reason is then in the other key.
+GENERIC_SLURM_TEXTS = frozenset({"", "batch job submission failed", "unspecified error"})
+
+
+def slurm_error_text(entry: Mapping[str, Any]) -> str:
+    """Slurm's own reason, `error` (e.g. "Invalid partition name specified"), with `description` only
+    when it says more than that and more than a generic "Batch job submission failed"."""
+    error, description = str(entry.get("error") or "").strip(), str(entry.get("description") or "").strip()
+    parts = [error] if error.lower() not in GENERIC_SLURM_TEXTS else []
+    if description.lower() not in GENERIC_SLURM_TEXTS and description.lower() not in error.lower():
+        parts = [description] if error.lower() in description.lower() else parts + [description]
+    return ": ".join(parts) or error or description or "unspecified error"
 
 
 def slurm_errors(body: Any) -> list[tuple[Optional[int], str]]:
@@ -1486,9 +1779,37 @@ def slurm_errors(body: Any) -> list[tuple[Optional[int], str]]:
     for entry in entries if isinstance(entries, list) else []:
         if isinstance(entry, dict):
             code = entry.get("error_number", entry.get("error_code"))
-            text = entry.get("description") or entry.get("error") or "unspecified error"
-            result.append((code if isinstance(code, int) else None, str(text)))
+            result.append((code if isinstance(code, int) else None, slurm_error_text(entry)))
     return result
+
+
+def slurm_warnings(body: Any) -> list[tuple[str, str]]:
+    """(description, source) of each entry of a slurmrestd warnings[] list (v0.0.39 and later)."""
+    entries = body.get("warnings") if isinstance(body, dict) else None
+    return [(str(entry.get("description") or ""), str(entry.get("source") or ""))
+            for entry in (entries if isinstance(entries, list) else []) if isinstance(entry, dict)]
+
+
+# Warnings that leave the job as asked: a held job, a deprecated field that still works, a value
+# converted from another JSON type. Any other warning naming a field sent means slurmrestd dropped it
+# ("does not support parser", "Ignoring unknown field").
+HARMLESS_WARNING_RE = re.compile(r"held state|is deprecated|Expected OpenAPI type", re.IGNORECASE)
+WARNING_FIELD_RE = re.compile(r'^#/job/([A-Za-z0-9_]+)|field "([A-Za-z0-9_]+)"')
+
+
+def dropped_fields(warnings: list[tuple[str, str]], sent: Iterable[str]) -> list[str]:
+    """The job fields sent that a submit's warnings say slurmrestd did not use."""
+    sent = set(sent)
+    dropped: list[str] = []
+    for description, source in warnings:
+        if HARMLESS_WARNING_RE.search(description):
+            continue
+        for text in (source, description):
+            for match in WARNING_FIELD_RE.finditer(text):
+                name = match.group(1) or match.group(2)
+                if name in sent and name not in dropped:
+                    dropped.append(name)
+    return dropped
 
 
 def is_transient_slurm_code(code: Optional[int]) -> bool:
@@ -1499,6 +1820,45 @@ def is_transient_slurm_code(code: Optional[int]) -> bool:
 
 def describe_errors(errors: list[tuple[Optional[int], str]]) -> str:
     return "; ".join(f"{text} (error {code})" if code is not None else text for code, text in errors)
+
+
+SUBMIT_PATH_RE = re.compile(r"^/slurm/(v0\.0\.\d+)/job/submit/?$")
+SLURMDB_PATH_RE = re.compile(r"^/slurmdb/(v0\.0\.\d+)/")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServedApi:
+    """What one slurmrestd serves, read from its OpenAPI document."""
+
+    versions: tuple[str, ...]  # of the job endpoints, oldest first
+    slurmdb_versions: tuple[str, ...]
+    release: Optional[str]
+
+
+def served_api(document: Any) -> ServedApi:
+    """The job API versions, slurmdbd API versions and Slurm release of a /openapi/v3 document."""
+    paths = document.get("paths") if isinstance(document, dict) else None
+    paths = list(paths) if isinstance(paths, dict) else []
+    info = document.get("info") if isinstance(document, dict) and isinstance(document.get("info"), dict) else {}
+    release = (info.get("x-slurm") or {}).get("release") if isinstance(info.get("x-slurm"), dict) else None
+    if not release:  # 23.11-24.11: "Slurm-24.11.5&data_parsers..."
+        found = re.match(r"^Slurm-([0-9.]+)", str(info.get("version") or ""))
+        release = found.group(1) if found else None
+
+    def versions(pattern: re.Pattern[str]) -> tuple[str, ...]:
+        return tuple(sorted({m.group(1) for m in map(pattern.match, paths) if m}, key=api_minor))
+
+    return ServedApi(versions(SUBMIT_PATH_RE), versions(SLURMDB_PATH_RE), release)
+
+
+def choose_api_version(served: ServedApi, url: str) -> str:
+    """The newest job API version both slurmrestd and this tool speak; ConfigError when none."""
+    usable = [version for version in served.versions if OLDEST_API_MINOR <= api_minor(version) <= NEWEST_API_MINOR]
+    if not usable:
+        raise ConfigError(f"[slurmrestd] api_version = auto: slurmrestd at {url} serves "
+                          f"{', '.join(served.versions) or 'no job API'}; this tool supports "
+                          f"v0.0.{OLDEST_API_MINOR} to v0.0.{NEWEST_API_MINOR}")
+    return usable[-1]
 
 
 class SlurmCredentials:
@@ -1526,15 +1886,76 @@ class SlurmCredentials:
 
 
 class SlurmRest:
-    def __init__(self, config: Config, http: Http):
+    def __init__(self, config: Config, http: Http, choice_path: Optional[str] = None, remember: bool = True):
         self.base = config.slurmrestd.url.rstrip("/")
-        self.version = config.slurmrestd.api_version
-        self.family = api_family(self.version)
+        self.api_version_setting = config.slurmrestd.api_version
+        self.slurmdbd_setting = config.slurmrestd.slurmdbd
         self.timeout = config.slurmrestd.timeout
         self.query_user = config.slurmrestd.query_user
-        self.use_slurmdbd = config.slurmrestd.slurmdbd
         self.http = http
         self.credentials = SlurmCredentials(config.slurm_jwt_key, config.slurm_static_token, config.slurmrestd.token_lifespan)
+        # The auto choice (version, slurmdbd, release), remembered in the state directory between passes.
+        self.choice_path = choice_path
+        self.remember = remember
+        self._choice: Optional[dict[str, Any]] = None
+
+    @property
+    def version(self) -> str:
+        if self.api_version_setting != "auto":
+            return self.api_version_setting
+        return self.choice()["api_version"]
+
+    @property
+    def minor(self) -> int:
+        return api_minor(self.version)
+
+    @property
+    def use_slurmdbd(self) -> bool:
+        if self.slurmdbd_setting != "auto":
+            return bool(self.slurmdbd_setting)
+        return self.choice()["slurmdbd"]
+
+    @property
+    def release(self) -> Optional[str]:
+        """The Slurm release, when the OpenAPI document was read (auto settings)."""
+        return self._choice.get("release") if self._choice else None
+
+    def choice(self) -> dict[str, Any]:
+        """The remembered auto choice, else one made from slurmrestd's /openapi/v3 paths."""
+        if self._choice is None:
+            self._choice = self._remembered_choice() or self._discover()
+        return self._choice
+
+    def _remembered_choice(self) -> Optional[dict[str, Any]]:
+        try:
+            with open(self.choice_path or "", encoding="utf-8") as handle:
+                choice = json.load(handle)
+        except (OSError, ValueError):
+            return None
+        usable = (isinstance(choice, dict) and choice.get("url") == self.base and isinstance(choice.get("slurmdbd"), bool)
+                  and API_VERSION_RE.match(str(choice.get("api_version"))) is not None)
+        return choice if usable else None
+
+    def _discover(self) -> dict[str, Any]:
+        response, body = self._request("GET", "/openapi/v3", self.query_user, True)
+        served = served_api(body)
+        if response.status_code != 200 or not served.versions:
+            raise Unavailable(f"GET {self.base}/openapi/v3: HTTP {response.status_code}: no job API paths to choose from")
+        version = (self.api_version_setting if self.api_version_setting != "auto"
+                   else choose_api_version(served, self.base))
+        choice = {"url": self.base, "api_version": version, "slurmdbd": version in served.slurmdb_versions,
+                  "release": served.release}
+        log.info("slurmrestd at %s serves %s (Slurm %s); using %s%s", self.base, ", ".join(served.versions),
+                 served.release or "release unknown", version, " and slurmdbd" if choice["slurmdbd"] else "")
+        if self.remember and self.choice_path:
+            write_private_file(self.choice_path, json.dumps(choice).encode())
+        return choice
+
+    def forget_choice(self) -> None:
+        self._choice = None
+        if self.remember and self.choice_path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.choice_path)
 
     def _request(self, method: str, path: str, user: str, idempotent: bool, **kwargs: Any) -> tuple[requests.Response, Any]:
         url = self.base + path
@@ -1542,10 +1963,16 @@ class SlurmRest:
         def attempt() -> tuple[requests.Response, Any]:
             response = self.http.send("slurmrestd", method, url, self.timeout, headers=self.credentials.headers(user), **kwargs)
             body = json_body(response)
-            if response.status_code == 401:
-                raise AuthError(f"{method} {url}: slurmrestd refused the credentials for user {user} (401)")
+            if response.status_code in (401, 511):  # 25.11 answers an authentication failure with 511
+                raise AuthError(f"{method} {url}: slurmrestd refused the credentials for user {user} "
+                                f"({response.status_code})")
             if response.status_code == 404 and body is None:
-                raise ConfigError(f"{method} {url}: slurmrestd does not serve this path; is api_version {self.version} loaded?")
+                if self.api_version_setting == "auto" and path != "/openapi/v3":
+                    self.forget_choice()
+                    raise Unavailable(f"{method} {url}: slurmrestd no longer serves this API version; "
+                                      "the next pass chooses again")
+                raise ConfigError(f"{method} {url}: slurmrestd does not serve this path; is api_version "
+                                  f"{self.api_version_setting} loaded?")
             errors = slurm_errors(body)
             if any(is_transient_slurm_code(code) for code, _ in errors):
                 raise Unavailable(f"{method} {url}: Slurm could not be reached or refused the token: {describe_errors(errors)}")
@@ -1555,61 +1982,84 @@ class SlurmRest:
 
         return self.http.call("slurmrestd", attempt, idempotent)
 
-    def submit(self, payload: dict[str, Any], user: str) -> int:
-        """POST job/submit as `user`. Never retried: an unanswered submit is resolved by the tag."""
+    def submit(self, request: JobRequest, user: str) -> int:
+        """POST job/submit as `user`. Never retried: an unanswered submit is resolved by the tag.
+        Warnings are logged; one that says a field sent was dropped raises DroppedOptions."""
+        payload = request.payload
         job_fields = {key: value for key, value in payload["job"].items() if key != "script"}
         log.debug("job request for slurmrestd (script left out): %s", json.dumps(job_fields))
+        url = f"{self.base}/slurm/{self.version}/job/submit"
         response, body = self._request("POST", f"/slurm/{self.version}/job/submit", user, False, json=payload)
         job_id = body.get("job_id") if isinstance(body, dict) else None
         if isinstance(job_id, int) and job_id > 0:
-            warnings = slurm_errors(body)
-            if warnings:
-                log.warning("Slurm accepted job %d with messages: %s", job_id, describe_errors(warnings), **ctx(slurm_job_id=job_id))
+            context = ctx(slurm_job_id=job_id, user=user)
+            messages = slurm_errors(body)
+            if messages:
+                log.warning("Slurm accepted job %d with messages: %s", job_id, describe_errors(messages), **context)
+            warnings = slurm_warnings(body)
+            for description, source in warnings:
+                log.warning("Slurm accepted job %d with a warning: %s (%s)", job_id, description, source, **context)
+            dropped = dropped_fields(warnings, payload["job"])
+            if dropped:
+                named = ", ".join(request.options_by_field.get(field, field) for field in dropped)
+                raise DroppedOptions(f"this cluster's slurmrestd (API {self.version}) ignored {named}; the job cannot "
+                                     f"run as asked: remove {named}", job_id)
             return job_id
         errors = slurm_errors(body)
         if errors:
             raise Rejection(f"Slurm refused the job: {describe_errors(errors)}")
-        raise Unavailable(f"POST {self.base}/slurm/{self.version}/job/submit: HTTP {response.status_code} without a job id")
+        raise Unavailable(f"POST {url}: HTTP {response.status_code} without a job id")
 
-    def jobs(self) -> dict[int, dict[str, Any]]:
-        """Every job slurmctld holds, in one call."""
+    def jobs(self) -> dict[int, list[dict[str, Any]]]:
+        """Every job slurmctld holds, in one call: id -> its records (all tasks of an array under the array's id)."""
         response, body = self._request("GET", f"/slurm/{self.version}/jobs", self.query_user, True)
         jobs = body.get("jobs") if isinstance(body, dict) else None
         if response.status_code != 200 or not isinstance(jobs, list):
             raise Unavailable(f"GET {self.base}/slurm/{self.version}/jobs: HTTP {response.status_code} {describe_errors(slurm_errors(body))}")
-        return {job["job_id"]: job for job in jobs if isinstance(job, dict) and isinstance(job.get("job_id"), int)}
+        grouped: dict[int, list[dict[str, Any]]] = {}
+        for job in jobs:
+            if isinstance(job, dict) and isinstance(job.get("job_id"), int):
+                grouped.setdefault(array_job_id_of(job) or job["job_id"], []).append(job)
+        return grouped
 
-    def job(self, job_id: int) -> Optional[dict[str, Any]]:
-        """The job from slurmctld, or None only when Slurm positively says it has no such job."""
+    def job(self, job_id: int) -> Optional[list[dict[str, Any]]]:
+        """The job's records from slurmctld (every task of an array), or None only when Slurm
+        positively says it has no such job."""
         response, body = self._request("GET", f"/slurm/{self.version}/job/{job_id}", self.query_user, True)
         errors = slurm_errors(body)
         if any(code == SLURM_ERROR_INVALID_JOB_ID for code, _ in errors):
             return None
         jobs = body.get("jobs") if isinstance(body, dict) else None
-        if response.status_code == 200 and isinstance(jobs, list) and jobs and isinstance(jobs[0], dict):
-            return jobs[0]
+        records = job_records_of(jobs, job_id) if isinstance(jobs, list) else []
+        if response.status_code == 200 and records:
+            return records
         raise ItemError(f"GET {self.base}/slurm/{self.version}/job/{job_id}: HTTP {response.status_code} {describe_errors(errors)}")
 
-    def accounting_job(self, job_id: int) -> Optional[dict[str, Any]]:
-        """The job's slurmdbd record, or None when slurmdbd has none."""
+    def accounting_job(self, job_id: int) -> Optional[list[dict[str, Any]]]:
+        """The job's slurmdbd records (every task of an array), or None when slurmdbd has none."""
         response, body = self._request("GET", f"/slurmdb/{self.version}/job/{job_id}", self.query_user, True)
         jobs = body.get("jobs") if isinstance(body, dict) else None
         if isinstance(jobs, list) and jobs:
-            # After a slurmctld state wipe several records share an id: the newest is ours.
-            records = [job for job in jobs if isinstance(job, dict)]
-            return max(records, key=lambda job: unwrap_number((job.get("time") or {}).get("submission")) or 0)
+            # After a slurmctld state wipe several records share an id: the newest of each task is ours.
+            newest: dict[str, dict[str, Any]] = {}
+            for job in sorted(job_records_of(jobs, job_id),
+                              key=lambda job: unwrap_number((job.get("time") or {}).get("submission")) or 0):
+                newest[array_task_label(job) if array_job_id_of(job) else ""] = job
+            if newest:
+                return list(newest.values())
         errors = slurm_errors(body)
         if response.status_code in (200, 204, 404) and (not errors or any(c == SLURMDB_NOTHING_FOUND for c, _ in errors)):
             return None
         raise ItemError(f"GET {self.base}/slurmdb/{self.version}/job/{job_id}: HTTP {response.status_code} {describe_errors(errors)}")
 
     def jobs_with_tag(self, tag: str) -> list[int]:
-        return sorted(job_id for job_id, job in self.jobs().items() if comment_has_tag(job.get("comment"), tag))
+        return sorted(job_id for job_id, records in self.jobs().items()
+                      if any(comment_has_tag(job.get("comment"), tag) for job in records))
 
     def accounting_jobs_since(self, user: str, since: float) -> list[dict[str, Any]]:
         """slurmdbd's records of jobs active at or after `since`: the user's own from v0.0.39 on
         (users=, epoch start_time); everyone's on v0.0.38, whose query knows neither (sacct times)."""
-        if self.family <= 38:
+        if self.minor <= 38:
             minutes = int((time.time() - since) // 60) + 2
             params: dict[str, Any] = {"start_time": f"now-{minutes}minutes"}
         else:
@@ -1637,14 +2087,26 @@ class SlurmRest:
         size = statistics.get("dbd_agent_queue_size") if isinstance(statistics, dict) else None
         return size if isinstance(size, int) and not isinstance(size, bool) else None
 
-    def cancel(self, job_id: int, user: str) -> bool:
-        """Cancel as the job's owner. True when cancelled, False when Slurm no longer knows the job."""
+    def cancel(self, job_id: int, user: str) -> Optional[bool]:
+        """Cancel as `user`, who must own the job: a DELETE as anyone else hangs slurmctld 24.11.5.
+        True when Slurm says it cancelled, False when the job is gone or already finished, None when
+        Slurm does not say (before v0.0.42 a 200 comes back whatever happened: re-read the job)."""
         response, body = self._request("DELETE", f"/slurm/{self.version}/job/{job_id}", user, True)
         errors = slurm_errors(body)
         if any(code == SLURM_ERROR_INVALID_JOB_ID for code, _ in errors) or response.status_code == 404:
             return False
         if response.status_code != 200 or errors:
             raise ItemError(f"cancelling Slurm job {job_id} as {user}: HTTP {response.status_code} {describe_errors(errors)}")
+        outcomes = body.get("status") if isinstance(body, dict) else None
+        if not isinstance(outcomes, list):
+            return None
+        failures = [entry["error"] for entry in outcomes
+                    if isinstance(entry, dict) and isinstance(entry.get("error"), dict) and entry["error"].get("code")]
+        if any(failure.get("code") in (SLURM_ERROR_INVALID_JOB_ID, SLURM_ERROR_ALREADY_DONE) for failure in failures):
+            return False
+        if failures:
+            raise ItemError(f"cancelling Slurm job {job_id} as {user}: Slurm says "
+                            + "; ".join(f"{f.get('string') or f.get('message')} (error {f.get('code')})" for f in failures))
         return True
 
 
@@ -2154,7 +2616,7 @@ class SyncPass:
                 log.error("submission %d has %d Slurm jobs %s; keeping %d, cancelling the others", entry.submission_id,
                           len(found), found, found[0], **context)
                 for duplicate in found[1:]:
-                    self.slurm.cancel(duplicate, entry.username or self.slurm.query_user)
+                    self.slurm.cancel(duplicate, self.owner_of(entry.submission_id, duplicate))
             self.adopt_job(entry, found[0], "slurmctld")
             return True
         age = time.time() - (entry.intent_at or 0)
@@ -2227,7 +2689,7 @@ class SyncPass:
             environment = {"PATH": self.config.submit.job_path, "HOME": user.home, "USER": user.name, "LOGNAME": user.name}
             tag = submission_tag(self.cluster, submission.id)
             request = build_job_request(script, submission.sbatch_arguments, submission.name, directory,
-                                        environment, tag, self.slurm.family)
+                                        environment, tag, self.slurm.minor, self.slurm.release)
             context = ctx(submission_id=submission.id, user=user.name)
             if self.dry_run:
                 self.echo(f"would submit submission {submission.id} as {user.name} in {directory}: "
@@ -2244,7 +2706,14 @@ class SyncPass:
         self.journal.record_intent(submission.id, tag, user.name, request.payload["job"]["name"], request.working_directory)
         crash_point("after-journal-intent")
         try:
-            job_id = self.slurm.submit(request.payload, user.name)
+            job_id = self.slurm.submit(request, user.name)
+        except DroppedOptions as exc:
+            self.journal.record_job(submission.id, exc.job_id)
+            self.slurm.cancel(exc.job_id, user.name)
+            log.warning("cancelled Slurm job %d: %s", exc.job_id, exc, **ctx(submission_id=submission.id,
+                                                                              slurm_job_id=exc.job_id, user=user.name))
+            self.journal.forget(submission.id)
+            raise
         except Rejection:
             self.journal.forget(submission.id)
             raise
@@ -2293,12 +2762,12 @@ class SyncPass:
     def current_report(self, job_id: int) -> StateReport:
         """The job's state for agent/submitted; when Slurm cannot say, PENDING (it was just accepted)."""
         try:
-            job = self.slurm.job(job_id)
+            records = self.slurm.job(job_id)
         except (Unavailable, ItemError) as exc:
             log.warning("could not read Slurm job %d just after submitting it (%s); reporting PENDING", job_id, exc,
                         **ctx(slurm_job_id=job_id))
-            job = None
-        report = report_from_slurmctld(job) if job else None
+            records = None
+        report = report_from_records(job_id, records, report_from_slurmctld) if records else None
         return report or StateReport(job_id, "PENDING", None, json.dumps({"job_id": job_id}))
 
     def report_submitted(self, submission_id: int, job_id: int, known: Optional[StateReport] = None) -> None:
@@ -2313,7 +2782,7 @@ class SyncPass:
             self.api.report_submitted(submission_id, report)
         except ApiConflict as exc:
             if exc.status == 404:
-                self.slurm.cancel(job_id, self._owner_of(submission_id))
+                self.slurm.cancel(job_id, self.owner_of(submission_id, job_id))
                 self.journal.forget(submission_id)
                 raise ItemError(f"submission {submission_id} no longer exists; cancelled its Slurm job {job_id}") from None
             if exc.status != 400:
@@ -2334,14 +2803,22 @@ class SyncPass:
             return True
         if status == "CREATED" or (status == "CANCELLED" and recorded is None):
             return False
-        self.slurm.cancel(job_id, self._owner_of(submission_id))
+        self.slurm.cancel(job_id, self.owner_of(submission_id, job_id))
         self.journal.forget(submission_id)
         raise ItemError(f"submission {submission_id} is {status} with Slurm job {recorded}, not ours ({job_id}): "
                         f"cancelled Slurm job {job_id} as a duplicate (API said: {refusal.detail})")
 
-    def _owner_of(self, submission_id: int) -> str:
+    def owner_of(self, submission_id: int, job_id: int, records: Optional[list[dict[str, Any]]] = None) -> str:
+        """Who may cancel the job: the user the journal says submitted it, else the job record's
+        owner. Never anyone else: a DELETE as a non-owner hangs slurmctld 24.11.5."""
         entry = self.journal.get(submission_id)
-        return entry.username if entry and entry.username else self.slurm.query_user
+        if entry and entry.username:
+            return entry.username
+        for record in records or self.slurm.job(job_id) or []:
+            if isinstance(record.get("user_name"), str) and record["user_name"]:
+                return record["user_name"]
+        raise ItemError(f"cannot tell who owns Slurm job {job_id} of submission {submission_id}; "
+                        "not cancelling it as anyone else")
 
     # -- updating --------------------------------------------------------------------------------
 
@@ -2366,37 +2843,51 @@ class SyncPass:
                 self.summary.errors += 1
             return
         report = self.slurm_report(job_id, jobs)
-        if status == "CANCELLED" and report.state not in SLURM_FINAL_STATES and self.cancel_job(submission_id, job_id, jobs):
-            report = self.slurm_report(job_id, {})  # the state after the cancel
+        if status == "CANCELLED" and report.state not in SLURM_FINAL_STATES:
+            report = self.cancel_job(submission_id, job_id, jobs) or report
         self.send_update(submission_id, report)
 
-    def slurm_report(self, job_id: int, jobs: Mapping[int, dict[str, Any]]) -> StateReport:
-        """The job's state from slurmctld, else slurmdbd, else UNKNOWN once Slurm says it has no such job."""
-        job = jobs.get(job_id) or self.slurm.job(job_id)
-        report = report_from_slurmctld(job) if job else None
-        if job is None and self.slurm.use_slurmdbd:
-            record = self.slurm.accounting_job(job_id)
-            report = report_from_slurmdbd(record) if record else None
-            job = record
-        if job is None:
+    def slurm_report(self, job_id: int, jobs: Mapping[int, list[dict[str, Any]]]) -> StateReport:
+        """The job's state (every task of an array) from slurmctld, else slurmdbd, else UNKNOWN once
+        Slurm says it has no such job."""
+        records = jobs.get(job_id) or self.slurm.job(job_id)
+        report = report_from_records(job_id, records, report_from_slurmctld) if records else None
+        finished_array = bool(records) and report is not None and report.state in SLURM_FINAL_STATES and any(
+            array_job_id_of(job) for job in records or [])
+        if (records is None or finished_array) and self.slurm.use_slurmdbd:
+            # slurmdbd also knows the tasks slurmctld has already purged
+            accounted = self.slurm.accounting_job(job_id)
+            if accounted:
+                records, report = accounted, report_from_records(job_id, accounted, report_from_slurmdbd)
+        if records is None:
             return StateReport(job_id, "UNKNOWN", f"Slurm has no record of job {job_id}",
                                json.dumps({"job_id": job_id, "error": "Invalid job id specified"}))
         if report is None:
-            raise ItemError(f"Slurm job {job_id} is in a state Jobbergate does not know: {job.get('job_state') or job.get('state')}")
+            raise ItemError(f"Slurm job {job_id} is in a state Jobbergate does not know: "
+                            f"{[job.get('job_state') or job.get('state') for job in records]}")
         return report
 
-    def cancel_job(self, submission_id: int, job_id: int, jobs: Mapping[int, dict[str, Any]]) -> bool:
-        """Cancel the Slurm job of a cancelled submission as its owner; True when Slurm did."""
-        owner = (jobs.get(job_id) or {}).get("user_name") or self._owner_of(submission_id)
+    def cancel_job(self, submission_id: int, job_id: int,
+                   jobs: Mapping[int, list[dict[str, Any]]]) -> Optional[StateReport]:
+        """Cancel the Slurm job of a cancelled submission as its owner; the state after the cancel,
+        or None when nothing was done. Counted only when Slurm cancelled it."""
+        owner = self.owner_of(submission_id, job_id, jobs.get(job_id))
+        context = ctx(submission_id=submission_id, slurm_job_id=job_id, user=owner)
         if self.dry_run:
             self.echo(f"would cancel Slurm job {job_id} of cancelled submission {submission_id} as {owner}")
-            return False
-        if not self.slurm.cancel(job_id, owner):
-            return False
+            return None
+        outcome = self.slurm.cancel(job_id, owner)
+        if outcome is False:
+            log.info("Slurm job %d of cancelled submission %d had already ended", job_id, submission_id, **context)
+            return None
+        after = self.slurm_report(job_id, {})
+        if outcome is None and after.state != "CANCELLED":
+            log.warning("asked Slurm to cancel job %d of submission %d as %s, but it is %s", job_id, submission_id,
+                        owner, after.state, **context)
+            return after
         self.summary.cancelled += 1
-        log.info("cancelled Slurm job %d of cancelled submission %d as %s", job_id, submission_id, owner,
-                 **ctx(submission_id=submission_id, slurm_job_id=job_id, user=owner))
-        return True
+        log.info("cancelled Slurm job %d of cancelled submission %d as %s", job_id, submission_id, owner, **context)
+        return after
 
     def close_cancelled_without_job(self, submission_id: int) -> None:
         """Cancelled before it reached Slurm, unless an interrupted pass did submit it: then record
@@ -2502,7 +2993,8 @@ def run_once(config: Config, dry_run: bool) -> int:
         journal_path = os.path.join(state_dir, "journal.sqlite3")
         token = OidcToken(config, http, os.path.join(state_dir, "token.json"), write_cache=not dry_run)
         journal = Journal.scratch_copy_of(journal_path) if dry_run else Journal(journal_path)
-        sync = SyncPass(config, JobbergateApi(config, http, token), SlurmRest(config, http), journal,
+        slurm = SlurmRest(config, http, os.path.join(state_dir, "slurmrestd.json"), remember=not dry_run)
+        sync = SyncPass(config, JobbergateApi(config, http, token), slurm, journal,
                         UserMapper(config), deadline, dry_run=dry_run)
         summary = sync.summary
         exit_code = sync.run().exit_code()

@@ -226,6 +226,7 @@ class FakeSlurm:
         # Queued answers per route ("submit", "list", "get", "delete", "dbd"): (status, body) or an exception.
         self.answers: dict[str, list[Any]] = {}
         self.down = False
+        self.serves_slurmdbd = False  # whether /openapi/v3 lists /slurmdb/ paths
         base = re.escape(f"{SLURM}/slurm/{version}")
         rsps.add_callback(responses.POST, re.compile(base + r"/job/submit$"), callback=self._wrap("submit"))
         rsps.add_callback(responses.GET, re.compile(base + r"/jobs(\?.*)?$"), callback=self._wrap("list"))
@@ -237,6 +238,7 @@ class FakeSlurm:
                           callback=self._wrap("dbd_jobs"))
         rsps.add_callback(responses.GET, re.compile(base + r"/diag/?$"), callback=self._wrap("diag"))
         self.dbd_backlog: Optional[int] = 0  # sdiag's "DBD Agent queue size"; None: not in the answer
+        rsps.add_callback(responses.GET, f"{SLURM}/openapi/v3", callback=self._wrap("openapi"))
 
     def _wrap(self, route: str) -> Any:
         def callback(request: requests.PreparedRequest) -> tuple:
@@ -329,3 +331,9 @@ class FakeSlurm:
                   "state": {"current": state, "reason": "None"}, **fields}
         self.accounting[job_id] = record
         return record
+    def _openapi(self, request: requests.PreparedRequest, user: str, _: Any) -> tuple:
+        paths = [f"/slurm/{self.version}/{path}" for path in ("job/submit", "jobs", "job/{job_id}", "ping")]
+        if self.serves_slurmdbd:
+            paths.append(f"/slurmdb/{self.version}/job/{{job_id}}")
+        return _json(200, {"openapi": "3.0.2", "info": {"version": "Slurm-22.05.8"},
+                           "paths": {path: {} for path in paths}})

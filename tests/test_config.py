@@ -61,11 +61,11 @@ EXPECTED_DEFAULTS = {
     ("oidc", "token_margin"): 60,
     ("oidc", "timeout"): 10.0,
     ("slurmrestd", "url"): "http://127.0.0.1:6820",
-    ("slurmrestd", "api_version"): "v0.0.38",
+    ("slurmrestd", "api_version"): "auto",
     ("slurmrestd", "token_file"): "",
     ("slurmrestd", "token_lifespan"): 600,
     ("slurmrestd", "query_user"): "slurm",
-    ("slurmrestd", "slurmdbd"): False,
+    ("slurmrestd", "slurmdbd"): "auto",
     ("slurmrestd", "purge_horizon"): 300,
     ("slurmrestd", "timeout"): 15.0,
     ("submit", "execution_directory"): "/home/{username}",
@@ -282,6 +282,12 @@ def test_bool_spellings(load, text: str, expected: bool) -> None:
     assert load(slurmrestd__slurmdbd=text).slurmrestd.slurmdbd is expected
 
 
+@pytest.mark.parametrize("text", ["auto", "AUTO", " auto "])
+def test_slurmdbd_and_api_version_may_be_auto(load, text: str) -> None:
+    config = load(slurmrestd__slurmdbd=text, slurmrestd__api_version="auto")
+    assert (config.slurmrestd.slurmdbd, config.slurmrestd.api_version) == ("auto", "auto")
+
+
 # ---------------------------------------------------------------------------------------------
 # Exactly one of ...
 # ---------------------------------------------------------------------------------------------
@@ -471,7 +477,7 @@ def test_supported_api_versions(load, version: str) -> None:
 @pytest.mark.parametrize("version", ["v0.0.37", "v0.0.36", "v0.0.45", "v0.0.100", "0.0.40", "v0.0.4a", "V0.0.40",
                                      "v0.1.40", "latest", "v0.0.40-beta"])
 def test_unsupported_api_versions(load, version: str) -> None:
-    with pytest.raises(ConfigError, match=r"\[slurmrestd\] api_version: supported versions are v0\.0\.38 to v0\.0\.44"):
+    with pytest.raises(ConfigError, match=r"\[slurmrestd\] api_version: auto, or one of the supported versions v0\.0\.38 to v0\.0\.44"):
         load(environ={"JOBBERGATE_SYNC_SLURMRESTD_API_VERSION": version})
 
 

@@ -262,7 +262,7 @@ def test_a_pending_submissions_intent_is_kept_however_old(stack, never_reached_s
 def test_the_slurmdbd_query_fits_the_api_version(version, expected, monkeypatch):
     seen = {}
     rest = jobbergate_sync.SlurmRest.__new__(jobbergate_sync.SlurmRest)
-    rest.base, rest.version, rest.query_user, rest.family = "http://s", version, "slurm", jobbergate_sync.api_family(version)
+    rest.base, rest.api_version_setting, rest.query_user = "http://s", version, "slurm"
 
     def request(method, path, user, idempotent, params):
         seen.update({key: str(value) for key, value in params.items()})

@@ -10,7 +10,7 @@ import pytest
 import jobbergate_sync
 from jobbergate_sync import (
     Rejection,
-    api_family,
+    api_minor,
     build_job_request,
     check_filename,
     check_script,
@@ -28,9 +28,10 @@ TAG = "jobbergate-sync:my-cluster:42"
 
 def build(args: Sequence[str] = (), family: int = 38, directives: Sequence[str] = (),
           name: str = "my-submission", workdir: str = WORKDIR,
-          env: Optional[Dict[str, str]] = None) -> jobbergate_sync.JobRequest:
+          env: Optional[Dict[str, str]] = None, release: Optional[str] = None) -> jobbergate_sync.JobRequest:
     script = "#!/bin/bash\n" + "".join(f"#SBATCH {line}\n" for line in directives) + "echo hello\n"
-    return build_job_request(script, list(args), name, workdir, dict(BASE_ENV if env is None else env), TAG, family)
+    return build_job_request(script, list(args), name, workdir, dict(BASE_ENV if env is None else env), TAG, family,
+                             release)
 
 
 def job_of(args: Sequence[str] = (), family: int = 38, directives: Sequence[str] = (), **kwargs: Any) -> Dict[str, Any]:
@@ -234,17 +235,13 @@ def test_parse_options_refusals(words: List[str], message: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# api_family and payload shape
+# api_minor and payload shape
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("version", "family"),
-    [("v0.0.38", 38), ("v0.0.39", 39), ("v0.0.40", 40), ("v0.0.41", 40), ("v0.0.42", 42), ("v0.0.43", 42),
-     ("v0.0.44", 42)],
-)
-def test_api_family(version: str, family: int) -> None:
-    assert api_family(version) == family
+@pytest.mark.parametrize(("version", "minor"), [("v0.0.38", 38), ("v0.0.39", 39), ("v0.0.41", 41), ("v0.0.44", 44)])
+def test_api_minor(version: str, minor: int) -> None:
+    assert api_minor(version) == minor
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -410,7 +407,9 @@ def test_bad_time_refused(value: str) -> None:
 @pytest.mark.parametrize("option,key", [("mem", "memory_per_node"), ("mem-per-cpu", "memory_per_cpu"),
                                         ("tmp", "temporary_disk_per_node")])
 def test_memory_units(value: str, mb: int, option: str, key: str) -> None:
-    assert job_of([f"--{option}={value}"], 40)[key] == mb
+    assert job_of([f"--{option}={value}"], 39)[key] == mb
+    # v0.0.40+ memory fields are objects: a plain integer drew a type warning from 24.11's slurmrestd
+    assert job_of([f"--{option}={value}"], 40)[key] == (mb if option == "tmp" else number(40, mb))
 
 
 def test_mem_zero_means_all_memory() -> None:
@@ -589,7 +588,8 @@ def test_signal_v38_is_the_sbatch_string() -> None:
 
 @pytest.mark.parametrize(
     ("value", "signal", "delay", "flags"),
-    [("B:USR1@90", "USR1", 90, ["BATCH_JOB"]), ("USR2", "USR2", 60, []), ("R:10@30", "10", 30, [])],
+    [("B:USR1@90", "USR1", 90, ["BATCH_JOB"]), ("USR2", "USR2", 60, []), ("R:10@30", "10", 30, ["RESERVATION_JOB"]),
+     ("RB:USR1@5", "USR1", 5, ["BATCH_JOB", "RESERVATION_JOB"])],
 )
 def test_signal_from_v39(value: str, signal: str, delay: int, flags: List[str]) -> None:
     job = job_of([f"--signal={value}"], 40)
@@ -599,17 +599,90 @@ def test_signal_from_v39(value: str, signal: str, delay: int, flags: List[str]) 
     assert "signal" not in job
 
 
-def test_begin_iso_date_becomes_epoch_from_v39() -> None:
-    job = job_of(["--begin=2030-01-02T03:04:05"], 40)
+def test_begin_iso_date_is_passed_as_written_except_on_v39() -> None:
+    """v0.0.40+ run Slurm's parse_time() on a string and v0.0.38 reads the sbatch string; v0.0.39 reads
+    only a bare integer (an object there made no job and no error)."""
     from datetime import datetime
 
-    assert job["begin_time"] == number(40, int(datetime(2030, 1, 2, 3, 4, 5).timestamp()))
-    assert job_of(["--begin=2030-01-02T03:04:05"], 38)["begin_time"] == "2030-01-02T03:04:05"
+    for minor in (38, 40, 41, 42, 44):
+        assert job_of(["--begin=2030-01-02T03:04:05"], minor)["begin_time"] == "2030-01-02T03:04:05"
+    assert job_of(["--begin=2030-01-02T03:04:05"], 39)["begin_time"] == int(datetime(2030, 1, 2, 3, 4, 5).timestamp())
 
 
-def test_begin_relative_uses_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_begin_relative_on_v39_uses_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(jobbergate_sync.time, "time", lambda: 1_000_000.0)
-    assert job_of(["--begin=now+2hours"], 42)["begin_time"] == number(42, 1_000_000 + 7200)
+    assert job_of(["--begin=now+2hours"], 39)["begin_time"] == 1_000_000 + 7200
+    assert job_of(["--begin=now+2hours"], 42)["begin_time"] == "now+2hours"
+
+
+def local(*fields: int) -> int:
+    import time as _time
+
+    return int(_time.mktime((*fields, *(0,) * (6 - len(fields)), 0, 0, -1)))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("now", (2030, 1, 2, 10, 30, 15)),
+        ("now+1hour", (2030, 1, 2, 11, 30, 15)),
+        ("now+90", (2030, 1, 2, 10, 31, 45)),
+        ("now+2days", (2030, 1, 4, 10, 30, 15)),
+        ("now + 1 week", (2030, 1, 9, 10, 30, 15)),
+        ("now-10minutes", (2030, 1, 2, 10, 20, 15)),
+        ("today", (2030, 1, 2, 0, 0)),
+        ("tomorrow", (2030, 1, 3, 0, 0)),
+        ("midnight", (2030, 1, 3, 0, 0)),
+        ("noon", (2030, 1, 2, 12, 0)),
+        ("teatime", (2030, 1, 2, 16, 0)),
+        ("fika", (2030, 1, 2, 15, 0)),
+        ("today teatime", (2030, 1, 2, 16, 0)),
+        ("tomorrow noon", (2030, 1, 3, 12, 0)),
+        ("16:00", (2030, 1, 2, 16, 0)),
+        ("9:15", (2030, 1, 3, 9, 15)),
+        ("10:30", (2030, 1, 3, 10, 30)),  # not after now: tomorrow
+        ("10:31:05", (2030, 1, 2, 10, 31, 5)),
+        ("4:00 pm", (2030, 1, 2, 16, 0)),
+        ("12:00am", (2030, 1, 3, 0, 0)),
+        ("12/25", (2030, 12, 25, 0, 0)),
+        ("01/01", (2031, 1, 1, 0, 0)),  # already past this year: next year
+        ("12/25/31", (2031, 12, 25, 0, 0)),
+        ("12.25.31", (2031, 12, 25, 0, 0)),
+        ("122531", (2031, 12, 25, 0, 0)),
+        ("2030-03-04", (2030, 3, 4, 0, 0)),
+        ("2030-03-04T05:06", (2030, 3, 4, 5, 6)),
+        ("2030-03-04T05:06:07", (2030, 3, 4, 5, 6, 7)),
+        ("03/04-05:06", (2030, 3, 4, 5, 6)),
+    ],
+)
+def test_parse_slurm_time(text: str, expected: tuple) -> None:
+    now = local(2030, 1, 2, 10, 30, 15)
+    assert jobbergate_sync.parse_slurm_time(text, now) == local(*expected)
+
+
+def test_parse_slurm_time_uts() -> None:
+    assert jobbergate_sync.parse_slurm_time("uts1900000000", 0) == 1900000000
+
+
+@pytest.mark.parametrize("text", ["", "later", "now+", "now+1fortnight", "now1", "25:00", "10:7", "13/01",
+                                  "2030-13-01", "12:00 pm pm", "Today", "uts12", "2030-1-02"])
+def test_parse_slurm_time_refusals(text: str) -> None:
+    with pytest.raises(ValueError):
+        jobbergate_sync.parse_slurm_time(text, local(2030, 1, 2, 10, 30, 15))
+
+
+@pytest.mark.parametrize("minor", [38, 39, 40, 42, 44])
+@pytest.mark.parametrize("value", ["now", "now+1hour", "today", "midnight", "noon", "teatime", "16:00", "12/25",
+                                   "12/25/31", "2030-01-02", "2030-01-02T03:04:05"])
+def test_every_sbatch_begin_form_is_accepted(value: str, minor: int) -> None:
+    begin = job_of([f"--begin={value}"], minor)["begin_time"]
+    assert isinstance(begin, int) if minor == 39 else begin == value
+
+
+@pytest.mark.parametrize("minor", [38, 39, 42])
+def test_bad_begin_refused_by_name(minor: int) -> None:
+    with pytest.raises(Rejection, match=r"--begin: 'next week' is not a Slurm time"):
+        job_of(["--begin='next week'"], minor)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -870,3 +943,107 @@ def test_parse_pending_optional_fields_may_be_null() -> None:
 def test_parse_pending_refusals(overrides: Dict[str, Any], message: str) -> None:
     with pytest.raises(Rejection, match=message):
         parse_pending(pending_item(**overrides))
+
+
+# ---------------------------------------------------------------------------------------------
+# What each API version can carry (Slurm source, data_parser/v0.0.39 ... v0.0.44 parsers.c)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "flags"),
+    [("INVALID_DEPEND", ["INVALID_DEPENDENCY"]), ("TIME_LIMIT", ["TIME=100%"]), ("TIME_LIMIT_90", ["TIME=90%"]),
+     ("time_limit_80,TIME_LIMIT_50", ["TIME=80%", "TIME=50%"]), ("ARRAY_TASKS,END", ["ARRAY_TASKS", "END"]),
+     ("NONE", []), ("END,NONE", []), ("STAGE_OUT", ["STAGE_OUT"])],
+)
+@pytest.mark.parametrize("minor", [39, 40, 44])
+def test_mail_type_sbatch_names_become_api_flags(value: str, flags: List[str], minor: int) -> None:
+    assert job_of([f"--mail-type={value}"], minor)["mail_type"] == flags
+
+
+@pytest.mark.parametrize("minor", [38, 42])
+def test_unknown_mail_type_refused_by_name(minor: int) -> None:
+    with pytest.raises(Rejection, match=r"--mail-type: TIME=90%, SOMETIMES is not a mail type"):
+        job_of(["--mail-type=END,TIME=90%,SOMETIMES"], minor)
+
+
+@pytest.mark.parametrize(("option", "minors"), [("--distribution=block", (39, 40)), ("--nice=5", (39,)),
+                                                ("--cores-per-socket=4", (39, 41, 42, 43, 44))])
+def test_options_a_version_cannot_carry_are_refused_by_name(option: str, minors: tuple) -> None:
+    name = option.split("=")[0]
+    for minor in minors:
+        with pytest.raises(Rejection, match=rf"^{name} cannot be used with this cluster's slurmrestd API v0\.0\.{minor}"):
+            job_of([option], minor)
+    for minor in set(range(38, 45)) - set(minors):
+        assert job_of([option], minor)
+
+
+def test_cores_per_socket_kept_where_a_field_exists() -> None:
+    assert job_of(["--cores-per-socket=4"], 40)["cores_per_socket"] == 4
+    assert job_of(["--cores-per-socket=4"], 38)["cores_per_socket"] == 4
+
+
+def test_distribution_kept_from_v41() -> None:
+    assert job_of(["-m", "block"], 41)["distribution"] == "block"
+
+
+@pytest.mark.parametrize("release", ["23.11.0", "23.11.1"])
+def test_nice_refused_on_the_v40_releases_that_abort_on_it(release: str) -> None:
+    with pytest.raises(Rejection, match=rf"--nice cannot be used with this cluster's slurmrestd \(Slurm {release}"):
+        build(["--nice=5"], 40, release=release)
+    assert build(["--nice=5"], 40, release="23.11.2").payload["job"]["nice"] == 5
+    assert build(["--nice=5"], 41, release=release).payload["job"]["nice"] == 5
+
+
+@pytest.mark.parametrize("minor", [38, 39, 40])
+def test_exclusive_topo_refused_before_v41(minor: int) -> None:
+    with pytest.raises(Rejection, match=rf"--exclusive=topo cannot be used with this cluster's slurmrestd API v0\.0\.{minor}"):
+        job_of(["--exclusive=topo"], minor)
+    assert job_of(["--exclusive=topo"], 41)["exclusive"] == "topo"
+
+
+@pytest.mark.parametrize(
+    ("args", "minor", "expected"),
+    [
+        (["--gres=nvme:1", "--gpus-per-node=2"], 42, "gres/nvme:1,gres/gpu:2"),
+        (["--gpus-per-node=2", "--gres=nvme:1"], 40, "gres/gpu:2,gres/nvme:1"),
+        (["--gres=gpu:1,nvme:1", "--gpus-per-node=a100:2"], 44, "gres/gpu:a100:2,gres/nvme:1"),  # later gpu wins
+        (["--gres=gpu:1", "--gres=nvme:1"], 42, "gres/nvme:1"),  # a repeated option replaces, as in sbatch
+    ],
+)
+def test_gres_and_gpus_per_node_merge_into_one_tres_per_node(args: List[str], minor: int, expected: str) -> None:
+    assert job_of(args, minor)["tres_per_node"] == expected
+
+
+def test_gres_and_gpus_per_node_stay_separate_on_v38() -> None:
+    job = job_of(["--gres=nvme:1", "--gpus-per-node=2"], 38)
+    assert (job["gres"], job["gpus_per_node"]) == ("nvme:1", "2")
+
+
+@pytest.mark.parametrize(("release", "expected"), [("23.02.8", "gres:gpu:2"), (None, "gres:gpu:2"),
+                                                   ("23.11.10", "gres/gpu:2"), ("24.05.8", "gres/gpu:2")])
+def test_gres_prefix_on_v39_follows_the_release(release: Optional[str], expected: str) -> None:
+    job = build(["--gres=gpu:2", "--gpus=2"], 39, release=release).payload["job"]
+    assert job["tres_per_node"] == expected
+    assert job["tres_per_job"] == expected
+
+
+@pytest.mark.parametrize("minor", [38, 39, 40, 44])
+@pytest.mark.parametrize(("args", "winner", "loser"), [
+    (["--mem=4G", "--mem-per-cpu=1G"], "memory_per_cpu", "memory_per_node"),
+    (["--mem-per-cpu=1G", "--mem=4G"], "memory_per_node", "memory_per_cpu"),
+])
+def test_only_the_later_of_mem_and_mem_per_cpu_is_sent(args: List[str], winner: str, loser: str, minor: int) -> None:
+    job = job_of(args, minor)
+    assert winner in job and loser not in job
+
+
+def test_command_line_memory_beats_the_directive() -> None:
+    job = job_of(["--mem-per-cpu=1G"], 42, directives=["--mem=4G"])
+    assert "memory_per_node" not in job and job["memory_per_cpu"] == number(42, 1024)
+
+
+def test_the_request_names_the_option_of_each_field() -> None:
+    request = build(["-m", "block", "--mem=1G", "-t", "5"], 41)
+    assert request.options_by_field == {"distribution": "--distribution", "memory_per_node": "--mem",
+                                        "time_limit": "--time"}

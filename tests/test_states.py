@@ -292,8 +292,8 @@ def test_report_from_slurmdbd_without_a_state_dict_is_none(job: Dict[str, Any]) 
 @pytest.mark.parametrize(
     ("name", "errors"),
     [
-        ("get_job_after_purge.json", [(2017, "Unable to find JobId=4")]),
-        ("get_unknown_job.json", [(2017, "Unable to find JobId=999999")]),
+        ("get_job_after_purge.json", [(2017, "Invalid job id specified: Unable to find JobId=4")]),
+        ("get_unknown_job.json", [(2017, "Invalid job id specified: Unable to find JobId=999999")]),
         ("bad_signature.json", [(5005, "Zero Bytes were transmitted or received")]),
         ("name_token_mismatch.json", [(5005, "Zero Bytes were transmitted or received")]),
         ("expired_token.json", [(-1, "Failed while looking for jobs")]),
@@ -303,7 +303,7 @@ def test_report_from_slurmdbd_without_a_state_dict_is_none(job: Dict[str, Any]) 
         ("submit_env_list.json", [(-1, "environment must be a dictionary"),
                                   (-1, 'Unable to process key "environment"'), (9001, "Failure during parsing")]),
         ("delete_by_other_user.json", [(2002, "unable to kill JobId=7 with signal 9: Access/permission denied")]),
-        ("dbd_get_job_unknown.json", [(9003, "Nothing found")]),
+        ("dbd_get_job_unknown.json", [(9003, "Nothing found with query")]),
         ("get_job_completed.json", []),
         ("dbd_get_job_after_purge_ok.json", []),
     ],
@@ -331,7 +331,7 @@ def test_purged_job_answer_carries_invalid_job_id() -> None:
         ({"errors": ["boom", 3]}, []),
         ({"errors": [{}]}, [(None, "unspecified error")]),
         ({"errors": [{"error_code": "2000", "error": "x"}]}, [(None, "x")]),
-        ({"errors": [{"error_number": 1, "error_code": 2, "error": "e", "description": "d"}]}, [(1, "d")]),
+        ({"errors": [{"error_number": 1, "error_code": 2, "error": "e", "description": "d"}]}, [(1, "e: d")]),
     ],
 )
 def test_slurm_errors_is_lenient(body: Any, errors: List[Tuple[Optional[int], str]]) -> None:
@@ -370,7 +370,7 @@ def test_transience_of_captured_errors(name: str, transient: bool) -> None:
 @pytest.mark.parametrize(
     ("name", "text"),
     [
-        ("get_job_after_purge.json", "Unable to find JobId=4 (error 2017)"),
+        ("get_job_after_purge.json", "Invalid job id specified: Unable to find JobId=4 (error 2017)"),
         ("unknown_partition.json", "Invalid partition name specified (error 2000)"),
         ("bad_signature.json", "Zero Bytes were transmitted or received (error 5005)"),
         ("expired_token.json", "Failed while looking for jobs (error -1)"),

@@ -33,7 +33,7 @@ def crash_after_submit_and_wait_for_purge(alice, tool, slurm, figures) -> tuple[
 
 
 def test_killed_after_submit_and_purged_is_found_in_slurmdbd_not_submitted_again(alice, make_tool, slurm, stack, figures):
-    tool = make_tool(unique("crash-purge"))
+    tool = make_tool(unique("crash-purge"), slurmrestd__purge_horizon=30)  # = MinJobAge
     submission, job_id = crash_after_submit_and_wait_for_purge(alice, tool, slurm, figures)
 
     tool.run_until(lambda: status_of(alice, submission) == "DONE")
@@ -47,7 +47,7 @@ def test_killed_after_submit_and_purged_is_found_in_slurmdbd_not_submitted_again
 
 def test_killed_after_submit_and_purged_with_slurmdbd_down_waits_and_never_resubmits(alice, make_tool, slurm, stack,
                                                                                      services, figures):
-    tool = make_tool(unique("crash-purge-dbd"))
+    tool = make_tool(unique("crash-purge-dbd"), slurmrestd__purge_horizon=30)
     submission, job_id = crash_after_submit_and_wait_for_purge(alice, tool, slurm, figures)
     services.stop("slurmdbd")
 
