@@ -14,8 +14,8 @@ QUICK_JOB = {"job.sh": b"#!/bin/bash\nsleep 1\n"}
 
 def jobs_in_slurmdbd(stack: helpers.Stack, comment: str) -> list[str]:
     """Ids of every job slurmdbd recorded with this comment (AccountingStoreFlags=job_comment)."""
-    proc = helpers.slurm_command(stack.default_leg, "sacct", "-a", "-X", "-n", "-P", "-o", "JobID,Comment",
-                                 "-S", "now-2hours")
+    proc = helpers.slurm_cli("sacct", "-a", "-X", "-n", "-P", "-o", "JobID,Comment", "-S", "now-2hours",
+                             leg=stack.default_leg)
     return [line.split("|", 1)[0] for line in proc.stdout.splitlines() if line.split("|", 1)[-1] == comment]
 
 
