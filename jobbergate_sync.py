@@ -510,15 +510,14 @@ def setup_logging(log_format: str, level: str, log_file: str = "", stream: Optio
 
 
 class LogTail(logging.Handler):
-    """While in its `with` block: the last `size` lines the tool logged, as redacted text (the
-    body of the monitoring ping)."""
+    """While in its `with` block: the last `size` lines the tool logged, as text (the body of the
+    monitoring ping, which is redacted whole when it is built)."""
 
     def __init__(self, size: int):
         super().__init__()
         self.size = size
         self.lines: list[str] = []
         self.setFormatter(make_formatter("text"))
-        self.addFilter(REDACTOR)
 
     def emit(self, record: logging.LogRecord) -> None:
         with contextlib.suppress(Exception):  # a tail line is never worth failing a pass
@@ -2740,18 +2739,20 @@ def run_once(config: Config, dry_run: bool) -> int:
         with contextlib.suppress(sqlite3.Error, AttributeError):
             entries = journal.size()  # type: ignore[union-attr]
         duration = time.monotonic() - started
-        line = summary_line(summary, exit_code, duration, dry_run)
+        summary_record = log.makeRecord(
+            log.name, logging.INFO if exit_code == EXIT_OK else logging.WARNING,  # -q still shows a failed pass's end
+            __file__, 0, "%s", (summary_line(summary, exit_code, duration, dry_run),), None,
+            extra={"exit_code": exit_code, "submitted": summary.submitted, "rejected": summary.rejected,
+                   "updated": summary.updated, "cancelled": summary.cancelled, "errors": summary.errors,
+                   "journal_entries": entries, "duration_s": round(duration, 3), "dry_run": dry_run},
+        )
         try:
-            monitor.finish(PassRecord(exit_code, summary, time.time(), duration, entries), [*tail.lines, line])
+            monitor.finish(PassRecord(exit_code, summary, time.time(), duration, entries),
+                           [*tail.lines, tail.format(summary_record)])
         except Exception:  # a bug in the monitoring still leaves the pass's exit code alone
             log.warning("monitoring failed; the pass is not affected", exc_info=True)
-    log.log(
-        logging.INFO if exit_code == EXIT_OK else logging.WARNING,  # -q still shows how a failed pass ended
-        "%s", line,
-        extra={"exit_code": exit_code, "submitted": summary.submitted, "rejected": summary.rejected,
-               "updated": summary.updated, "cancelled": summary.cancelled, "errors": summary.errors,
-               "journal_entries": entries, "duration_s": round(duration, 3), "dry_run": dry_run},
-    )
+    if log.isEnabledFor(summary_record.levelno):
+        log.handle(summary_record)
     return exit_code
 
 
