@@ -510,8 +510,8 @@ def setup_logging(log_format: str, level: str, log_file: str = "", stream: Optio
 
 
 class LogTail(logging.Handler):
-    """While in its `with` block: the last `size` lines the tool logged, as text (the body of the
-    monitoring ping, which is redacted whole when it is built)."""
+    """Once attached: the last `size` lines the tool logged, as text (the body of the monitoring
+    ping, which is redacted whole when it is built)."""
 
     def __init__(self, size: int):
         super().__init__()
@@ -519,16 +519,18 @@ class LogTail(logging.Handler):
         self.lines: list[str] = []
         self.setFormatter(make_formatter("text"))
 
+    @classmethod
+    def attach(cls, size: int) -> "LogTail":
+        tail = cls(size)
+        log.addHandler(tail)
+        return tail
+
+    def detach(self) -> None:
+        log.removeHandler(self)
+
     def emit(self, record: logging.LogRecord) -> None:
         with contextlib.suppress(Exception):  # a tail line is never worth failing a pass
             self.lines = (self.lines + self.format(record).splitlines())[-self.size:]
-
-    def __enter__(self) -> "LogTail":
-        log.addHandler(self)
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        log.removeHandler(self)
 
 
 def ctx(**fields: Any) -> dict[str, Any]:
@@ -2715,42 +2717,43 @@ def run_once(config: Config, dry_run: bool) -> int:
     the monitoring outputs (textfile, ping) are written just before it, never in a dry run."""
     started = time.monotonic()
     summary, journal = PassSummary(), None
-    monitor = Monitor(config.metrics, enabled=not dry_run)
-    with LogTail(PING_TAIL_LINES) as tail:
-        monitor.start()
-        try:
-            deadline = Deadline(config.run.deadline)
-            http = Http(deadline, config.run.retries, config.run.backoff)
-            state_dir = config.run.state_dir
-            journal_path = os.path.join(state_dir, "journal.sqlite3")
-            token = OidcToken(config, http, os.path.join(state_dir, "token.json"), write_cache=not dry_run)
-            journal = Journal.scratch_copy_of(journal_path) if dry_run else Journal(journal_path)
-            sync = SyncPass(config, JobbergateApi(config, http, token), SlurmRest(config, http), journal,
-                            UserMapper(config), deadline, dry_run=dry_run)
-            summary = sync.summary
-            exit_code = sync.run().exit_code()
-        except SyncError as exc:  # authentication or configuration: the pass ends here
-            log.error("pass ended: %s", exc)
-            exit_code = exc.exit_code
-        except Exception:
-            log.exception("internal error; please report it with this log")
-            exit_code = EX_SOFTWARE
-        entries = None
-        with contextlib.suppress(sqlite3.Error, AttributeError):
-            entries = journal.size()  # type: ignore[union-attr]
-        duration = time.monotonic() - started
-        summary_record = log.makeRecord(
-            log.name, logging.INFO if exit_code == EXIT_OK else logging.WARNING,  # -q still shows a failed pass's end
-            __file__, 0, "%s", (summary_line(summary, exit_code, duration, dry_run),), None,
-            extra={"exit_code": exit_code, "submitted": summary.submitted, "rejected": summary.rejected,
-                   "updated": summary.updated, "cancelled": summary.cancelled, "errors": summary.errors,
-                   "journal_entries": entries, "duration_s": round(duration, 3), "dry_run": dry_run},
-        )
-        try:
-            monitor.finish(PassRecord(exit_code, summary, time.time(), duration, entries),
-                           [*tail.lines, tail.format(summary_record)])
-        except Exception:  # a bug in the monitoring still leaves the pass's exit code alone
-            log.warning("monitoring failed; the pass is not affected", exc_info=True)
+    monitor, tail = Monitor(config.metrics, enabled=not dry_run), LogTail.attach(PING_TAIL_LINES)
+    monitor.start()
+    try:
+        deadline = Deadline(config.run.deadline)
+        http = Http(deadline, config.run.retries, config.run.backoff)
+        state_dir = config.run.state_dir
+        journal_path = os.path.join(state_dir, "journal.sqlite3")
+        token = OidcToken(config, http, os.path.join(state_dir, "token.json"), write_cache=not dry_run)
+        journal = Journal.scratch_copy_of(journal_path) if dry_run else Journal(journal_path)
+        sync = SyncPass(config, JobbergateApi(config, http, token), SlurmRest(config, http), journal,
+                        UserMapper(config), deadline, dry_run=dry_run)
+        summary = sync.summary
+        exit_code = sync.run().exit_code()
+    except SyncError as exc:  # authentication or configuration: the pass ends here
+        log.error("pass ended: %s", exc)
+        exit_code = exc.exit_code
+    except Exception:
+        log.exception("internal error; please report it with this log")
+        exit_code = EX_SOFTWARE
+    entries = None
+    with contextlib.suppress(sqlite3.Error, AttributeError):
+        entries = journal.size()  # type: ignore[union-attr]
+    duration = time.monotonic() - started
+    summary_record = log.makeRecord(
+        log.name, logging.INFO if exit_code == EXIT_OK else logging.WARNING,  # -q still shows how a failed pass ended
+        __file__, 0, "%s", (summary_line(summary, exit_code, duration, dry_run),), None,
+        extra={"exit_code": exit_code, "submitted": summary.submitted, "rejected": summary.rejected,
+               "updated": summary.updated, "cancelled": summary.cancelled, "errors": summary.errors,
+               "journal_entries": entries, "duration_s": round(duration, 3), "dry_run": dry_run},
+    )
+    try:
+        monitor.finish(PassRecord(exit_code, summary, time.time(), duration, entries),
+                       [*tail.lines, tail.format(summary_record)])
+    except Exception:  # a bug in the monitoring still leaves the pass's exit code alone
+        log.warning("monitoring failed; the pass is not affected", exc_info=True)
+    finally:
+        tail.detach()
     if log.isEnabledFor(summary_record.levelno):
         log.handle(summary_record)
     return exit_code
