@@ -302,3 +302,10 @@ def test_textfile_is_replaced_atomically(tmp_path, monkeypatch):
         jobbergate_sync.write_textfile(str(path), "new\n")
     assert path.read_text() == "old\n"  # never half-written
     assert [p.name for p in tmp_path.iterdir()] == ["jobbergate_sync.prom"]
+
+
+def test_quiet_stays_silent_when_the_pass_and_its_textfile_went_well(stack, config_file, email, textfile, capsys):
+    stack.api.add_submission(1, email=email)
+    assert run(config_file(**{"metrics.textfile": textfile}), "-q") == 0
+    assert capsys.readouterr().err == ""
+    assert samples(textfile)['jobbergate_sync_last_run_items{outcome="submitted"}'] == 1
