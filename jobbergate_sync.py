@@ -7,7 +7,7 @@ cluster health endpoint, logs one summary line and exits.
 
 Sections, in order: constants and errors; configuration; logging; deadline and HTTP;
 OIDC token; Jobbergate API client; #SBATCH parsing and translation; Slurm job states;
-slurmrestd client; user mapping; files as the user; state journal; the pass; CLI.
+slurmrestd client; user mapping; files as the user; state journal; the pass; monitoring; CLI.
 """
 
 from __future__ import annotations
@@ -256,14 +256,19 @@ CONFIG_SCHEMA: dict[str, dict[str, Setting]] = {
         "resend_after": Setting(3600, int),
     },
     "logging": {
-        "format": Setting("json"),
+        "format": Setting("auto"),
         "level": Setting("info"),
         "file": Setting(""),
+    },
+    "metrics": {
+        "textfile": Setting(""),
+        "ping_url": Setting(""),
+        "ping_timeout": Setting(5.0, float),
     },
 }
 
 MAPPER_TYPES = ("single-user", "email-local-part", "map-file")
-LOG_FORMATS = ("json", "text")
+LOG_FORMATS = ("auto", "json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 API_VERSION_RE = re.compile(r"^v0\.0\.(\d+)$")
 OLDEST_API_MINOR, NEWEST_API_MINOR = 38, 44
@@ -435,8 +440,10 @@ def validate_config(sections: dict[str, dict[str, Any]]) -> None:
     need(mapper["type"] != "single-user" or bool(mapper["user"]), "mapper.user", "required by the single-user mapper")
     need(mapper["type"] != "map-file" or bool(mapper["map_file"]), "mapper.map_file", "required by the map-file mapper")
     need(mapper["min_uid"] >= 1, "mapper.min_uid", "must be at least 1: jobs never run as root")
-    need(sections["logging"]["format"] in LOG_FORMATS, "logging.format", "must be json or text")
+    need(sections["logging"]["format"] in LOG_FORMATS, "logging.format", f"must be one of {', '.join(LOG_FORMATS)}")
     need(sections["logging"]["level"].lower() in LOG_LEVELS, "logging.level", f"must be one of {', '.join(LOG_LEVELS)}")
+    for where, message in metrics_problems(sections["metrics"]):
+        need(False, where, message)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,28 +489,67 @@ class TextFormatter(logging.Formatter):
         return f"{line} [{context}]" if context else line
 
 
-def setup_logging(log_format: str, level: str, log_file: str = "", stream: Optional[IO[str]] = None) -> None:
-    """Configure the tool's logger; every handler gets the secret redactor."""
+def resolve_log_format(log_format: str, stream: Optional[IO[str]]) -> str:
+    """'auto' is text for a person at a terminal and JSON lines everywhere else (cron mail,
+    journald, files); 'json' and 'text' are taken as they are."""
+    if log_format != "auto":
+        return log_format
+    try:
+        return "text" if stream is not None and stream.isatty() else "json"
+    except (AttributeError, ValueError, OSError):  # no isatty, or a closed stream
+        return "json"
+
+
+def make_formatter(log_format: str) -> logging.Formatter:
     if log_format == "json":
-        formatter: logging.Formatter = JsonFormatter(
-            "%(asctime)s %(levelname)s %(message)s", rename_fields={"asctime": "time", "levelname": "level"}
-        )
-    else:
-        formatter = TextFormatter("%(asctime)s %(levelname)s %(message)s")
+        return JsonFormatter("%(asctime)s %(levelname)s %(message)s",
+                             rename_fields={"asctime": "time", "levelname": "level"})
+    return TextFormatter("%(asctime)s %(levelname)s %(message)s")
+
+
+def setup_logging(log_format: str, level: str, log_file: str = "", stream: Optional[IO[str]] = None) -> None:
+    """Configure the tool's logger; every handler gets the secret redactor. With 'auto', each
+    destination gets its own format: text on a terminal, JSON lines on anything else."""
     for handler in list(log.handlers):
         log.removeHandler(handler)
         handler.close()
-    handlers: list[logging.Handler] = [logging.StreamHandler(stream or sys.stderr)]
+    stream = stream or sys.stderr
+    handlers: list[tuple[logging.Handler, Optional[IO[str]]]] = [(logging.StreamHandler(stream), stream)]
     if log_file:
-        # The file gets everything; stderr (what cron mails) only warnings and errors.
-        handlers[0].setLevel(logging.WARNING)
-        handlers.append(logging.handlers.WatchedFileHandler(log_file))
-    for handler in handlers:
-        handler.setFormatter(formatter)
+        # The file gets everything; stderr (what cron mails) only warnings and errors. A
+        # WatchedFileHandler reopens the file when logrotate has moved it away ("create" rotation).
+        handlers[0][0].setLevel(logging.WARNING)
+        handlers.append((logging.handlers.WatchedFileHandler(log_file), None))
+    for handler, destination in handlers:
+        handler.setFormatter(make_formatter(resolve_log_format(log_format, destination)))
         handler.addFilter(REDACTOR)
         log.addHandler(handler)
     log.setLevel(getattr(logging, level.upper()))
     log.propagate = False
+
+
+class LogTail(logging.Handler):
+    """Once attached: the last `size` lines the tool logged, as text (the body of the monitoring
+    ping, which is redacted whole when it is built)."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+        self.lines: list[str] = []
+        self.setFormatter(make_formatter("text"))
+
+    @classmethod
+    def attach(cls, size: int) -> "LogTail":
+        tail = cls(size)
+        log.addHandler(tail)
+        return tail
+
+    def detach(self) -> None:
+        log.removeHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):  # a tail line is never worth failing a pass
+            self.lines = (self.lines + self.format(record).splitlines())[-self.size:]
 
 
 def ctx(**fields: Any) -> dict[str, Any]:
@@ -2516,6 +2562,8 @@ class PassSummary:
     errors: int = 0
     unavailable: bool = False
     deadline_reached: bool = False
+    pending: Optional[int] = None  # how many submissions the pass listed (None: the list failed)
+    active: Optional[int] = None
 
     def exit_code(self) -> int:
         if self.unavailable:
@@ -2581,6 +2629,7 @@ class SyncPass:
 
     def submit_pending(self) -> None:
         pending, complete = self.api.list_pending()
+        self.summary.pending = len(pending)
         self.pending_ids = {item["id"] for item in pending} if complete else None
         log.info("%d pending submission(s) for cluster %s", len(pending), self.cluster)
         for item in pending:
@@ -2824,6 +2873,7 @@ class SyncPass:
 
     def update_active(self) -> None:
         active, complete = self.api.list_active()
+        self.summary.active = len(active)
         log.info("%d active submission(s) for cluster %s", len(active), self.cluster)
         jobs = self.slurm.jobs() if any(isinstance(item.get("slurm_job_id"), int) for item in active) else {}
         for item in active:
@@ -2942,6 +2992,171 @@ class SyncPass:
 
 
 # ---------------------------------------------------------------------------------------------
+# Monitoring: a Prometheus textfile and healthchecks-style pings, never failing a pass
+# ---------------------------------------------------------------------------------------------
+
+METRIC_PREFIX = "jobbergate_sync_"
+PING_TAIL_LINES = 20
+PING_BODY_LIMIT = 10000  # bytes of log lines in a ping's body (healthchecks keeps up to 100 kB)
+LAST_SUCCESS_RE = re.compile(rf"^{METRIC_PREFIX}last_success_timestamp_seconds\s+(\S+)\s*$", re.M)
+PASS_OUTCOMES = ("submitted", "rejected", "updated", "cancelled", "errors")
+
+
+def metrics_problems(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """[metrics] values that parse but cannot work, as ("section.key", message)."""
+    problems = []
+    textfile = metrics["textfile"]
+    if textfile and not (textfile.startswith("/") and textfile.endswith(".prom")):
+        problems.append(("metrics.textfile", "must be an absolute path ending in .prom "
+                                             "(node_exporter's textfile collector reads only *.prom files)"))
+    if metrics["ping_url"] and re.match(r"^https?://[^/]", metrics["ping_url"]) is None:
+        problems.append(("metrics.ping_url", "must be an http(s) URL"))
+    if not metrics["ping_timeout"] > 0:
+        problems.append(("metrics.ping_timeout", "must be positive"))
+    return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class PassRecord:
+    """A finished pass, as the monitoring outputs tell it."""
+
+    exit_code: int
+    summary: PassSummary
+    ended_at: float  # Unix time
+    duration: float
+    journal_entries: Optional[int]
+
+
+def previous_success(text: str) -> Optional[float]:
+    """The last-success timestamp of an earlier textfile, None when it has none."""
+    match = LAST_SUCCESS_RE.search(text)
+    try:
+        return float(match.group(1)) if match else None
+    except ValueError:
+        return None
+
+
+def metric_value(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(round(float(value), 3))
+
+
+def metric_block(name: str, help_text: str, samples: Iterable[tuple[str, float]]) -> list[str]:
+    """One gauge in the Prometheus text format: HELP, TYPE and its samples ('' or '{label="…"}')."""
+    return [f"# HELP {METRIC_PREFIX}{name} {help_text}", f"# TYPE {METRIC_PREFIX}{name} gauge",
+            *(f"{METRIC_PREFIX}{name}{labels} {metric_value(value)}" for labels, value in samples)]
+
+
+def exposition(record: PassRecord, last_success: Optional[float]) -> str:
+    """The textfile's content for a finished pass. Counts the pass could not know (a list that
+    failed, a journal it could not open) are left out rather than reported as 0."""
+    summary = record.summary
+    lines = [
+        *metric_block("last_run_timestamp_seconds", "Unix time at which the last pass ended.",
+                      [("", record.ended_at)]),
+        *metric_block("last_success_timestamp_seconds", "Unix time at which the last pass that exited 0 "
+                      "ended (0: none yet).", [("", last_success or 0)]),
+        *metric_block("last_run_duration_seconds", "How long the last pass took.", [("", record.duration)]),
+        *metric_block("last_run_exit_code", "Exit code of the last pass (0 ok, 1 some items failed, 69 a peer "
+                      "unreachable, 70 internal error, 77 authentication, 78 configuration).",
+                      [("", record.exit_code)]),
+        *metric_block("last_run_items", "What the last pass did, by outcome (errors: items and phases that failed).",
+                      [(f'{{outcome="{outcome}"}}', getattr(summary, outcome)) for outcome in PASS_OUTCOMES]),
+        *metric_block("last_run_deadline_reached", "1 when the last pass stopped at its deadline, leaving work "
+                      "for the next pass.", [("", int(summary.deadline_reached))]),
+    ]
+    for name, value, help_text in (
+        ("pending_submissions", summary.pending, "Pending (CREATED) submissions the last pass listed."),
+        ("active_submissions", summary.active, "Active submissions the last pass listed."),
+        ("journal_entries", record.journal_entries, "Entries in the submission journal after the last pass."),
+    ):
+        if value is not None:
+            lines += metric_block(name, help_text, [("", value)])
+    return "\n".join(lines) + "\n"
+
+
+def read_text_or_empty(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read(1 << 20)
+    except OSError:
+        return ""
+
+
+def write_textfile(path: str, text: str) -> None:
+    """Replace `path` atomically: a temporary file in its directory (not *.prom, so the collector
+    never reads it half-written), mode 0644 for node_exporter, then a rename."""
+    fd, temporary = tempfile.mkstemp(prefix=".jobbergate_sync.", suffix=".tmp", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), 0o644)
+            handle.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def ping_target(base_url: str, exit_code: Optional[int]) -> str:
+    """healthchecks.io's protocol: <url>/start (exit_code None), <url> on success, <url>/<exit code>
+    on failure (any code from 1 to 255 marks the check failed and is shown with the ping)."""
+    base_url = base_url.rstrip("/")
+    if exit_code is None:
+        return f"{base_url}/start"
+    return base_url if exit_code == EXIT_OK else f"{base_url}/{exit_code}"
+
+
+def ping_body(exit_code: int, lines: list[str]) -> bytes:
+    """The exit code, then the pass's last log lines (redacted again, capped at the end)."""
+    text = REDACTOR.redact("\n".join(lines))
+    tail = text.encode("utf-8", "replace")[-PING_BODY_LIMIT:].decode("utf-8", "ignore")
+    return f"exit_code={exit_code}\n{tail}\n".encode("utf-8")
+
+
+class Monitor:
+    """The [metrics] outputs of one pass. A failed ping or textfile write is one WARNING line:
+    it never fails the pass nor changes its exit code. Pings are sent once, never retried."""
+
+    def __init__(self, metrics: Any, enabled: bool = True):
+        self.textfile = metrics.textfile if enabled else ""
+        self.ping_url = metrics.ping_url if enabled else ""
+        self.timeout = metrics.ping_timeout
+        REDACTOR.add(self.ping_url)  # the URL is the check's key: anyone holding it can ping
+
+    def start(self) -> None:
+        if self.ping_url:
+            self._ping(ping_target(self.ping_url, None), b"")
+
+    def finish(self, record: PassRecord, tail: list[str]) -> None:
+        if self.textfile:
+            self._write_textfile(record)
+        if self.ping_url:
+            self._ping(ping_target(self.ping_url, record.exit_code), ping_body(record.exit_code, tail))
+
+    def _write_textfile(self, record: PassRecord) -> None:
+        last_success = record.ended_at if record.exit_code == EXIT_OK else previous_success(
+            read_text_or_empty(self.textfile))
+        try:
+            write_textfile(self.textfile, exposition(record, last_success))
+        except OSError as exc:
+            log.warning("[metrics] textfile %s: cannot write it: %s; the pass is not affected",
+                        self.textfile, exc.strerror or exc)
+
+    def _ping(self, url: str, body: bytes) -> None:
+        host = requests.utils.urlparse(url).hostname
+        try:
+            response = requests.post(url, data=body, timeout=self.timeout,
+                                     headers={"User-Agent": f"jobbergate-sync/{__version__}",
+                                              "Content-Type": "text/plain; charset=utf-8"})
+        except requests.RequestException as exc:
+            log.warning("monitoring ping to %s failed (%s); the pass is not affected", host, type(exc).__name__)
+            return
+        if not response.ok:
+            log.warning("monitoring ping to %s answered HTTP %d; the pass is not affected", host,
+                        response.status_code)
+
+
+# ---------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------
 
@@ -2982,10 +3197,19 @@ class RunLock:
             os.close(self.fd)
 
 
+def summary_line(summary: PassSummary, exit_code: int, duration: float, dry_run: bool) -> str:
+    return (f"pass finished{' (dry run)' if dry_run else ''}: exit_code={exit_code} submitted={summary.submitted} "
+            f"rejected={summary.rejected} updated={summary.updated} cancelled={summary.cancelled} "
+            f"errors={summary.errors} duration={duration:.2f}s")
+
+
 def run_once(config: Config, dry_run: bool) -> int:
-    """One pass. Whatever happens in it, its last log line is the summary, with the exit code."""
+    """One pass. Whatever happens in it, its last log line is the summary, with the exit code;
+    the monitoring outputs (textfile, ping) are written just before it, never in a dry run."""
     started = time.monotonic()
     summary, journal = PassSummary(), None
+    monitor, tail = Monitor(config.metrics, enabled=not dry_run), LogTail.attach(PING_TAIL_LINES)
+    monitor.start()
     try:
         deadline = Deadline(config.run.deadline)
         http = Http(deadline, config.run.retries, config.run.backoff)
@@ -3007,15 +3231,23 @@ def run_once(config: Config, dry_run: bool) -> int:
     entries = None
     with contextlib.suppress(sqlite3.Error, AttributeError):
         entries = journal.size()  # type: ignore[union-attr]
-    log.log(
-        logging.INFO if exit_code == EXIT_OK else logging.WARNING,  # -q still shows how a failed pass ended
-        "pass finished%s: exit_code=%d submitted=%d rejected=%d updated=%d cancelled=%d errors=%d duration=%.2fs",
-        " (dry run)" if dry_run else "", exit_code, summary.submitted, summary.rejected, summary.updated,
-        summary.cancelled, summary.errors, time.monotonic() - started,
+    duration = time.monotonic() - started
+    summary_record = log.makeRecord(
+        log.name, logging.INFO if exit_code == EXIT_OK else logging.WARNING,  # -q still shows how a failed pass ended
+        __file__, 0, "%s", (summary_line(summary, exit_code, duration, dry_run),), None,
         extra={"exit_code": exit_code, "submitted": summary.submitted, "rejected": summary.rejected,
                "updated": summary.updated, "cancelled": summary.cancelled, "errors": summary.errors,
-               "journal_entries": entries, "duration_s": round(time.monotonic() - started, 3), "dry_run": dry_run},
+               "journal_entries": entries, "duration_s": round(duration, 3), "dry_run": dry_run},
     )
+    try:
+        monitor.finish(PassRecord(exit_code, summary, time.time(), duration, entries),
+                       [*tail.lines, tail.format(summary_record)])
+    except Exception:  # a bug in the monitoring still leaves the pass's exit code alone
+        log.warning("monitoring failed; the pass is not affected", exc_info=True)
+    finally:
+        tail.detach()
+    if log.isEnabledFor(summary_record.levelno):
+        log.handle(summary_record)
     return exit_code
 
 
@@ -3025,7 +3257,8 @@ def run_once(config: Config, dry_run: bool) -> int:
               help=f"INI configuration file (or ${ENV_CONFIG}).")
 @click.option("--dry-run", is_flag=True, help="Fetch and plan; print what would be done; change nothing anywhere.")
 @click.option("--check-config", is_flag=True, help="Validate the configuration and secrets, then exit.")
-@click.option("--log-format", type=click.Choice(LOG_FORMATS), help="Log as JSON lines or text (default: [logging] format).")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS),
+              help="auto: text on a terminal, JSON lines elsewhere; or always json or text (default: [logging] format).")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
 @click.option("-q", "--quiet", is_flag=True, help="Log only warnings and errors: silent when all went well (for cron).")
 @click.version_option(__version__, prog_name="jobbergate-sync")
@@ -3034,7 +3267,7 @@ def cli(once: bool, config_path: str, dry_run: bool, check_config: bool, log_for
     """Submit this cluster's pending Jobbergate job submissions to Slurm through slurmrestd,
     report the state of active ones, and exit. Meant to run every minute from cron or a
     systemd timer."""
-    setup_logging(log_format or "json", "warning" if quiet else "info")
+    setup_logging(log_format or "auto", "warning" if quiet else "info")
     try:
         config = load_config(config_path, os.environ)
     except ConfigError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import re
 import subprocess
@@ -97,6 +98,62 @@ def test_quiet_still_reports_failures(stack, config_file, email, capsys):
     stack.slurm.down = True
     assert main(["--once", "-q", "--config", config_file()]) == jobbergate_sync.EX_UNAVAILABLE
     assert "slurm.test" in capsys.readouterr().err
+
+
+class FakeTty(io.StringIO):
+    """stderr as a terminal: someone running the tool by hand."""
+
+    def isatty(self):
+        return True
+
+
+@pytest.fixture
+def at_terminal(monkeypatch):
+    """Call it in the test body: pytest's output capture replaces sys.stderr after fixtures ran."""
+
+    def install():
+        stream = FakeTty()
+        monkeypatch.setattr(sys, "stderr", stream)
+        return stream
+
+    return install
+
+
+def test_at_a_terminal_the_log_is_text(stack, config_file, email, at_terminal):
+    terminal = at_terminal()
+    stack.api.add_submission(1, email=email)
+    assert main(["--once", "--config", config_file()]) == 0
+    lines = terminal.getvalue().splitlines()
+    assert lines and not any(line.startswith("{") for line in lines)
+    assert re.search(r" INFO pass finished: exit_code=0 submitted=1 ", lines[-1])
+
+
+def test_under_cron_the_log_is_json_lines(stack, config_file, email, capsys):
+    stack.api.add_submission(1, email=email)
+    assert main(["--once", "--config", config_file()]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]  # every line is JSON
+    assert lines[-1]["message"].startswith("pass finished: exit_code=0") and lines[-1]["submitted"] == 1
+
+
+def test_quiet_at_a_terminal_is_silent_when_all_went_well(stack, config_file, email, at_terminal):
+    terminal = at_terminal()
+    stack.api.add_submission(1, email=email)
+    assert main(["--once", "-q", "--config", config_file()]) == 0
+    assert terminal.getvalue() == ""
+
+
+def test_quiet_shows_a_failed_pass_in_the_format_of_its_destination(stack, config_file, email, at_terminal):
+    terminal = at_terminal()
+    stack.api.add_submission(1, email=email)
+    stack.slurm.down = True
+    config = config_file()
+    assert main(["--once", "-q", "--config", config]) == jobbergate_sync.EX_UNAVAILABLE
+    assert re.search(r" WARNING pass finished: exit_code=69 ", terminal.getvalue().splitlines()[-1])
+    terminal.seek(0)
+    terminal.truncate()
+    assert main(["--once", "-q", "--config", config, "--log-format", "json"]) == jobbergate_sync.EX_UNAVAILABLE
+    last = json.loads(terminal.getvalue().splitlines()[-1])
+    assert last["level"] == "WARNING" and last["exit_code"] == 69
 
 
 def test_internal_error_is_70_with_a_traceback(stack, config_file, monkeypatch, capsys):

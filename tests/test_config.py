@@ -83,9 +83,12 @@ EXPECTED_DEFAULTS = {
     ("run", "retries"): 3,
     ("run", "backoff"): 1.0,
     ("run", "resend_after"): 3600,
-    ("logging", "format"): "json",
+    ("logging", "format"): "auto",
     ("logging", "level"): "info",
     ("logging", "file"): "",
+    ("metrics", "textfile"): "",
+    ("metrics", "ping_url"): "",
+    ("metrics", "ping_timeout"): 5.0,
 }
 
 
@@ -516,8 +519,12 @@ def test_page_size_out_of_range(load, size: int) -> None:
         ({"slurmrestd__timeout": 0}, r"\[slurmrestd\] timeout: must be positive"),
         ({"slurmrestd__purge_horizon": 0}, r"\[slurmrestd\] purge_horizon: must be positive"),
         ({"run__backoff": -0.5}, r"\[run\] backoff: must not be negative"),
-        ({"logging__format": "xml"}, r"\[logging\] format: must be json or text"),
+        ({"logging__format": "xml"}, r"\[logging\] format: must be one of auto, json, text"),
         ({"logging__level": "verbose"}, r"\[logging\] level: must be one of debug, info, warning, error"),
+        ({"metrics__textfile": "jobbergate_sync.prom"}, r"\[metrics\] textfile: must be an absolute path ending in \.prom"),
+        ({"metrics__textfile": "/var/lib/node-exporter/jobbergate_sync.txt"}, r"\[metrics\] textfile: .*\*\.prom"),
+        ({"metrics__ping_url": "hc-ping.com/abc"}, r"\[metrics\] ping_url: must be an http\(s\) URL"),
+        ({"metrics__ping_timeout": 0}, r"\[metrics\] ping_timeout: must be positive"),
     ],
 )
 def test_validation_names_the_key(load, overrides: Dict[str, Any], message: str) -> None:

@@ -211,3 +211,77 @@ def test_a_secret_containing_another_is_hidden_whole() -> None:
     redactor.add("abcdef")
     redactor.add("abcdef-and-more")
     assert redactor.redact("token abcdef-and-more here") == "token *** here"
+
+
+# ---------------------------------------------------------------------------------------------
+# format = auto: text at a terminal, JSON lines anywhere else
+# ---------------------------------------------------------------------------------------------
+
+
+class FakeTty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_auto_is_text_on_a_terminal() -> None:
+    stream = FakeTty()
+    setup_logging("auto", "info", stream=stream)
+    log.info("hello", **ctx(submission_id=7))
+    assert stream.getvalue().rstrip("\n").endswith("INFO hello [submission_id=7]")
+
+
+def test_auto_is_json_lines_elsewhere() -> None:
+    stream = io.StringIO()
+    setup_logging("auto", "info", stream=stream)
+    log.info("hello", **ctx(submission_id=7))
+    [line] = json_lines(stream)
+    assert line["message"] == "hello" and line["submission_id"] == 7
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_an_explicit_format_wins_over_the_terminal(log_format: str) -> None:
+    stream = FakeTty()
+    setup_logging(log_format, "info", stream=stream)
+    log.info("hello")
+    assert stream.getvalue().startswith("{") == (log_format == "json")
+
+
+def test_auto_logs_json_lines_to_the_file_and_text_to_the_terminal(tmp_path) -> None:
+    stream, path = FakeTty(), tmp_path / "jobbergate-sync.log"
+    setup_logging("auto", "info", log_file=str(path), stream=stream)
+    log.info("detail")
+    log.warning("look here")
+    assert [json.loads(line)["message"] for line in path.read_text().splitlines()] == ["detail", "look here"]
+    assert stream.getvalue().rstrip("\n").endswith("WARNING look here")  # the terminal gets warnings only
+
+
+@pytest.mark.parametrize("stream", [object(), io.StringIO()], ids=["no-isatty", "closed"])
+def test_auto_without_a_usable_isatty_is_json(stream: Any) -> None:
+    if isinstance(stream, io.StringIO):
+        stream.close()
+    assert jobbergate_sync.resolve_log_format("auto", stream) == "json"
+
+
+# ---------------------------------------------------------------------------------------------
+# The log file under logrotate ("create" rotation: the file is moved away, a new one started)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_rotated_log_file_is_reopened(tmp_path) -> None:
+    path = tmp_path / "jobbergate-sync.log"
+    setup_logging("json", "info", log_file=str(path), stream=io.StringIO())
+    log.info("before rotation")
+    path.rename(tmp_path / "jobbergate-sync.log.1")
+    log.info("after rotation")
+    assert [json.loads(line)["message"] for line in path.read_text().splitlines()] == ["after rotation"]
+    rotated = (tmp_path / "jobbergate-sync.log.1").read_text().splitlines()
+    assert [json.loads(line)["message"] for line in rotated] == ["before rotation"]
+
+
+def test_a_log_file_removed_by_rotation_is_recreated(tmp_path) -> None:
+    path = tmp_path / "jobbergate-sync.log"
+    setup_logging("json", "info", log_file=str(path), stream=io.StringIO())
+    log.info("first")
+    path.unlink()
+    log.info("second")
+    assert [json.loads(line)["message"] for line in path.read_text().splitlines()] == ["second"]
