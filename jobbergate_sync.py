@@ -15,6 +15,7 @@ from __future__ import annotations
 import configparser
 import contextlib
 import dataclasses
+import enum
 import errno
 import fcntl
 import json
@@ -30,7 +31,7 @@ import sys
 import tempfile
 import time
 from datetime import datetime, timezone
-from typing import IO, Any, Callable, Iterable, Mapping, Optional
+from typing import IO, Any, Callable, Iterable, Iterator, Mapping, Optional
 
 import click
 import jwt
@@ -185,10 +186,22 @@ class DeadlineReached(Exception):
     the work done (0 or 1)."""
 
 
-def crash_point(name: str) -> None:
+class CrashPoint(str, enum.Enum):
+    """The step boundaries JOBBERGATE_SYNC_CRASH_AT can name, in the order a pass meets them."""
+
+    TOKEN_CACHE = "token-cache"  # the new token is on disk beside the cache, not yet renamed over it
+    AFTER_FILES_WRITTEN = "after-files-written"
+    AFTER_JOURNAL_INTENT = "after-journal-intent"  # the intent is on disk, the submit not sent
+    AFTER_SLURM_SUBMIT = "after-slurm-submit"
+    AFTER_JOURNAL_JOB = "after-journal-job"
+    AFTER_AGENT_SUBMITTED = "after-agent-submitted"
+    MID_UPDATE = "mid-update"
+
+
+def crash_point(point: CrashPoint) -> None:
     """Kill this process dead at a named step boundary when a test asks for it."""
     wanted = os.environ.get(ENV_CRASH_AT)
-    if wanted and wanted == name:
+    if wanted and wanted == point.value:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -563,12 +576,11 @@ def ctx(**fields: Any) -> dict[str, Any]:
 
 
 class Deadline:
-    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic):
-        self.clock = clock
-        self.ends_at = clock() + seconds
+    def __init__(self, seconds: float):
+        self.ends_at = time.monotonic() + seconds
 
     def remaining(self) -> float:
-        return self.ends_at - self.clock()
+        return self.ends_at - time.monotonic()
 
     def check(self) -> None:
         if self.remaining() <= 0:
@@ -582,11 +594,11 @@ class Http:
     """requests with a timeout bounded by the pass deadline, retries for idempotent calls,
     and a per-peer circuit breaker: once a peer is down, later calls fail fast."""
 
-    def __init__(self, deadline: Deadline, retries: int, backoff: float, session: Optional[requests.Session] = None):
+    def __init__(self, deadline: Deadline, retries: int, backoff: float):
         self.deadline = deadline
         self.retries = retries
         self.backoff = backoff
-        self.session = session or requests.Session()
+        self.session = requests.Session()
         self.session.headers["User-Agent"] = f"jobbergate-sync/{__version__}"
         self.down: dict[str, str] = {}
 
@@ -652,8 +664,10 @@ def short_body(response: requests.Response, limit: int = 300) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def write_private_file(path: str, data: bytes, crash_before_rename: str = "") -> None:
-    """Atomically replace `path` with a file created 0600 from its first byte."""
+@contextlib.contextmanager
+def private_replacement(path: str, data: bytes) -> Iterator[None]:
+    """Write `data` durably to a file created 0600 from its first byte beside `path`; it replaces
+    `path` atomically when the block ends, and is removed if the block fails."""
     directory = os.path.dirname(path) or "."
     fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-")  # mkstemp creates 0600
     try:
@@ -661,13 +675,18 @@ def write_private_file(path: str, data: bytes, crash_before_rename: str = "") ->
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        if crash_before_rename:
-            crash_point(crash_before_rename)
+        yield
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_path)
         raise
+
+
+def write_private_file(path: str, data: bytes) -> None:
+    """Atomically replace `path` with a file created 0600 from its first byte."""
+    with private_replacement(path, data):
+        pass
 
 
 def token_expiry(token: str, expires_in: Any, now: float) -> float:
@@ -750,7 +769,8 @@ class OidcToken:
         if self.write_cache:
             record = {"token_url": self.token_url, "client_id": self.client_id,
                       "access_token": token, "expires_at": expires_at}
-            write_private_file(self.cache_path, json.dumps(record).encode(), crash_before_rename="token-cache")
+            with private_replacement(self.cache_path, json.dumps(record).encode()):
+                crash_point(CrashPoint.TOKEN_CACHE)
         return token
 
 
@@ -2748,12 +2768,12 @@ class SyncPass:
             files = [(name, handle.fileno()) for name, handle in staged.items()] if self.config.submit.write_files else []
             run_as_user(user, lambda: stage_in_directory(directory, files))
             log.info("wrote %d file(s) to %s as %s", len(files), directory, user.name, **context)
-            crash_point("after-files-written")
+            crash_point(CrashPoint.AFTER_FILES_WRITTEN)
         finally:
             for handle in staged.values():
                 handle.close()
         self.journal.record_intent(submission.id, tag, user.name, request.payload["job"]["name"], request.working_directory)
-        crash_point("after-journal-intent")
+        crash_point(CrashPoint.AFTER_JOURNAL_INTENT)
         try:
             job_id = self.slurm.submit(request, user.name)
         except DroppedOptions as exc:
@@ -2766,11 +2786,11 @@ class SyncPass:
         except Rejection:
             self.journal.forget(submission.id)
             raise
-        crash_point("after-slurm-submit")
+        crash_point(CrashPoint.AFTER_SLURM_SUBMIT)
         self.journal.record_job(submission.id, job_id)
         log.info("submitted submission %d as Slurm job %d", submission.id, job_id,
                  **ctx(submission_id=submission.id, slurm_job_id=job_id, user=user.name))
-        crash_point("after-journal-job")
+        crash_point(CrashPoint.AFTER_JOURNAL_JOB)
         self.report_submitted(submission.id, job_id)
 
     def download_files(self, submission: PendingSubmission) -> dict[str, IO[bytes]]:
@@ -2838,7 +2858,7 @@ class SyncPass:
                 raise
             if not self._earlier_report_landed(submission_id, job_id, exc):
                 self.api.report_submitted(submission_id, report)
-        crash_point("after-agent-submitted")
+        crash_point(CrashPoint.AFTER_AGENT_SUBMITTED)
         if report.state in SLURM_FINAL_STATES:  # agent/submitted leaves it SUBMITTED; only an update closes it
             self.api.update(submission_id, report)
         self.journal.record_report(submission_id, tag, report)
@@ -2975,7 +2995,7 @@ class SyncPass:
         self.summary.updated += 1
         log.info("updated submission %d: Slurm job %s is %s%s", submission_id, report.job_id, report.state,
                  f" ({report.reason})" if report.reason else "", **context)
-        crash_point("mid-update")
+        crash_point(CrashPoint.MID_UPDATE)
 
     def prune_journal(self, active_ids: set[int]) -> None:
         """Forget submissions Jobbergate has closed; keep unreported work unless it is long stale.

@@ -12,7 +12,7 @@ import responses
 
 import jobbergate_sync
 from config_files import write_ini, write_secret
-from fakes import API, CLIENT_ID, CLIENT_SECRET, ISSUER, JWT_KEY, SLURM, FakeIssuer, FakeJobbergate, FakeSlurm
+from fakes import API, CLIENT_ID, CLIENT_SECRET, ISSUER, JWT_KEY, SLURM, Crash, FakeIssuer, FakeJobbergate, FakeSlurm
 
 
 def _job_user() -> pwd.struct_passwd:
@@ -77,6 +77,19 @@ class Stack:
 def stack() -> Iterator[Stack]:
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         yield Stack(rsps)
+
+
+@pytest.fixture
+def crash_at(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """arm(point): the pass raises Crash at that crash point, as if SIGKILLed there."""
+    def arm(point: jobbergate_sync.CrashPoint) -> None:
+        def crash(reached: jobbergate_sync.CrashPoint) -> None:
+            if reached == point:
+                raise Crash(point)
+
+        monkeypatch.setattr(jobbergate_sync, "crash_point", crash)
+
+    return arm
 
 
 @pytest.fixture

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import time
+from pathlib import Path
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qs, urlparse
 
 import jwt
 import requests
 import responses
+
+from jobbergate_sync import main
 
 API = "http://api.test/jobbergate"
 ISSUER = "http://oidc.test/realms/jobbergate-local"
@@ -27,6 +31,20 @@ JWT_KEY = b"0123456789abcdef0123456789abcdef"
 DONE_STATES = {"COMPLETED"}
 ABORT_STATES = {"BOOT_FAIL", "CANCELLED", "DEADLINE", "FAILED", "NODE_FAIL", "PREEMPTED", "SPECIAL_EXIT",
                 "TIMEOUT", "UNKNOWN"}
+
+
+def run(config: str, *extra: str) -> int:
+    """One pass of the tool, as cron runs it."""
+    return main(["--once", "--config", config, *extra])
+
+
+def journal_rows(config_dir: Path) -> list[tuple]:
+    with sqlite3.connect(config_dir / "state" / "journal.sqlite3") as db:
+        return db.execute("SELECT submission_id, slurm_job_id, reported, last_state FROM submissions").fetchall()
+
+
+class Crash(BaseException):
+    """Stands for SIGKILL inside the test process: nothing after the crash point runs."""
 
 
 def _json(status: int, body: Any, headers: Optional[dict] = None) -> tuple:

@@ -13,7 +13,7 @@ import pytest
 
 import jobbergate_sync
 from jobbergate_sync import LocalUser, Rejection, run_as_user, stage_in_directory
-from test_pass import run
+from fakes import run
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the privilege boundary exists only when running as root")
 

@@ -18,12 +18,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import jobbergate_sync
-from fakes import CLIENT_SECRET, JWT_KEY
+from fakes import CLIENT_SECRET, JWT_KEY, run
 from jobbergate_sync import EX_NOPERM, EX_SOFTWARE, EX_TEMPFAIL, EX_UNAVAILABLE, main
-
-
-def run(config: str, *extra: str) -> int:
-    return main(["--once", "--config", config, *extra])
 
 
 def samples(path: Path) -> dict[str, float]:

@@ -170,3 +170,8 @@ def test_logrotate_file_is_a_valid_logrotate_d_name():
     text = (ROOT / "cron" / "jobbergate-sync.logrotate").read_text()
     assert "cron/jobbergate-sync.logrotate /etc/logrotate.d/jobbergate-sync" in text
     assert text.endswith("}\n")
+
+
+def test_the_readme_names_every_crash_point():
+    text = (ROOT / "README.md").read_text()
+    assert all(f"`{point.value}`" in text for point in jobbergate_sync.CrashPoint)

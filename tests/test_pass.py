@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
-from pathlib import Path
 
 import pytest
 import requests
 
 import jobbergate_sync
-from jobbergate_sync import main
+from fakes import Crash, journal_rows, run
+from jobbergate_sync import CrashPoint, main
 
 SCRIPT = b"""#!/bin/bash
 #SBATCH --job-name=from-script
@@ -19,15 +18,6 @@ SCRIPT = b"""#!/bin/bash
 echo hello
 #SBATCH --partition=ignored-after-the-block
 """
-
-
-def run(config: str, *extra: str) -> int:
-    return main(["--once", "--config", config, *extra])
-
-
-def journal_rows(config_dir: Path) -> list[tuple]:
-    with sqlite3.connect(config_dir / "state" / "journal.sqlite3") as db:
-        return db.execute("SELECT submission_id, slurm_job_id, reported, last_state FROM submissions").fetchall()
 
 
 def test_happy_path_submits_writes_files_as_the_user_and_reports(stack, config_file, email, job_user, exec_root, tmp_path):
@@ -216,24 +206,8 @@ def test_garbage_page_is_an_outage_not_a_rejection(stack, config_file, email):
     assert stack.api.status(1) == "CREATED"
 
 
-class Crash(BaseException):
-    """Stands for SIGKILL inside the test process: nothing after the crash point runs."""
-
-
-@pytest.fixture
-def crash_at(monkeypatch):
-    def arm(point: str) -> None:
-        def crash(name: str) -> None:
-            if name == point:
-                raise Crash(point)
-
-        monkeypatch.setattr(jobbergate_sync, "crash_point", crash)
-
-    return arm
-
-
-@pytest.mark.parametrize("point", ["after-files-written", "after-slurm-submit", "after-journal-job",
-                                   "after-agent-submitted"])
+@pytest.mark.parametrize("point", [CrashPoint.AFTER_FILES_WRITTEN, CrashPoint.AFTER_SLURM_SUBMIT,
+                                   CrashPoint.AFTER_JOURNAL_JOB, CrashPoint.AFTER_AGENT_SUBMITTED])
 def test_a_pass_interrupted_at_any_step_never_submits_twice(stack, config_file, email, crash_at, monkeypatch, point):
     stack.api.add_submission(1, email=email)
     config = config_file()
@@ -385,7 +359,7 @@ def test_cancelled_submission_without_a_job_is_closed(stack, config_file):
 def test_cancelled_after_an_interrupted_submit_records_then_cancels_the_job(stack, config_file, email, crash_at, monkeypatch):
     stack.api.add_submission(1, email=email)
     config = config_file()
-    crash_at("after-slurm-submit")
+    crash_at(CrashPoint.AFTER_SLURM_SUBMIT)
     with pytest.raises(Crash):
         run(config)
     monkeypatch.setattr(jobbergate_sync, "crash_point", lambda name: None)
@@ -490,3 +464,19 @@ def test_an_empty_page_before_the_announced_last_ends_the_listing(stack, config_
 
     assert len(stack.api.called("pending")) == 2
     assert stack.api.status(1) == "SUBMITTED"
+
+
+def test_a_pass_killed_while_caching_its_token_leaves_no_cache_and_no_temporary_file(stack, config_file, email,
+                                                                                      crash_at, monkeypatch, tmp_path):
+    stack.api.add_submission(1, email=email)
+    config = config_file()
+    crash_at(CrashPoint.TOKEN_CACHE)
+    with pytest.raises(Crash):
+        run(config)
+    state = tmp_path / "state"
+    assert not (state / "token.json").exists() and not list(state.glob(".tmp-*"))
+    monkeypatch.setattr(jobbergate_sync, "crash_point", lambda point: None)
+
+    assert run(config) == 0
+    assert (state / "token.json").stat().st_mode & 0o777 == 0o600
+    assert len(stack.slurm.submitted) == 1

@@ -12,7 +12,8 @@ import pytest
 import requests
 
 import jobbergate_sync
-from test_pass import Crash, crash_at, journal_rows, run  # noqa: F401 (crash_at is a fixture)
+from fakes import Crash, journal_rows, run
+from jobbergate_sync import CrashPoint
 
 TAG = "jobbergate-sync:test-cluster:1"
 DBD_DOWN = (500, {"errors": [{"error_number": 7000, "error": "Unable to connect to database"}]})
@@ -34,7 +35,7 @@ def submitted_then_crashed(stack, config_file, email, crash_at, monkeypatch, tmp
     """Slurm accepted job 100 for submission 1 and the pass died before the journal had the job id;
     then the job ran, ended, and `purge` makes slurmctld forget it. At "after-journal-intent" the pass
     died before its submit was sent."""
-    def make(age: float, point: str = "after-slurm-submit", **settings: str) -> tuple[str, float]:
+    def make(age: float, point: CrashPoint = CrashPoint.AFTER_SLURM_SUBMIT, **settings: str) -> tuple[str, float]:
         stack.api.add_submission(1, email=email)
         config = config_file(**settings)
         crash_at(point)
@@ -117,7 +118,7 @@ def test_two_jobs_that_could_be_it_are_never_guessed_between(stack, submitted_th
 def test_killed_between_intent_and_submit(stack, submitted_then_crashed, age, outcome):
     """The common case: nothing reached Slurm. Soon after, slurmctld's silence proves it; past the
     horizon without slurmdbd nothing can, and the job is not risked twice."""
-    config, _ = submitted_then_crashed(age, "after-journal-intent")
+    config, _ = submitted_then_crashed(age, CrashPoint.AFTER_JOURNAL_INTENT)
 
     assert run(config) == 0
 

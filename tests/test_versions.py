@@ -11,7 +11,7 @@ import pytest
 import responses
 
 import jobbergate_sync
-from fakes import JWT_KEY, SLURM, FakeSlurm
+from fakes import JWT_KEY, SLURM, FakeSlurm, run
 from jobbergate_sync import dropped_fields, main, slurm_errors, slurm_warnings
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "slurmrestd"
@@ -20,10 +20,6 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "slurmrestd"
 def capture(name: str) -> Dict[str, Any]:
     with open(FIXTURES / name, encoding="utf-8") as handle:
         return json.load(handle)
-
-
-def run(config: str, *extra: str) -> int:
-    return main(["--once", "--config", config, *extra])
 
 
 def slurm_of(stack: Any, version: str) -> FakeSlurm:
