@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from datetime import datetime, timezone
-from typing import IO, Any, Callable, Iterable, Iterator, Mapping, Optional
+from typing import IO, Any, Callable, Iterable, Iterator, Mapping, Optional, Union
 
 import click
 import jwt
@@ -2591,93 +2591,353 @@ class PassSummary:
         return EXIT_ITEMS_FAILED if self.errors else EXIT_OK
 
 
-class SyncPass:
+def owner_of(journal: Journal, slurm: SlurmRest, submission_id: int, job_id: int,
+             records: Optional[list[dict[str, Any]]] = None) -> str:
+    """Who may cancel the job: the user the journal says submitted it, else the job record's
+    owner. Never anyone else: a DELETE as a non-owner hangs slurmctld 24.11.5."""
+    entry = journal.get(submission_id)
+    if entry and entry.username:
+        return entry.username
+    for record in records or slurm.job(job_id) or []:
+        if isinstance(record.get("user_name"), str) and record["user_name"]:
+            return record["user_name"]
+    raise ItemError(f"cannot tell who owns Slurm job {job_id} of submission {submission_id}; "
+                    "not cancelling it as anyone else")
+
+
+def state_for_submitted(slurm: SlurmRest, job_id: int) -> StateReport:
+    """The state agent/submitted reports with a job just submitted or found: PENDING when Slurm cannot
+    say (it has just accepted the job)."""
+    try:
+        records = slurm.job(job_id)
+    except (Unavailable, ItemError) as exc:
+        log.warning("could not read Slurm job %d just after submitting it (%s); reporting PENDING", job_id, exc,
+                    **ctx(slurm_job_id=job_id))
+        records = None
+    report = report_from_records(job_id, records, report_from_slurmctld) if records else None
+    return report or StateReport(job_id, "PENDING", None, json.dumps({"job_id": job_id}))
+
+
+def state_for_update(slurm: SlurmRest, job_id: int, jobs: Mapping[int, list[dict[str, Any]]]) -> StateReport:
+    """The state an update reports for a job being followed (every task of an array): from slurmctld
+    (`jobs`, read once for the whole phase), else slurmdbd, else UNKNOWN once Slurm says it has no
+    such job."""
+    records = jobs.get(job_id) or slurm.job(job_id)
+    report = report_from_records(job_id, records, report_from_slurmctld) if records else None
+    finished_array = bool(records) and report is not None and report.state in SLURM_FINAL_STATES and any(
+        array_job_id_of(job) for job in records or [])
+    if (records is None or finished_array) and slurm.use_slurmdbd:
+        # slurmdbd also knows the tasks slurmctld has already purged
+        accounted = slurm.accounting_job(job_id)
+        if accounted:
+            records, report = accounted, report_from_records(job_id, accounted, report_from_slurmdbd)
+    if records is None:
+        return StateReport(job_id, "UNKNOWN", f"Slurm has no record of job {job_id}",
+                           json.dumps({"job_id": job_id, "error": "Invalid job id specified"}))
+    if report is None:
+        raise ItemError(f"Slurm job {job_id} is in a state Jobbergate does not know: "
+                        f"{[job.get('job_state') or job.get('state') for job in records]}")
+    return report
+
+
+def refused_report_standing(current: Mapping[str, Any], job_id: int) -> str:
+    """Where a submission stands after the API answered 400 to agent/submitted for `job_id`:
+    "reported" when it holds that job (an earlier report of ours landed, its answer was lost),
+    "waiting" when it still waits for a job, "taken" when it holds another (so ours is a duplicate)."""
+    status, recorded = current.get("status"), current.get("slurm_job_id")
+    if status in ("SUBMITTED", "CANCELLED") and recorded == job_id:
+        return "reported"
+    if status == "CREATED" or (status == "CANCELLED" and recorded is None):
+        return "waiting"
+    return "taken"
+
+
+@dataclasses.dataclass
+class PreparedJob:
+    """A submission that passed every check, ready to be submitted exactly once."""
+
+    submission_id: int
+    user: LocalUser
+    directory: str
+    request: JobRequest
+    tag: str
+    files: dict[str, IO[bytes]]  # downloaded, by name; written to `directory` as the user before the submit
+
+    def close(self) -> None:
+        for handle in self.files.values():
+            handle.close()
+
+
+def read_back(handle: IO[bytes]) -> bytes:
+    handle.seek(0)
+    return handle.read()
+
+
+class PassContext:
+    """What the phases share: the peers, the journal, the summary, containment, and the one object
+    that changes anything (`changes`), live or dry, chosen here once."""
+
     def __init__(self, config: Config, api: JobbergateApi, slurm: SlurmRest, journal: Journal, mapper: UserMapper,
-                 deadline: Deadline, dry_run: bool = False, echo: Callable[[str], None] = click.echo):
+                 deadline: Deadline, dry_run: bool):
         self.config = config
         self.api = api
         self.slurm = slurm
         self.journal = journal
         self.mapper = mapper
         self.deadline = deadline
-        self.dry_run = dry_run
-        self.echo = echo
         self.cluster = config.oidc.client_id
         self.summary = PassSummary()
         self.pending_ids: Optional[set[int]] = None  # every pending submission, once fully listed
+        self.changes: Changes = DryRunChanges(self) if dry_run else LiveChanges(self)
+        self.earlier = EarlierSubmit(self)
 
-    def run(self) -> PassSummary:
-        """Submit, update, ping health: a phase that cannot get its work (its list failed, its peer
-        is down) ends, and the next phase still runs. The deadline ends the pass's work;
-        authentication and configuration failures (and bugs) end the pass."""
-        phases: list[tuple[str, Callable[[], None]]] = [("submit phase", self.submit_pending),
-                                                         ("update phase", self.update_active)]
-        if not self.dry_run:
-            phases.append(("health ping", lambda: self.api.ping_health(self.config.run.interval)))
-        try:
-            for name, phase in phases:
-                self._contain(phase, f"{name} ended")
-        except DeadlineReached:
-            self.summary.deadline_reached = True
-            log.warning("the pass reached its %d s deadline; the remaining work waits for the next pass",
-                        self.config.run.deadline)
-        self.summary.errors += self.api.malformed_items
-        return self.summary
-
-    def _item(self, submission_id: Optional[int], action: Callable[[], None]) -> None:
-        """Run one item's work; its failure is logged and counted, and the pass goes on."""
-        self._contain(action, f"submission {submission_id}", submission_id)
-
-    def _contain(self, action: Callable[[], None], what: str, submission_id: Optional[int] = None) -> None:
+    def contain(self, action: Callable[[], None], what: str, submission_id: Optional[int] = None) -> None:
         """Run `action`; an outage, an item failure or an API refusal is logged and counted and the
         pass goes on. Everything else (authentication, configuration, deadline, bugs) goes up."""
         try:
             action()
         except Unavailable as exc:
             self.summary.unavailable = True
-            self._failed(f"{what}: left for the next pass: {exc}", submission_id)
+            self.failed(f"{what}: left for the next pass: {exc}", submission_id)
         except ItemError as exc:
-            self._failed(f"{what}: {exc}", submission_id)
+            self.failed(f"{what}: {exc}", submission_id)
         except ApiConflict as exc:
-            self._failed(f"{what}: the API refused a change: {exc}", submission_id)
+            self.failed(f"{what}: the API refused a change: {exc}", submission_id)
 
-    def _failed(self, message: str, submission_id: Optional[int]) -> None:
+    def contain_item(self, submission_id: int, action: Callable[[], None]) -> None:
+        """Run one item's work; its failure is logged and counted, and the pass goes on."""
+        self.contain(action, f"submission {submission_id}", submission_id)
+
+    def failed(self, message: str, submission_id: Optional[int]) -> None:
         self.summary.errors += 1
         log.error("%s", message, **ctx(submission_id=submission_id))
 
-    # -- submitting ------------------------------------------------------------------------------
+    def report_submitted(self, submission_id: int, job_id: int, known: Optional[StateReport] = None) -> None:
+        self.changes.report_submitted(submission_id, job_id, known or state_for_submitted(self.slurm, job_id))
 
-    def submit_pending(self) -> None:
-        pending, complete = self.api.list_pending()
-        self.summary.pending = len(pending)
-        self.pending_ids = {item["id"] for item in pending} if complete else None
-        log.info("%d pending submission(s) for cluster %s", len(pending), self.cluster)
-        for item in pending:
-            self.deadline.check()
-            self._item(item["id"], lambda: self.submit_one(item))
 
-    def submit_one(self, item: Mapping[str, Any]) -> None:
-        submission_id = item["id"]
-        entry = self.journal.get(submission_id)
-        if entry and entry.slurm_job_id is not None:
-            log.info("submission %d already has Slurm job %d from an earlier pass; reporting it", submission_id,
-                     entry.slurm_job_id, **ctx(submission_id=submission_id, slurm_job_id=entry.slurm_job_id))
-            self.report_submitted(submission_id, entry.slurm_job_id)
-            return
+class PassPart:
+    """A part of the pass, reading the context's fields as its own."""
+
+    def __init__(self, context: PassContext):
+        self.context = context
+        self.config = context.config
+        self.api = context.api
+        self.slurm = context.slurm
+        self.journal = context.journal
+        self.mapper = context.mapper
+        self.deadline = context.deadline
+        self.summary = context.summary
+        self.cluster = context.cluster
+
+
+# -- every change the pass makes: live, or printed by a dry run ---------------------------------
+
+
+class LiveChanges(PassPart):
+    """The changes made: to the execution directory, the journal, Slurm and the API."""
+
+    @property
+    def download_dir(self) -> Optional[str]:
+        return self.config.run.state_dir  # root's own (0700)
+
+    def submit_exactly_once(self, job: PreparedJob) -> None:
+        """The promise: the intent is on disk before the submit, the job id right after it, and the
+        report follows. A pass killed anywhere in between is resumed from the journal by the next
+        one (EarlierSubmit), which never submits a job twice."""
+        self.write_files(job)
+        crash_point(CrashPoint.AFTER_FILES_WRITTEN)
+        self.journal.record_intent(job.submission_id, job.tag, job.user.name, job.request.payload["job"]["name"],
+                                   job.request.working_directory)
+        crash_point(CrashPoint.AFTER_JOURNAL_INTENT)
+        job_id = self.submit(job)
+        crash_point(CrashPoint.AFTER_SLURM_SUBMIT)
+        self.journal.record_job(job.submission_id, job_id)
+        log.info("submitted submission %d as Slurm job %d", job.submission_id, job_id,
+                 **ctx(submission_id=job.submission_id, slurm_job_id=job_id, user=job.user.name))
+        crash_point(CrashPoint.AFTER_JOURNAL_JOB)
+        self.context.report_submitted(job.submission_id, job_id)
+
+    def write_files(self, job: PreparedJob) -> None:
+        files = [(name, handle.fileno()) for name, handle in job.files.items()] if self.config.submit.write_files else []
+        run_as_user(job.user, lambda: stage_in_directory(job.directory, files))
+        log.info("wrote %d file(s) to %s as %s", len(files), job.directory, job.user.name,
+                 **ctx(submission_id=job.submission_id, user=job.user.name))
+
+    def submit(self, job: PreparedJob) -> int:
+        """Submit to Slurm as the user; a refused submit leaves no intent behind."""
         try:
-            if entry and entry.intent_at is not None and self.recover_intent(entry):
-                return
-            self.submit_new(parse_pending(item))
-        except SubmitUnsettled as exc:
-            self.reject_unsettled(exc)
-        except Rejection as exc:
-            self.reject(submission_id, str(exc))
+            return self.slurm.submit(job.request, job.user.name)
+        except DroppedOptions as exc:
+            self.journal.record_job(job.submission_id, exc.job_id)
+            self.slurm.cancel(exc.job_id, job.user.name)
+            log.warning("cancelled Slurm job %d: %s", exc.job_id, exc, **ctx(submission_id=job.submission_id,
+                                                                              slurm_job_id=exc.job_id,
+                                                                              user=job.user.name))
+            self.journal.forget(job.submission_id)
+            raise
+        except Rejection:
+            self.journal.forget(job.submission_id)
+            raise
+
+    def report_submitted(self, submission_id: int, job_id: int, report: StateReport) -> None:
+        """agent/submitted is not idempotent: a 400 is answered by reading the submission."""
+        context = ctx(submission_id=submission_id, slurm_job_id=job_id)
+        tag = submission_tag(self.cluster, submission_id)
+        try:
+            self.api.report_submitted(submission_id, report)
+        except ApiConflict as exc:
+            if exc.status == 404:
+                self.slurm.cancel(job_id, owner_of(self.journal, self.slurm, submission_id, job_id))
+                self.journal.forget(submission_id)
+                raise ItemError(f"submission {submission_id} no longer exists; cancelled its Slurm job {job_id}") from None
+            if exc.status != 400:
+                raise
+            self.settle_refused_report(submission_id, job_id, report, exc)
+        crash_point(CrashPoint.AFTER_AGENT_SUBMITTED)
+        if report.state in SLURM_FINAL_STATES:  # agent/submitted leaves it SUBMITTED; only an update closes it
+            self.api.update(submission_id, report)
+        self.journal.record_report(submission_id, tag, report)
+        self.summary.submitted += 1
+        log.info("reported submission %d SUBMITTED with Slurm job %d (%s)", submission_id, job_id, report.state, **context)
+
+    def settle_refused_report(self, submission_id: int, job_id: int, report: StateReport, refusal: ApiConflict) -> None:
+        """Resend the report the submission still waits for; cancel our job when it holds another."""
+        current = self.api.get_submission(submission_id)
+        standing = refused_report_standing(current, job_id)
+        if standing == "waiting":
+            self.api.report_submitted(submission_id, report)
+        elif standing == "taken":
+            self.slurm.cancel(job_id, owner_of(self.journal, self.slurm, submission_id, job_id))
+            self.journal.forget(submission_id)
+            raise ItemError(f"submission {submission_id} is {current.get('status')} with Slurm job "
+                            f"{current.get('slurm_job_id')}, not ours ({job_id}): cancelled Slurm job {job_id} as a "
+                            f"duplicate (API said: {refusal.detail})")
+
+    def reject(self, submission_id: int, message: str) -> None:
+        log.warning("rejecting submission %d: %s", submission_id, message, **ctx(submission_id=submission_id))
+        try:
+            self.api.report_rejected(submission_id, message)
+        except ApiConflict as exc:
+            current = self.api.get_submission(submission_id)
+            if current.get("status") != "REJECTED":
+                raise ItemError(f"could not reject submission {submission_id} ({exc}); it is now {current.get('status')}") from None
+
+    def forget(self, submission_id: int) -> None:
+        self.journal.forget(submission_id)
+
+    def cancel_duplicate(self, submission_id: int, job_id: int, owner: str) -> None:
+        self.slurm.cancel(job_id, owner)
+
+    def cancel_job(self, submission_id: int, job_id: int, owner: str) -> Optional[StateReport]:
+        """Cancel the Slurm job of a cancelled submission as its owner; the state after the cancel,
+        or None when nothing was done. Counted only when Slurm cancelled it."""
+        context = ctx(submission_id=submission_id, slurm_job_id=job_id, user=owner)
+        outcome = self.slurm.cancel(job_id, owner)
+        if outcome is False:
+            log.info("Slurm job %d of cancelled submission %d had already ended", job_id, submission_id, **context)
+            return None
+        after = state_for_update(self.slurm, job_id, {})
+        if outcome is None and after.state != "CANCELLED":
+            log.warning("asked Slurm to cancel job %d of submission %d as %s, but it is %s", job_id, submission_id,
+                        owner, after.state, **context)
+            return after
+        self.summary.cancelled += 1
+        log.info("cancelled Slurm job %d of cancelled submission %d as %s", job_id, submission_id, owner, **context)
+        return after
+
+    def update(self, submission_id: int, report: StateReport) -> None:
+        self.api.update(submission_id, report)
+        self.journal.record_report(submission_id, submission_tag(self.cluster, submission_id), report)
+        self.summary.updated += 1
+        log.info("updated submission %d: Slurm job %s is %s%s", submission_id, report.job_id, report.state,
+                 f" ({report.reason})" if report.reason else "",
+                 **ctx(submission_id=submission_id, slurm_job_id=report.job_id))
+        crash_point(CrashPoint.MID_UPDATE)
+
+    def prune_journal(self, active_ids: set[int]) -> None:
+        """Forget submissions Jobbergate has closed; keep unreported work unless it is long stale.
+        An intent of a submission still pending is kept whatever its age: it alone stops a second submit."""
+        pending_ids = self.context.pending_ids
+        for entry in self.journal.entries():
+            if entry.submission_id in active_ids or entry.submission_id in (pending_ids or ()):
+                continue
+            if entry.reported:
+                self.journal.forget(entry.submission_id)
+            elif pending_ids is not None and time.time() - entry.created_at > STALE_INTENT_SECONDS:
+                log.warning("forgetting a day-old unreported record of submission %d (Slurm job %s)",
+                            entry.submission_id, entry.slurm_job_id, **ctx(submission_id=entry.submission_id))
+                self.journal.forget(entry.submission_id)
+
+    def ping_health(self) -> None:
+        self.api.ping_health(self.config.run.interval)
+
+
+class DryRunChanges(PassPart):
+    """The same changes, printed and not made: a dry run reads everything and changes nothing anywhere
+    (its journal is a scratch copy)."""
+
+    download_dir = None  # the state directory is left alone
+
+    def submit_exactly_once(self, job: PreparedJob) -> None:
+        click.echo(f"would submit submission {job.submission_id} as {job.user.name} in {job.directory}: "
+                   f"{json.dumps(job.request.payload['job'], sort_keys=True)[:2000]}")
+        self.summary.submitted += 1
+
+    def report_submitted(self, submission_id: int, job_id: int, report: StateReport) -> None:
+        click.echo(f"would report submission {submission_id} SUBMITTED as Slurm job {job_id}")
+
+    def reject(self, submission_id: int, message: str) -> None:
+        click.echo(f"would reject submission {submission_id}: {message}")
+
+    def forget(self, submission_id: int) -> None:
+        pass
+
+    def cancel_duplicate(self, submission_id: int, job_id: int, owner: str) -> None:
+        click.echo(f"would cancel Slurm job {job_id}, a duplicate of submission {submission_id}, as {owner}")
+
+    def cancel_job(self, submission_id: int, job_id: int, owner: str) -> Optional[StateReport]:
+        click.echo(f"would cancel Slurm job {job_id} of cancelled submission {submission_id} as {owner}")
+        return None
+
+    def update(self, submission_id: int, report: StateReport) -> None:
+        click.echo(f"would update submission {submission_id}: {report.state} ({report.reason or 'no reason'})")
+        self.summary.updated += 1
+
+    def prune_journal(self, active_ids: set[int]) -> None:
+        pass
+
+    def ping_health(self) -> None:
+        pass
+
+
+Changes = Union[LiveChanges, DryRunChanges]
+
+
+# -- resuming an earlier pass's submit ----------------------------------------------------------
+
+
+class EarlierSubmit(PassPart):
+    """A submission the journal says an earlier pass began to submit: its job is reported, never
+    submitted again."""
+
+    def resume(self, entry: Optional[JournalEntry]) -> bool:
+        """True when an earlier pass's submit of this submission is settled and now reported: its job
+        id is in the journal, or its interrupted submit's job was found. False when there was none, or
+        it provably never reached Slurm, so submitting is safe. Raises SubmitUnsettled when Slurm
+        cannot tell, and Unavailable while slurmdbd does not answer: never a second submit in doubt."""
+        if entry is None:
+            return False
+        if entry.slurm_job_id is not None:
+            log.info("submission %d already has Slurm job %d from an earlier pass; reporting it", entry.submission_id,
+                     entry.slurm_job_id, **ctx(submission_id=entry.submission_id, slurm_job_id=entry.slurm_job_id))
+            self.context.report_submitted(entry.submission_id, entry.slurm_job_id)
+            return True
+        return entry.intent_at is not None and self.recover_intent(entry)
 
     def recover_intent(self, entry: JournalEntry) -> bool:
-        """An earlier pass stopped between recording its intent and recording the job id. True when
-        its job was found (in slurmctld by its tag, else in slurmdbd) and reported; False when it
-        provably never reached Slurm, so submitting is safe. Raises SubmitUnsettled when neither
-        can tell, and Unavailable while slurmdbd does not answer: never a second submit in doubt."""
+        """An earlier pass stopped between recording its intent and recording the job id: find its
+        job in slurmctld by its tag, else in slurmdbd."""
         context = ctx(submission_id=entry.submission_id)
         found = self.slurm.jobs_with_tag(entry.tag)
         if found:
@@ -2685,7 +2945,8 @@ class SyncPass:
                 log.error("submission %d has %d Slurm jobs %s; keeping %d, cancelling the others", entry.submission_id,
                           len(found), found, found[0], **context)
                 for duplicate in found[1:]:
-                    self.slurm.cancel(duplicate, self.owner_of(entry.submission_id, duplicate))
+                    self.context.changes.cancel_duplicate(
+                        entry.submission_id, duplicate, owner_of(self.journal, self.slurm, entry.submission_id, duplicate))
             self.adopt_job(entry, found[0], "slurmctld")
             return True
         age = time.time() - (entry.intent_at or 0)
@@ -2707,7 +2968,7 @@ class SyncPass:
         log.info("submission %d: found Slurm job %d from an interrupted pass in %s", entry.submission_id, job_id,
                  where, **ctx(submission_id=entry.submission_id, slurm_job_id=job_id))
         self.journal.record_job(entry.submission_id, job_id)
-        self.report_submitted(entry.submission_id, job_id, report)
+        self.context.report_submitted(entry.submission_id, job_id, report)
 
     def find_in_accounting(self, entry: JournalEntry) -> Optional[dict[str, Any]]:
         """The slurmdbd record of the job an interrupted submit created, None when slurmdbd proves
@@ -2735,16 +2996,39 @@ class SyncPass:
                               f"{utc_text(intent_at)} is settled once slurmdbd has them")
         return None
 
-    def reject_unsettled(self, exc: "SubmitUnsettled") -> None:
-        entry = exc.entry
-        log.error("submission %d (tag %s): cannot tell whether the submit interrupted at %s reached Slurm (%s); "
-                  "rejecting it rather than risk running it twice", entry.submission_id, entry.tag,
-                  utc_text(entry.intent_at), exc.reason, **ctx(submission_id=entry.submission_id))
-        self.reject(entry.submission_id, str(exc))
-        if not self.dry_run:
-            self.journal.forget(entry.submission_id)
 
-    def submit_new(self, submission: PendingSubmission) -> None:
+# -- the submit phase ---------------------------------------------------------------------------
+
+
+class SubmitPhase(PassPart):
+    """Each pending submission once: an earlier pass's submit resumed, else the job prepared (where
+    it can be rejected) and submitted exactly once."""
+
+    def run(self) -> None:
+        pending, complete = self.api.list_pending()
+        self.summary.pending = len(pending)
+        self.context.pending_ids = {item["id"] for item in pending} if complete else None
+        log.info("%d pending submission(s) for cluster %s", len(pending), self.cluster)
+        for item in pending:
+            self.deadline.check()
+            self.context.contain_item(item["id"], lambda: self.submit_one(item))
+
+    def submit_one(self, item: Mapping[str, Any]) -> None:
+        submission_id = item["id"]
+        try:
+            if self.context.earlier.resume(self.journal.get(submission_id)):
+                return
+            with contextlib.closing(self.prepare_job(parse_pending(item))) as job:
+                self.context.changes.submit_exactly_once(job)
+        except SubmitUnsettled as exc:
+            self.reject_unsettled(exc)
+        except Rejection as exc:
+            self.reject(submission_id, str(exc))
+
+    def prepare_job(self, submission: PendingSubmission) -> PreparedJob:
+        """Everything that can reject the submission, before anything changes: its owner's local
+        account, its execution directory, its files (downloaded; the entrypoint checked) and the job
+        translated for slurmrestd."""
         user = self.mapper.user_for(submission.owner_email)
         directory = resolve_execution_directory(submission.execution_directory,
                                                 self.config.submit.execution_directory, user)
@@ -2752,157 +3036,67 @@ class SyncPass:
         if support and not self.config.submit.write_files:
             raise Rejection(f"this cluster does not write supporting files (write_files = false) and the job script "
                             f"has {len(support)}: {', '.join(f.filename for f in support)}")
-        staged = self.download_files(submission)
+        files = self.download_files(submission)
         try:
-            script = check_script(self.read_back(staged[submission.entrypoint.filename]), submission.entrypoint.filename)
+            script = check_script(read_back(files[submission.entrypoint.filename]), submission.entrypoint.filename)
             environment = {"PATH": self.config.submit.job_path, "HOME": user.home, "USER": user.name, "LOGNAME": user.name}
             tag = submission_tag(self.cluster, submission.id)
             request = build_job_request(script, submission.sbatch_arguments, submission.name, directory,
                                         environment, tag, self.slurm.minor, self.slurm.release)
-            context = ctx(submission_id=submission.id, user=user.name)
-            if self.dry_run:
-                self.echo(f"would submit submission {submission.id} as {user.name} in {directory}: "
-                          f"{json.dumps(request.payload['job'], sort_keys=True)[:2000]}")
-                self.summary.submitted += 1
-                return
-            files = [(name, handle.fileno()) for name, handle in staged.items()] if self.config.submit.write_files else []
-            run_as_user(user, lambda: stage_in_directory(directory, files))
-            log.info("wrote %d file(s) to %s as %s", len(files), directory, user.name, **context)
-            crash_point(CrashPoint.AFTER_FILES_WRITTEN)
-        finally:
-            for handle in staged.values():
+        except BaseException:
+            for handle in files.values():
                 handle.close()
-        self.journal.record_intent(submission.id, tag, user.name, request.payload["job"]["name"], request.working_directory)
-        crash_point(CrashPoint.AFTER_JOURNAL_INTENT)
-        try:
-            job_id = self.slurm.submit(request, user.name)
-        except DroppedOptions as exc:
-            self.journal.record_job(submission.id, exc.job_id)
-            self.slurm.cancel(exc.job_id, user.name)
-            log.warning("cancelled Slurm job %d: %s", exc.job_id, exc, **ctx(submission_id=submission.id,
-                                                                              slurm_job_id=exc.job_id, user=user.name))
-            self.journal.forget(submission.id)
             raise
-        except Rejection:
-            self.journal.forget(submission.id)
-            raise
-        crash_point(CrashPoint.AFTER_SLURM_SUBMIT)
-        self.journal.record_job(submission.id, job_id)
-        log.info("submitted submission %d as Slurm job %d", submission.id, job_id,
-                 **ctx(submission_id=submission.id, slurm_job_id=job_id, user=user.name))
-        crash_point(CrashPoint.AFTER_JOURNAL_JOB)
-        self.report_submitted(submission.id, job_id)
+        return PreparedJob(submission.id, user, directory, request, tag, files)
 
     def download_files(self, submission: PendingSubmission) -> dict[str, IO[bytes]]:
-        """Each file streamed into an unlinked private temporary file in the state directory."""
-        staged: dict[str, IO[bytes]] = {}
+        """Each file streamed into an unlinked private temporary file."""
+        files: dict[str, IO[bytes]] = {}
         try:
             for script_file in sorted(submission.files, key=lambda f: not f.is_entrypoint):
-                # The state directory is root's own (0700); a dry run leaves it alone.
-                handle = tempfile.TemporaryFile(dir=None if self.dry_run else self.config.run.state_dir)
-                staged[script_file.filename] = handle
+                handle = tempfile.TemporaryFile(dir=self.context.changes.download_dir)
+                files[script_file.filename] = handle
                 size = self.api.download(script_file.parent_id, script_file.filename, handle,
                                          self.config.submit.max_file_size)
                 log.debug("downloaded %s (%d bytes)", script_file.filename, size, **ctx(submission_id=submission.id))
         except BaseException:
-            for handle in staged.values():
+            for handle in files.values():
                 handle.close()
             raise
-        return staged
-
-    @staticmethod
-    def read_back(handle: IO[bytes]) -> bytes:
-        handle.seek(0)
-        return handle.read()
+        return files
 
     def reject(self, submission_id: int, message: str) -> None:
         self.summary.rejected += 1
-        if self.dry_run:
-            self.echo(f"would reject submission {submission_id}: {message}")
-            return
-        log.warning("rejecting submission %d: %s", submission_id, message, **ctx(submission_id=submission_id))
-        try:
-            self.api.report_rejected(submission_id, message)
-        except ApiConflict as exc:
-            current = self.api.get_submission(submission_id)
-            if current.get("status") != "REJECTED":
-                raise ItemError(f"could not reject submission {submission_id} ({exc}); it is now {current.get('status')}") from None
+        self.context.changes.reject(submission_id, message)
 
-    def current_report(self, job_id: int) -> StateReport:
-        """The job's state for agent/submitted; when Slurm cannot say, PENDING (it was just accepted)."""
-        try:
-            records = self.slurm.job(job_id)
-        except (Unavailable, ItemError) as exc:
-            log.warning("could not read Slurm job %d just after submitting it (%s); reporting PENDING", job_id, exc,
-                        **ctx(slurm_job_id=job_id))
-            records = None
-        report = report_from_records(job_id, records, report_from_slurmctld) if records else None
-        return report or StateReport(job_id, "PENDING", None, json.dumps({"job_id": job_id}))
+    def reject_unsettled(self, exc: SubmitUnsettled) -> None:
+        entry = exc.entry
+        log.error("submission %d (tag %s): cannot tell whether the submit interrupted at %s reached Slurm (%s); "
+                  "rejecting it rather than risk running it twice", entry.submission_id, entry.tag,
+                  utc_text(entry.intent_at), exc.reason, **ctx(submission_id=entry.submission_id))
+        self.reject(entry.submission_id, str(exc))
+        self.context.changes.forget(entry.submission_id)
 
-    def report_submitted(self, submission_id: int, job_id: int, known: Optional[StateReport] = None) -> None:
-        """agent/submitted is not idempotent: a 400 is answered by reading the submission."""
-        context = ctx(submission_id=submission_id, slurm_job_id=job_id)
-        report = known or self.current_report(job_id)
-        if self.dry_run:
-            self.echo(f"would report submission {submission_id} SUBMITTED as Slurm job {job_id}")
-            return
-        tag = submission_tag(self.cluster, submission_id)
-        try:
-            self.api.report_submitted(submission_id, report)
-        except ApiConflict as exc:
-            if exc.status == 404:
-                self.slurm.cancel(job_id, self.owner_of(submission_id, job_id))
-                self.journal.forget(submission_id)
-                raise ItemError(f"submission {submission_id} no longer exists; cancelled its Slurm job {job_id}") from None
-            if exc.status != 400:
-                raise
-            if not self._earlier_report_landed(submission_id, job_id, exc):
-                self.api.report_submitted(submission_id, report)
-        crash_point(CrashPoint.AFTER_AGENT_SUBMITTED)
-        if report.state in SLURM_FINAL_STATES:  # agent/submitted leaves it SUBMITTED; only an update closes it
-            self.api.update(submission_id, report)
-        self.journal.record_report(submission_id, tag, report)
-        self.summary.submitted += 1
-        log.info("reported submission %d SUBMITTED with Slurm job %d (%s)", submission_id, job_id, report.state, **context)
 
-    def _earlier_report_landed(self, submission_id: int, job_id: int, refusal: ApiConflict) -> bool:
-        current = self.api.get_submission(submission_id)
-        status, recorded = current.get("status"), current.get("slurm_job_id")
-        if status in ("SUBMITTED", "CANCELLED") and recorded == job_id:
-            return True
-        if status == "CREATED" or (status == "CANCELLED" and recorded is None):
-            return False
-        self.slurm.cancel(job_id, self.owner_of(submission_id, job_id))
-        self.journal.forget(submission_id)
-        raise ItemError(f"submission {submission_id} is {status} with Slurm job {recorded}, not ours ({job_id}): "
-                        f"cancelled Slurm job {job_id} as a duplicate (API said: {refusal.detail})")
+# -- the update phase ---------------------------------------------------------------------------
 
-    def owner_of(self, submission_id: int, job_id: int, records: Optional[list[dict[str, Any]]] = None) -> str:
-        """Who may cancel the job: the user the journal says submitted it, else the job record's
-        owner. Never anyone else: a DELETE as a non-owner hangs slurmctld 24.11.5."""
-        entry = self.journal.get(submission_id)
-        if entry and entry.username:
-            return entry.username
-        for record in records or self.slurm.job(job_id) or []:
-            if isinstance(record.get("user_name"), str) and record["user_name"]:
-                return record["user_name"]
-        raise ItemError(f"cannot tell who owns Slurm job {job_id} of submission {submission_id}; "
-                        "not cancelling it as anyone else")
 
-    # -- updating --------------------------------------------------------------------------------
+class UpdatePhase(PassPart):
+    """Each active submission: its Slurm job's state reported when it changed, the job of a
+    submission its owner cancelled cancelled; then the journal pruned."""
 
-    def update_active(self) -> None:
+    def run(self) -> None:
         active, complete = self.api.list_active()
         self.summary.active = len(active)
         log.info("%d active submission(s) for cluster %s", len(active), self.cluster)
         jobs = self.slurm.jobs() if any(isinstance(item.get("slurm_job_id"), int) for item in active) else {}
         for item in active:
             self.deadline.check()
-            self._item(item["id"], lambda: self.update_one(item, jobs))
-        if complete and not self.dry_run:
-            self.prune_journal({item["id"] for item in active})
+            self.context.contain_item(item["id"], lambda: self.update_one(item, jobs))
+        if complete:
+            self.context.changes.prune_journal({item["id"] for item in active})
 
-    def update_one(self, item: Mapping[str, Any], jobs: Mapping[int, dict[str, Any]]) -> None:
+    def update_one(self, item: Mapping[str, Any], jobs: Mapping[int, list[dict[str, Any]]]) -> None:
         submission_id, status, job_id = item["id"], item.get("status"), item.get("slurm_job_id")
         if not isinstance(job_id, int):
             if status == "CANCELLED":
@@ -2912,103 +3106,63 @@ class SyncPass:
                           **ctx(submission_id=submission_id))
                 self.summary.errors += 1
             return
-        report = self.slurm_report(job_id, jobs)
+        report = state_for_update(self.slurm, job_id, jobs)
         if status == "CANCELLED" and report.state not in SLURM_FINAL_STATES:
-            report = self.cancel_job(submission_id, job_id, jobs) or report
+            owner = owner_of(self.journal, self.slurm, submission_id, job_id, jobs.get(job_id))
+            report = self.context.changes.cancel_job(submission_id, job_id, owner) or report
         self.send_update(submission_id, report)
-
-    def slurm_report(self, job_id: int, jobs: Mapping[int, list[dict[str, Any]]]) -> StateReport:
-        """The job's state (every task of an array) from slurmctld, else slurmdbd, else UNKNOWN once
-        Slurm says it has no such job."""
-        records = jobs.get(job_id) or self.slurm.job(job_id)
-        report = report_from_records(job_id, records, report_from_slurmctld) if records else None
-        finished_array = bool(records) and report is not None and report.state in SLURM_FINAL_STATES and any(
-            array_job_id_of(job) for job in records or [])
-        if (records is None or finished_array) and self.slurm.use_slurmdbd:
-            # slurmdbd also knows the tasks slurmctld has already purged
-            accounted = self.slurm.accounting_job(job_id)
-            if accounted:
-                records, report = accounted, report_from_records(job_id, accounted, report_from_slurmdbd)
-        if records is None:
-            return StateReport(job_id, "UNKNOWN", f"Slurm has no record of job {job_id}",
-                               json.dumps({"job_id": job_id, "error": "Invalid job id specified"}))
-        if report is None:
-            raise ItemError(f"Slurm job {job_id} is in a state Jobbergate does not know: "
-                            f"{[job.get('job_state') or job.get('state') for job in records]}")
-        return report
-
-    def cancel_job(self, submission_id: int, job_id: int,
-                   jobs: Mapping[int, list[dict[str, Any]]]) -> Optional[StateReport]:
-        """Cancel the Slurm job of a cancelled submission as its owner; the state after the cancel,
-        or None when nothing was done. Counted only when Slurm cancelled it."""
-        owner = self.owner_of(submission_id, job_id, jobs.get(job_id))
-        context = ctx(submission_id=submission_id, slurm_job_id=job_id, user=owner)
-        if self.dry_run:
-            self.echo(f"would cancel Slurm job {job_id} of cancelled submission {submission_id} as {owner}")
-            return None
-        outcome = self.slurm.cancel(job_id, owner)
-        if outcome is False:
-            log.info("Slurm job %d of cancelled submission %d had already ended", job_id, submission_id, **context)
-            return None
-        after = self.slurm_report(job_id, {})
-        if outcome is None and after.state != "CANCELLED":
-            log.warning("asked Slurm to cancel job %d of submission %d as %s, but it is %s", job_id, submission_id,
-                        owner, after.state, **context)
-            return after
-        self.summary.cancelled += 1
-        log.info("cancelled Slurm job %d of cancelled submission %d as %s", job_id, submission_id, owner, **context)
-        return after
 
     def close_cancelled_without_job(self, submission_id: int) -> None:
         """Cancelled before it reached Slurm, unless an interrupted pass did submit it: then record
         that job (agent/submitted is allowed on CANCELLED) so the next pass cancels it."""
         entry = self.journal.get(submission_id)
-        if entry and entry.slurm_job_id is not None:
-            self.report_submitted(submission_id, entry.slurm_job_id)
-            return
-        if entry and entry.intent_at is not None:
-            try:
-                if self.recover_intent(entry):
-                    return
-            except SubmitUnsettled as exc:
-                log.warning("submission %d was cancelled; whether its interrupted submit reached Slurm is unknown "
-                            "(%s)", entry.submission_id, exc.reason, **ctx(submission_id=entry.submission_id))
+        try:
+            if self.context.earlier.resume(entry):
+                return
+        except SubmitUnsettled as exc:
+            log.warning("submission %d was cancelled; whether its interrupted submit reached Slurm is unknown "
+                        "(%s)", exc.entry.submission_id, exc.reason, **ctx(submission_id=exc.entry.submission_id))
         report = StateReport(None, "CANCELLED", "Job was cancelled by the user before a Slurm job was created",
                              "cancelled before submission to Slurm")
         self.send_update(submission_id, report)
         self.summary.cancelled += 1
 
     def send_update(self, submission_id: int, report: StateReport) -> None:
+        """Report the state unless the same one was reported lately."""
         entry = self.journal.get(submission_id)
         fresh = (entry is not None and entry.reported and entry.last_state == report.state
                  and entry.last_reason == report.reason
                  and time.time() - (entry.last_reported_at or 0) < self.config.run.resend_after)
-        if fresh:
-            return
-        context = ctx(submission_id=submission_id, slurm_job_id=report.job_id)
-        if self.dry_run:
-            self.echo(f"would update submission {submission_id}: {report.state} ({report.reason or 'no reason'})")
-            self.summary.updated += 1
-            return
-        self.api.update(submission_id, report)
-        self.journal.record_report(submission_id, submission_tag(self.cluster, submission_id), report)
-        self.summary.updated += 1
-        log.info("updated submission %d: Slurm job %s is %s%s", submission_id, report.job_id, report.state,
-                 f" ({report.reason})" if report.reason else "", **context)
-        crash_point(CrashPoint.MID_UPDATE)
+        if not fresh:
+            self.context.changes.update(submission_id, report)
 
-    def prune_journal(self, active_ids: set[int]) -> None:
-        """Forget submissions Jobbergate has closed; keep unreported work unless it is long stale.
-        An intent of a submission still pending is kept whatever its age: it alone stops a second submit."""
-        for entry in self.journal.entries():
-            if entry.submission_id in active_ids or entry.submission_id in (self.pending_ids or ()):
-                continue
-            if entry.reported:
-                self.journal.forget(entry.submission_id)
-            elif self.pending_ids is not None and time.time() - entry.created_at > STALE_INTENT_SECONDS:
-                log.warning("forgetting a day-old unreported record of submission %d (Slurm job %s)",
-                            entry.submission_id, entry.slurm_job_id, **ctx(submission_id=entry.submission_id))
-                self.journal.forget(entry.submission_id)
+
+# -- the pass -----------------------------------------------------------------------------------
+
+
+class SyncPass:
+    def __init__(self, config: Config, api: JobbergateApi, slurm: SlurmRest, journal: Journal, mapper: UserMapper,
+                 deadline: Deadline, dry_run: bool = False):
+        self.context = PassContext(config, api, slurm, journal, mapper, deadline, dry_run)
+        self.summary = self.context.summary
+
+    def run(self) -> PassSummary:
+        """Submit, update, ping health: a phase that cannot get its work (its list failed, its peer
+        is down) ends, and the next phase still runs. The deadline ends the pass's work;
+        authentication and configuration failures (and bugs) end the pass."""
+        context = self.context
+        phases: list[tuple[str, Callable[[], None]]] = [("submit phase", SubmitPhase(context).run),
+                                                         ("update phase", UpdatePhase(context).run),
+                                                         ("health ping", context.changes.ping_health)]
+        try:
+            for name, phase in phases:
+                context.contain(phase, f"{name} ended")
+        except DeadlineReached:
+            self.summary.deadline_reached = True
+            log.warning("the pass reached its %d s deadline; the remaining work waits for the next pass",
+                        context.config.run.deadline)
+        self.summary.errors += context.api.malformed_items
+        return self.summary
 
 
 # ---------------------------------------------------------------------------------------------

@@ -89,7 +89,7 @@ def test_an_unexpected_exception_is_70_with_a_traceback_and_the_summary_still_la
     def broken(self, item, jobs):
         raise KeyError("slurm_job_id")
 
-    monkeypatch.setattr(jobbergate_sync.SyncPass, "update_one", broken)
+    monkeypatch.setattr(jobbergate_sync.UpdatePhase, "update_one", broken)
 
     code, lines = run_logged(config_file(), capsys)
 

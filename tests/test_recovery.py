@@ -273,3 +273,17 @@ def test_the_slurmdbd_query_fits_the_api_version(version, expected, monkeypatch)
     monkeypatch.setattr(jobbergate_sync.time, "time", lambda: 1000 + 600)
     assert rest.accounting_jobs_since("alice", 1000) == [{"job_id": 1}]
     assert seen == expected
+
+
+def test_a_dry_run_prints_the_cancel_of_a_duplicate_and_the_next_pass_makes_it(stack, submitted_then_crashed, capsys):
+    config, _ = submitted_then_crashed(0)
+    stack.slurm.add_job(101, "PENDING", "Priority", stack.slurm.jobs[100]["user_name"], TAG)
+    before = len(stack.slurm.requests)
+
+    assert run(config, "--dry-run") == 0
+    assert "would cancel Slurm job 101, a duplicate of submission 1" in capsys.readouterr().out
+    assert [r for r in stack.slurm.requests[before:] if r[0] != "GET"] == []
+
+    assert run(config) == 0
+    assert stack.slurm.cancelled == [(101, stack.slurm.jobs[100]["user_name"])]
+    assert stack.api.submissions[1]["slurm_job_id"] == 100
