@@ -5,9 +5,15 @@ One run takes a lock, submits the cluster's CREATED job submissions to Slurm thr
 slurmrestd, reports the state of the active ones back to the Jobbergate API, pings the
 cluster health endpoint, logs one summary line and exits.
 
-Sections, in order: constants and errors; configuration; logging; deadline and HTTP;
-OIDC token; Jobbergate API client; #SBATCH parsing and translation; Slurm job states;
-slurmrestd client; user mapping; files as the user; state journal; the pass; monitoring; CLI.
+Its promise is exactly once: the intent is in the journal before the submit, the Slurm job id right
+after it, then the report (LiveChanges.submit_exactly_once); a pass killed anywhere in between is
+resumed by the next from the journal (EarlierSubmit), never submitted twice.
+
+Sections, in order: constants and errors; configuration; logging; then the domain: pending
+submissions; #SBATCH parsing and translation; Slurm job states; user mapping; then the adapters:
+deadline and HTTP; OIDC token; Jobbergate API client; slurmrestd client; files as the user; state
+journal; then the pass: its phases and what they share; the submit phase; changes (live or dry
+run); resuming an earlier pass's submit; the update phase; then monitoring; CLI.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ __version__ = "0.1.0"
 
 log = logging.getLogger("jobbergate_sync")
 
+
 # ---------------------------------------------------------------------------------------------
 # Constants and errors
 # ---------------------------------------------------------------------------------------------
@@ -78,29 +85,6 @@ ENV_CONFIG = "JOBBERGATE_SYNC_CONFIG"
 # Test-only fault injection: names a step boundary at which the process SIGKILLs itself.
 # Read only when set; production never sets it. See README, "Reliability".
 ENV_CRASH_AT = "JOBBERGATE_SYNC_CRASH_AT"
-
-# The 25 slurm_job_state names jobbergate-api accepts (anything else is a 422).
-JOBBERGATE_JOB_STATES = frozenset(
-    """BOOT_FAIL CANCELLED COMPLETED COMPLETING CONFIGURING DEADLINE FAILED NODE_FAIL
-    OUT_OF_MEMORY PENDING PREEMPTED RUNNING RESV_DEL_HOLD REQUEUE_FED REQUEUE_HOLD REQUEUED
-    RESIZING REVOKED SIGNALING SPECIAL_EXIT STAGE_OUT STOPPED SUSPENDED TIMEOUT UNKNOWN""".split()
-)
-# Slurm base states; a list-valued job_state mixes one of these with flags.
-SLURM_BASE_STATES = (
-    "PENDING RUNNING SUSPENDED COMPLETED CANCELLED FAILED TIMEOUT NODE_FAIL PREEMPTED "
-    "BOOT_FAIL DEADLINE OUT_OF_MEMORY".split()
-)
-# States after which a Slurm job will not run again.
-SLURM_FINAL_STATES = frozenset(
-    "COMPLETED CANCELLED FAILED TIMEOUT NODE_FAIL PREEMPTED BOOT_FAIL DEADLINE OUT_OF_MEMORY "
-    "SPECIAL_EXIT UNKNOWN".split()
-)
-
-SLURM_ERROR_INVALID_JOB_ID = 2017
-SLURM_ERROR_ALREADY_DONE = 2021  # "Job/step already completing or completed"
-SLURMDB_NOTHING_FOUND = 9003
-SLURMDB_CONNECTION_ERRORS = range(7000, 7100)  # ESLURM_DB_CONNECTION and kin: slurmdbd did not answer
-
 
 # What the pass does with each exception; nothing else leaves a pass. Any other exception is a bug:
 # the pass ends with 70 and a traceback. Whatever ends it, its last log line is the summary.
@@ -179,6 +163,12 @@ class DroppedOptions(Rejection):
     def __init__(self, message: str, job_id: int):
         super().__init__(message)
         self.job_id = job_id
+
+
+def utc_text(epoch: Optional[float]) -> str:
+    if epoch is None:
+        return "an unknown time"
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 class DeadlineReached(Exception):
@@ -571,369 +561,6 @@ def ctx(**fields: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Deadline and HTTP
-# ---------------------------------------------------------------------------------------------
-
-
-class Deadline:
-    def __init__(self, seconds: float):
-        self.ends_at = time.monotonic() + seconds
-
-    def remaining(self) -> float:
-        return self.ends_at - time.monotonic()
-
-    def check(self) -> None:
-        if self.remaining() <= 0:
-            raise DeadlineReached()
-
-
-DEADLINE_GRACE_TIMEOUT = 5.0
-
-
-class Http:
-    """requests with a timeout bounded by the pass deadline, retries for idempotent calls,
-    and a per-peer circuit breaker: once a peer is down, later calls fail fast."""
-
-    def __init__(self, deadline: Deadline, retries: int, backoff: float):
-        self.deadline = deadline
-        self.retries = retries
-        self.backoff = backoff
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = f"jobbergate-sync/{__version__}"
-        self.down: dict[str, str] = {}
-
-    def send(self, peer: str, method: str, url: str, timeout: float, **kwargs: Any) -> requests.Response:
-        """One attempt; network failures become Unavailable."""
-        if peer in self.down:
-            raise PeerDown(f"{peer} is unreachable in this pass ({self.down[peer]}); skipped {method} {url}")
-        # Past the deadline an item already under way may still finish, with short timeouts:
-        # a job Slurm accepted is better reported now than recovered by the next pass.
-        timeout = min(timeout, max(self.deadline.remaining(), DEADLINE_GRACE_TIMEOUT))
-        began = time.monotonic()
-        try:
-            response = self.session.request(method, url, timeout=timeout, **kwargs)
-            log.debug("%s %s -> HTTP %d in %.3f s", method, response.url, response.status_code, time.monotonic() - began)
-            return response
-        except requests.Timeout:
-            raise Unavailable(f"{method} {url}: no answer within {timeout:g} s") from None
-        except requests.ConnectionError as exc:
-            raise Unavailable(f"{method} {url}: connection failed ({type(exc).__name__})") from None
-        except requests.RequestException as exc:
-            raise Unavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from None
-
-    def call(self, peer: str, attempt: Callable[[], Any], idempotent: bool) -> Any:
-        """Run `attempt`; retry it on Unavailable when the call is idempotent. Marks the peer down
-        when it stays unavailable."""
-        try:
-            if not idempotent:
-                return attempt()
-            retrying = tenacity.Retrying(
-                retry=tenacity.retry_if_exception(lambda exc: isinstance(exc, Unavailable) and not isinstance(exc, PeerDown)),
-                stop=tenacity.stop_after_attempt(self.retries) | tenacity.stop_after_delay(max(self.deadline.remaining(), 0)),
-                wait=tenacity.wait_random_exponential(multiplier=self.backoff, max=max(self.backoff * 8, 0.001)),
-                before_sleep=lambda state: log.warning(
-                    "retrying after: %s", state.outcome.exception() if state.outcome else "?"
-                ),
-                reraise=True,
-            )
-            return retrying(attempt)
-        except PeerDown:
-            raise
-        except Unavailable as exc:
-            self.down[peer] = str(exc)
-            raise
-
-
-def json_body(response: requests.Response) -> Any:
-    """The parsed JSON body, or None when the body is empty or not JSON."""
-    try:
-        return response.json()
-    except ValueError:
-        return None
-
-
-def short_body(response: requests.Response, limit: int = 300) -> str:
-    body = json_body(response)
-    if isinstance(body, dict) and "detail" in body:
-        return str(body["detail"])[:limit]
-    return response.text[:limit].strip() or "(empty body)"
-
-
-# ---------------------------------------------------------------------------------------------
-# OIDC token (client credentials), cached on disk
-# ---------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def private_replacement(path: str, data: bytes) -> Iterator[None]:
-    """Write `data` durably to a file created 0600 from its first byte beside `path`; it replaces
-    `path` atomically when the block ends, and is removed if the block fails."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-")  # mkstemp creates 0600
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        yield
-        os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_path)
-        raise
-
-
-def write_private_file(path: str, data: bytes) -> None:
-    """Atomically replace `path` with a file created 0600 from its first byte."""
-    with private_replacement(path, data):
-        pass
-
-
-def token_expiry(token: str, expires_in: Any, now: float) -> float:
-    """The token's `exp` claim (what the API checks), else now + expires_in."""
-    try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-        if isinstance(claims.get("exp"), (int, float)):
-            return float(claims["exp"])
-    except jwt.PyJWTError:
-        pass
-    if isinstance(expires_in, (int, float)) and expires_in > 0:
-        return now + float(expires_in)
-    raise AuthError("the OIDC token has neither an exp claim nor expires_in")
-
-
-class OidcToken:
-    """The API access token: reused from the cache until `margin` seconds before it expires."""
-
-    def __init__(self, config: Config, http: Http, cache_path: str, write_cache: bool = True):
-        self.token_url = config.oidc.issuer.rstrip("/") + "/protocol/openid-connect/token"
-        self.client_id = config.oidc.client_id
-        self.client_secret = config.client_secret
-        self.timeout = config.oidc.timeout
-        self.margin = config.oidc.token_margin
-        self.http = http
-        self.cache_path = cache_path
-        self.write_cache = write_cache
-        self.current: Optional[str] = None
-        REDACTOR.add(self.client_secret)
-
-    def get(self) -> str:
-        if self.current is None:
-            self.current = self._cached() or self._fetch()
-        return self.current
-
-    def refresh(self) -> str:
-        self.current = self._fetch()
-        return self.current
-
-    def _cached(self) -> Optional[str]:
-        try:
-            with open(self.cache_path, encoding="utf-8") as handle:
-                cached = json.load(handle)
-            if cached.get("token_url") != self.token_url or cached.get("client_id") != self.client_id:
-                return None
-            if float(cached["expires_at"]) - self.margin <= time.time():
-                log.debug("cached API token expired or about to; fetching a new one")
-                return None
-            token = str(cached["access_token"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        REDACTOR.add(token)
-        log.debug("reusing the cached API token")
-        return token
-
-    def _fetch(self) -> str:
-        form = {"grant_type": "client_credentials", "client_id": self.client_id, "client_secret": self.client_secret}
-
-        def attempt() -> requests.Response:
-            response = self.http.send("oidc", "POST", self.token_url, self.timeout, data=form)
-            if response.status_code >= 500 or response.status_code == 429:
-                raise Unavailable(f"POST {self.token_url}: HTTP {response.status_code}")
-            return response
-
-        response = self.http.call("oidc", attempt, idempotent=True)
-        body = json_body(response)
-        if response.status_code != 200:
-            reason = body.get("error_description") or body.get("error") if isinstance(body, dict) else None
-            raise AuthError(
-                f"OIDC issuer refused client {self.client_id!r} at {self.token_url}: "
-                f"HTTP {response.status_code} {reason or short_body(response)}"
-            )
-        if not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
-            raise Unavailable(f"POST {self.token_url}: the answer has no access_token")
-        token = body["access_token"]
-        REDACTOR.add(token)
-        now = time.time()
-        expires_at = token_expiry(token, body.get("expires_in"), now)
-        log.info("fetched a new API token for client %s, valid for %d s", self.client_id, expires_at - now)
-        if self.write_cache:
-            record = {"token_url": self.token_url, "client_id": self.client_id,
-                      "access_token": token, "expires_at": expires_at}
-            with private_replacement(self.cache_path, json.dumps(record).encode()):
-                crash_point(CrashPoint.TOKEN_CACHE)
-        return token
-
-
-# ---------------------------------------------------------------------------------------------
-# Jobbergate API client
-# ---------------------------------------------------------------------------------------------
-
-
-class ApiConflict(Exception):
-    """A 400/404/409 from a state-changing agent call: where the pass expects one it reads the
-    submission to decide; anywhere else the item is logged and counted (exit 1) and retried next pass."""
-
-    def __init__(self, status: int, detail: str):
-        super().__init__(f"HTTP {status}: {detail}")
-        self.status = status
-        self.detail = detail
-
-
-class JobbergateApi:
-    def __init__(self, config: Config, http: Http, token: OidcToken):
-        self.base = config.jobbergate.api_url.rstrip("/")
-        self.timeout = config.jobbergate.timeout
-        self.page_size = config.jobbergate.page_size
-        self.max_pages = config.jobbergate.max_pages
-        self.malformed_items = 0  # list items without an integer id: skipped, counted as errors
-        self.http = http
-        self.token = token
-
-    def _request(self, method: str, path: str, idempotent: bool, **kwargs: Any) -> requests.Response:
-        """One API call with the bearer token: a 401 refreshes the token once; 5xx/429 are outages;
-        other 4xx are returned to the caller."""
-        url = self.base + path
-
-        def attempt() -> requests.Response:
-            response = self._send(method, url, self.token.get(), **kwargs)
-            if response.status_code == 401:
-                log.info("API answered 401 to %s %s; fetching a new token and trying once more", method, url)
-                response = self._send(method, url, self.token.refresh(), **kwargs)
-                if response.status_code == 401:
-                    raise AuthError(f"{method} {url}: the API rejects a fresh token for client {self.token.client_id} (401)")
-            if response.status_code == 403:
-                raise AuthError(
-                    f"{method} {url}: forbidden (403: {short_body(response)}); check the client's permissions"
-                )
-            if response.status_code >= 500 or response.status_code == 429:
-                raise Unavailable(f"{method} {url}: HTTP {response.status_code} {short_body(response)}")
-            if response.status_code == 404 and short_body(response) in ("Not Found", "(empty body)"):
-                raise self._no_such_route(method, url, response)
-            return response
-
-        return self.http.call("api", attempt, idempotent)
-
-    def _no_such_route(self, method: str, url: str, response: requests.Response) -> ConfigError:
-        """A 404 that names no missing record: the URL is not the API's, so the setting is wrong."""
-        return ConfigError(f"{method} {url}: HTTP 404 {short_body(response)[:80]}: the Jobbergate API has no such "
-                           f"route; check [jobbergate] api_url = {self.base}: it must end with /jobbergate, the "
-                           "API's mount (e.g. https://jobbergate.example.com/jobbergate)")
-
-    def _send(self, method: str, url: str, token: str, **kwargs: Any) -> requests.Response:
-        return self.http.send("api", method, url, self.timeout, headers={"Authorization": f"Bearer {token}"}, **kwargs)
-
-    def _expect(self, response: requests.Response, *statuses: int) -> requests.Response:
-        if response.status_code not in statuses:
-            raise ApiConflict(response.status_code, short_body(response))
-        return response
-
-    def list_all(self, path: str) -> tuple[list[dict[str, Any]], bool]:
-        """Every item of a paginated agent list, read before anything acts on it, deduplicated by
-        id. Returns (items, complete); complete is False when max_pages cut the list."""
-        items: dict[int, dict[str, Any]] = {}
-        page, pages = 1, 1
-        while page <= pages:
-            if page > self.max_pages:
-                log.warning("%s has %d pages; reading only %d in this pass (jobbergate.max_pages)", path, pages, self.max_pages)
-                return list(items.values()), False
-            response = self._request("GET", path, True, params={"page": page, "size": self.page_size})
-            body = json_body(self._expect_list(response, path))
-            if not isinstance(body, dict) or not isinstance(body.get("items"), list) or not isinstance(body.get("pages"), int):
-                raise Unavailable(f"GET {self.base}{path} page {page}: not a page of items ({response.text[:200]!r})")
-            pages = body["pages"]
-            if not body["items"]:
-                break
-            for item in body["items"]:
-                if isinstance(item, dict) and isinstance(item.get("id"), int) and not isinstance(item.get("id"), bool):
-                    items.setdefault(item["id"], item)
-                else:
-                    self.malformed_items += 1
-                    log.error("ignoring a malformed item without an integer id in %s: %.200r", path, item)
-            page += 1
-        return list(items.values()), True
-
-    def _expect_list(self, response: requests.Response, path: str) -> requests.Response:
-        if response.status_code == 404:  # a list has no record to miss
-            raise self._no_such_route("GET", self.base + path, response)
-        if response.status_code != 200:
-            raise ItemError(f"GET {self.base}{path}: HTTP {response.status_code} {short_body(response)}")
-        return response
-
-    def list_pending(self) -> tuple[list[dict[str, Any]], bool]:
-        return self.list_all("/job-submissions/agent/pending")
-
-    def list_active(self) -> tuple[list[dict[str, Any]], bool]:
-        return self.list_all("/job-submissions/agent/active")
-
-    def download(self, parent_id: int, filename: str, destination: IO[bytes], max_bytes: int) -> int:
-        """Stream one job-script file into `destination`; never holds it whole in memory."""
-        path = f"/job-scripts/{parent_id}/upload/{requests.utils.quote(filename, safe='')}"
-
-        response = self._request("GET", path, True, stream=True)
-        with response:
-            if response.status_code == 404:
-                raise Rejection(f"file {filename!r} of job script {parent_id} does not exist in Jobbergate")
-            self._expect(response, 200)
-            size = 0
-            try:
-                for chunk in response.iter_content(chunk_size=65536):
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise Rejection(
-                            f"file {filename!r} of job script {parent_id} is larger than the "
-                            f"{max_bytes}-byte limit of this cluster"
-                        )
-                    destination.write(chunk)
-            except requests.RequestException as exc:
-                raise Unavailable(f"GET {self.base}{path}: download interrupted ({type(exc).__name__})") from None
-        destination.flush()
-        return size
-
-    def report_submitted(self, submission_id: int, report: "StateReport") -> None:
-        payload = {"id": submission_id, "slurm_job_id": report.job_id, "slurm_job_state": report.state,
-                   "slurm_job_info": report.info}
-        if report.reason:
-            payload["slurm_job_state_reason"] = report.reason
-        response = self._request("POST", "/job-submissions/agent/submitted", False, json=payload)
-        self._expect(response, 200, 201, 202)
-
-    def report_rejected(self, submission_id: int, message: str) -> None:
-        response = self._request("POST", "/job-submissions/agent/rejected", False,
-                                 json={"id": submission_id, "report_message": message})
-        self._expect(response, 200, 201, 202)
-
-    def update(self, submission_id: int, report: "StateReport") -> None:
-        payload: dict[str, Any] = {"slurm_job_state": report.state, "slurm_job_info": report.info}
-        if report.job_id is not None:
-            payload["slurm_job_id"] = report.job_id
-        if report.reason:
-            payload["slurm_job_state_reason"] = report.reason
-        response = self._request("PUT", f"/job-submissions/agent/{submission_id}", True, json=payload)
-        self._expect(response, 200, 202)
-
-    def get_submission(self, submission_id: int) -> dict[str, Any]:
-        response = self._expect(self._request("GET", f"/job-submissions/{submission_id}", True), 200)
-        body = json_body(response)
-        if not isinstance(body, dict) or "status" not in body:
-            raise Unavailable(f"GET {self.base}/job-submissions/{submission_id}: not a submission")
-        return body
-
-    def ping_health(self, interval: int) -> None:
-        response = self._request("PUT", "/clusters/status", True, params={"interval": interval})
-        self._expect(response, 200, 202, 204)
-
-
-# ---------------------------------------------------------------------------------------------
 # Pending submissions: validating what the API sent
 # ---------------------------------------------------------------------------------------------
 
@@ -1088,7 +715,6 @@ class OptionSpec:
 
 
 # Every translator gets the option's value and the API minor version (38 for v0.0.38 ... 44).
-API_MINORS = range(38, 45)
 
 
 def _renamed_key(minor: int, old: str, new: str) -> str:
@@ -1661,6 +1287,22 @@ def check_script(script_bytes: bytes, filename: str) -> str:
 # Slurm job states: normalisation and reports
 # ---------------------------------------------------------------------------------------------
 
+# The 25 slurm_job_state names jobbergate-api accepts (anything else is a 422).
+JOBBERGATE_JOB_STATES = frozenset(
+    """BOOT_FAIL CANCELLED COMPLETED COMPLETING CONFIGURING DEADLINE FAILED NODE_FAIL
+    OUT_OF_MEMORY PENDING PREEMPTED RUNNING RESV_DEL_HOLD REQUEUE_FED REQUEUE_HOLD REQUEUED
+    RESIZING REVOKED SIGNALING SPECIAL_EXIT STAGE_OUT STOPPED SUSPENDED TIMEOUT UNKNOWN""".split()
+)
+# Slurm base states; a list-valued job_state mixes one of these with flags.
+SLURM_BASE_STATES = (
+    "PENDING RUNNING SUSPENDED COMPLETED CANCELLED FAILED TIMEOUT NODE_FAIL PREEMPTED "
+    "BOOT_FAIL DEADLINE OUT_OF_MEMORY".split()
+)
+# States after which a Slurm job will not run again.
+SLURM_FINAL_STATES = frozenset(
+    "COMPLETED CANCELLED FAILED TIMEOUT NODE_FAIL PREEMPTED BOOT_FAIL DEADLINE OUT_OF_MEMORY "
+    "SPECIAL_EXIT UNKNOWN".split()
+)
 
 @dataclasses.dataclass(frozen=True)
 class StateReport:
@@ -1820,9 +1462,456 @@ def report_from_records(job_id: int, records: list[dict[str, Any]],
 
 
 # ---------------------------------------------------------------------------------------------
+# User mapping
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalUser:
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+
+USERNAME_RE = re.compile(r"[a-z_][a-z0-9_.-]{0,31}\$?")
+
+
+def lookup_user(name: str) -> Optional[LocalUser]:
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        return None
+    return LocalUser(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+
+
+def read_map_file(path: str) -> dict[str, str]:
+    """Lines 'email username'; '#' starts a comment; emails compare case-insensitively."""
+    mapping: dict[str, str] = {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"[mapper] map_file {path}: {exc.strerror}") from None
+    for number, line in enumerate(lines, 1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        if len(words) != 2 or "@" not in words[0]:
+            raise ConfigError(f"[mapper] map_file {path} line {number}: expected 'email username'")
+        mapping[words[0].lower()] = words[1]
+    return mapping
+
+
+class UserMapper:
+    def __init__(self, config: Config, lookup: Optional[Callable[[str], Optional[LocalUser]]] = None):
+        self.kind = config.mapper.type
+        self.single_user = config.mapper.user
+        self.map_file = config.mapper.map_file
+        self.min_uid = config.mapper.min_uid
+        self.lookup = lookup
+        self._map: Optional[dict[str, str]] = None
+
+    def username_for(self, email: str) -> str:
+        if self.kind == "single-user":
+            return self.single_user
+        if self.kind == "email-local-part":
+            local_part = email.partition("@")[0].lower()
+            if "@" not in email or not USERNAME_RE.fullmatch(local_part):
+                raise Rejection(f"owner email {email!r} has no local part usable as a user name on this cluster")
+            return local_part
+        if self._map is None:
+            self._map = read_map_file(self.map_file)
+        username = self._map.get(email.lower())
+        if username is None:
+            raise Rejection(f"owner email {email!r} is not in this cluster's user map")
+        return username
+
+    def user_for(self, email: str) -> LocalUser:
+        """The local account jobs of `email` run as; root and system accounts are refused."""
+        username = self.username_for(email)
+        user = (self.lookup or lookup_user)(username)
+        if user is None:
+            raise Rejection(f"owner email {email!r} maps to user {username!r}, which does not exist on this cluster")
+        if user.uid < self.min_uid:
+            raise Rejection(
+                f"owner email {email!r} maps to {username!r} (uid {user.uid}), a system account "
+                f"(uid below {self.min_uid}); jobs are never run as root or system accounts"
+            )
+        return user
+
+
+# ---------------------------------------------------------------------------------------------
+# Deadline and HTTP
+# ---------------------------------------------------------------------------------------------
+
+
+class Deadline:
+    def __init__(self, seconds: float):
+        self.ends_at = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return self.ends_at - time.monotonic()
+
+    def check(self) -> None:
+        if self.remaining() <= 0:
+            raise DeadlineReached()
+
+
+DEADLINE_GRACE_TIMEOUT = 5.0
+
+
+class Http:
+    """requests with a timeout bounded by the pass deadline, retries for idempotent calls,
+    and a per-peer circuit breaker: once a peer is down, later calls fail fast."""
+
+    def __init__(self, deadline: Deadline, retries: int, backoff: float):
+        self.deadline = deadline
+        self.retries = retries
+        self.backoff = backoff
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = f"jobbergate-sync/{__version__}"
+        self.down: dict[str, str] = {}
+
+    def send(self, peer: str, method: str, url: str, timeout: float, **kwargs: Any) -> requests.Response:
+        """One attempt; network failures become Unavailable."""
+        if peer in self.down:
+            raise PeerDown(f"{peer} is unreachable in this pass ({self.down[peer]}); skipped {method} {url}")
+        # Past the deadline an item already under way may still finish, with short timeouts:
+        # a job Slurm accepted is better reported now than recovered by the next pass.
+        timeout = min(timeout, max(self.deadline.remaining(), DEADLINE_GRACE_TIMEOUT))
+        began = time.monotonic()
+        try:
+            response = self.session.request(method, url, timeout=timeout, **kwargs)
+            log.debug("%s %s -> HTTP %d in %.3f s", method, response.url, response.status_code, time.monotonic() - began)
+            return response
+        except requests.Timeout:
+            raise Unavailable(f"{method} {url}: no answer within {timeout:g} s") from None
+        except requests.ConnectionError as exc:
+            raise Unavailable(f"{method} {url}: connection failed ({type(exc).__name__})") from None
+        except requests.RequestException as exc:
+            raise Unavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from None
+
+    def call(self, peer: str, attempt: Callable[[], Any], idempotent: bool) -> Any:
+        """Run `attempt`; retry it on Unavailable when the call is idempotent. Marks the peer down
+        when it stays unavailable."""
+        try:
+            if not idempotent:
+                return attempt()
+            retrying = tenacity.Retrying(
+                retry=tenacity.retry_if_exception(lambda exc: isinstance(exc, Unavailable) and not isinstance(exc, PeerDown)),
+                stop=tenacity.stop_after_attempt(self.retries) | tenacity.stop_after_delay(max(self.deadline.remaining(), 0)),
+                wait=tenacity.wait_random_exponential(multiplier=self.backoff, max=max(self.backoff * 8, 0.001)),
+                before_sleep=lambda state: log.warning(
+                    "retrying after: %s", state.outcome.exception() if state.outcome else "?"
+                ),
+                reraise=True,
+            )
+            return retrying(attempt)
+        except PeerDown:
+            raise
+        except Unavailable as exc:
+            self.down[peer] = str(exc)
+            raise
+
+
+def json_body(response: requests.Response) -> Any:
+    """The parsed JSON body, or None when the body is empty or not JSON."""
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def short_body(response: requests.Response, limit: int = 300) -> str:
+    body = json_body(response)
+    if isinstance(body, dict) and "detail" in body:
+        return str(body["detail"])[:limit]
+    return response.text[:limit].strip() or "(empty body)"
+
+
+# ---------------------------------------------------------------------------------------------
+# OIDC token (client credentials), cached on disk
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def private_replacement(path: str, data: bytes) -> Iterator[None]:
+    """Write `data` durably to a file created 0600 from its first byte beside `path`; it replaces
+    `path` atomically when the block ends, and is removed if the block fails."""
+    directory = os.path.dirname(path) or "."
+    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-")  # mkstemp creates 0600
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        yield
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_path)
+        raise
+
+
+def write_private_file(path: str, data: bytes) -> None:
+    """Atomically replace `path` with a file created 0600 from its first byte."""
+    with private_replacement(path, data):
+        pass
+
+
+def token_expiry(token: str, expires_in: Any, now: float) -> float:
+    """The token's `exp` claim (what the API checks), else now + expires_in."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+        if isinstance(claims.get("exp"), (int, float)):
+            return float(claims["exp"])
+    except jwt.PyJWTError:
+        pass
+    if isinstance(expires_in, (int, float)) and expires_in > 0:
+        return now + float(expires_in)
+    raise AuthError("the OIDC token has neither an exp claim nor expires_in")
+
+
+class OidcToken:
+    """The API access token: reused from the cache until `margin` seconds before it expires."""
+
+    def __init__(self, config: Config, http: Http, cache_path: str, write_cache: bool = True):
+        self.token_url = config.oidc.issuer.rstrip("/") + "/protocol/openid-connect/token"
+        self.client_id = config.oidc.client_id
+        self.client_secret = config.client_secret
+        self.timeout = config.oidc.timeout
+        self.margin = config.oidc.token_margin
+        self.http = http
+        self.cache_path = cache_path
+        self.write_cache = write_cache
+        self.current: Optional[str] = None
+        REDACTOR.add(self.client_secret)
+
+    def get(self) -> str:
+        if self.current is None:
+            self.current = self._cached() or self._fetch()
+        return self.current
+
+    def refresh(self) -> str:
+        self.current = self._fetch()
+        return self.current
+
+    def _cached(self) -> Optional[str]:
+        try:
+            with open(self.cache_path, encoding="utf-8") as handle:
+                cached = json.load(handle)
+            if cached.get("token_url") != self.token_url or cached.get("client_id") != self.client_id:
+                return None
+            if float(cached["expires_at"]) - self.margin <= time.time():
+                log.debug("cached API token expired or about to; fetching a new one")
+                return None
+            token = str(cached["access_token"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        REDACTOR.add(token)
+        log.debug("reusing the cached API token")
+        return token
+
+    def _fetch(self) -> str:
+        form = {"grant_type": "client_credentials", "client_id": self.client_id, "client_secret": self.client_secret}
+
+        def attempt() -> requests.Response:
+            response = self.http.send("oidc", "POST", self.token_url, self.timeout, data=form)
+            if response.status_code >= 500 or response.status_code == 429:
+                raise Unavailable(f"POST {self.token_url}: HTTP {response.status_code}")
+            return response
+
+        response = self.http.call("oidc", attempt, idempotent=True)
+        body = json_body(response)
+        if response.status_code != 200:
+            reason = body.get("error_description") or body.get("error") if isinstance(body, dict) else None
+            raise AuthError(
+                f"OIDC issuer refused client {self.client_id!r} at {self.token_url}: "
+                f"HTTP {response.status_code} {reason or short_body(response)}"
+            )
+        if not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
+            raise Unavailable(f"POST {self.token_url}: the answer has no access_token")
+        token = body["access_token"]
+        REDACTOR.add(token)
+        now = time.time()
+        expires_at = token_expiry(token, body.get("expires_in"), now)
+        log.info("fetched a new API token for client %s, valid for %d s", self.client_id, expires_at - now)
+        if self.write_cache:
+            record = {"token_url": self.token_url, "client_id": self.client_id,
+                      "access_token": token, "expires_at": expires_at}
+            with private_replacement(self.cache_path, json.dumps(record).encode()):
+                crash_point(CrashPoint.TOKEN_CACHE)
+        return token
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobbergate API client
+# ---------------------------------------------------------------------------------------------
+
+
+class ApiConflict(Exception):
+    """A 400/404/409 from a state-changing agent call: where the pass expects one it reads the
+    submission to decide; anywhere else the item is logged and counted (exit 1) and retried next pass."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class JobbergateApi:
+    def __init__(self, config: Config, http: Http, token: OidcToken):
+        self.base = config.jobbergate.api_url.rstrip("/")
+        self.timeout = config.jobbergate.timeout
+        self.page_size = config.jobbergate.page_size
+        self.max_pages = config.jobbergate.max_pages
+        self.malformed_items = 0  # list items without an integer id: skipped, counted as errors
+        self.http = http
+        self.token = token
+
+    def _request(self, method: str, path: str, idempotent: bool, **kwargs: Any) -> requests.Response:
+        """One API call with the bearer token: a 401 refreshes the token once; 5xx/429 are outages;
+        other 4xx are returned to the caller."""
+        url = self.base + path
+
+        def attempt() -> requests.Response:
+            response = self._send(method, url, self.token.get(), **kwargs)
+            if response.status_code == 401:
+                log.info("API answered 401 to %s %s; fetching a new token and trying once more", method, url)
+                response = self._send(method, url, self.token.refresh(), **kwargs)
+                if response.status_code == 401:
+                    raise AuthError(f"{method} {url}: the API rejects a fresh token for client {self.token.client_id} (401)")
+            if response.status_code == 403:
+                raise AuthError(
+                    f"{method} {url}: forbidden (403: {short_body(response)}); check the client's permissions"
+                )
+            if response.status_code >= 500 or response.status_code == 429:
+                raise Unavailable(f"{method} {url}: HTTP {response.status_code} {short_body(response)}")
+            if response.status_code == 404 and short_body(response) in ("Not Found", "(empty body)"):
+                raise self._no_such_route(method, url, response)
+            return response
+
+        return self.http.call("api", attempt, idempotent)
+
+    def _no_such_route(self, method: str, url: str, response: requests.Response) -> ConfigError:
+        """A 404 that names no missing record: the URL is not the API's, so the setting is wrong."""
+        return ConfigError(f"{method} {url}: HTTP 404 {short_body(response)[:80]}: the Jobbergate API has no such "
+                           f"route; check [jobbergate] api_url = {self.base}: it must end with /jobbergate, the "
+                           "API's mount (e.g. https://jobbergate.example.com/jobbergate)")
+
+    def _send(self, method: str, url: str, token: str, **kwargs: Any) -> requests.Response:
+        return self.http.send("api", method, url, self.timeout, headers={"Authorization": f"Bearer {token}"}, **kwargs)
+
+    def _expect(self, response: requests.Response, *statuses: int) -> requests.Response:
+        if response.status_code not in statuses:
+            raise ApiConflict(response.status_code, short_body(response))
+        return response
+
+    def list_all(self, path: str) -> tuple[list[dict[str, Any]], bool]:
+        """Every item of a paginated agent list, read before anything acts on it, deduplicated by
+        id. Returns (items, complete); complete is False when max_pages cut the list."""
+        items: dict[int, dict[str, Any]] = {}
+        page, pages = 1, 1
+        while page <= pages:
+            if page > self.max_pages:
+                log.warning("%s has %d pages; reading only %d in this pass (jobbergate.max_pages)", path, pages, self.max_pages)
+                return list(items.values()), False
+            response = self._request("GET", path, True, params={"page": page, "size": self.page_size})
+            body = json_body(self._expect_list(response, path))
+            if not isinstance(body, dict) or not isinstance(body.get("items"), list) or not isinstance(body.get("pages"), int):
+                raise Unavailable(f"GET {self.base}{path} page {page}: not a page of items ({response.text[:200]!r})")
+            pages = body["pages"]
+            if not body["items"]:
+                break
+            for item in body["items"]:
+                if isinstance(item, dict) and isinstance(item.get("id"), int) and not isinstance(item.get("id"), bool):
+                    items.setdefault(item["id"], item)
+                else:
+                    self.malformed_items += 1
+                    log.error("ignoring a malformed item without an integer id in %s: %.200r", path, item)
+            page += 1
+        return list(items.values()), True
+
+    def _expect_list(self, response: requests.Response, path: str) -> requests.Response:
+        if response.status_code == 404:  # a list has no record to miss
+            raise self._no_such_route("GET", self.base + path, response)
+        if response.status_code != 200:
+            raise ItemError(f"GET {self.base}{path}: HTTP {response.status_code} {short_body(response)}")
+        return response
+
+    def list_pending(self) -> tuple[list[dict[str, Any]], bool]:
+        return self.list_all("/job-submissions/agent/pending")
+
+    def list_active(self) -> tuple[list[dict[str, Any]], bool]:
+        return self.list_all("/job-submissions/agent/active")
+
+    def download(self, parent_id: int, filename: str, destination: IO[bytes], max_bytes: int) -> int:
+        """Stream one job-script file into `destination`; never holds it whole in memory."""
+        path = f"/job-scripts/{parent_id}/upload/{requests.utils.quote(filename, safe='')}"
+
+        response = self._request("GET", path, True, stream=True)
+        with response:
+            if response.status_code == 404:
+                raise Rejection(f"file {filename!r} of job script {parent_id} does not exist in Jobbergate")
+            self._expect(response, 200)
+            size = 0
+            try:
+                for chunk in response.iter_content(chunk_size=65536):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise Rejection(
+                            f"file {filename!r} of job script {parent_id} is larger than the "
+                            f"{max_bytes}-byte limit of this cluster"
+                        )
+                    destination.write(chunk)
+            except requests.RequestException as exc:
+                raise Unavailable(f"GET {self.base}{path}: download interrupted ({type(exc).__name__})") from None
+        destination.flush()
+        return size
+
+    def report_submitted(self, submission_id: int, report: "StateReport") -> None:
+        payload = {"id": submission_id, "slurm_job_id": report.job_id, "slurm_job_state": report.state,
+                   "slurm_job_info": report.info}
+        if report.reason:
+            payload["slurm_job_state_reason"] = report.reason
+        response = self._request("POST", "/job-submissions/agent/submitted", False, json=payload)
+        self._expect(response, 200, 201, 202)
+
+    def report_rejected(self, submission_id: int, message: str) -> None:
+        response = self._request("POST", "/job-submissions/agent/rejected", False,
+                                 json={"id": submission_id, "report_message": message})
+        self._expect(response, 200, 201, 202)
+
+    def update(self, submission_id: int, report: "StateReport") -> None:
+        payload: dict[str, Any] = {"slurm_job_state": report.state, "slurm_job_info": report.info}
+        if report.job_id is not None:
+            payload["slurm_job_id"] = report.job_id
+        if report.reason:
+            payload["slurm_job_state_reason"] = report.reason
+        response = self._request("PUT", f"/job-submissions/agent/{submission_id}", True, json=payload)
+        self._expect(response, 200, 202)
+
+    def get_submission(self, submission_id: int) -> dict[str, Any]:
+        response = self._expect(self._request("GET", f"/job-submissions/{submission_id}", True), 200)
+        body = json_body(response)
+        if not isinstance(body, dict) or "status" not in body:
+            raise Unavailable(f"GET {self.base}/job-submissions/{submission_id}: not a submission")
+        return body
+
+    def ping_health(self, interval: int) -> None:
+        response = self._request("PUT", "/clusters/status", True, params={"interval": interval})
+        self._expect(response, 200, 202, 204)
+
+
+# ---------------------------------------------------------------------------------------------
 # slurmrestd client
 # ---------------------------------------------------------------------------------------------
 
+SLURM_ERROR_INVALID_JOB_ID = 2017
+SLURM_ERROR_ALREADY_DONE = 2021  # "Job/step already completing or completed"
+SLURMDB_NOTHING_FOUND = 9003
+SLURMDB_CONNECTION_ERRORS = range(7000, 7100)  # ESLURM_DB_CONNECTION and kin: slurmdbd did not answer
 
 # Texts that say nothing about the cause: Slurm's reason is then in the other key.
 GENERIC_SLURM_TEXTS = frozenset({"", "batch job submission failed", "unspecified error"})
@@ -2177,86 +2266,6 @@ class SlurmRest:
 
 
 # ---------------------------------------------------------------------------------------------
-# User mapping
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class LocalUser:
-    name: str
-    uid: int
-    gid: int
-    home: str
-
-
-USERNAME_RE = re.compile(r"[a-z_][a-z0-9_.-]{0,31}\$?")
-
-
-def lookup_user(name: str) -> Optional[LocalUser]:
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        return None
-    return LocalUser(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
-
-
-def read_map_file(path: str) -> dict[str, str]:
-    """Lines 'email username'; '#' starts a comment; emails compare case-insensitively."""
-    mapping: dict[str, str] = {}
-    try:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
-    except OSError as exc:
-        raise ConfigError(f"[mapper] map_file {path}: {exc.strerror}") from None
-    for number, line in enumerate(lines, 1):
-        words = line.split("#", 1)[0].split()
-        if not words:
-            continue
-        if len(words) != 2 or "@" not in words[0]:
-            raise ConfigError(f"[mapper] map_file {path} line {number}: expected 'email username'")
-        mapping[words[0].lower()] = words[1]
-    return mapping
-
-
-class UserMapper:
-    def __init__(self, config: Config, lookup: Optional[Callable[[str], Optional[LocalUser]]] = None):
-        self.kind = config.mapper.type
-        self.single_user = config.mapper.user
-        self.map_file = config.mapper.map_file
-        self.min_uid = config.mapper.min_uid
-        self.lookup = lookup
-        self._map: Optional[dict[str, str]] = None
-
-    def username_for(self, email: str) -> str:
-        if self.kind == "single-user":
-            return self.single_user
-        if self.kind == "email-local-part":
-            local_part = email.partition("@")[0].lower()
-            if "@" not in email or not USERNAME_RE.fullmatch(local_part):
-                raise Rejection(f"owner email {email!r} has no local part usable as a user name on this cluster")
-            return local_part
-        if self._map is None:
-            self._map = read_map_file(self.map_file)
-        username = self._map.get(email.lower())
-        if username is None:
-            raise Rejection(f"owner email {email!r} is not in this cluster's user map")
-        return username
-
-    def user_for(self, email: str) -> LocalUser:
-        """The local account jobs of `email` run as; root and system accounts are refused."""
-        username = self.username_for(email)
-        user = (self.lookup or lookup_user)(username)
-        if user is None:
-            raise Rejection(f"owner email {email!r} maps to user {username!r}, which does not exist on this cluster")
-        if user.uid < self.min_uid:
-            raise Rejection(
-                f"owner email {email!r} maps to {username!r} (uid {user.uid}), a system account "
-                f"(uid below {self.min_uid}); jobs are never run as root or system accounts"
-            )
-        return user
-
-
-# ---------------------------------------------------------------------------------------------
 # Files as the user: execution directory and job files, written by a child that became the user
 # ---------------------------------------------------------------------------------------------
 
@@ -2511,66 +2520,33 @@ class Journal:
 
 
 # ---------------------------------------------------------------------------------------------
-# The pass
+# The pass: its phases in order, and what they share
 # ---------------------------------------------------------------------------------------------
 
-STALE_INTENT_SECONDS = 86400
-# Clock difference allowed for between this host and slurmctld when matching submit times.
-CLOCK_SLACK_SECONDS = 60
-# slurmdbd's name of a job whose record is not complete yet.
-ACCOUNTING_PLACEHOLDER_NAME = "allocation"
 
+class SyncPass:
+    def __init__(self, config: Config, api: JobbergateApi, slurm: SlurmRest, journal: Journal, mapper: UserMapper,
+                 deadline: Deadline, dry_run: bool = False):
+        self.context = PassContext(config, api, slurm, journal, mapper, deadline, dry_run)
+        self.summary = self.context.summary
 
-def utc_text(epoch: Optional[float]) -> str:
-    if epoch is None:
-        return "an unknown time"
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def accounting_job_id(record: Mapping[str, Any]) -> int:
-    """The id sbatch would have printed: an array task's record names its array's job."""
-    array = record.get("array") if isinstance(record.get("array"), dict) else {}
-    array_id = unwrap_number(array.get("job_id"))
-    return array_id if array_id else record["job_id"]
-
-
-def _accounting_comment(record: Mapping[str, Any]) -> str:
-    comment = record.get("comment")
-    comment = comment.get("job") if isinstance(comment, dict) else comment
-    return comment if isinstance(comment, str) else ""
-
-
-def _same_directory(recorded: Any, wanted: str) -> bool:
-    return isinstance(recorded, str) and os.path.normpath(recorded or "/") == os.path.normpath(wanted)
-
-
-def accounting_candidates(records: Iterable[Mapping[str, Any]], entry: JournalEntry, window: tuple[float, float],
-                          excluded: set[int]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The slurmdbd records that may be the job an interrupted submit created, one per job, oldest
-    first: (those carrying its tag, those that could be it without a comment: same owner, name and
-    directory, submitted within `window`). A record whose comment lacks the tag is never ours: the
-    tag leads every comment this tool sends. Matching leans to "could be it": a false match only
-    withholds a submit, a missed one would run the job twice."""
-    tagged: dict[int, dict[str, Any]] = {}
-    alike: dict[int, dict[str, Any]] = {}
-    for record in records:
-        if not isinstance(record.get("job_id"), int) or accounting_job_id(record) in excluded:
-            continue
-        comment = _accounting_comment(record)
-        if comment:
-            if comment_has_tag(comment, entry.tag):
-                tagged.setdefault(accounting_job_id(record), dict(record))
-            continue
-        if entry.job_name is None or entry.working_directory is None:
-            continue
-        times = record.get("time") if isinstance(record.get("time"), dict) else {}
-        submitted = unwrap_number(times.get("submission"))
-        if (record.get("user") in (None, entry.username)
-                and record.get("name") in (entry.job_name, ACCOUNTING_PLACEHOLDER_NAME)
-                and _same_directory(record.get("working_directory"), entry.working_directory)
-                and (submitted is None or window[0] <= submitted <= window[1])):
-            alike.setdefault(accounting_job_id(record), dict(record))
-    return ([tagged[job_id] for job_id in sorted(tagged)], [alike[job_id] for job_id in sorted(alike)])
+    def run(self) -> PassSummary:
+        """Submit, update, ping health: a phase that cannot get its work (its list failed, its peer
+        is down) ends, and the next phase still runs. The deadline ends the pass's work;
+        authentication and configuration failures (and bugs) end the pass."""
+        context = self.context
+        phases: list[tuple[str, Callable[[], None]]] = [("submit phase", SubmitPhase(context).run),
+                                                         ("update phase", UpdatePhase(context).run),
+                                                         ("health ping", context.changes.ping_health)]
+        try:
+            for name, phase in phases:
+                context.contain(phase, f"{name} ended")
+        except DeadlineReached:
+            self.summary.deadline_reached = True
+            log.warning("the pass reached its %d s deadline; the remaining work waits for the next pass",
+                        context.config.run.deadline)
+        self.summary.errors += context.api.malformed_items
+        return self.summary
 
 
 @dataclasses.dataclass
@@ -2589,88 +2565,6 @@ class PassSummary:
         if self.unavailable:
             return EX_UNAVAILABLE
         return EXIT_ITEMS_FAILED if self.errors else EXIT_OK
-
-
-def owner_of(journal: Journal, slurm: SlurmRest, submission_id: int, job_id: int,
-             records: Optional[list[dict[str, Any]]] = None) -> str:
-    """Who may cancel the job: the user the journal says submitted it, else the job record's
-    owner. Never anyone else: a DELETE as a non-owner hangs slurmctld 24.11.5."""
-    entry = journal.get(submission_id)
-    if entry and entry.username:
-        return entry.username
-    for record in records or slurm.job(job_id) or []:
-        if isinstance(record.get("user_name"), str) and record["user_name"]:
-            return record["user_name"]
-    raise ItemError(f"cannot tell who owns Slurm job {job_id} of submission {submission_id}; "
-                    "not cancelling it as anyone else")
-
-
-def state_for_submitted(slurm: SlurmRest, job_id: int) -> StateReport:
-    """The state agent/submitted reports with a job just submitted or found: PENDING when Slurm cannot
-    say (it has just accepted the job)."""
-    try:
-        records = slurm.job(job_id)
-    except (Unavailable, ItemError) as exc:
-        log.warning("could not read Slurm job %d just after submitting it (%s); reporting PENDING", job_id, exc,
-                    **ctx(slurm_job_id=job_id))
-        records = None
-    report = report_from_records(job_id, records, report_from_slurmctld) if records else None
-    return report or StateReport(job_id, "PENDING", None, json.dumps({"job_id": job_id}))
-
-
-def state_for_update(slurm: SlurmRest, job_id: int, jobs: Mapping[int, list[dict[str, Any]]]) -> StateReport:
-    """The state an update reports for a job being followed (every task of an array): from slurmctld
-    (`jobs`, read once for the whole phase), else slurmdbd, else UNKNOWN once Slurm says it has no
-    such job."""
-    records = jobs.get(job_id) or slurm.job(job_id)
-    report = report_from_records(job_id, records, report_from_slurmctld) if records else None
-    finished_array = bool(records) and report is not None and report.state in SLURM_FINAL_STATES and any(
-        array_job_id_of(job) for job in records or [])
-    if (records is None or finished_array) and slurm.use_slurmdbd:
-        # slurmdbd also knows the tasks slurmctld has already purged
-        accounted = slurm.accounting_job(job_id)
-        if accounted:
-            records, report = accounted, report_from_records(job_id, accounted, report_from_slurmdbd)
-    if records is None:
-        return StateReport(job_id, "UNKNOWN", f"Slurm has no record of job {job_id}",
-                           json.dumps({"job_id": job_id, "error": "Invalid job id specified"}))
-    if report is None:
-        raise ItemError(f"Slurm job {job_id} is in a state Jobbergate does not know: "
-                        f"{[job.get('job_state') or job.get('state') for job in records]}")
-    return report
-
-
-def refused_report_standing(current: Mapping[str, Any], job_id: int) -> str:
-    """Where a submission stands after the API answered 400 to agent/submitted for `job_id`:
-    "reported" when it holds that job (an earlier report of ours landed, its answer was lost),
-    "waiting" when it still waits for a job, "taken" when it holds another (so ours is a duplicate)."""
-    status, recorded = current.get("status"), current.get("slurm_job_id")
-    if status in ("SUBMITTED", "CANCELLED") and recorded == job_id:
-        return "reported"
-    if status == "CREATED" or (status == "CANCELLED" and recorded is None):
-        return "waiting"
-    return "taken"
-
-
-@dataclasses.dataclass
-class PreparedJob:
-    """A submission that passed every check, ready to be submitted exactly once."""
-
-    submission_id: int
-    user: LocalUser
-    directory: str
-    request: JobRequest
-    tag: str
-    files: dict[str, IO[bytes]]  # downloaded, by name; written to `directory` as the user before the submit
-
-    def close(self) -> None:
-        for handle in self.files.values():
-            handle.close()
-
-
-def read_back(handle: IO[bytes]) -> bytes:
-    handle.seek(0)
-    return handle.read()
 
 
 class PassContext:
@@ -2731,7 +2625,155 @@ class PassPart:
         self.cluster = context.cluster
 
 
-# -- every change the pass makes: live, or printed by a dry run ---------------------------------
+def owner_of(journal: Journal, slurm: SlurmRest, submission_id: int, job_id: int,
+             records: Optional[list[dict[str, Any]]] = None) -> str:
+    """Who may cancel the job: the user the journal says submitted it, else the job record's
+    owner. Never anyone else: a DELETE as a non-owner hangs slurmctld 24.11.5."""
+    entry = journal.get(submission_id)
+    if entry and entry.username:
+        return entry.username
+    for record in records or slurm.job(job_id) or []:
+        if isinstance(record.get("user_name"), str) and record["user_name"]:
+            return record["user_name"]
+    raise ItemError(f"cannot tell who owns Slurm job {job_id} of submission {submission_id}; "
+                    "not cancelling it as anyone else")
+
+
+# ---------------------------------------------------------------------------------------------
+# The submit phase: everything that can reject a submission, then its submit exactly once
+# ---------------------------------------------------------------------------------------------
+
+
+class SubmitPhase(PassPart):
+    """Each pending submission once: an earlier pass's submit resumed, else the job prepared (where
+    it can be rejected) and submitted exactly once."""
+
+    def run(self) -> None:
+        pending, complete = self.api.list_pending()
+        self.summary.pending = len(pending)
+        self.context.pending_ids = {item["id"] for item in pending} if complete else None
+        log.info("%d pending submission(s) for cluster %s", len(pending), self.cluster)
+        for item in pending:
+            self.deadline.check()
+            self.context.contain_item(item["id"], lambda: self.submit_one(item))
+
+    def submit_one(self, item: Mapping[str, Any]) -> None:
+        submission_id = item["id"]
+        try:
+            if self.context.earlier.resume(self.journal.get(submission_id)):
+                return
+            with contextlib.closing(self.prepare_job(parse_pending(item))) as job:
+                self.context.changes.submit_exactly_once(job)
+        except SubmitUnsettled as exc:
+            self.reject_unsettled(exc)
+        except Rejection as exc:
+            self.reject(submission_id, str(exc))
+
+    def prepare_job(self, submission: PendingSubmission) -> PreparedJob:
+        """Everything that can reject the submission, before anything changes: its owner's local
+        account, its execution directory, its files (downloaded; the entrypoint checked) and the job
+        translated for slurmrestd."""
+        user = self.mapper.user_for(submission.owner_email)
+        directory = resolve_execution_directory(submission.execution_directory,
+                                                self.config.submit.execution_directory, user)
+        support = [f for f in submission.files if not f.is_entrypoint]
+        if support and not self.config.submit.write_files:
+            raise Rejection(f"this cluster does not write supporting files (write_files = false) and the job script "
+                            f"has {len(support)}: {', '.join(f.filename for f in support)}")
+        files = self.download_files(submission)
+        try:
+            script = check_script(read_back(files[submission.entrypoint.filename]), submission.entrypoint.filename)
+            environment = {"PATH": self.config.submit.job_path, "HOME": user.home, "USER": user.name, "LOGNAME": user.name}
+            tag = submission_tag(self.cluster, submission.id)
+            request = build_job_request(script, submission.sbatch_arguments, submission.name, directory,
+                                        environment, tag, self.slurm.minor, self.slurm.release)
+        except BaseException:
+            for handle in files.values():
+                handle.close()
+            raise
+        return PreparedJob(submission.id, user, directory, request, tag, files)
+
+    def download_files(self, submission: PendingSubmission) -> dict[str, IO[bytes]]:
+        """Each file streamed into an unlinked private temporary file."""
+        files: dict[str, IO[bytes]] = {}
+        try:
+            for script_file in sorted(submission.files, key=lambda f: not f.is_entrypoint):
+                handle = tempfile.TemporaryFile(dir=self.context.changes.download_dir)
+                files[script_file.filename] = handle
+                size = self.api.download(script_file.parent_id, script_file.filename, handle,
+                                         self.config.submit.max_file_size)
+                log.debug("downloaded %s (%d bytes)", script_file.filename, size, **ctx(submission_id=submission.id))
+        except BaseException:
+            for handle in files.values():
+                handle.close()
+            raise
+        return files
+
+    def reject(self, submission_id: int, message: str) -> None:
+        self.summary.rejected += 1
+        self.context.changes.reject(submission_id, message)
+
+    def reject_unsettled(self, exc: SubmitUnsettled) -> None:
+        entry = exc.entry
+        log.error("submission %d (tag %s): cannot tell whether the submit interrupted at %s reached Slurm (%s); "
+                  "rejecting it rather than risk running it twice", entry.submission_id, entry.tag,
+                  utc_text(entry.intent_at), exc.reason, **ctx(submission_id=entry.submission_id))
+        self.reject(entry.submission_id, str(exc))
+        self.context.changes.forget(entry.submission_id)
+
+
+@dataclasses.dataclass
+class PreparedJob:
+    """A submission that passed every check, ready to be submitted exactly once."""
+
+    submission_id: int
+    user: LocalUser
+    directory: str
+    request: JobRequest
+    tag: str
+    files: dict[str, IO[bytes]]  # downloaded, by name; written to `directory` as the user before the submit
+
+    def close(self) -> None:
+        for handle in self.files.values():
+            handle.close()
+
+
+def read_back(handle: IO[bytes]) -> bytes:
+    handle.seek(0)
+    return handle.read()
+
+
+# ---------------------------------------------------------------------------------------------
+# Changes: made by a live pass, printed by a dry run
+# ---------------------------------------------------------------------------------------------
+
+
+STALE_INTENT_SECONDS = 86400
+
+
+def state_for_submitted(slurm: SlurmRest, job_id: int) -> StateReport:
+    """The state agent/submitted reports with a job just submitted or found: PENDING when Slurm cannot
+    say (it has just accepted the job)."""
+    try:
+        records = slurm.job(job_id)
+    except (Unavailable, ItemError) as exc:
+        log.warning("could not read Slurm job %d just after submitting it (%s); reporting PENDING", job_id, exc,
+                    **ctx(slurm_job_id=job_id))
+        records = None
+    report = report_from_records(job_id, records, report_from_slurmctld) if records else None
+    return report or StateReport(job_id, "PENDING", None, json.dumps({"job_id": job_id}))
+
+
+def refused_report_standing(current: Mapping[str, Any], job_id: int) -> str:
+    """Where a submission stands after the API answered 400 to agent/submitted for `job_id`:
+    "reported" when it holds that job (an earlier report of ours landed, its answer was lost),
+    "waiting" when it still waits for a job, "taken" when it holds another (so ours is a duplicate)."""
+    status, recorded = current.get("status"), current.get("slurm_job_id")
+    if status in ("SUBMITTED", "CANCELLED") and recorded == job_id:
+        return "reported"
+    if status == "CREATED" or (status == "CANCELLED" and recorded is None):
+        return "waiting"
+    return "taken"
 
 
 class LiveChanges(PassPart):
@@ -2914,7 +2956,61 @@ class DryRunChanges(PassPart):
 Changes = Union[LiveChanges, DryRunChanges]
 
 
-# -- resuming an earlier pass's submit ----------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
+# Resuming an earlier pass's submit, from the journal
+# ---------------------------------------------------------------------------------------------
+
+
+# Clock difference allowed for between this host and slurmctld when matching submit times.
+CLOCK_SLACK_SECONDS = 60
+# slurmdbd's name of a job whose record is not complete yet.
+ACCOUNTING_PLACEHOLDER_NAME = "allocation"
+
+
+def accounting_job_id(record: Mapping[str, Any]) -> int:
+    """The id sbatch would have printed: an array task's record names its array's job."""
+    array = record.get("array") if isinstance(record.get("array"), dict) else {}
+    array_id = unwrap_number(array.get("job_id"))
+    return array_id if array_id else record["job_id"]
+
+
+def _accounting_comment(record: Mapping[str, Any]) -> str:
+    comment = record.get("comment")
+    comment = comment.get("job") if isinstance(comment, dict) else comment
+    return comment if isinstance(comment, str) else ""
+
+
+def _same_directory(recorded: Any, wanted: str) -> bool:
+    return isinstance(recorded, str) and os.path.normpath(recorded or "/") == os.path.normpath(wanted)
+
+
+def accounting_candidates(records: Iterable[Mapping[str, Any]], entry: JournalEntry, window: tuple[float, float],
+                          excluded: set[int]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The slurmdbd records that may be the job an interrupted submit created, one per job, oldest
+    first: (those carrying its tag, those that could be it without a comment: same owner, name and
+    directory, submitted within `window`). A record whose comment lacks the tag is never ours: the
+    tag leads every comment this tool sends. Matching leans to "could be it": a false match only
+    withholds a submit, a missed one would run the job twice."""
+    tagged: dict[int, dict[str, Any]] = {}
+    alike: dict[int, dict[str, Any]] = {}
+    for record in records:
+        if not isinstance(record.get("job_id"), int) or accounting_job_id(record) in excluded:
+            continue
+        comment = _accounting_comment(record)
+        if comment:
+            if comment_has_tag(comment, entry.tag):
+                tagged.setdefault(accounting_job_id(record), dict(record))
+            continue
+        if entry.job_name is None or entry.working_directory is None:
+            continue
+        times = record.get("time") if isinstance(record.get("time"), dict) else {}
+        submitted = unwrap_number(times.get("submission"))
+        if (record.get("user") in (None, entry.username)
+                and record.get("name") in (entry.job_name, ACCOUNTING_PLACEHOLDER_NAME)
+                and _same_directory(record.get("working_directory"), entry.working_directory)
+                and (submitted is None or window[0] <= submitted <= window[1])):
+            alike.setdefault(accounting_job_id(record), dict(record))
+    return ([tagged[job_id] for job_id in sorted(tagged)], [alike[job_id] for job_id in sorted(alike)])
 
 
 class EarlierSubmit(PassPart):
@@ -2997,88 +3093,31 @@ class EarlierSubmit(PassPart):
         return None
 
 
-# -- the submit phase ---------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
+# The update phase: states reported, cancelled submissions' jobs cancelled
+# ---------------------------------------------------------------------------------------------
 
 
-class SubmitPhase(PassPart):
-    """Each pending submission once: an earlier pass's submit resumed, else the job prepared (where
-    it can be rejected) and submitted exactly once."""
-
-    def run(self) -> None:
-        pending, complete = self.api.list_pending()
-        self.summary.pending = len(pending)
-        self.context.pending_ids = {item["id"] for item in pending} if complete else None
-        log.info("%d pending submission(s) for cluster %s", len(pending), self.cluster)
-        for item in pending:
-            self.deadline.check()
-            self.context.contain_item(item["id"], lambda: self.submit_one(item))
-
-    def submit_one(self, item: Mapping[str, Any]) -> None:
-        submission_id = item["id"]
-        try:
-            if self.context.earlier.resume(self.journal.get(submission_id)):
-                return
-            with contextlib.closing(self.prepare_job(parse_pending(item))) as job:
-                self.context.changes.submit_exactly_once(job)
-        except SubmitUnsettled as exc:
-            self.reject_unsettled(exc)
-        except Rejection as exc:
-            self.reject(submission_id, str(exc))
-
-    def prepare_job(self, submission: PendingSubmission) -> PreparedJob:
-        """Everything that can reject the submission, before anything changes: its owner's local
-        account, its execution directory, its files (downloaded; the entrypoint checked) and the job
-        translated for slurmrestd."""
-        user = self.mapper.user_for(submission.owner_email)
-        directory = resolve_execution_directory(submission.execution_directory,
-                                                self.config.submit.execution_directory, user)
-        support = [f for f in submission.files if not f.is_entrypoint]
-        if support and not self.config.submit.write_files:
-            raise Rejection(f"this cluster does not write supporting files (write_files = false) and the job script "
-                            f"has {len(support)}: {', '.join(f.filename for f in support)}")
-        files = self.download_files(submission)
-        try:
-            script = check_script(read_back(files[submission.entrypoint.filename]), submission.entrypoint.filename)
-            environment = {"PATH": self.config.submit.job_path, "HOME": user.home, "USER": user.name, "LOGNAME": user.name}
-            tag = submission_tag(self.cluster, submission.id)
-            request = build_job_request(script, submission.sbatch_arguments, submission.name, directory,
-                                        environment, tag, self.slurm.minor, self.slurm.release)
-        except BaseException:
-            for handle in files.values():
-                handle.close()
-            raise
-        return PreparedJob(submission.id, user, directory, request, tag, files)
-
-    def download_files(self, submission: PendingSubmission) -> dict[str, IO[bytes]]:
-        """Each file streamed into an unlinked private temporary file."""
-        files: dict[str, IO[bytes]] = {}
-        try:
-            for script_file in sorted(submission.files, key=lambda f: not f.is_entrypoint):
-                handle = tempfile.TemporaryFile(dir=self.context.changes.download_dir)
-                files[script_file.filename] = handle
-                size = self.api.download(script_file.parent_id, script_file.filename, handle,
-                                         self.config.submit.max_file_size)
-                log.debug("downloaded %s (%d bytes)", script_file.filename, size, **ctx(submission_id=submission.id))
-        except BaseException:
-            for handle in files.values():
-                handle.close()
-            raise
-        return files
-
-    def reject(self, submission_id: int, message: str) -> None:
-        self.summary.rejected += 1
-        self.context.changes.reject(submission_id, message)
-
-    def reject_unsettled(self, exc: SubmitUnsettled) -> None:
-        entry = exc.entry
-        log.error("submission %d (tag %s): cannot tell whether the submit interrupted at %s reached Slurm (%s); "
-                  "rejecting it rather than risk running it twice", entry.submission_id, entry.tag,
-                  utc_text(entry.intent_at), exc.reason, **ctx(submission_id=entry.submission_id))
-        self.reject(entry.submission_id, str(exc))
-        self.context.changes.forget(entry.submission_id)
-
-
-# -- the update phase ---------------------------------------------------------------------------
+def state_for_update(slurm: SlurmRest, job_id: int, jobs: Mapping[int, list[dict[str, Any]]]) -> StateReport:
+    """The state an update reports for a job being followed (every task of an array): from slurmctld
+    (`jobs`, read once for the whole phase), else slurmdbd, else UNKNOWN once Slurm says it has no
+    such job."""
+    records = jobs.get(job_id) or slurm.job(job_id)
+    report = report_from_records(job_id, records, report_from_slurmctld) if records else None
+    finished_array = bool(records) and report is not None and report.state in SLURM_FINAL_STATES and any(
+        array_job_id_of(job) for job in records or [])
+    if (records is None or finished_array) and slurm.use_slurmdbd:
+        # slurmdbd also knows the tasks slurmctld has already purged
+        accounted = slurm.accounting_job(job_id)
+        if accounted:
+            records, report = accounted, report_from_records(job_id, accounted, report_from_slurmdbd)
+    if records is None:
+        return StateReport(job_id, "UNKNOWN", f"Slurm has no record of job {job_id}",
+                           json.dumps({"job_id": job_id, "error": "Invalid job id specified"}))
+    if report is None:
+        raise ItemError(f"Slurm job {job_id} is in a state Jobbergate does not know: "
+                        f"{[job.get('job_state') or job.get('state') for job in records]}")
+    return report
 
 
 class UpdatePhase(PassPart):
@@ -3135,34 +3174,6 @@ class UpdatePhase(PassPart):
                  and time.time() - (entry.last_reported_at or 0) < self.config.run.resend_after)
         if not fresh:
             self.context.changes.update(submission_id, report)
-
-
-# -- the pass -----------------------------------------------------------------------------------
-
-
-class SyncPass:
-    def __init__(self, config: Config, api: JobbergateApi, slurm: SlurmRest, journal: Journal, mapper: UserMapper,
-                 deadline: Deadline, dry_run: bool = False):
-        self.context = PassContext(config, api, slurm, journal, mapper, deadline, dry_run)
-        self.summary = self.context.summary
-
-    def run(self) -> PassSummary:
-        """Submit, update, ping health: a phase that cannot get its work (its list failed, its peer
-        is down) ends, and the next phase still runs. The deadline ends the pass's work;
-        authentication and configuration failures (and bugs) end the pass."""
-        context = self.context
-        phases: list[tuple[str, Callable[[], None]]] = [("submit phase", SubmitPhase(context).run),
-                                                         ("update phase", UpdatePhase(context).run),
-                                                         ("health ping", context.changes.ping_health)]
-        try:
-            for name, phase in phases:
-                context.contain(phase, f"{name} ended")
-        except DeadlineReached:
-            self.summary.deadline_reached = True
-            log.warning("the pass reached its %d s deadline; the remaining work waits for the next pass",
-                        context.config.run.deadline)
-        self.summary.errors += context.api.malformed_items
-        return self.summary
 
 
 # ---------------------------------------------------------------------------------------------
