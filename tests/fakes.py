@@ -51,19 +51,33 @@ def _json(status: int, body: Any, headers: Optional[dict] = None) -> tuple:
     return status, {"Content-Type": "application/json", **(headers or {})}, json.dumps(body)
 
 
+def _queued(answers: dict[str, list[Any]], route: str, error_body: Any) -> Optional[tuple]:
+    """The next answer queued for `route` in a fake's `answers`, the one way every fake injects
+    failures and odd replies: an int status (with the fake's usual error body), a (status, body)
+    pair (a str body is sent as it is, anything else as JSON), or an exception (the connection
+    fails). None when nothing is queued."""
+    if not answers.get(route):
+        return None
+    answer = answers[route].pop(0)
+    if isinstance(answer, Exception):
+        return 0, {}, answer
+    if isinstance(answer, int):
+        return _json(answer, error_body)
+    status, body = answer
+    return (status, {"Content-Type": "text/html"}, body) if isinstance(body, str) else _json(status, body)
+
+
 class FakeIssuer:
     def __init__(self, rsps: responses.RequestsMock, ttl: int = 300):
         self.ttl = ttl
         self.issued: list[str] = []
-        self.failures: list[Any] = []  # next answers: an int status or an exception
+        self.answers: dict[str, list[Any]] = {}  # queued answers of the "token" route (see _queued)
         rsps.add_callback(responses.POST, f"{ISSUER}/protocol/openid-connect/token", callback=self._token)
 
     def _token(self, request: requests.PreparedRequest) -> tuple:
-        if self.failures:
-            failure = self.failures.pop(0)
-            if isinstance(failure, Exception):
-                return 0, {}, failure
-            return _json(failure, {"error": "server_error"})
+        queued = _queued(self.answers, "token", {"error": "server_error"})
+        if queued:
+            return queued
         form = parse_qs(request.body)
         if form.get("client_id") != [CLIENT_ID] or form.get("client_secret") != [CLIENT_SECRET]:
             return _json(401, {"error": "unauthorized_client", "error_description": "Invalid client secret"})
@@ -83,7 +97,7 @@ class FakeJobbergate:
         self.files: dict[tuple[int, str], bytes] = {}
         self.calls: list[tuple[str, str, Any]] = []
         self.health: list[int] = []
-        self.fail_next: dict[str, list[Any]] = {}  # route name -> statuses/exceptions to answer first
+        self.answers: dict[str, list[Any]] = {}  # queued answers per route name below (see _queued)
         self.revoked: set[str] = set()
         self.reject_all_tokens = False
         self.before_submitted: Optional[Callable[[dict], None]] = None  # e.g. another agent acting first
@@ -139,13 +153,9 @@ class FakeJobbergate:
             token = (request.headers.get("Authorization") or "").removeprefix("Bearer ")
             if token not in self.issuer.issued or token in self.revoked or self.reject_all_tokens:
                 return _json(401, {"detail": "Not authenticated"})
-            if self.fail_next.get(name):
-                failure = self.fail_next[name].pop(0)
-                if isinstance(failure, Exception):
-                    return 0, {}, failure
-                if isinstance(failure, tuple):  # (status, raw body)
-                    return failure[0], {"Content-Type": "text/html"}, failure[1]
-                return _json(failure, {"detail": "injected failure"})
+            queued = _queued(self.answers, name, {"detail": "injected failure"})
+            if queued:
+                return queued
             match = re.fullmatch(pattern, path)
             return handler(request, body, *match.groups())
 
@@ -241,7 +251,7 @@ class FakeSlurm:
         self.cancelled: list[tuple[int, str]] = []
         self.requests: list[tuple[str, str, dict]] = []
         self.next_id = 100
-        # Queued answers per route ("submit", "list", "get", "delete", "dbd"): (status, body) or an exception.
+        # Queued answers per route ("submit", "list", "get", "delete", "dbd", ...; see _queued).
         self.answers: dict[str, list[Any]] = {}
         self.down = False
         self.serves_slurmdbd = False  # whether /openapi/v3 lists /slurmdb/ paths
@@ -271,9 +281,9 @@ class FakeSlurm:
                 return _json(500, {"errors": [{"error_code": 5005, "error": "Zero Bytes were transmitted or received"}]})
             if claims.get("sun") != user:
                 return _json(500, {"errors": [{"error_code": 5005, "error": "Zero Bytes were transmitted or received"}]})
-            if self.answers.get(route):
-                answer = self.answers[route].pop(0)
-                return (0, {}, answer) if isinstance(answer, Exception) else _json(*answer)
+            queued = _queued(self.answers, route, {"errors": [{"error_number": 5005, "error": "injected failure"}]})
+            if queued:
+                return queued
             job_id = re.search(r"/job/(\d+)$", urlparse(request.url).path)
             handler = getattr(self, f"_{route}")  # looked up per call, so a test may wrap it
             return handler(request, user, int(job_id.group(1)) if job_id else None)

@@ -188,20 +188,20 @@ def test_transient_slurm_failures_leave_the_submission_created(stack, config_fil
 
 def test_api_outage_exits_69_and_rejects_nothing(stack, config_file, email):
     stack.api.add_submission(1, email=email)
-    stack.api.fail_next["pending"] = [503, 503]
+    stack.api.answers["pending"] = [503, 503]
     assert run(config_file()) == jobbergate_sync.EX_UNAVAILABLE
     assert stack.api.status(1) == "CREATED"
     assert len(stack.api.called("pending")) == 2  # retried, then gave up
 
 
 def test_oidc_outage_exits_69(stack, config_file):
-    stack.issuer.failures = [requests.ConnectionError("down")] * 2
+    stack.issuer.answers["token"] = [requests.ConnectionError("down")] * 2
     assert run(config_file()) == jobbergate_sync.EX_UNAVAILABLE
 
 
 def test_garbage_page_is_an_outage_not_a_rejection(stack, config_file, email):
     stack.api.add_submission(1, email=email)
-    stack.api.fail_next["pending"] = [(200, "<html>proxy error</html>")] * 2
+    stack.api.answers["pending"] = [(200, "<html>proxy error</html>")] * 2
     assert run(config_file()) == jobbergate_sync.EX_UNAVAILABLE
     assert stack.api.status(1) == "CREATED"
 
@@ -436,7 +436,7 @@ def test_an_item_without_an_id_is_skipped_counted_and_the_rest_proceed(stack, co
     stack.api.add_submission(1, email=email)
     page = {"items": [{"name": "no id at all"}, {"id": "7", "name": "string id"},
                       stack.api.submissions[1] | {"status": None}], "total": 3, "page": 1, "size": 100, "pages": 1}
-    stack.api.fail_next["pending"] = [(200, json.dumps(page))]
+    stack.api.answers["pending"] = [(200, json.dumps(page))]
 
     assert run(config_file()) == jobbergate_sync.EXIT_ITEMS_FAILED
 
@@ -446,7 +446,7 @@ def test_an_item_without_an_id_is_skipped_counted_and_the_rest_proceed(stack, co
 def test_a_huge_page_count_reads_only_max_pages(stack, config_file, email):
     stack.api.add_submission(1, email=email)
     page = {"items": [stack.api.submissions[1]], "total": 10 ** 9, "page": 1, "size": 1, "pages": 10 ** 9}
-    stack.api.fail_next["pending"] = [(200, json.dumps(page))] * 3
+    stack.api.answers["pending"] = [(200, json.dumps(page))] * 3
 
     assert run(config_file(**{"jobbergate.max_pages": 3})) == 0
 
@@ -458,7 +458,7 @@ def test_an_empty_page_before_the_announced_last_ends_the_listing(stack, config_
     stack.api.add_submission(1, email=email)
     first = {"items": [stack.api.submissions[1]], "total": 3, "page": 1, "size": 1, "pages": 3}
     empty = {"items": [], "total": 1, "page": 2, "size": 1, "pages": 3}
-    stack.api.fail_next["pending"] = [(200, json.dumps(first)), (200, json.dumps(empty))]
+    stack.api.answers["pending"] = [(200, json.dumps(first)), (200, json.dumps(empty))]
 
     assert run(config_file()) == 0
 

@@ -43,7 +43,7 @@ def test_a_failed_pending_list_ends_the_submit_phase_only(stack, config_file, em
     stack.api.add_submission(1, email=email)
     stack.api.add_submission(2, status="SUBMITTED", slurm_job_id=200)
     stack.slurm.add_job(200, "COMPLETED")
-    stack.api.fail_next["pending"] = [422]
+    stack.api.answers["pending"] = [422]
 
     code, lines = run_logged(config_file(), capsys)
 
@@ -57,7 +57,7 @@ def test_a_failed_pending_list_ends_the_submit_phase_only(stack, config_file, em
 
 def test_an_api_outage_while_listing_skips_what_needs_the_api_and_exits_69(stack, config_file, email, capsys):
     stack.api.add_submission(1, email=email)
-    stack.api.fail_next["pending"] = [503, 503]
+    stack.api.answers["pending"] = [503, 503]
 
     code, lines = run_logged(config_file(), capsys)
 
@@ -108,7 +108,7 @@ def test_the_summary_line_is_last_with_the_exit_code_whatever_happened(stack, co
     if case == "item-failed":
         stack.api.add_submission(2, status="SUBMITTED")  # active without a Slurm job id
     elif case == "unavailable":
-        stack.issuer.failures = [requests.ConnectionError("down")] * 2
+        stack.issuer.answers["token"] = [requests.ConnectionError("down")] * 2
     elif case == "auth":
         stack.api.reject_all_tokens = True
     elif case == "bad-journal":
@@ -124,7 +124,7 @@ def test_the_summary_line_is_last_with_the_exit_code_whatever_happened(stack, co
 
 
 def test_quiet_mode_still_shows_how_a_failed_pass_ended(stack, config_file, capsys):
-    stack.issuer.failures = [requests.ConnectionError("down")] * 2
+    stack.issuer.answers["token"] = [requests.ConnectionError("down")] * 2
     assert main(["--once", "-q", "--config", config_file(), "--log-format", "text"]) == 69
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "WARNING pass finished: exit_code=69" in last
