@@ -1504,7 +1504,7 @@ def read_map_file(path: str) -> dict[str, str]:
 
 
 class UserMapper:
-    def __init__(self, config: Config, lookup: Optional[Callable[[str], Optional[LocalUser]]] = None):
+    def __init__(self, config: Config, lookup: Callable[[str], Optional[LocalUser]] = lookup_user):
         self.kind = config.mapper.type
         self.single_user = config.mapper.user
         self.map_file = config.mapper.map_file
@@ -1530,7 +1530,7 @@ class UserMapper:
     def user_for(self, email: str) -> LocalUser:
         """The local account jobs of `email` run as; root and system accounts are refused."""
         username = self.username_for(email)
-        user = (self.lookup or lookup_user)(username)
+        user = self.lookup(username)
         if user is None:
             raise Rejection(f"owner email {email!r} maps to user {username!r}, which does not exist on this cluster")
         if user.uid < self.min_uid:
@@ -2824,7 +2824,7 @@ class LiveChanges(PassPart):
 
     def report_submitted(self, submission_id: int, job_id: int, report: StateReport) -> None:
         """agent/submitted is not idempotent: a 400 is answered by reading the submission."""
-        context = ctx(submission_id=submission_id, slurm_job_id=job_id)
+        fields = ctx(submission_id=submission_id, slurm_job_id=job_id)
         tag = submission_tag(self.cluster, submission_id)
         try:
             self.api.report_submitted(submission_id, report)
@@ -2841,7 +2841,7 @@ class LiveChanges(PassPart):
             self.api.update(submission_id, report)
         self.journal.record_report(submission_id, tag, report)
         self.summary.submitted += 1
-        log.info("reported submission %d SUBMITTED with Slurm job %d (%s)", submission_id, job_id, report.state, **context)
+        log.info("reported submission %d SUBMITTED with Slurm job %d (%s)", submission_id, job_id, report.state, **fields)
 
     def settle_refused_report(self, submission_id: int, job_id: int, report: StateReport, refusal: ApiConflict) -> None:
         """Resend the report the submission still waits for; cancel our job when it holds another."""
@@ -2874,18 +2874,18 @@ class LiveChanges(PassPart):
     def cancel_job(self, submission_id: int, job_id: int, owner: str) -> Optional[StateReport]:
         """Cancel the Slurm job of a cancelled submission as its owner; the state after the cancel,
         or None when nothing was done. Counted only when Slurm cancelled it."""
-        context = ctx(submission_id=submission_id, slurm_job_id=job_id, user=owner)
+        fields = ctx(submission_id=submission_id, slurm_job_id=job_id, user=owner)
         outcome = self.slurm.cancel(job_id, owner)
         if outcome is False:
-            log.info("Slurm job %d of cancelled submission %d had already ended", job_id, submission_id, **context)
+            log.info("Slurm job %d of cancelled submission %d had already ended", job_id, submission_id, **fields)
             return None
         after = state_for_update(self.slurm, job_id, {})
         if outcome is None and after.state != "CANCELLED":
             log.warning("asked Slurm to cancel job %d of submission %d as %s, but it is %s", job_id, submission_id,
-                        owner, after.state, **context)
+                        owner, after.state, **fields)
             return after
         self.summary.cancelled += 1
-        log.info("cancelled Slurm job %d of cancelled submission %d as %s", job_id, submission_id, owner, **context)
+        log.info("cancelled Slurm job %d of cancelled submission %d as %s", job_id, submission_id, owner, **fields)
         return after
 
     def update(self, submission_id: int, report: StateReport) -> None:
@@ -3034,12 +3034,12 @@ class EarlierSubmit(PassPart):
     def recover_intent(self, entry: JournalEntry) -> bool:
         """An earlier pass stopped between recording its intent and recording the job id: find its
         job in slurmctld by its tag, else in slurmdbd."""
-        context = ctx(submission_id=entry.submission_id)
+        fields = ctx(submission_id=entry.submission_id)
         found = self.slurm.jobs_with_tag(entry.tag)
         if found:
             if len(found) > 1:
                 log.error("submission %d has %d Slurm jobs %s; keeping %d, cancelling the others", entry.submission_id,
-                          len(found), found, found[0], **context)
+                          len(found), found, found[0], **fields)
                 for duplicate in found[1:]:
                     self.context.changes.cancel_duplicate(
                         entry.submission_id, duplicate, owner_of(self.journal, self.slurm, entry.submission_id, duplicate))
@@ -3049,12 +3049,12 @@ class EarlierSubmit(PassPart):
         if age < self.config.slurmrestd.purge_horizon:
             # A job submitted after the intent cannot have ended and been purged yet.
             log.info("submission %d: the submit interrupted %d s ago left no job in slurmctld, which purges none "
-                     "that young; submitting", entry.submission_id, age, **context)
+                     "that young; submitting", entry.submission_id, age, **fields)
             return False
         record = self.find_in_accounting(entry)
         if record is None:
             log.info("submission %d: neither slurmctld nor slurmdbd has a job from the submit interrupted at %s; "
-                     "submitting", entry.submission_id, utc_text(entry.intent_at), **context)
+                     "submitting", entry.submission_id, utc_text(entry.intent_at), **fields)
             return False
         job_id = accounting_job_id(record)
         self.adopt_job(entry, job_id, "slurmdbd", report_from_slurmdbd({**record, "job_id": job_id}))
