@@ -13,7 +13,8 @@ Sections, in order: constants and errors; configuration; logging; then the domai
 submissions; #SBATCH parsing and translation; Slurm job states; user mapping; then the adapters:
 deadline and HTTP; OIDC token; Jobbergate API client; slurmrestd client; files as the user; state
 journal; then the pass: its phases and what they share; the submit phase; changes (live or dry
-run); resuming an earlier pass's submit; the update phase; then monitoring; CLI.
+run); resuming an earlier pass's submit; the update phase; then monitoring; the check (every peer
+visited once, read-only, for the `check` command); CLI.
 """
 
 from __future__ import annotations
@@ -108,6 +109,10 @@ class AuthError(SyncError):
     pass ends with 77."""
 
     exit_code = EX_NOPERM
+
+
+class Forbidden(AuthError):
+    """The API answered 403: the client lacks a permission the route needs (77)."""
 
 
 class Unavailable(SyncError):
@@ -297,11 +302,15 @@ def parse_setting(section: str, key: str, raw: str, kind: type) -> Any:
         raise ConfigError(f"[{section}] {key} = {raw!r}: not a valid {kind.__name__} ({exc})") from None
 
 
+def secret_path(path: str) -> str:
+    """Where a secret file setting points: a bare name is a systemd LoadCredential= name."""
+    credentials_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    return os.path.join(credentials_dir, path) if credentials_dir and "/" not in path else path
+
+
 def read_secret_file(path: str, what: str) -> bytes:
     """Read a secret file that only its owner may read; refuse a group/world-readable one."""
-    credentials_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-    if credentials_dir and "/" not in path:  # systemd LoadCredential= name
-        path = os.path.join(credentials_dir, path)
+    path = secret_path(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
@@ -1783,7 +1792,7 @@ class JobbergateApi:
                 if response.status_code == 401:
                     raise AuthError(f"{method} {url}: the API rejects a fresh token for client {self.token.client_id} (401)")
             if response.status_code == 403:
-                raise AuthError(
+                raise Forbidden(
                     f"{method} {url}: forbidden (403: {short_body(response)}); check the client's permissions"
                 )
             if response.status_code >= 500 or response.status_code == 429:
@@ -1817,10 +1826,7 @@ class JobbergateApi:
             if page > self.max_pages:
                 log.warning("%s has %d pages; reading only %d in this pass (jobbergate.max_pages)", path, pages, self.max_pages)
                 return list(items.values()), False
-            response = self._request("GET", path, True, params={"page": page, "size": self.page_size})
-            body = json_body(self._expect_list(response, path))
-            if not isinstance(body, dict) or not isinstance(body.get("items"), list) or not isinstance(body.get("pages"), int):
-                raise Unavailable(f"GET {self.base}{path} page {page}: not a page of items ({response.text[:200]!r})")
+            body = self.page(path, page, self.page_size)
             pages = body["pages"]
             if not body["items"]:
                 break
@@ -1832,6 +1838,14 @@ class JobbergateApi:
                     log.error("ignoring a malformed item without an integer id in %s: %.200r", path, item)
             page += 1
         return list(items.values()), True
+
+    def page(self, path: str, page: int, size: int) -> dict[str, Any]:
+        """One page of an agent list: {"items": [...], "pages": n, "total": n, ...}."""
+        response = self._request("GET", path, True, params={"page": page, "size": size})
+        body = json_body(self._expect_list(response, path))
+        if not isinstance(body, dict) or not isinstance(body.get("items"), list) or not isinstance(body.get("pages"), int):
+            raise Unavailable(f"GET {self.base}{path} page {page}: not a page of items ({response.text[:200]!r})")
+        return body
 
     def _expect_list(self, response: requests.Response, path: str) -> requests.Response:
         if response.status_code == 404:  # a list has no record to miss
@@ -2078,7 +2092,7 @@ class SlurmRest:
     def choice(self) -> dict[str, Any]:
         """The remembered auto choice, else one made from slurmrestd's /openapi/v3 paths."""
         if self._choice is None:
-            self._choice = self._remembered_choice() or self._discover()
+            self._choice = self._remembered_choice() or self._choose(self.served())
         return self._choice
 
     def _remembered_choice(self) -> Optional[dict[str, Any]]:
@@ -2091,11 +2105,22 @@ class SlurmRest:
                   and API_VERSION_RE.match(str(choice.get("api_version"))) is not None)
         return choice if usable else None
 
-    def _discover(self) -> dict[str, Any]:
+    def served(self) -> ServedApi:
+        """What slurmrestd serves, from its /openapi/v3 document (read as the query user)."""
         response, body = self._request("GET", "/openapi/v3", self.query_user, True)
         served = served_api(body)
         if response.status_code != 200 or not served.versions:
             raise Unavailable(f"GET {self.base}/openapi/v3: HTTP {response.status_code}: no job API paths to choose from")
+        return served
+
+    def discover(self) -> ServedApi:
+        """Choose now, whatever was remembered, and return what slurmrestd serves (for the check)."""
+        served = self.served()
+        self._choice = self._choose(served)
+        return served
+
+    def _choose(self, served: ServedApi) -> dict[str, Any]:
+        """The pinned version or the newest both speak; remembered unless read-only."""
         version = (self.api_version_setting if self.api_version_setting != "auto"
                    else choose_api_version(served, self.base))
         choice = {"url": self.base, "api_version": version, "slurmdbd": version in served.slurmdb_versions,
@@ -2164,6 +2189,14 @@ class SlurmRest:
         if errors:
             raise Rejection(f"Slurm refused the job: {describe_errors(errors)}")
         raise Unavailable(f"POST {url}: HTTP {response.status_code} without a job id")
+
+    def ping(self, user: str) -> None:
+        """GET ping as `user`: slurmctld accepted that user's token and answered; else the reason."""
+        response, body = self._request("GET", f"/slurm/{self.version}/ping", user, True)
+        errors = slurm_errors(body)
+        if response.status_code != 200 or errors:
+            raise Unavailable(f"GET {self.base}/slurm/{self.version}/ping as {user}: HTTP {response.status_code} "
+                              f"{describe_errors(errors) or response.text[:200].strip()}")
 
     def jobs(self) -> dict[int, list[dict[str, Any]]]:
         """Every job slurmctld holds, in one call: id -> its records (all tasks of an array under the array's id)."""
@@ -3342,6 +3375,321 @@ class Monitor:
 
 
 # ---------------------------------------------------------------------------------------------
+# Check: every peer visited once, read-only, one line per check
+# ---------------------------------------------------------------------------------------------
+
+EX_NOUSER = 67  # sysexits: addressee unknown (the --email address maps to no usable account)
+
+# What the agent's routes need (each accepts jobbergate:admin too, except the cluster-status ping).
+JOB_SUBMISSIONS_READ = "jobbergate:job-submissions:read"
+AGENT_PERMISSIONS = (JOB_SUBMISSIONS_READ, "jobbergate:job-submissions:update", "jobbergate:job-scripts:read",
+                     "jobbergate:clusters:update")
+ADMIN_PERMISSION = "jobbergate:admin"
+ADMIN_REFUSED = ("jobbergate:clusters:update",)
+
+CHECK_EXIT_CODES_HELP = """\b
+Exit codes (those of the first failing check; earlier checks come first
+because what they find usually explains the later failures):
+  0   every check passed
+  64  bad command-line usage
+  67  --email maps to no usable local account
+  69  a peer is unreachable (OIDC issuer, API, slurmrestd or slurmctld)
+  70  internal error (a bug)
+  77  authentication or permission failure (a secret, a key, a permission)
+  78  bad configuration (the line names the setting)"""
+
+SECRET_FILE_KEYS = (("oidc", "client_secret_file"), ("slurmrestd", "jwt_key_file"), ("slurmrestd", "token_file"))
+
+MAPPER_FIXES = {
+    "email-local-part": "create that account (useradd -m), or map the address with [mapper] type = map-file",
+    "map-file": "add a line 'email username' for it to [mapper] map_file, naming an existing account",
+    "single-user": "set [mapper] user to an existing regular account",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckLine:
+    status: str  # "ok", "FAIL" or "skip"
+    what: str
+    detail: str
+    exit_code: int = EXIT_OK
+
+
+def passed(what: str, detail: str) -> CheckLine:
+    return CheckLine("ok", what, detail)
+
+
+def failed(what: str, problem: str, fix: str, exit_code: int) -> CheckLine:
+    return CheckLine("FAIL", what, f"{problem}; {fix}", exit_code)
+
+
+def skipped(what: str, needs: str) -> CheckLine:
+    return CheckLine("skip", what, f"needs {needs}")
+
+
+def check_line_text(line: CheckLine) -> str:
+    return f"{line.status:<4} {line.what}: {line.detail}"
+
+
+def check_exit_code(lines: Iterable[CheckLine]) -> int:
+    """The exit code of the first failing check; 0 when none failed."""
+    return next((line.exit_code for line in lines if line.status == "FAIL"), EXIT_OK)
+
+
+def token_claims(token: str) -> dict[str, Any]:
+    """The claims of a JWT, unverified (only to show them); {} when it is not a JWT."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def missing_permissions(granted: Iterable[str]) -> list[str]:
+    """The agent permissions a token's `permissions` claim does not cover."""
+    granted = set(granted)
+    return [permission for permission in AGENT_PERMISSIONS if permission not in granted
+            and (ADMIN_PERMISSION not in granted or permission in ADMIN_REFUSED)]
+
+
+def account_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def secret_file_problem(key: str, path: str, info: os.stat_result, min_uid: int) -> Optional[str]:
+    """Why a secret file is unsafe: others may read it, or an account other than root (or the one
+    running the tool; for the Slurm key also a system account such as SlurmUser) owns it."""
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        return f"{path} has mode {mode:04o}; chmod 0600 it"
+    owners_allowed = info.st_uid in (0, os.geteuid()) or (key == "jwt_key_file" and info.st_uid < min_uid)
+    if not owners_allowed:
+        return (f"{path} is owned by {account_name(info.st_uid)}, who can read and replace it; "
+                f"chown root: {path} (and chmod 0600)")
+    return None
+
+
+def failure_fix(exc: Exception, fixes: Mapping[type, str]) -> str:
+    """The fix for `exc`: that of its most specific type in `fixes`."""
+    for kind in type(exc).__mro__:
+        if kind in fixes:
+            return fixes[kind]
+    return "run with -v to see the exchanges"
+
+
+class Check:
+    """The check command: each peer visited once, read-only. Nothing is submitted, reported or
+    written but what a pass would create anyway (the state directory and the lock file): no token
+    cache, no journal, no remembered slurmrestd choice. Each step adds its lines; a step whose input
+    an earlier one could not provide says skip."""
+
+    def __init__(self, config_path: str, email: Optional[str], environ: Mapping[str, str]):
+        self.config_path = config_path
+        self.email = email
+        self.environ = environ
+        self.lines: list[CheckLine] = []
+
+    def run(self) -> list[CheckLine]:
+        config = self.configuration()
+        if config is None:
+            names = ["OIDC token", "Jobbergate API", "slurmrestd", "slurmdbd", "slurmrestd token",
+                     "state directory and lock"] + (["user mapping"] if self.email else [])
+            self.lines += [skipped(name, "configuration") for name in names]
+            return self.lines
+        http = Http(Deadline(config.run.deadline), retries=1, backoff=0)  # one try each: a diagnosis, not a pass
+        token = OidcToken(config, http, os.path.join(config.run.state_dir, "token.json"), write_cache=False)
+        if self.oidc_token(token):
+            self.api(JobbergateApi(config, http, token))
+        else:
+            self.lines.append(skipped("Jobbergate API", "OIDC token"))
+        user = self.mapped_user(config)
+        self.slurmrestd(SlurmRest(config, http, choice_path=None, remember=False), user)  # remembers nothing
+        self.state_directory(config)
+        if isinstance(user, CheckLine):
+            self.lines.append(user)
+        elif user is not None:
+            self.lines.append(self.mapping_line(config, user))
+        return self.lines
+
+    def configuration(self) -> Optional[Config]:
+        try:
+            config = load_config(self.config_path, self.environ)
+        except ConfigError as exc:
+            self.lines.append(failed("configuration", str(exc), "config.example.ini documents every key", EX_CONFIG))
+            return None
+        self.lines.append(passed("configuration", f"{self.config_path} is valid"))
+        shown, problems = [], []
+        for section, key in SECRET_FILE_KEYS:
+            path = config.sections[section][key]
+            if not path:
+                continue
+            info = os.stat(secret_path(path))  # load_config has just read it
+            problem = secret_file_problem(key, secret_path(path), info, config.mapper.min_uid)
+            if problem:
+                problems.append(f"[{section}] {key} {problem}")
+            shown.append(f"[{section}] {key} ({stat.S_IMODE(info.st_mode):04o}, {account_name(info.st_uid)})")
+        if problems:
+            self.lines.append(CheckLine("FAIL", "secret files", "; ".join(problems), EX_CONFIG))
+        else:
+            self.lines.append(passed("secret files", ", ".join(shown) or "none (the client secret is in the file)"))
+        return config
+
+    def oidc_token(self, token: OidcToken) -> bool:
+        what = "OIDC token"
+        try:
+            claims = token_claims(token.refresh())  # always fresh: the cache would not test the secret
+        except SyncError as exc:
+            self.lines.append(failed(what, str(exc), failure_fix(exc, {
+                AuthError: f"check [oidc] client_id and the client secret against the issuer's client {token.client_id}",
+                Unavailable: "check [oidc] issuer (the realm's URL) and that the issuer is running",
+            }), exc.exit_code))
+            return False
+        if not claims:
+            self.lines.append(passed(what, f"client {token.client_id}; not a JWT, so its permissions cannot be shown"))
+            return True
+        granted = claims.get("permissions") if isinstance(claims.get("permissions"), list) else []
+        shown = f"client {token.client_id}, azp {claims.get('azp') or claims.get('client_id') or '(none)'}, " \
+                f"permissions: {', '.join(map(str, granted)) or '(none)'}"
+        missing = missing_permissions(map(str, granted))
+        if missing:
+            self.lines.append(failed(what, f"{shown}; missing {', '.join(missing)}",
+                                     f"give client {token.client_id} those roles, mapped into the token's top-level "
+                                     "permissions claim", EX_NOPERM))
+        else:
+            self.lines.append(passed(what, shown))
+        return True
+
+    def api(self, api: JobbergateApi) -> None:
+        what = "Jobbergate API"
+        totals = []
+        try:
+            for name in ("pending", "active"):
+                body = api.page(f"/job-submissions/agent/{name}", 1, 1)
+                totals.append(f"agent/{name} ({body.get('total', '?')} {name})")
+        except SyncError as exc:
+            self.lines.append(failed(what, str(exc), failure_fix(exc, {
+                Forbidden: f"give client {api.token.client_id} {JOB_SUBMISSIONS_READ}",
+                AuthError: "the API does not accept the issuer's tokens: check that it trusts [oidc] issuer",
+                ConfigError: "fix [jobbergate] api_url",
+                Unavailable: "check [jobbergate] api_url and that the API is running",
+                ItemError: "check that the token carries azp (the cluster name) and that the API is Jobbergate's",
+            }), exc.exit_code))
+            return
+        self.lines.append(passed(what, f"{api.base}: " + ", ".join(totals)))
+
+    def slurmrestd(self, slurm: SlurmRest, user: Union[LocalUser, CheckLine, None]) -> None:
+        what = "slurmrestd"
+        users = [slurm.query_user] + ([user.name] if isinstance(user, LocalUser) else [])
+        pings = [f"slurmrestd token for {name}" for name in users]
+        if isinstance(user, CheckLine):
+            pings.append(f"slurmrestd token for {self.email}")
+        try:
+            served = slurm.discover()
+        except SyncError as exc:
+            self.lines.append(failed(what, str(exc), failure_fix(exc, {
+                AuthError: "check [slurmrestd] jwt_key_file (or token_file) and query_user",
+                ConfigError: "run a slurmrestd that serves one of them (Slurm 22.05 or later)",
+                Unavailable: "check [slurmrestd] url and that slurmrestd is running",
+            }), exc.exit_code))
+            self.lines += [skipped(name, what) for name in ["slurmdbd", *pings]]
+            return
+        setting = slurm.api_version_setting
+        served_text = f"{slurm.base} serves {', '.join(served.versions)} (Slurm {served.release or 'release unknown'})"
+        if setting != "auto" and setting not in served.versions:
+            self.lines.append(failed(what, f"{served_text}, not the pinned api_version {setting}",
+                                     "set [slurmrestd] api_version = auto or to a version it serves", EX_CONFIG))
+            self.lines += [skipped(name, what) for name in ["slurmdbd", *pings]]
+            return
+        how = "pinned" if setting != "auto" else "chosen by api_version = auto"
+        self.lines.append(passed(what, f"{served_text}; uses {slurm.version} ({how})"))
+        self.lines.append(self.slurmdbd_line(slurm, served))
+        first = self.ping_line(slurm, slurm.query_user)
+        self.lines.append(first)
+        for name in pings[1:]:
+            if isinstance(user, LocalUser) and first.status == "ok":
+                self.lines.append(self.ping_line(slurm, user.name))
+            else:
+                self.lines.append(skipped(name, first.what if first.status != "ok" else "user mapping"))
+
+    @staticmethod
+    def slurmdbd_line(slurm: SlurmRest, served: ServedApi) -> CheckLine:
+        what = "slurmdbd"
+        version = slurm.version
+        present = version in served.slurmdb_versions
+        where = f"/slurmdb/{version}/ paths" + ("" if present else " not")
+        setting = slurm.slurmdbd_setting
+        if setting is True and not present:
+            return failed(what, f"{where} served, but slurmdbd = true", "start slurmrestd with its slurmdbd plugin "
+                          "(and slurmdbd), or set [slurmrestd] slurmdbd = auto", EX_CONFIG)
+        uses = ("used for the jobs slurmctld has forgotten" if slurm.use_slurmdbd
+                else "not used: a job slurmctld has forgotten is reported UNKNOWN")
+        return passed(what, f"{where} served; slurmdbd = {str(setting).lower()}: {uses}")
+
+    @staticmethod
+    def ping_line(slurm: SlurmRest, user: str) -> CheckLine:
+        what = f"slurmrestd token for {user}"
+        signed = "a token signed with [slurmrestd] jwt_key_file" if slurm.credentials.jwt_key else "[slurmrestd] token_file"
+        try:
+            slurm.ping(user)
+        except SyncError as exc:
+            return failed(what, str(exc), failure_fix(exc, {
+                AuthError: f"slurmrestd refused {signed}: it must hold slurmctld's key (AuthAltParameters jwt_key=)",
+                Unavailable: f"slurmctld refused {signed} (it must hold the key named by AuthAltParameters "
+                             "jwt_key=) or is down (scontrol ping)",
+            }), exc.exit_code)
+        return passed(what, f"{signed} accepted; slurmctld answered GET /slurm/{slurm.version}/ping")
+
+    def state_directory(self, config: Config) -> None:
+        what = "state directory and lock"
+        state_dir, lock_file = config.run.state_dir, config.run.lock_file
+        try:
+            prepare_state_dir(state_dir)  # as a pass would: created 0700 when missing
+            with tempfile.TemporaryFile(dir=state_dir):  # unnamed on Linux, gone when closed
+                pass
+        except ConfigError as exc:
+            self.lines.append(failed(what, str(exc), "a pass needs it owned by root with mode 0700", EX_CONFIG))
+            return
+        except OSError as exc:
+            self.lines.append(failed(what, f"[run] state_dir {state_dir}: not writable: {exc.strerror}",
+                                     "make it writable by root (is its file system read-only?)", EX_CONFIG))
+            return
+        try:
+            with RunLock(lock_file):
+                held = "taken and released"
+        except LockHeld:
+            held = "held: a pass is running"
+        except ConfigError as exc:
+            self.lines.append(failed(what, str(exc), "[run] lock_file must be a file root can create and lock",
+                                     EX_CONFIG))
+            return
+        self.lines.append(passed(what, f"{state_dir} (0700, writable); lock {lock_file} {held}"))
+
+    def mapped_user(self, config: Config) -> Union[LocalUser, CheckLine, None]:
+        """The account --email maps to, or the line saying why it maps to none; None without --email."""
+        if not self.email:
+            return None
+        what = f"user mapping of {self.email}"
+        try:
+            return UserMapper(config).user_for(self.email)
+        except Rejection as exc:
+            return failed(what, str(exc), MAPPER_FIXES[config.mapper.type], EX_NOUSER)
+        except ConfigError as exc:
+            return failed(what, str(exc), "fix [mapper] map_file", EX_CONFIG)
+
+    def mapping_line(self, config: Config, user: LocalUser) -> CheckLine:
+        what = f"user mapping of {self.email}"
+        try:
+            directory = resolve_execution_directory(None, config.submit.execution_directory, user)
+        except Rejection as exc:
+            return failed(what, str(exc), "fix [submit] execution_directory", EX_CONFIG)
+        return passed(what, f"user {user.name} (uid {user.uid}), home {user.home}, execution directory {directory} "
+                            f"(unless the submission names one)")
+
+
+# ---------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------
 
@@ -3436,7 +3784,8 @@ def run_once(config: Config, dry_run: bool) -> int:
     return exit_code
 
 
-@click.command(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]},
+             invoke_without_command=True, subcommand_metavar="[check [--email ADDRESS]]")
 @click.option("--once", is_flag=True, help="Run one pass and exit (also the default; for readable crontabs).")
 @click.option("--config", "config_path", envvar=ENV_CONFIG, default=DEFAULT_CONFIG_PATH, show_default=True,
               help=f"INI configuration file (or ${ENV_CONFIG}).")
@@ -3447,11 +3796,17 @@ def run_once(config: Config, dry_run: bool) -> int:
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
 @click.option("-q", "--quiet", is_flag=True, help="Log only warnings and errors: silent when all went well (for cron).")
 @click.version_option(__version__, prog_name="jobbergate-sync")
-def cli(once: bool, config_path: str, dry_run: bool, check_config: bool, log_format: Optional[str], verbose: bool,
-        quiet: bool) -> int:
+@click.pass_context
+def cli(context: click.Context, once: bool, config_path: str, dry_run: bool, check_config: bool,
+        log_format: Optional[str], verbose: bool, quiet: bool) -> Optional[int]:
     """Submit this cluster's pending Jobbergate job submissions to Slurm through slurmrestd,
     report the state of active ones, and exit. Meant to run every minute from cron or a
-    systemd timer."""
+    systemd timer. `jobbergate-sync check` tests the set-up instead (see its --help)."""
+    if context.invoked_subcommand:
+        if once or dry_run or check_config or quiet:
+            raise click.UsageError(f"--once, --dry-run, --check-config and -q do not go with "
+                                   f"{context.invoked_subcommand}")
+        return None
     setup_logging(log_format or "auto", "warning" if quiet else "info")
     try:
         config = load_config(config_path, os.environ)
@@ -3482,6 +3837,31 @@ def cli(once: bool, config_path: str, dry_run: bool, check_config: bool, log_for
     except Exception:
         log.exception("internal error; please report it with this log")
         return EX_SOFTWARE
+
+
+@cli.command(epilog=CHECK_EXIT_CODES_HELP, short_help="Test the set-up against every peer, changing nothing.")
+@click.option("--config", "config_path", envvar=ENV_CONFIG, default=None,
+              help=f"INI configuration file (or ${ENV_CONFIG}; default {DEFAULT_CONFIG_PATH}).")
+@click.option("--email", help="Also show what this Jobbergate user maps to, and ping slurmrestd as that user.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every exchange on stderr.")
+@click.pass_context
+def check(context: click.Context, config_path: Optional[str], email: Optional[str], verbose: bool) -> int:
+    """Check the set-up: the configuration and secrets, a token from the OIDC issuer and its
+    permissions, the API's agent endpoints, slurmrestd and its API versions, slurmdbd, a Slurm token
+    for the query user (and the --email user), the state directory and lock, and the user mapping.
+    One line per check on stdout: ok, FAIL (with how to fix it) or skip. Nothing is submitted,
+    reported or written but what a pass creates anyway (the state directory and lock file)."""
+    parent = context.parent.params if context.parent else {}
+    config_path = config_path or parent.get("config_path") or DEFAULT_CONFIG_PATH
+    setup_logging(parent.get("log_format") or "text", "debug" if verbose or parent.get("verbose") else "critical")
+    try:
+        lines = Check(config_path, email, os.environ).run()
+    except Exception:
+        log.critical("internal error; please report it with this traceback", exc_info=True)
+        return EX_SOFTWARE
+    for line in lines:
+        click.echo(check_line_text(line))
+    return check_exit_code(lines)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

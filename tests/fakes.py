@@ -28,6 +28,14 @@ CLIENT_ID = "test-cluster"
 CLIENT_SECRET = "client-secret-value-42"
 JWT_KEY = b"0123456789abcdef0123456789abcdef"
 
+# What each agent route of the API accepts (besides jobbergate:admin, except for the cluster ping).
+AGENT_PERMISSIONS = ["jobbergate:clusters:update", "jobbergate:job-scripts:read", "jobbergate:job-submissions:read",
+                     "jobbergate:job-submissions:update"]
+ROUTE_PERMISSIONS = {"pending": "jobbergate:job-submissions:read", "active": "jobbergate:job-submissions:read",
+                     "get": "jobbergate:job-submissions:read", "file": "jobbergate:job-scripts:read",
+                     "submitted": "jobbergate:job-submissions:update", "rejected": "jobbergate:job-submissions:update",
+                     "update": "jobbergate:job-submissions:update", "health": "jobbergate:clusters:update"}
+
 DONE_STATES = {"COMPLETED"}
 ABORT_STATES = {"BOOT_FAIL", "CANCELLED", "DEADLINE", "FAILED", "NODE_FAIL", "PREEMPTED", "SPECIAL_EXIT",
                 "TIMEOUT", "UNKNOWN"}
@@ -71,6 +79,7 @@ class FakeIssuer:
     def __init__(self, rsps: responses.RequestsMock, ttl: int = 300):
         self.ttl = ttl
         self.issued: list[str] = []
+        self.permissions = list(AGENT_PERMISSIONS)  # the token's top-level "permissions" claim
         self.answers: dict[str, list[Any]] = {}  # queued answers of the "token" route (see _queued)
         rsps.add_callback(responses.POST, f"{ISSUER}/protocol/openid-connect/token", callback=self._token)
 
@@ -82,7 +91,8 @@ class FakeIssuer:
         if form.get("client_id") != [CLIENT_ID] or form.get("client_secret") != [CLIENT_SECRET]:
             return _json(401, {"error": "unauthorized_client", "error_description": "Invalid client secret"})
         now = int(time.time())
-        token = jwt.encode({"sub": "svc", "azp": CLIENT_ID, "iat": now, "exp": now + self.ttl, "n": len(self.issued)},
+        token = jwt.encode({"sub": "svc", "azp": CLIENT_ID, "iat": now, "exp": now + self.ttl, "n": len(self.issued),
+                            "permissions": self.permissions},
                            "issuer-signing-key-of-32-bytes!!", algorithm="HS256")
         self.issued.append(token)
         return _json(200, {"access_token": token, "expires_in": self.ttl, "token_type": "Bearer"})
@@ -153,6 +163,9 @@ class FakeJobbergate:
             token = (request.headers.get("Authorization") or "").removeprefix("Bearer ")
             if token not in self.issuer.issued or token in self.revoked or self.reject_all_tokens:
                 return _json(401, {"detail": "Not authenticated"})
+            granted = jwt.decode(token, options={"verify_signature": False})["permissions"]
+            if ROUTE_PERMISSIONS[name] not in granted and (name == "health" or "jobbergate:admin" not in granted):
+                return _json(403, {"detail": "Not authorized"})
             queued = _queued(self.answers, name, {"detail": "injected failure"})
             if queued:
                 return queued
@@ -254,6 +267,9 @@ class FakeSlurm:
         # Queued answers per route ("submit", "list", "get", "delete", "dbd", ...; see _queued).
         self.answers: dict[str, list[Any]] = {}
         self.down = False
+        # A token slurmctld refuses: 22.05's answer (500 + 5005); from 25.11 it may be 401 or 511.
+        self.refused_token_answer: tuple = _json(500, {"errors": [{"error_code": 5005,
+                                                                   "error": "Zero Bytes were transmitted or received"}]})
         self.serves_slurmdbd = False  # whether /openapi/v3 lists /slurmdb/ paths
         base = re.escape(f"{SLURM}/slurm/{version}")
         rsps.add_callback(responses.POST, re.compile(base + r"/job/submit$"), callback=self._wrap("submit"))
@@ -265,6 +281,7 @@ class FakeSlurm:
         rsps.add_callback(responses.GET, re.compile(re.escape(f"{SLURM}/slurmdb/{version}") + r"/jobs/?(\?.*)?$"),
                           callback=self._wrap("dbd_jobs"))
         rsps.add_callback(responses.GET, re.compile(base + r"/diag/?$"), callback=self._wrap("diag"))
+        rsps.add_callback(responses.GET, re.compile(base + r"/ping/?$"), callback=self._wrap("ping"))
         self.dbd_backlog: Optional[int] = 0  # sdiag's "DBD Agent queue size"; None: not in the answer
         rsps.add_callback(responses.GET, f"{SLURM}/openapi/v3", callback=self._wrap("openapi"))
 
@@ -275,12 +292,15 @@ class FakeSlurm:
             if self.down:
                 return 0, {}, requests.ConnectionError("connection refused")
             user, token = headers.get("X-SLURM-USER-NAME"), headers.get("X-SLURM-USER-TOKEN")
+            if not user or not token:
+                return 401, {"Content-Type": "text/plain"}, "Authentication failure"
+            # slurmrestd only passes the token on: what needs no slurmctld (its OpenAPI document) takes any
             try:
-                claims = jwt.decode(token or "", self.jwt_key, algorithms=["HS256"])
+                claims = jwt.decode(token, self.jwt_key, algorithms=["HS256"]) if route != "openapi" else {"sun": user}
             except jwt.PyJWTError:
-                return _json(500, {"errors": [{"error_code": 5005, "error": "Zero Bytes were transmitted or received"}]})
+                return self.refused_token_answer
             if claims.get("sun") != user:
-                return _json(500, {"errors": [{"error_code": 5005, "error": "Zero Bytes were transmitted or received"}]})
+                return self.refused_token_answer
             queued = _queued(self.answers, route, {"errors": [{"error_number": 5005, "error": "injected failure"}]})
             if queued:
                 return queued
@@ -345,6 +365,9 @@ class FakeSlurm:
         if self.dbd_backlog is not None:
             statistics["dbd_agent_queue_size"] = self.dbd_backlog
         return _json(200, {"errors": [], "statistics": statistics})
+
+    def _ping(self, request: requests.PreparedRequest, user: str, _: Any) -> tuple:
+        return _json(200, {"errors": [], "pings": [{"hostname": "head", "ping": "UP", "status": 0, "mode": "primary"}]})
 
     def purge(self, job_id: int, submitted_at: float, job_comment: bool = True, **fields: Any) -> dict:
         """slurmctld forgets a finished job; slurmdbd keeps its record (dbv0.0.38 shape), with the

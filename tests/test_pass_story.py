@@ -132,7 +132,8 @@ def test_quiet_mode_still_shows_how_a_failed_pass_ended(stack, config_file, caps
 
 def test_every_exception_class_says_what_the_pass_does_with_it():
     outcomes = {
-        jobbergate_sync.ConfigError: "78", jobbergate_sync.AuthError: "77", jobbergate_sync.Unavailable: "69",
+        jobbergate_sync.ConfigError: "78", jobbergate_sync.AuthError: "77", jobbergate_sync.Forbidden: "77",
+        jobbergate_sync.Unavailable: "69",
         jobbergate_sync.PeerDown: "69", jobbergate_sync.LockHeld: "75", jobbergate_sync.ItemError: "next pass",
         jobbergate_sync.Rejection: "rejected", jobbergate_sync.SubmitUnsettled: "rejected",
         jobbergate_sync.DroppedOptions: "rejected",
