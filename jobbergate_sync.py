@@ -3530,7 +3530,7 @@ class Check:
             problem = secret_file_problem(key, secret_path(path), info, config.mapper.min_uid)
             if problem:
                 problems.append(f"[{section}] {key} {problem}")
-            shown.append(f"[{section}] {key} ({stat.S_IMODE(info.st_mode):04o}, {account_name(info.st_uid)})")
+            shown.append(f"[{section}] {key} {path} ({stat.S_IMODE(info.st_mode):04o}, {account_name(info.st_uid)})")
         if problems:
             self.lines.append(CheckLine("FAIL", "secret files", "; ".join(problems), EX_CONFIG))
         else:
@@ -3625,7 +3625,7 @@ class Check:
             return failed(what, f"{where} served, but slurmdbd = true", "start slurmrestd with its slurmdbd plugin "
                           "(and slurmdbd), or set [slurmrestd] slurmdbd = auto", EX_CONFIG)
         uses = ("used for the jobs slurmctld has forgotten" if slurm.use_slurmdbd
-                else "not used: a job slurmctld has forgotten is reported UNKNOWN")
+                else "not used (a job slurmctld has forgotten is reported UNKNOWN)")
         return passed(what, f"{where} served; slurmdbd = {str(setting).lower()}: {uses}")
 
     @staticmethod

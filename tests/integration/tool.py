@@ -71,7 +71,14 @@ class Tool:
         return self.directory / "state" / "token.json"
 
     def run(self, *args: str, env: Optional[dict[str, str]] = None, timeout: float = 180) -> Result:
-        command = [str(SCRIPT), "--once", "--config", str(self.config), *args]
+        return self._run(["--once", "--config", str(self.config), *args], env, timeout)
+
+    def check(self, *args: str, env: Optional[dict[str, str]] = None, timeout: float = 120) -> Result:
+        """`jobbergate-sync check` with this tool's configuration."""
+        return self._run(["check", "--config", str(self.config), *args], env, timeout)
+
+    def _run(self, arguments: list[str], env: Optional[dict[str, str]], timeout: float) -> Result:
+        command = [str(SCRIPT), *arguments]
         environment = {key: value for key, value in os.environ.items() if not key.startswith("JOBBERGATE_SYNC_")}
         environment.update(env or {})
         began = time.monotonic()
