@@ -3459,13 +3459,22 @@ def account_name(uid: int) -> str:
         return f"uid {uid}"
 
 
+def is_system_account(uid: int, min_uid: int) -> bool:
+    """An account no person logs in as: below min_uid, or without a login shell (Debian's slurm is 64030)."""
+    try:
+        shell = pwd.getpwuid(uid).pw_shell
+    except KeyError:
+        return False
+    return uid < min_uid or os.path.basename(shell) in ("nologin", "false")
+
+
 def secret_file_problem(key: str, path: str, info: os.stat_result, min_uid: int) -> Optional[str]:
     """Why a secret file is unsafe: others may read it, or an account other than root (or the one
     running the tool; for the Slurm key also a system account such as SlurmUser) owns it."""
     mode = stat.S_IMODE(info.st_mode)
     if mode & 0o077:
         return f"{path} has mode {mode:04o}; chmod 0600 it"
-    owners_allowed = info.st_uid in (0, os.geteuid()) or (key == "jwt_key_file" and info.st_uid < min_uid)
+    owners_allowed = info.st_uid in (0, os.geteuid()) or (key == "jwt_key_file" and is_system_account(info.st_uid, min_uid))
     if not owners_allowed:
         return (f"{path} is owned by {account_name(info.st_uid)}, who can read and replace it; "
                 f"chown root: {path} (and chmod 0600)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import pwd
 import re
 
 import pytest
@@ -251,6 +252,15 @@ def test_a_secret_file_owned_by_another_account_fails(stack, config_file, tmp_pa
     assert code == jobbergate_sync.EX_CONFIG
     assert lines["secret files"] == ("FAIL", f"[oidc] client_secret_file {secret} is owned by uid 4242, who can read "
                                              f"and replace it; chown root: {secret} (and chmod 0600)")
+
+
+def test_the_slurm_key_may_belong_to_a_system_account(stack, config_file, tmp_path, capsys):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a file away")
+    key = write_secret(tmp_path / "slurm.key", JWT_KEY, 0o400)
+    os.chown(key, pwd.getpwnam("nobody").pw_uid, -1)  # no login shell, like SlurmUser
+    code, lines, _, _ = check(capsys, config_file(slurmrestd__jwt_key_file=key, mapper__min_uid=1000))
+    assert code == 0 and f"[slurmrestd] jwt_key_file {key} (0400, nobody)" in lines["secret files"][1]
 
 
 def test_the_remembered_choice_is_neither_read_nor_written(stack, config_file, tmp_path, capsys):
