@@ -3504,8 +3504,8 @@ class Check:
     def run(self) -> list[CheckLine]:
         config = self.configuration()
         if config is None:
-            names = ["OIDC token", "Jobbergate API", "slurmrestd", "slurmdbd", "slurmrestd token",
-                     "state directory and lock"] + (["user mapping"] if self.email else [])
+            names = ["secret files", "OIDC token", "Jobbergate API", "slurmrestd", "slurmdbd", "slurmrestd token",
+                     "state directory and lock"] + ([f"user mapping of {self.email}"] if self.email else [])
             self.lines += [skipped(name, "configuration") for name in names]
             return self.lines
         http = Http(Deadline(config.run.deadline), retries=1, backoff=0)  # one try each: a diagnosis, not a pass
