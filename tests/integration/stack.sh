@@ -566,6 +566,7 @@ build_root() { # build_root LEG: debootstrap + packages (+ the 25.11 tree); skip
   fi
   mirror="$(debian_mirror)"
   log "building the $L_LEG root ($L_SUITE from $mirror)"
+  stop_services "slurmrestd@$L_LEG" "slurmd@$L_LEG" "slurmctld@$L_LEG" "slurmdbd@$L_LEG" "munge@$L_LEG"
   remove_root "$L_ROOT"
   mkdir -p "$ROOTS_DIR"
   debootstrap --variant=minbase "$L_SUITE" "$L_ROOT" "$mirror" </dev/null ||
@@ -595,6 +596,8 @@ build_root() { # build_root LEG: debootstrap + packages (+ the 25.11 tree); skip
   fi
   root_apt clean
   in_root "$L_PREFIX/sbin/slurmctld" -V | awk '{ print $NF }' >"$L_ROOT/.jgs-version"
+  # a new root restarts job ids at 1: its slurmdbd database must start empty too (see start_slurmdbd)
+  touch "$L_ROOT/.jgs-new-root"
   leg_recipe >"$L_STAMP"
   printf '[stack] phase %-12s %6ss\n' "root-$L_LEG" "$(elapsed "$t0")"
 }
@@ -836,6 +839,10 @@ start_slurmdbd() {
   if is_running "$svc"; then
     log "slurmdbd.conf ($L_LEG) changed: restarting slurmdbd"
     stop_services "$svc"
+  fi
+  if [ -f "$L_ROOT/.jgs-new-root" ]; then # old records would collide with the new root's job ids
+    mariadb_sql -e "DROP DATABASE IF EXISTS \`$L_DB\`"
+    rm -f "$MARIADB_DIR/accounting-$L_LEG.stamp" "$L_ROOT/.jgs-new-root"
   fi
   # created beforehand: Debian 13's MariaDB client breaks on slurmdbd's reconnect after it creates it (error 5027)
   mariadb_sql -e "CREATE DATABASE IF NOT EXISTS \`$L_DB\`"

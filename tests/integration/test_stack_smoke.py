@@ -144,6 +144,14 @@ def test_stop_and_start_services(stack: Stack, services) -> None:
     services.start("slurmrestd")
     assert requests.get(f"{stack.slurmrestd_url}/openapi/v3", timeout=5).status_code == 401
 
+    # the same for another leg's slurmrestd (NAME@LEG); the default leg's keeps running
+    for leg in set(stack.legs) - {stack.default_leg}:
+        url = f"{stack.legs[leg].url}/openapi/v3"
+        stop_and_check_it_is_gone(services, f"slurmrestd@{leg}", url)
+        assert requests.get(f"{stack.slurmrestd_url}/openapi/v3", timeout=5).status_code == 401
+        services.start(f"slurmrestd@{leg}")
+        assert requests.get(url, timeout=5).status_code == 401
+
 
 def leg_versions() -> list:
     """One (leg, API version) pair per version every leg serves, read from stack.env at collection.
@@ -157,10 +165,10 @@ def leg_versions() -> list:
 
 
 @pytest.mark.parametrize(("leg", "api_version"), leg_versions())
-def test_every_leg_and_api_version_runs_a_job_as_alice(stack: Stack, leg: str, api_version: str) -> None:
+def test_every_leg_and_api_version_runs_a_job_as_alice(stack: Stack, slurm_on, leg: str, api_version: str) -> None:
     """A job submitted through that slurmrestd with a token signed by that leg's key runs as
     alice in a host directory seen through the bind mount, completes, and reaches slurmdbd."""
-    slurm = SlurmControl(stack, leg, api_version)
+    slurm: SlurmControl = slurm_on(leg, api_version)
     name = unique(f"jgs-smoke-{leg}")
     workdir = Path(f"/home/alice/jgs/{name}")
     subprocess.run(["runuser", "-u", "alice", "--", "mkdir", "-p", str(workdir)], check=True)
