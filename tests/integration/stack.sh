@@ -31,8 +31,9 @@
 #
 # Needs root on Debian 12 or 13 and Python 3.12 (pyenv's, or JGS_PYTHON=/path/to/python3.12).
 # Everything lives in ${JGS_STACK_DIR:-/var/tmp/jobbergate-sync-stack}: logs/, run/ (PID files),
-# roots/<leg> (a root is built once; delete it to rebuild), data, venvs. The host's /home (and
-# JGS_EXEC_ROOTS) is bind-mounted into every root, so files written on the host are what jobs see.
+# roots/<leg> (built once, reused), data, venvs. The host's /home (and JGS_EXEC_ROOTS) is
+# bind-mounted into every root, so files written on the host are what jobs see: run `stack.sh down`
+# (which unmounts) before deleting a root or the stack directory, or rm would reach the host's /home.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
