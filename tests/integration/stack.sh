@@ -143,7 +143,8 @@ http_is() { [ "$(http_code "$1")" = "$2" ]; }
 http_answers() { local c; c="$(http_code "$1")"; [ -n "$c" ] && [ "$c" != "000" ]; }
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-file_sha() { sha256sum "$@" 2>/dev/null | sha256sum | cut -c1-16; }
+# of the contents only: the same files in another checkout give the same stamp (no venv rebuild)
+file_sha() { sha256sum "$@" 2>/dev/null | cut -d" " -f1 | sha256sum | cut -c1-16; }
 
 ensure_dir() { # ensure_dir PATH OWNER MODE
   mkdir -p "$1"
@@ -537,7 +538,8 @@ root_apt() { in_root apt-get -o DPkg::Lock::Timeout=600 -q "$@" </dev/null; }
 
 build_2511_from_source() { # only when the prebuilt tree does not fit (about 3.5 min on 2 cores)
   local tarball="$1"
-  root_apt install -y --no-install-recommends build-essential pkg-config libmunge-dev libjson-c-dev \
+  # python3: the git-archive source builds its HTML docs with a Python script
+  root_apt install -y --no-install-recommends build-essential pkg-config python3 libmunge-dev libjson-c-dev \
     libhttp-parser-dev libyaml-dev libjwt-dev libssl-dev libmariadb-dev libreadline-dev libpam0g-dev \
     libdbus-1-dev liblz4-dev libhwloc-dev
   rm -rf "$L_ROOT/usr/src/slurm"
