@@ -1394,25 +1394,13 @@ main() {
       shift
       cmd_slurm "$@"
       ;;
-    stop)
-      [ $# -eq 2 ] || die "usage: stack.sh stop SERVICE[@LEG]"
-      need_root
-      stop_services "$(qualify "$2")"
-      ;;
-    start)
-      [ $# -eq 2 ] || die "usage: stack.sh start SERVICE[@LEG]"
-      need_root
-      prepare_dirs
-      start_one "$(qualify "$2")"
-      ;;
-    restart)
-      [ $# -eq 2 ] || die "usage: stack.sh restart SERVICE[@LEG]"
+    stop | start | restart)
+      [ $# -eq 2 ] || die "usage: stack.sh $cmd SERVICE[@LEG]"
       need_root
       local svc
-      svc="$(qualify "$2")"
-      stop_services "$svc"
-      prepare_dirs
-      start_one "$svc"
+      svc="$(qualify "$2")" || exit 2
+      [ "$cmd" = start ] || stop_services "$svc"
+      [ "$cmd" = stop ] || { prepare_dirs && start_one "$svc"; }
       ;;
     *)
       sed -n '2,36p' "$SELF" | sed 's/^# \{0,1\}//'
