@@ -279,7 +279,8 @@ find_python312() {
   for candidate in "${JGS_PYTHON:-}" \
     "$( (pyenv root 2>/dev/null || echo "${PYENV_ROOT:-/root/.pyenv}") | head -n1)"/versions/3.12*/bin/python3 \
     /root/.pyenv/versions/3.12*/bin/python3 \
-    "$(command -v python3.12 2>/dev/null || true)"; do
+    "$(command -v python3.12 2>/dev/null || true)" \
+    "$(command -v python3 2>/dev/null || true)"; do # Debian 13's own python3 is 3.13
     [ -n "$candidate" ] && [ -x "$candidate" ] || continue
     if "$candidate" -c 'import sys, venv; sys.exit(0 if sys.version_info[:2] >= (3, 12) else 1)' 2>/dev/null; then
       echo "$candidate"
