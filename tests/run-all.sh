@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh Debian 12 machine, as root: installs the package and its test
-# extra into .venv (and systemd-analyze and logrotate for the packaging tests), runs the unit tests
-# on Python 3.9 and 3.13 when pyenv has them, installs and starts the integration stack (real
-# Slurm + slurmrestd, real jobbergate-api), runs every test, and stops the stack again. Extra
-# arguments go to pytest.
+# The whole test suite on a fresh Debian 12 or 13 machine, as root: installs the package and its
+# test extra into .venv (and systemd-analyze and logrotate for the packaging tests), runs the unit
+# tests on Python 3.9 and 3.13 when pyenv has them, installs and starts the integration stack (real
+# Slurm 22.05/24.11/25.11 + slurmrestd in their own roots, real jobbergate-api), runs every test,
+# and stops the stack again. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 began=$(date +%s)

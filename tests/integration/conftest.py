@@ -89,8 +89,19 @@ def users(stack: Stack) -> Users:
 
 @pytest.fixture(scope="session")
 def slurm(stack: Stack) -> SlurmControl:
-    """slurm.slurm_job(id) / slurm_jobs() / slurm_jobs_with_comment(c) / slurmdb_job(id) / slurm_submit(...)"""
+    """The default leg: slurm.slurm_job(id) / slurm_jobs() / slurm_jobs_with_comment(c) /
+    slurmdb_job(id) / slurm_submit(...) / wait_for_state(id) / cli("squeue")"""
     return SlurmControl(stack)
+
+
+@pytest.fixture(scope="session")
+def slurm_on(stack: Stack) -> Callable[..., SlurmControl]:
+    """slurm_on("2411") or slurm_on("2511", "v0.0.43"): SlurmControl for a leg (and API version)."""
+
+    def make(leg: str | None = None, api_version: str | None = None) -> SlurmControl:
+        return SlurmControl(stack, leg, api_version)
+
+    return make
 
 
 @pytest.fixture
@@ -164,18 +175,19 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 @pytest.fixture
 def make_tool(stack: helpers.Stack, tmp_path: Path) -> Callable[..., Tool]:
-    """make_tool(name, cluster="local-slurm", **overrides) -> a Tool with its own config and state.
+    """make_tool(name, cluster="local-slurm", leg=None, **overrides) -> a Tool with its own config
+    and state, talking to that Slurm leg (default: the default leg).
     The first tool of each cluster in a test drains that cluster's leftover submissions, so
     every test starts from a clean slate."""
     tools: dict[str, Tool] = {}
     drained: set[str] = set()
 
-    def make(name: str, cluster: str = stack.client_id, **overrides: Any) -> Tool:
+    def make(name: str, cluster: str = stack.client_id, leg: str | None = None, **overrides: Any) -> Tool:
         if name not in tools:
             if cluster not in drained:
                 helpers.AgentClient(stack, cluster).drain()
                 drained.add(cluster)
-            tools[name] = Tool(tmp_path / name, stack, cluster, **overrides)
+            tools[name] = Tool(tmp_path / name, stack, cluster, leg=leg, **overrides)
         return tools[name]
 
     return make

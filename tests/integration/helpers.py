@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -74,6 +75,41 @@ class OidcUser:
     email: str
 
 
+@dataclass(frozen=True)
+class SlurmLeg:
+    """One Slurm version of the stack, running in its own root (stack.env's JGS_SLURM_<LEG>_*)."""
+
+    name: str  # "2205", "2411", "2511"
+    url: str  # slurmrestd base, http://127.0.0.1:6830
+    jwt_key_path: Path  # host-side path of the leg's JWT key (root-readable)
+    root: Path  # the leg's root directory (chroot)
+    api_versions: tuple[str, ...]  # ("v0.0.40", "v0.0.41", "v0.0.42")
+    cluster: str  # Slurm ClusterName
+    node: str
+    partition: str
+    version: str  # Slurm release, e.g. 24.11.5
+
+    @property
+    def api_version(self) -> str:
+        """The newest OpenAPI version the leg serves (the default for requests and the tool)."""
+        return self.api_versions[-1]
+
+    @classmethod
+    def from_env(cls, env: dict[str, str], name: str) -> "SlurmLeg":
+        p = f"JGS_SLURM_{name}_"
+        return cls(
+            name=name,
+            url=env[p + "URL"].rstrip("/"),
+            jwt_key_path=Path(env[p + "JWT_KEY"]),
+            root=Path(env[p + "ROOT"]),
+            api_versions=tuple(v for v in env[p + "API_VERSIONS"].split(",") if v),
+            cluster=env[p + "CLUSTER"],
+            node=env[p + "NODE"],
+            partition=env.get(p + "PARTITION", "debug"),
+            version=env.get(p + "VERSION", ""),
+        )
+
+
 @dataclass
 class Stack:
     """Addresses and names of the running stack (attributes mirror stack.env)."""
@@ -89,10 +125,13 @@ class Stack:
     client_secret: str = field(init=False)
     user_client_id: str = field(init=False)  # cli
     users: dict[str, OidcUser] = field(init=False)
+    legs: dict[str, SlurmLeg] = field(init=False)  # the Slurm legs that are up, by name
+    default_leg: str = field(init=False)  # "2205"
+    # the default leg's slurmrestd, as before there were legs
     slurmrestd_url: str = field(init=False)  # http://127.0.0.1:6820
     slurmrestd_version: str = field(init=False)  # v0.0.38
     jwt_key_path: Path = field(init=False)
-    cluster: str = field(init=False)  # jobbergate-test (Slurm ClusterName)
+    cluster: str = field(init=False)  # Slurm ClusterName of the default leg
     node: str = field(init=False)
     partition: str = field(init=False)
     unix_users: list[str] = field(init=False)
@@ -114,6 +153,8 @@ class Stack:
         for item in filter(None, e.get("JGS_OIDC_USERS", "").split(",")):
             name, password, email = (item.split(":", 2) + ["", ""])[:3]
             self.users[name] = OidcUser(name, password, email)
+        self.default_leg = e.get("JGS_DEFAULT_LEG", "")
+        self.legs = {name: SlurmLeg.from_env(e, name) for name in e.get("JGS_SLURM_LEGS", "").split(",") if name}
         self.slurmrestd_url = e["JGS_SLURMRESTD_URL"].rstrip("/")
         self.slurmrestd_version = e.get("JGS_SLURMRESTD_VERSION", "v0.0.38")
         self.jwt_key_path = Path(e["JGS_SLURM_JWT_KEY"])
@@ -141,6 +182,13 @@ class Stack:
         """Scheme, host and port of the issuer: http://127.0.0.1:8180"""
         return self.oidc_url.split("/realms/", 1)[0]
 
+    def leg(self, name: str | None = None) -> SlurmLeg:
+        """A leg by name (default: the default leg); KeyError names the legs that are up."""
+        name = name or self.default_leg
+        if name not in self.legs:
+            raise KeyError(f"Slurm leg {name!r} is not up; legs up: {sorted(self.legs)} (JGS_SLURM_LEGS)")
+        return self.legs[name]
+
     @property
     def slurm_api(self) -> str:
         return f"{self.slurmrestd_url}/slurm/{self.slurmrestd_version}"
@@ -156,6 +204,7 @@ class Stack:
             ("OIDC issuer", f"{self.oidc_url}/.well-known/openid-configuration", {200}),
             ("slurmrestd", f"{self.slurmrestd_url}/openapi/v3", {401, 200}),
         ]
+        checks += [(f"slurmrestd {leg.name}", f"{leg.url}/openapi/v3", {401, 200}) for leg in self.legs.values()]
         out = []
         for name, url, ok in checks:
             try:
@@ -545,147 +594,153 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def slurm_token(user: str = "slurm", lifespan: int = 3600, stack: Stack | None = None, key_path: Path | str | None = None) -> str:
-    """HS256 Slurm JWT ``{"iat", "exp", "sun"}`` signed with the raw bytes of the JWT key (needs root)."""
-    key = Path(key_path or _s(stack).jwt_key_path).read_bytes()
-    now = int(time.time())
-    header = _b64url(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
-    payload = _b64url(json.dumps({"iat": now, "exp": now + lifespan, "sun": user}, separators=(",", ":")).encode())
-    signature = hmac.new(key, f"{header}.{payload}".encode(), hashlib.sha256).digest()
-    return f"{header}.{payload}.{_b64url(signature)}"
-
-
-def slurm_headers(user: str = "slurm", lifespan: int = 3600, stack: Stack | None = None) -> dict[str, str]:
-    return {"X-SLURM-USER-NAME": user, "X-SLURM-USER-TOKEN": slurm_token(user, lifespan, stack)}
-
-
-def slurm_request(method: str, path: str, user: str = "slurm", stack: Stack | None = None, **kwargs: Any) -> requests.Response:
-    """Request to slurmrestd, ``path`` relative to its root (e.g. ``/slurm/v0.0.38/jobs``)."""
-    st = _s(stack)
-    headers = {**slurm_headers(user, stack=st), **kwargs.pop("headers", {})}
-    kwargs.setdefault("timeout", TIMEOUT)
-    return requests.request(method, f"{st.slurmrestd_url}{path}", headers=headers, **kwargs)
-
-
 def _errors(body: dict) -> list[dict]:
     return body.get("errors") or []
 
 
-def slurm_jobs(stack: Stack | None = None, user: str = "slurm") -> list[dict]:
-    """Every job slurmctld still holds (GET /slurm/v0.0.38/jobs)."""
-    st = _s(stack)
-    response = slurm_request("GET", f"/slurm/{st.slurmrestd_version}/jobs", user, st)
-    if response.status_code != 200:
-        raise ApiError(response, {200})
-    return response.json().get("jobs", [])
+def state_of(record: dict) -> str:
+    """A job's state as one string: ``job_state`` of slurmctld or ``state.current`` of slurmdbd,
+    a string up to v0.0.39 and a list (base state first, then flags) from v0.0.40 on."""
+    state = record["state"]["current"] if "state" in record and "job_state" not in record else record.get("job_state")
+    if isinstance(state, list):
+        return state[0] if state else ""
+    return state or ""
 
 
-def slurm_jobs_with_comment(comment: str, stack: Stack | None = None) -> list[dict]:
-    return [job for job in slurm_jobs(stack) if job.get("comment") == comment]
-
-
-def slurm_job(job_id: int, stack: Stack | None = None, user: str = "slurm") -> dict | None:
-    """GET /slurm/v0.0.38/job/{id}; None when slurmctld does not know it (error 2017: purged)."""
-    st = _s(stack)
-    response = slurm_request("GET", f"/slurm/{st.slurmrestd_version}/job/{job_id}", user, st)
-    try:
-        body = response.json()
-    except ValueError:
-        raise ApiError(response, {200}) from None
-    if any(err.get("error_number") == 2017 for err in _errors(body)):
-        return None
-    if response.status_code != 200 or _errors(body):
-        raise ApiError(response, {200})
-    jobs = body.get("jobs") or []
-    return jobs[0] if jobs else None
-
-
-def slurmdb_job(job_id: int, stack: Stack | None = None, user: str = "slurm") -> dict | None:
-    """The newest slurmdbd record of a job (GET /slurmdb/v0.0.38/job/{id}); None if none yet."""
-    st = _s(stack)
-    response = slurm_request("GET", f"/slurmdb/{st.slurmrestd_version}/job/{job_id}", user, st)
-    if response.status_code != 200:
-        raise ApiError(response, {200})
-    jobs = response.json().get("jobs") or []
-    if not jobs:
-        return None
-    return max(jobs, key=lambda j: (j.get("time", {}).get("submission") or 0))
-
-
-def slurm_submit(
-    user: str,
-    script: str,
-    cwd: str | None = None,
-    environment: dict[str, str] | None = None,
-    stack: Stack | None = None,
-    **job_fields: Any,
-) -> int:
-    """Submit directly to slurmrestd as ``user`` (v0.0.38 shape). Returns the Slurm job id."""
-    st = _s(stack)
-    home = f"/home/{user}"
-    job = {
-        "current_working_directory": cwd or home,
-        "environment": environment or {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "USER": user},
-        **job_fields,
-    }
-    response = slurm_request("POST", f"/slurm/{st.slurmrestd_version}/job/submit", user, st, json={"script": script, "job": job})
-    body = response.json() if response.content else {}
-    if response.status_code != 200 or _errors(body) or "job_id" not in body:
-        raise ApiError(response, {200})
-    return int(body["job_id"])
-
-
-def slurm_cancel(job_id: int, user: str = "slurm", stack: Stack | None = None) -> requests.Response:
-    st = _s(stack)
-    return slurm_request("DELETE", f"/slurm/{st.slurmrestd_version}/job/{job_id}", user, st)
-
-
-def wait_for_slurm_state(job_id: int, states: Iterable[str] = SLURM_TERMINAL_STATES, timeout: float = 120, stack: Stack | None = None) -> dict:
-    """Poll GET job/{id} until ``job_state`` is in ``states``; returns the job."""
-    wanted = set(states)
-
-    def check() -> dict | None:
-        job = slurm_job(job_id, stack)
-        return job if job and job.get("job_state") in wanted else None
-
-    return wait_for(check, timeout, 0.5, f"Slurm job {job_id} in {sorted(wanted)}")
+def api_minor(api_version: str) -> int:
+    """38 for v0.0.38"""
+    return int(api_version.rsplit(".", 1)[1])
 
 
 class SlurmControl:
-    """The Slurm helpers above bound to one stack (the ``slurm`` fixture)."""
+    """Slurm helpers for one leg (default: the default leg) and one OpenAPI version (default: the
+    newest that leg serves). The module-level ``slurm_*`` functions are these methods on the
+    default leg; they take ``stack=`` and ``leg=`` keywords."""
 
-    def __init__(self, stack: Stack | None = None):
+    def __init__(self, stack: Stack | None = None, leg: str | None = None, api_version: str | None = None):
         self.stack = _s(stack)
+        self.leg = self.stack.leg(leg)
+        self.api_version = api_version or self.leg.api_version
+        if self.api_version not in self.leg.api_versions:
+            raise ValueError(f"leg {self.leg.name} serves {self.leg.api_versions}, not {self.api_version}")
+
+    def __repr__(self) -> str:
+        return f"SlurmControl(leg={self.leg.name}, api_version={self.api_version})"
 
     def slurm_token(self, user: str = "slurm", lifespan: int = 3600) -> str:
-        return slurm_token(user, lifespan, self.stack)
+        """HS256 Slurm JWT ``{"iat", "exp", "sun"}`` signed with the raw bytes of the leg's key (needs root)."""
+        key = self.leg.jwt_key_path.read_bytes()
+        now = int(time.time())
+        header = _b64url(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
+        payload = _b64url(json.dumps({"iat": now, "exp": now + lifespan, "sun": user}, separators=(",", ":")).encode())
+        signature = hmac.new(key, f"{header}.{payload}".encode(), hashlib.sha256).digest()
+        return f"{header}.{payload}.{_b64url(signature)}"
 
     def slurm_headers(self, user: str = "slurm", lifespan: int = 3600) -> dict[str, str]:
-        return slurm_headers(user, lifespan, self.stack)
+        return {"X-SLURM-USER-NAME": user, "X-SLURM-USER-TOKEN": self.slurm_token(user, lifespan)}
 
     def request(self, method: str, path: str, user: str = "slurm", **kwargs: Any) -> requests.Response:
-        return slurm_request(method, path, user, self.stack, **kwargs)
+        """Request to slurmrestd, ``path`` relative to its root (e.g. ``/slurm/v0.0.38/jobs``)."""
+        headers = {**self.slurm_headers(user), **kwargs.pop("headers", {})}
+        kwargs.setdefault("timeout", TIMEOUT)
+        return requests.request(method, f"{self.leg.url}{path}", headers=headers, **kwargs)
 
     def slurm_jobs(self, user: str = "slurm") -> list[dict]:
-        return slurm_jobs(self.stack, user)
+        """Every job slurmctld still holds (GET /slurm/VERSION/jobs)."""
+        response = self.request("GET", f"/slurm/{self.api_version}/jobs", user)
+        if response.status_code != 200:
+            raise ApiError(response, {200})
+        return response.json().get("jobs", [])
 
     def slurm_jobs_with_comment(self, comment: str) -> list[dict]:
-        return slurm_jobs_with_comment(comment, self.stack)
+        return [job for job in self.slurm_jobs() if job.get("comment") == comment]
 
     def slurm_job(self, job_id: int, user: str = "slurm") -> dict | None:
-        return slurm_job(job_id, self.stack, user)
+        """GET /slurm/VERSION/job/{id}; None when slurmctld does not know it (error 2017: purged)."""
+        response = self.request("GET", f"/slurm/{self.api_version}/job/{job_id}", user)
+        try:
+            body = response.json()
+        except ValueError:
+            raise ApiError(response, {200}) from None
+        if any(err.get("error_number") == 2017 for err in _errors(body)):
+            return None
+        if response.status_code != 200 or _errors(body):
+            raise ApiError(response, {200})
+        jobs = body.get("jobs") or []
+        return jobs[0] if jobs else None
 
     def slurmdb_job(self, job_id: int, user: str = "slurm") -> dict | None:
-        return slurmdb_job(job_id, self.stack, user)
+        """The newest slurmdbd record of a job (GET /slurmdb/VERSION/job/{id}); None if none yet."""
+        response = self.request("GET", f"/slurmdb/{self.api_version}/job/{job_id}", user)
+        if response.status_code != 200:
+            raise ApiError(response, {200})
+        jobs = response.json().get("jobs") or []
+        if not jobs:
+            return None
+        return max(jobs, key=lambda j: (j.get("time", {}).get("submission") or 0))
 
-    def slurm_submit(self, user: str, script: str, cwd: str | None = None, environment: dict[str, str] | None = None, **job_fields: Any) -> int:
-        return slurm_submit(user, script, cwd, environment, self.stack, **job_fields)
+    def slurm_submit(self, user: str, script: str, cwd: str | None = None, environment: dict[str, str] | None = None,
+                     **job_fields: Any) -> int:
+        """Submit directly to slurmrestd as ``user``. Returns the Slurm job id. ``environment`` is a
+        dict; it is sent as a dict up to v0.0.39 and as a list of NAME=value from v0.0.40 on."""
+        home = f"/home/{user}"
+        env = environment or {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "USER": user}
+        job: dict[str, Any] = {"current_working_directory": cwd or home, **job_fields}
+        if api_minor(self.api_version) >= 40:
+            body = {"job": {**job, "script": script, "environment": [f"{k}={v}" for k, v in env.items()]}}
+        else:
+            body = {"script": script, "job": {**job, "environment": env}}
+        response = self.request("POST", f"/slurm/{self.api_version}/job/submit", user, json=body)
+        body = response.json() if response.content else {}
+        if response.status_code != 200 or _errors(body) or "job_id" not in body:
+            raise ApiError(response, {200})
+        return int(body["job_id"])
 
     def slurm_cancel(self, job_id: int, user: str = "slurm") -> requests.Response:
-        return slurm_cancel(job_id, user, self.stack)
+        return self.request("DELETE", f"/slurm/{self.api_version}/job/{job_id}", user)
 
     def wait_for_state(self, job_id: int, states: Iterable[str] = SLURM_TERMINAL_STATES, timeout: float = 120) -> dict:
-        return wait_for_slurm_state(job_id, states, timeout, self.stack)
+        """Poll GET job/{id} until its state (see ``state_of``) is in ``states``; returns the job."""
+        wanted = set(states)
+
+        def check() -> dict | None:
+            job = self.slurm_job(job_id)
+            return job if job and state_of(job) in wanted else None
+
+        return wait_for(check, timeout, 0.5, f"Slurm job {job_id} (leg {self.leg.name}) in {sorted(wanted)}")
+
+    def cli(self, *args: str, check: bool = False, timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run a Slurm command (squeue, sacct, scontrol...) as root in the leg's root, e.g.
+        ``cli("sacct", "-j", "42")``; stdout/stderr captured as text, the exit code kept."""
+        proc = subprocess.run(["bash", str(self.stack.stack_sh), "slurm", self.leg.name, *args],
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "JGS_STACK_DIR": str(self.stack.stack_dir)})
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(args)} on leg {self.leg.name} failed (rc={proc.returncode}): {proc.stderr}")
+        return proc
+
+
+def _on_leg(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A module-level function for a SlurmControl method: same arguments plus ``stack=`` and ``leg=``."""
+
+    @functools.wraps(method)
+    def call(*args: Any, stack: Stack | None = None, leg: str | None = None, **kwargs: Any) -> Any:
+        return method(SlurmControl(stack, leg), *args, **kwargs)
+
+    return call
+
+
+slurm_token = _on_leg(SlurmControl.slurm_token)
+slurm_headers = _on_leg(SlurmControl.slurm_headers)
+slurm_request = _on_leg(SlurmControl.request)
+slurm_jobs = _on_leg(SlurmControl.slurm_jobs)
+slurm_jobs_with_comment = _on_leg(SlurmControl.slurm_jobs_with_comment)
+slurm_job = _on_leg(SlurmControl.slurm_job)
+slurmdb_job = _on_leg(SlurmControl.slurmdb_job)
+slurm_submit = _on_leg(SlurmControl.slurm_submit)
+slurm_cancel = _on_leg(SlurmControl.slurm_cancel)
+wait_for_slurm_state = _on_leg(SlurmControl.wait_for_state)
+slurm_cli = _on_leg(SlurmControl.cli)
 
 
 # ---------------------------------------------------------------------------------- service control
@@ -708,25 +763,30 @@ def run_stack(*args: str, stack: Stack | None = None, timeout: float = 600) -> s
     return proc
 
 
-def stop_service(name: str, stack: Stack | None = None) -> None:
-    """Stop one service (munge mariadb slurmdbd slurmctld slurmd slurmrestd postgres s3 oidc api)."""
-    run_stack("stop", name, stack=stack)
+def _service(name: str, leg: str | None) -> str:
+    return f"{name}@{leg}" if leg else name
 
 
-def start_service(name: str, stack: Stack | None = None) -> None:
+def stop_service(name: str, stack: Stack | None = None, leg: str | None = None) -> None:
+    """Stop one service: mariadb postgres s3 oidc api, or one of a leg (munge slurmdbd slurmctld
+    slurmd slurmrestd; ``leg`` or a ``NAME@LEG`` name, default: the default leg)."""
+    run_stack("stop", _service(name, leg), stack=stack)
+
+
+def start_service(name: str, stack: Stack | None = None, leg: str | None = None) -> None:
     """Start one service again (waits until it answers)."""
-    run_stack("start", name, stack=stack)
+    run_stack("start", _service(name, leg), stack=stack)
 
 
-def restart_service(name: str, stack: Stack | None = None) -> None:
-    run_stack("restart", name, stack=stack)
+def restart_service(name: str, stack: Stack | None = None, leg: str | None = None) -> None:
+    run_stack("restart", _service(name, leg), stack=stack)
 
 
 @contextlib.contextmanager
-def service_down(name: str, stack: Stack | None = None) -> Iterator[None]:
-    """``with service_down("slurmrestd"): ...`` -- stopped inside, started again afterwards."""
-    stop_service(name, stack)
+def service_down(name: str, stack: Stack | None = None, leg: str | None = None) -> Iterator[None]:
+    """``with service_down("slurmrestd", leg="2411"): ...`` -- stopped inside, started again afterwards."""
+    stop_service(name, stack, leg)
     try:
         yield
     finally:
-        start_service(name, stack)
+        start_service(name, stack, leg)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Patch a COPY of jobbergate-api's alembic migrations so they run on plain PostgreSQL 15.
+"""Patch a COPY of jobbergate-api's alembic migrations so they run on plain PostgreSQL (15 or later).
 
 Only migration ``99c3877d0f10`` ("create job metric table") needs TimescaleDB. In the copy:
 

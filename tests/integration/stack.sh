@@ -1,45 +1,76 @@
 #!/usr/bin/env bash
-# Integration stack for jobbergate-sync: real Slurm 22.05 (+slurmdbd, slurmrestd), jobbergate-api
-# 5.12.0 (PostgreSQL 15, moto S3) and a Keycloak-shaped test OIDC issuer, all on loopback.
+# Integration stack for jobbergate-sync: up to three real Slurm versions side by side, each in its
+# own Debian root (chroot) with slurmctld, slurmd, slurmdbd and slurmrestd (JWT), plus one
+# jobbergate-api 5.12.0 (PostgreSQL, moto S3) and a Keycloak-shaped test OIDC issuer, all on loopback.
 #
-#   stack.sh up                 install what is missing, start everything, write stack.env
-#   stack.sh down               stop everything (by recorded PID files), keep data
+#   stack.sh up                 install/build what is missing, start everything, write stack.env
+#   stack.sh down               stop everything (by recorded PID files), unmount the roots, keep data
 #   stack.sh status             show services; exit 0 only when all run
-#   stack.sh stop|start|restart SERVICE
-#                               SERVICE: munge mariadb slurmdbd slurmctld slurmd slurmrestd
-#                                        postgres s3 oidc api
+#   stack.sh stop|start|restart SERVICE[@LEG]
+#                               SERVICE: munge slurmdbd slurmctld slurmd slurmrestd (per leg; LEG
+#                                        defaults to the default leg), mariadb postgres s3 oidc api
+#   stack.sh slurm LEG CMD [ARG...]
+#                               run a Slurm command (squeue, sacct, scontrol, sbatch...) as root in
+#                               that leg's root; output and exit code pass through
 #   stack.sh reset              wipe API data (DB + bucket) and cancel the test users' Slurm jobs
 #   stack.sh env                print stack.env
 #
-# Needs root on Debian 12 (bookworm) and Python 3.12 (pyenv's, or JGS_PYTHON=/path/to/python3.12).
-# Runtime state lives in ${JGS_STACK_DIR:-/var/tmp/jobbergate-sync-stack}: logs/, run/ (PID files),
-# data, venvs. Slurm's own config is machine-wide in /etc/slurm (JWT key /etc/slurm/jwt_hs256.key).
-# See /work/shared/reference/running-the-real-stack.md for the why of every setting.
+# Legs (JGS_SLURM_LEGS, default every available one: 2205,2411,2511):
+#   2205  Debian 12 root, Slurm 22.05 packages        slurmrestd v0.0.38 (+dbv0.0.38)  ports 6817-6820
+#   2411  Debian 13 root, Slurm 24.11 packages        v0.0.40 v0.0.41 v0.0.42           ports 6827-6830
+#   2511  Debian 13 root, Slurm 25.11.7 from tarball  v0.0.41 .. v0.0.44                ports 6837-6840
+#   (ports in the order slurmctld, slurmd, slurmdbd, slurmrestd). 2511 needs the Slurm 25.11.7
+#   source/prebuilt tarballs: JGS_SLURM_2511_DIR names a directory holding slurm-25.11.7*.tar.gz
+#   (default: the shared/slurm folder beside the repository checkout); without them it is skipped.
+#
+# stack.env (KEY=VALUE): the JGS_* API/OIDC settings; JGS_SLURMRESTD_URL, JGS_SLURMRESTD_VERSION,
+# JGS_SLURM_JWT_KEY, JGS_SLURM_CLUSTER/_NODE/_PARTITION describe the default leg JGS_DEFAULT_LEG
+# (env JGS_DEFAULT_LEG, default 2205); JGS_SLURM_LEGS lists the legs that are up, and for each leg
+# JGS_SLURM_<LEG>_URL, _JWT_KEY (host-side path, root-readable), _ROOT, _API_VERSIONS (comma list),
+# _CLUSTER, _NODE, _PARTITION, _VERSION.
+#
+# Needs root on Debian 12 or 13 and Python 3.12 (pyenv's, or JGS_PYTHON=/path/to/python3.12).
+# Everything lives in ${JGS_STACK_DIR:-/var/tmp/jobbergate-sync-stack}: logs/, run/ (PID files),
+# roots/<leg> (built once, reused), data, venvs. The host's /home (and JGS_EXEC_ROOTS) is
+# bind-mounted into every root, so files written on the host are what jobs see: run `stack.sh down`
+# (which unmounts) before deleting a root or the stack directory, or rm would reach the host's /home.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 SELF="$HERE/$(basename "${BASH_SOURCE[0]}")"
+REPO_DIR="$(cd "$HERE/../.." && pwd)"
 
 STACK_DIR="${JGS_STACK_DIR:-/var/tmp/jobbergate-sync-stack}"
 LOG_DIR="$STACK_DIR/logs"
 RUN_DIR="$STACK_DIR/run"
+ROOTS_DIR="$STACK_DIR/roots"
 
 API_PORT="${JGS_API_PORT:-8000}"
 OIDC_PORT="${JGS_OIDC_PORT:-8180}"
 S3_PORT="${JGS_S3_PORT:-9000}"
 PG_PORT="${JGS_PG_PORT:-5433}"
 MARIADB_PORT="${JGS_MARIADB_PORT:-3306}"
-SLURMRESTD_PORT="${JGS_SLURMRESTD_PORT:-6820}"
-SLURMCTLD_PORT="${JGS_SLURMCTLD_PORT:-6817}"
-SLURMD_PORT="${JGS_SLURMD_PORT:-6818}"
-SLURMDBD_PORT="${JGS_SLURMDBD_PORT:-6819}"
+
+ALL_LEGS=(2205 2411 2511)
+# the default leg: JGS_DEFAULT_LEG, else (except for `up`) the one the running stack was brought up with
+DEFAULT_LEG="${JGS_DEFAULT_LEG:-}"
+if [ -z "$DEFAULT_LEG" ] && [ "${1:-}" != up ]; then
+  DEFAULT_LEG="$(sed -n 's/^JGS_DEFAULT_LEG=//p' "$STACK_DIR/stack.env" 2>/dev/null || true)"
+fi
+DEFAULT_LEG="${DEFAULT_LEG:-2205}"
+# directories bind-mounted at the same path into every root (job working directories live there)
+read -r -a EXEC_ROOTS <<<"$(tr ',' ' ' <<<"${JGS_EXEC_ROOTS:-/home}")"
+SLURM_2511_DIR="${JGS_SLURM_2511_DIR:-$REPO_DIR/../shared/slurm}"
+SLURM_2511_PREBUILT="slurm-25.11.7-trixie-amd64.tar.gz"
+SLURM_2511_PREBUILT_SHA256="44fec2f0154351555a43d5aa70f592bacd70a48b1d71df3ff48591b22f95d8fa"
+SLURM_2511_SOURCE="slurm-25.11.7.tar.gz"
+SLURM_2511_SOURCE_SHA256="fde046ae991d17cd27f53732b6f3544a2980ff6faadd2fde540c87783ad03bef"
+# bump when the way a root is built changes: roots with another recipe are rebuilt
+ROOT_RECIPE=1
 
 REALM="jobbergate-local"
-CLUSTER="jobbergate-test"
 ACCOUNT="jobbergate"
 PARTITION="debug"
-SLURM_ETC="/etc/slurm"
-JWT_KEY="$SLURM_ETC/jwt_hs256.key"
 UNIX_USERS=(alice bob)
 SYSTEM_USER="daemon"
 BUCKET="jobbergate-resources"
@@ -62,10 +93,11 @@ S3_SNAPSHOT="$STACK_DIR/s3-snapshot"
 OIDC_KEY="$STACK_DIR/oidc/signing-key.pem"
 STACK_ENV="$STACK_DIR/stack.env"
 
-SERVICES=(munge mariadb slurmdbd slurmctld slurmd slurmrestd postgres s3 oidc api)
+LEG_SERVICES=(munge slurmdbd slurmctld slurmd slurmrestd)
+HOST_SERVICES=(mariadb postgres s3 oidc api)
 
-APT_PACKAGES=(munge slurm-wlm slurmctld slurmd slurm-client slurmrestd slurmdbd slurm-wlm-jwt-plugin
-  slurm-wlm-mysql-plugin mariadb-server postgresql-15 curl ca-certificates)
+# the host needs no Slurm: only the databases, debootstrap for the roots, and curl
+APT_PACKAGES=(debootstrap mariadb-server postgresql curl ca-certificates)
 
 export DEBIAN_FRONTEND=noninteractive PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
@@ -111,7 +143,8 @@ http_is() { [ "$(http_code "$1")" = "$2" ]; }
 http_answers() { local c; c="$(http_code "$1")"; [ -n "$c" ] && [ "$c" != "000" ]; }
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-file_sha() { sha256sum "$@" 2>/dev/null | sha256sum | cut -c1-16; }
+# of the contents only: the same files in another checkout give the same stamp (no venv rebuild)
+file_sha() { sha256sum "$@" 2>/dev/null | cut -d" " -f1 | sha256sum | cut -c1-16; }
 
 ensure_dir() { # ensure_dir PATH OWNER MODE
   mkdir -p "$1"
@@ -138,16 +171,18 @@ write_if_changed() {
 
 # ----------------------------------------------------------------------------------- PID tracking
 
+base_service() { echo "${1%@*}"; }
+
 pid_pattern() {
-  case "$1" in
+  case "$(base_service "$1")" in
     munge) echo munged ;;
     mariadb) echo mariadbd ;;
-    slurmdbd | slurmctld | slurmd | slurmrestd) echo "$1" ;;
+    slurmdbd | slurmctld | slurmd | slurmrestd) base_service "$1" ;;
     postgres) echo postgres ;;
     s3) echo moto_server ;;
     oidc) echo oidc_issuer.py ;;
     api) echo uvicorn ;;
-    *) die "unknown service '$1' (one of: ${SERVICES[*]})" ;;
+    *) die "unknown service '$1' (one of: ${LEG_SERVICES[*]} (each as NAME@LEG) ${HOST_SERVICES[*]})" ;;
   esac
 }
 
@@ -179,9 +214,9 @@ record_pid_from_file() {
   wait_until "$timeout" "$name running" is_running "$name"
 }
 
-stop_signal() { case "$1" in postgres) echo INT ;; *) echo TERM ;; esac; }
+stop_signal() { case "$(base_service "$1")" in postgres) echo INT ;; *) echo TERM ;; esac; }
 
-stop_timeout() { case "$1" in slurmctld | slurmdbd | mariadb | postgres) echo 30 ;; *) echo 15 ;; esac; }
+stop_timeout() { case "$(base_service "$1")" in slurmctld | slurmdbd | mariadb | postgres) echo 30 ;; *) echo 15 ;; esac; }
 
 # stop_services NAME... : signal every running one, then wait for each (KILL after its timeout)
 stop_services() {
@@ -244,7 +279,8 @@ find_python312() {
   for candidate in "${JGS_PYTHON:-}" \
     "$( (pyenv root 2>/dev/null || echo "${PYENV_ROOT:-/root/.pyenv}") | head -n1)"/versions/3.12*/bin/python3 \
     /root/.pyenv/versions/3.12*/bin/python3 \
-    "$(command -v python3.12 2>/dev/null || true)"; do
+    "$(command -v python3.12 2>/dev/null || true)" \
+    "$(command -v python3 2>/dev/null || true)"; do # Debian 13's own python3 is 3.13
     [ -n "$candidate" ] && [ -x "$candidate" ] || continue
     if "$candidate" -c 'import sys, venv; sys.exit(0 if sys.version_info[:2] >= (3, 12) else 1)' 2>/dev/null; then
       echo "$candidate"
@@ -341,10 +377,9 @@ moto_env() {
   ensure_venv "$MOTO_VENV" "$HERE/constraints-moto.txt" "moto[server]"
 }
 
-ensure_users() {
+ensure_users() { # the job users live on the host; every root gets them with the same uid/gid
   local user
   getent passwd "$SYSTEM_USER" >/dev/null || useradd -r -M -s /usr/sbin/nologin "$SYSTEM_USER"
-  getent passwd slurmrestd >/dev/null || useradd -r -M -d /nonexistent -s /usr/sbin/nologin -U slurmrestd
   for user in "${UNIX_USERS[@]}"; do
     if ! getent passwd "$user" >/dev/null; then
       useradd -m -s /bin/bash -U "$user"
@@ -361,48 +396,311 @@ ensure_users() {
   done
 }
 
-# -------------------------------------------------------------------------------------- Slurm
+# ------------------------------------------------------------------------------- Slurm legs: roots
 
-slurm_write_config() {
-  ensure_dir "$SLURM_ETC" root:root 0755
-  ensure_dir "$STACK_DIR/slurm" root:root 0755
-  ensure_dir "$STACK_DIR/slurm/ctld" slurm:slurm 0755
-  ensure_dir "$STACK_DIR/slurm/d" root:root 0755
-  ensure_dir "$LOG_DIR/slurm" slurm:slurm 0755
-  ensure_dir "$RUN_DIR/slurm" slurm:slurm 0755
+# leg_load LEG: set the L_* variables describing one leg (in the current shell)
+leg_load() {
+  L_LEG="$1"
+  case "$L_LEG" in
+    2205)
+      L_SUITE=bookworm L_PREFIX=/usr L_PORT_BASE=6817 L_APIS="v0.0.38"
+      L_PACKAGES="slurmctld slurmd slurmrestd slurmdbd slurm-client munge slurm-wlm-jwt-plugin slurm-wlm-mysql-plugin"
+      ;;
+    2411)
+      L_SUITE=trixie L_PREFIX=/usr L_PORT_BASE=6827 L_APIS="v0.0.40,v0.0.41,v0.0.42"
+      L_PACKAGES="slurmctld slurmd slurmrestd slurmdbd slurm-client munge slurm-wlm-jwt-plugin slurm-wlm-mysql-plugin"
+      ;;
+    2511)
+      L_SUITE=trixie L_PREFIX=/opt/slurm-25.11 L_PORT_BASE=6837 L_APIS="v0.0.41,v0.0.42,v0.0.43,v0.0.44"
+      # the runtime libraries of the prebuilt tree (see its README) and the MariaDB client
+      L_PACKAGES="munge libmunge2 libjson-c5 libhttp-parser2.9 libyaml-0-2 libjwt2 libhwloc15 libnuma1 liblz4-1 libpam0g libreadline8t64 libmariadb3"
+      ;;
+    *) die "unknown Slurm leg '$L_LEG' (known: ${ALL_LEGS[*]})" ;;
+  esac
+  local base_var="JGS_SLURM_${L_LEG}_PORT_BASE"
+  L_PORT_BASE="${!base_var:-$L_PORT_BASE}"
+  L_CTLD_PORT=$L_PORT_BASE L_SLURMD_PORT=$((L_PORT_BASE + 1))
+  L_DBD_PORT=$((L_PORT_BASE + 2)) L_REST_PORT=$((L_PORT_BASE + 3))
+  L_ROOT="$ROOTS_DIR/$L_LEG"
+  L_CLUSTER="jgs-$L_LEG"
+  L_DB="slurm_acct_$L_LEG"
+  L_ETC="$L_ROOT/etc/slurm"        # host-side paths into the root
+  L_JWT_KEY="$L_ETC/jwt_hs256.key" # in the root: /etc/slurm/jwt_hs256.key
+  L_LOG="$L_ROOT/var/log/slurm"
+  L_PIDS="$L_ROOT/run/slurm"
+  L_STAMP="$L_ROOT/.jgs-root"
+}
 
-  if [ ! -s "$JWT_KEY" ]; then # created once, never replaced
-    (umask 077 && dd if=/dev/urandom of="$JWT_KEY.tmp" bs=32 count=1 status=none)
-    chown slurm:slurm "$JWT_KEY.tmp"
-    chmod 0600 "$JWT_KEY.tmp"
-    mv -n "$JWT_KEY.tmp" "$JWT_KEY"
-    rm -f "$JWT_KEY.tmp"
-    log "created the Slurm JWT key $JWT_KEY"
+# the 25.11 tarballs: prints the one to use (prebuilt if it fits this machine, else the source)
+slurm_2511_tarball() {
+  local dir="$SLURM_2511_DIR"
+  if [ "$(dpkg --print-architecture)" = amd64 ] && [ -s "$dir/$SLURM_2511_PREBUILT" ]; then
+    echo "$dir/$SLURM_2511_PREBUILT"
+  elif [ -s "$dir/$SLURM_2511_SOURCE" ]; then
+    echo "$dir/$SLURM_2511_SOURCE"
+  else
+    return 1
   fi
-  chown slurm:slurm "$JWT_KEY"
-  chmod 0600 "$JWT_KEY"
+}
 
-  write_if_changed "$SLURM_ETC/slurm.conf" root:root 0644 <<EOF
-# Written by jobbergate-sync tests/integration/stack.sh -- changes are overwritten.
-ClusterName=$CLUSTER
+leg_available() {
+  [ "$1" != 2511 ] && return 0
+  # an already built root needs no tarball
+  [ -f "$ROOTS_DIR/2511/.jgs-root" ] || slurm_2511_tarball >/dev/null
+}
+
+# LEGS: the legs to bring up (JGS_SLURM_LEGS, minus the unavailable ones)
+select_legs() {
+  local wanted leg
+  LEGS=()
+  IFS=', ' read -r -a wanted <<<"${JGS_SLURM_LEGS:-${ALL_LEGS[*]}}"
+  for leg in "${wanted[@]}"; do
+    [ -n "$leg" ] || continue
+    (leg_load "$leg") || exit 1
+    if leg_available "$leg"; then
+      LEGS+=("$leg")
+    else
+      log "Slurm 25.11 leg skipped: no Slurm 25.11.7 source/prebuilt tarballs; set JGS_SLURM_2511_DIR to a directory holding slurm-25.11.7*.tar.gz (default: the shared/slurm folder beside the repository checkout)"
+    fi
+  done
+  [ "${#LEGS[@]}" -gt 0 ] || die "no Slurm leg to bring up (JGS_SLURM_LEGS='${JGS_SLURM_LEGS:-}')"
+  [[ " ${LEGS[*]} " == *" $DEFAULT_LEG "* ]] || die "the default leg $DEFAULT_LEG (JGS_DEFAULT_LEG) is not among the legs to bring up: ${LEGS[*]}"
+}
+
+debian_mirror() {
+  local url=""
+  if [ -n "${JGS_DEBIAN_MIRROR:-}" ]; then
+    echo "$JGS_DEBIAN_MIRROR"
+    return
+  fi
+  if [ -f /etc/apt/sources.list.d/debian.sources ]; then # deb822: first URIs not of the security archive
+    url="$(awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }' /etc/apt/sources.list.d/debian.sources)"
+  fi
+  if [ -z "$url" ] && [ -f /etc/apt/sources.list ]; then
+    url="$(awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^(https?|file):/) { if ($i !~ /security/) { print $i; exit } } }' /etc/apt/sources.list)"
+  fi
+  echo "${url:-http://deb.debian.org/debian}"
+}
+
+leg_recipe() { # what a root is built from; a root with another recipe is rebuilt
+  local extra=""
+  [ "$L_LEG" = 2511 ] && extra="$(basename "$(slurm_2511_tarball 2>/dev/null || echo none)")"
+  echo "$ROOT_RECIPE $L_SUITE $L_PACKAGES $extra" | sha256sum | cut -c1-16
+}
+
+root_built() { [ -f "$L_STAMP" ] && { [ "$L_LEG" = 2511 ] && ! slurm_2511_tarball >/dev/null || [ "$(cat "$L_STAMP")" = "$(leg_recipe)" ]; }; }
+
+# mount points under a root, deepest first
+root_mounts() {
+  awk -v root="$1/" 'index($5, root) == 1 { print $5 }' /proc/self/mountinfo | sort -r
+}
+
+umount_root() {
+  local root="$1" target
+  for target in $(root_mounts "$root"); do
+    umount "$target" 2>/dev/null || umount -l "$target" || warn "could not unmount $target"
+  done
+}
+
+# proc; /sys read-only with its submounts (hwloc; slurmd 22.05 wants /sys/fs/cgroup); then the
+# shared directories at the same path. Every bind is made a slave so that unmounting it can never
+# propagate back to the host's own mounts.
+mount_root() {
+  local root="$1" dir
+  mountpoint -q "$root/proc" || mount -t proc proc "$root/proc"
+  if ! mountpoint -q "$root/sys"; then
+    mount --rbind /sys "$root/sys"
+    mount --make-rslave "$root/sys"
+    mount -o remount,bind,ro "$root/sys"
+  fi
+  for dir in "${EXEC_ROOTS[@]}"; do
+    [ -d "$dir" ] || mkdir -p "$dir"
+    mkdir -p "$root$dir"
+    if ! mountpoint -q "$root$dir"; then
+      mount --bind "$dir" "$root$dir"
+      mount --make-slave "$root$dir"
+    fi
+  done
+}
+
+remove_root() { # never rm -rf through a bind mount of the host's /home
+  local root="$1"
+  umount_root "$root"
+  [ -z "$(root_mounts "$root")" ] || die "$root still has mounts: $(root_mounts "$root" | tr '\n' ' ')"
+  rm -rf "$root"
+}
+
+in_root() { # in_root CMD...: run in the leg's root as root, clean environment
+  chroot "$L_ROOT" /usr/bin/env -i "PATH=$L_PREFIX/bin:$L_PREFIX/sbin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin" \
+    HOME=/root LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive "$@"
+}
+
+root_apt() { in_root apt-get -o DPkg::Lock::Timeout=600 -q "$@" </dev/null; }
+
+build_2511_from_source() { # only when the prebuilt tree does not fit (about 3.5 min on 2 cores)
+  local tarball="$1"
+  # python3: the git-archive source builds its HTML docs with a Python script
+  root_apt install -y --no-install-recommends build-essential pkg-config python3 libmunge-dev libjson-c-dev \
+    libhttp-parser-dev libyaml-dev libjwt-dev libssl-dev libmariadb-dev libreadline-dev libpam0g-dev \
+    libdbus-1-dev liblz4-dev libhwloc-dev
+  rm -rf "$L_ROOT/usr/src/slurm"
+  mkdir -p "$L_ROOT/usr/src/slurm"
+  tar -xzf "$tarball" -C "$L_ROOT/usr/src/slurm" --strip-components=1
+  in_root sh -c "cd /usr/src/slurm && ./configure --prefix=$L_PREFIX --sysconfdir=$L_PREFIX/etc --with-jwt \
+    --with-json --with-http-parser --with-yaml --with-lz4 --with-hwloc --with-munge --enable-slurmrestd \
+    --disable-debug --with-systemdsystemunitdir=no && make -j\$(nproc) && make install" </dev/null
+  rm -rf "$L_ROOT/usr/src/slurm"
+}
+
+build_root() { # build_root LEG: debootstrap + packages (+ the 25.11 tree); skipped when stamped
+  leg_load "$1"
+  if root_built; then
+    return 0
+  fi
+  local t0 mirror tarball=""
+  t0="$(now)"
+  if [ "$L_LEG" = 2511 ]; then
+    tarball="$(slurm_2511_tarball)" || die "no Slurm 25.11.7 tarball"
+    local want
+    case "$(basename "$tarball")" in
+      "$SLURM_2511_PREBUILT") want="$SLURM_2511_PREBUILT_SHA256" ;;
+      *) want="$SLURM_2511_SOURCE_SHA256" ;;
+    esac
+    [ "$(sha256sum "$tarball" | cut -d' ' -f1)" = "$want" ] || die "checksum mismatch for $(basename "$tarball")"
+  fi
+  mirror="$(debian_mirror)"
+  log "building the $L_LEG root ($L_SUITE from $mirror)"
+  stop_services "slurmrestd@$L_LEG" "slurmd@$L_LEG" "slurmctld@$L_LEG" "slurmdbd@$L_LEG" "munge@$L_LEG"
+  remove_root "$L_ROOT"
+  mkdir -p "$ROOTS_DIR"
+  debootstrap --variant=minbase "$L_SUITE" "$L_ROOT" "$mirror" </dev/null ||
+    die "debootstrap $L_SUITE failed"
+  # package scripts must not start services: the root shares the host's network and ports
+  printf '#!/bin/sh\nexit 101\n' >"$L_ROOT/usr/sbin/policy-rc.d"
+  chmod 0755 "$L_ROOT/usr/sbin/policy-rc.d"
+  cp /etc/hosts "$L_ROOT/etc/hosts"
+  cp /etc/resolv.conf "$L_ROOT/etc/resolv.conf" 2>/dev/null || true
+  mount_root "$L_ROOT"
+  root_apt update
+  # shellcheck disable=SC2086
+  root_apt install -y --no-install-recommends $L_PACKAGES
+  if [ "$L_LEG" = 2511 ]; then
+    if [ "$(basename "$tarball")" = "$SLURM_2511_PREBUILT" ]; then
+      tar -xzf "$tarball" -C "$L_ROOT"
+    else
+      build_2511_from_source "$tarball"
+    fi
+    # the prefix's compiled-in config dir points at /etc/slurm, like the Debian packages
+    rm -rf "$L_ROOT$L_PREFIX/etc"
+    ln -s /etc/slurm "$L_ROOT$L_PREFIX/etc"
+    in_root getent group slurm >/dev/null || in_root groupadd -r -g 64030 slurm
+    in_root getent passwd slurm >/dev/null ||
+      in_root useradd -r -u 64030 -g slurm -M -d /nonexistent -s /usr/sbin/nologin slurm
+    in_root ldconfig
+  fi
+  root_apt clean
+  in_root "$L_PREFIX/sbin/slurmctld" -V | awk '{ print $NF }' >"$L_ROOT/.jgs-version"
+  # a new root restarts job ids at 1: its slurmdbd database must start empty too (see start_slurmdbd)
+  touch "$L_ROOT/.jgs-new-root"
+  leg_recipe >"$L_STAMP"
+  printf '[stack] phase %-12s %6ss\n' "root-$L_LEG" "$(elapsed "$t0")"
+}
+
+# build the missing roots in parallel (network- and dpkg-bound, so parallel pays off even on 2 cores)
+build_roots() {
+  local leg pids=() legs=() i rc=0
+  for leg in "${LEGS[@]}"; do
+    (leg_load "$leg" && root_built) && continue
+    (build_root "$leg") >>"$LOG_DIR/root-$leg.log" 2>&1 &
+    pids+=($!)
+    legs+=("$leg")
+    log "building root $leg in the background (log: $LOG_DIR/root-$leg.log)"
+  done
+  for i in "${!pids[@]}"; do
+    if wait "${pids[$i]}"; then
+      grep -h '^\[stack\] phase' "$LOG_DIR/root-${legs[$i]}.log" | tail -n1
+    else
+      tail_log "$LOG_DIR/root-${legs[$i]}.log" 30
+      rc=1
+    fi
+  done
+  [ "$rc" = 0 ] || die "building a Slurm root failed"
+}
+
+# ------------------------------------------------------------------------- Slurm legs: config
+
+root_id() { # root_id USER [u|g]: numeric uid/gid of USER inside the current leg's root
+  local field=3
+  [ "${2:-u}" = g ] && field=4
+  awk -F: -v u="$1" -v f="$field" '$1 == u { print $f; exit }' "$L_ROOT/etc/passwd"
+}
+
+root_owner() { echo "$(root_id "$1" u):$(root_id "$1" g)"; }
+
+# the host's job users, with the same uid/gid, and slurmrestd's own user
+root_users() {
+  local user uid gid home
+  for user in "${UNIX_USERS[@]}"; do
+    uid="$(id -u "$user")" gid="$(id -g "$user")"
+    home="$(getent passwd "$user" | cut -d: -f6)"
+    if [ "$(root_id "$user" u)" != "$uid" ] || [ "$(root_id "$user" g)" != "$gid" ]; then
+      in_root userdel "$user" >/dev/null 2>&1 || true
+      in_root groupdel "$user" >/dev/null 2>&1 || true
+      in_root groupadd -g "$gid" "$user"
+      in_root useradd -M -u "$uid" -g "$gid" -d "$home" -s /bin/bash "$user"
+    fi
+  done
+  [ -n "$(root_id slurmrestd)" ] || in_root useradd -r -M -d /nonexistent -s /usr/sbin/nologin -U slurmrestd
+}
+
+leg_write_config() {
+  local slurm munge
+  root_users
+  slurm="$(root_owner slurm)" munge="$(root_owner munge)"
+  [ "$slurm" != ":" ] || die "no slurm user in the $L_LEG root"
+  cp /etc/hosts "$L_ROOT/etc/hosts"
+  ensure_dir "$L_ETC" 0:0 0755
+  ensure_dir "$L_ROOT/var/spool/slurmctld" "$slurm" 0755
+  ensure_dir "$L_ROOT/var/spool/slurmd" 0:0 0755
+  ensure_dir "$L_LOG" "$slurm" 0755
+  ensure_dir "$L_PIDS" "$slurm" 0755
+  ln -sfn "$L_LOG" "$LOG_DIR/slurm-$L_LEG"
+
+  if [ ! -s "$L_JWT_KEY" ]; then # one per leg, created once, never replaced
+    (umask 077 && dd if=/dev/urandom of="$L_JWT_KEY.tmp" bs=32 count=1 status=none)
+    mv -n "$L_JWT_KEY.tmp" "$L_JWT_KEY"
+    rm -f "$L_JWT_KEY.tmp"
+    log "created the $L_LEG JWT key"
+  fi
+  chown "$slurm" "$L_JWT_KEY"
+  chmod 0600 "$L_JWT_KEY"
+
+  # the */none plugins are gone from 24.11 on: leave those settings unset there
+  local legacy="" cgroup="CgroupPlugin=disabled"
+  if [ "$L_LEG" = 2205 ]; then
+    legacy=$'TaskPlugin=task/none\nSwitchType=switch/none\nJobCompType=jobcomp/none'
+    cgroup="# empty: proctrack/linuxproc and task/none need no cgroups"
+  fi
+  write_if_changed "$L_ETC/slurm.conf" 0:0 0644 <<EOF
+# Written by jobbergate-sync tests/integration/stack.sh (leg $L_LEG) -- changes are overwritten.
+ClusterName=$L_CLUSTER
 SlurmctldHost=$NODE(127.0.0.1)
-SlurmctldPort=$SLURMCTLD_PORT
-SlurmdPort=$SLURMD_PORT
+SlurmctldPort=$L_CTLD_PORT
+SlurmdPort=$L_SLURMD_PORT
 SlurmUser=slurm
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 AuthAltTypes=auth/jwt
-AuthAltParameters=jwt_key=$JWT_KEY
-StateSaveLocation=$STACK_DIR/slurm/ctld
-SlurmdSpoolDir=$STACK_DIR/slurm/d
-SlurmctldPidFile=$RUN_DIR/slurm/slurmctld.pid
-SlurmdPidFile=$RUN_DIR/slurm/slurmd.pid
-SlurmctldLogFile=$LOG_DIR/slurm/slurmctld.log
-SlurmdLogFile=$LOG_DIR/slurm/slurmd.log
+AuthAltParameters=jwt_key=/etc/slurm/jwt_hs256.key
+StateSaveLocation=/var/spool/slurmctld
+SlurmdSpoolDir=/var/spool/slurmd
+SlurmctldPidFile=/run/slurm/slurmctld.pid
+SlurmdPidFile=/run/slurm/slurmd.pid
+SlurmctldLogFile=/var/log/slurm/slurmctld.log
+SlurmdLogFile=/var/log/slurm/slurmd.log
 ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SwitchType=switch/none
+$legacy
 MpiDefault=none
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
@@ -413,10 +711,9 @@ KillWait=5
 MailProg=/bin/true
 InactiveLimit=0
 Waittime=0
-JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
-AccountingStoragePort=$SLURMDBD_PORT
+AccountingStoragePort=$L_DBD_PORT
 AccountingStoreFlags=job_comment
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=30
@@ -424,56 +721,55 @@ SlurmdParameters=config_overrides
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=8 RealMemory=1000 State=UNKNOWN
 PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
-  write_if_changed "$SLURM_ETC/cgroup.conf" root:root 0644 <<<"# empty: proctrack/linuxproc and task/none need no cgroups"
-  write_if_changed "$SLURM_ETC/slurmdbd.conf" slurm:slurm 0600 <<EOF
-# Written by jobbergate-sync tests/integration/stack.sh -- changes are overwritten.
+  write_if_changed "$L_ETC/cgroup.conf" 0:0 0644 <<<"$cgroup"
+  write_if_changed "$L_ETC/slurmdbd.conf" "$slurm" 0600 <<EOF
+# Written by jobbergate-sync tests/integration/stack.sh (leg $L_LEG) -- changes are overwritten.
 AuthType=auth/munge
 AuthAltTypes=auth/jwt
-AuthAltParameters=jwt_key=$JWT_KEY
+AuthAltParameters=jwt_key=/etc/slurm/jwt_hs256.key
 DbdHost=$NODE
 DbdAddr=127.0.0.1
-DbdPort=$SLURMDBD_PORT
+DbdPort=$L_DBD_PORT
 SlurmUser=slurm
-LogFile=$LOG_DIR/slurm/slurmdbd.log
-PidFile=$RUN_DIR/slurm/slurmdbd.pid
+LogFile=/var/log/slurm/slurmdbd.log
+PidFile=/run/slurm/slurmdbd.pid
 StorageType=accounting_storage/mysql
 StorageHost=127.0.0.1
 StoragePort=$MARIADB_PORT
 StorageUser=slurm
 StoragePass=$SLURMDB_PSWD
-StorageLoc=slurm_acct_db
+StorageLoc=$L_DB
 EOF
-  SLURM_HASH="$(file_sha "$SLURM_ETC/slurm.conf" "$SLURM_ETC/cgroup.conf" "$JWT_KEY")"
-  SLURMDBD_HASH="$(file_sha "$SLURM_ETC/slurmdbd.conf" "$JWT_KEY")"
+  L_SLURM_HASH="$(file_sha "$L_ETC/slurm.conf" "$L_ETC/cgroup.conf" "$L_JWT_KEY")"
+  L_DBD_HASH="$(file_sha "$L_ETC/slurmdbd.conf" "$L_JWT_KEY")"
+
+  # munge: its own key per root
+  if [ ! -s "$L_ROOT/etc/munge/munge.key" ]; then
+    mkdir -p "$L_ROOT/etc/munge"
+    (umask 077 && dd if=/dev/urandom of="$L_ROOT/etc/munge/munge.key" bs=1024 count=1 status=none)
+  fi
+  chown "$munge" "$L_ROOT/etc/munge" "$L_ROOT/etc/munge/munge.key"
+  chmod 0700 "$L_ROOT/etc/munge"
+  chmod 0400 "$L_ROOT/etc/munge/munge.key"
+  ensure_dir "$L_ROOT/run/munge" "$munge" 0755
+  ensure_dir "$L_ROOT/var/lib/munge" "$munge" 0700
+  ensure_dir "$L_ROOT/var/log/munge" "$munge" 0700
 }
 
-munge_works() { munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; }
+# ------------------------------------------------------------------------- Slurm legs: daemons
+
+munge_works() { in_root sh -c 'munge -n | unmunge' </dev/null >/dev/null 2>&1; }
 
 start_munge() {
-  is_running munge && return 0
-  if [ ! -s /etc/munge/munge.key ]; then
-    ensure_dir /etc/munge munge:munge 0700
-    (umask 077 && dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none)
-  fi
-  chown munge:munge /etc/munge /etc/munge/munge.key
-  chmod 0700 /etc/munge
-  chmod 0400 /etc/munge/munge.key
-  ensure_dir /run/munge munge:munge 0755
-  ensure_dir /var/lib/munge munge:munge 0700
-  ensure_dir "$LOG_DIR/munge" munge:munge 0700
-  ensure_dir "$RUN_DIR/munge" munge:munge 0755
-  if munge_works; then
-    warn "a munged not started by this stack already answers on /run/munge; using it"
-    return 0
-  fi
-  rm -f "$RUN_DIR/munge/munged.pid"
-  (cd / && runuser -u munge -- /usr/sbin/munged --force \
-    --pid-file="$RUN_DIR/munge/munged.pid" --log-file="$LOG_DIR/munge/munged.log" \
-    </dev/null >>"$LOG_DIR/munge/munged.out" 2>&1) ||
-    { tail_log "$LOG_DIR/munge/munged.log"; die "munged failed to start"; }
-  record_pid_from_file munge "$RUN_DIR/munge/munged.pid" 10 || die "munged did not start"
-  wait_until 10 "munge" munge_works || die "munge -n | unmunge fails"
-  log "started munged (pid $(service_pid munge))"
+  local svc="munge@$L_LEG"
+  is_running "$svc" && return 0
+  rm -f "$L_ROOT/run/munge/munged.pid"
+  (cd / && chroot --userspec="$(root_owner munge)" "$L_ROOT" /usr/sbin/munged --force \
+    </dev/null >>"$L_ROOT/var/log/munge/munged.out" 2>&1) ||
+    { tail_log "$L_ROOT/var/log/munge/munged.log"; die "munged ($L_LEG) failed to start"; }
+  record_pid_from_file "$svc" "$L_ROOT/run/munge/munged.pid" 10 || die "munged ($L_LEG) did not start"
+  wait_until 10 "munge ($L_LEG)" munge_works || die "munge -n | unmunge fails in the $L_LEG root"
+  log "started munged $L_LEG (pid $(service_pid "$svc"))"
 }
 
 # shellcheck disable=SC2120
@@ -504,7 +800,7 @@ port=$MARIADB_PORT
 EOF
   if [ ! -d "$MARIADB_DIR/data/mysql" ]; then
     log "initialising the MariaDB datadir"
-    rm -rf "$MARIADB_DIR/data" "$MARIADB_DIR/accounting.stamp"
+    rm -rf "$MARIADB_DIR/data" "$MARIADB_DIR"/accounting*.stamp
     ensure_dir "$MARIADB_DIR/data" mysql:mysql 0750
     mariadb-install-db --defaults-file="$MARIADB_CNF" --user=mysql --datadir="$MARIADB_DIR/data" \
       --auth-root-authentication-method=socket --skip-test-db </dev/null >>"$LOG_DIR/mariadb/install.log" 2>&1 ||
@@ -514,141 +810,189 @@ EOF
   launch mariadb "$LOG_DIR/mariadb/mariadbd.out" /usr/sbin/mariadbd --defaults-file="$MARIADB_CNF"
   wait_until 60 "mariadb" mariadb_sql -e 'SELECT 1' ||
     { tail_log "$LOG_DIR/mariadb/mariadb.log"; die "MariaDB did not come up"; }
+  # one account for every leg's slurmdbd; each leg has its own database (slurm_acct_<leg>)
   mariadb_sql <<EOF
 CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY '$SLURMDB_PSWD';
 CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '$SLURMDB_PSWD';
-GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';
-GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';
+GRANT ALL ON \`slurm\_acct\_%\`.* TO 'slurm'@'localhost';
+GRANT ALL ON \`slurm\_acct\_%\`.* TO 'slurm'@'127.0.0.1';
 EOF
   log "started MariaDB (pid $(service_pid mariadb))"
 }
 
-sacctmgr_answers() { sacctmgr -n -P show cluster format=cluster </dev/null >/dev/null 2>&1; }
+sacctmgr_answers() { in_root sacctmgr -n -P show cluster format=cluster </dev/null >/dev/null 2>&1; }
 
-# Start a forking Slurm daemon (slurmdbd, slurmctld, slurmd), record its PID and the config hash
-# it runs with. Usage: start_slurm_daemon NAME PORT HASH_FILE HASH
+# Start a forking Slurm daemon (slurmdbd, slurmctld, slurmd) in the leg's root, record its PID and
+# the config hash it runs with. Usage: start_slurm_daemon NAME PORT HASH
 start_slurm_daemon() {
-  local name=$1 port=$2 hash_file=$3 hash=$4
-  check_port_free "$name" "$port"
-  rm -f "$RUN_DIR/slurm/$name.pid"
-  (cd / && "/usr/sbin/$name" </dev/null >>"$LOG_DIR/slurm/$name.out" 2>&1) ||
-    { tail_log "$LOG_DIR/slurm/$name.log"; die "$name failed to start"; }
-  record_pid_from_file "$name" "$RUN_DIR/slurm/$name.pid" 20 ||
-    { tail_log "$LOG_DIR/slurm/$name.log"; die "$name did not start"; }
-  echo "$hash" >"$hash_file"
+  local name=$1 port=$2 hash=$3 svc="$1@$L_LEG"
+  check_port_free "$svc" "$port"
+  rm -f "$L_PIDS/$name.pid"
+  (cd / && in_root "$L_PREFIX/sbin/$name" </dev/null >>"$L_LOG/$name.out" 2>&1) ||
+    { tail_log "$L_LOG/$name.log"; die "$svc failed to start"; }
+  record_pid_from_file "$svc" "$L_PIDS/$name.pid" 20 ||
+    { tail_log "$L_LOG/$name.log"; die "$svc did not start"; }
+  echo "$hash" >"$RUN_DIR/$svc.hash"
 }
 
+running_with() { is_running "$1" && [ "$(cat "$RUN_DIR/$1.hash" 2>/dev/null)" = "$2" ]; }
+
 start_slurmdbd() {
-  if is_running slurmdbd; then
-    if [ "$(cat "$RUN_DIR/slurmdbd.hash" 2>/dev/null)" = "$SLURMDBD_HASH" ]; then
-      return 0
-    fi
-    log "slurmdbd.conf changed: restarting slurmdbd"
-    stop_services slurmdbd
+  local svc="slurmdbd@$L_LEG"
+  running_with "$svc" "$L_DBD_HASH" && return 0
+  if is_running "$svc"; then
+    log "slurmdbd.conf ($L_LEG) changed: restarting slurmdbd"
+    stop_services "$svc"
   fi
-  start_slurm_daemon slurmdbd "$SLURMDBD_PORT" "$RUN_DIR/slurmdbd.hash" "$SLURMDBD_HASH"
-  wait_until 60 "slurmdbd" sacctmgr_answers ||
-    { tail_log "$LOG_DIR/slurm/slurmdbd.log"; die "slurmdbd does not answer sacctmgr"; }
-  log "started slurmdbd (pid $(service_pid slurmdbd))"
+  if [ -f "$L_ROOT/.jgs-new-root" ]; then # old records would collide with the new root's job ids
+    mariadb_sql -e "DROP DATABASE IF EXISTS \`$L_DB\`"
+    rm -f "$MARIADB_DIR/accounting-$L_LEG.stamp" "$L_ROOT/.jgs-new-root"
+  fi
+  # created beforehand: Debian 13's MariaDB client breaks on slurmdbd's reconnect after it creates it (error 5027)
+  mariadb_sql -e "CREATE DATABASE IF NOT EXISTS \`$L_DB\`"
+  start_slurm_daemon slurmdbd "$L_DBD_PORT" "$L_DBD_HASH"
+  wait_until 60 "slurmdbd $L_LEG" sacctmgr_answers ||
+    { tail_log "$L_LOG/slurmdbd.log"; die "slurmdbd $L_LEG does not answer sacctmgr"; }
+  log "started slurmdbd $L_LEG (pid $(service_pid "$svc"))"
 }
 
 register_accounting() {
-  local stamp="$MARIADB_DIR/accounting.stamp" want out user
-  want="$CLUSTER/$ACCOUNT/root,${UNIX_USERS[*]}"
+  local stamp="$MARIADB_DIR/accounting-$L_LEG.stamp" want out user
+  want="$L_CLUSTER/$ACCOUNT/root,${UNIX_USERS[*]}"
   [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && return 0
   # capture first: `sacctmgr | grep -q` under pipefail fails on SIGPIPE
-  out="$(sacctmgr -n -P show cluster format=cluster </dev/null)"
-  grep -qx "$CLUSTER" <<<"$out" || sacctmgr -i add cluster "$CLUSTER" </dev/null >/dev/null
-  out="$(sacctmgr -n -P show account format=account </dev/null)"
+  out="$(in_root sacctmgr -n -P show cluster format=cluster </dev/null)"
+  grep -qx "$L_CLUSTER" <<<"$out" || in_root sacctmgr -i add cluster "$L_CLUSTER" </dev/null >/dev/null
+  out="$(in_root sacctmgr -n -P show account format=account </dev/null)"
   grep -qx "$ACCOUNT" <<<"$out" ||
-    sacctmgr -i add account "$ACCOUNT" Cluster="$CLUSTER" Description=jobbergate-tests Organization=jobbergate </dev/null >/dev/null
-  out="$(sacctmgr -n -P show assoc where cluster="$CLUSTER" format=user,account </dev/null)"
+    in_root sacctmgr -i add account "$ACCOUNT" Cluster="$L_CLUSTER" Description=jobbergate-tests Organization=jobbergate </dev/null >/dev/null
+  out="$(in_root sacctmgr -n -P show assoc where cluster="$L_CLUSTER" format=user,account </dev/null)"
   for user in root "${UNIX_USERS[@]}"; do
     grep -qx "$user|$ACCOUNT" <<<"$out" ||
-      sacctmgr -i add user "$user" Account="$ACCOUNT" Cluster="$CLUSTER" </dev/null >/dev/null
+      in_root sacctmgr -i add user "$user" Account="$ACCOUNT" Cluster="$L_CLUSTER" </dev/null >/dev/null
   done
   echo "$want" >"$stamp"
-  log "registered cluster $CLUSTER, account $ACCOUNT, users root ${UNIX_USERS[*]} in slurmdbd"
+  log "registered cluster $L_CLUSTER, account $ACCOUNT, users root ${UNIX_USERS[*]} in slurmdbd $L_LEG"
 }
 
-slurm_node_state() { sinfo -h -n "$NODE" -o %T </dev/null 2>/dev/null | head -n1; }
+slurm_node_state() { in_root sinfo -h -n "$NODE" -o %T </dev/null 2>/dev/null | head -n1; }
 node_ready() { case "$(slurm_node_state)" in idle | mixed | allocated | completing) return 0 ;; *) return 1 ;; esac; }
+ctld_answers() { in_root scontrol ping </dev/null; }
 
 start_slurmctld() {
-  if is_running slurmctld; then
-    [ "$(cat "$RUN_DIR/slurm.hash" 2>/dev/null)" = "$SLURM_HASH" ] && return 0
-    log "slurm.conf changed: restarting slurmctld, slurmd, slurmrestd"
-    stop_services slurmrestd slurmd slurmctld
+  local svc="slurmctld@$L_LEG"
+  if is_running "$svc"; then
+    running_with "$svc" "$L_SLURM_HASH" && return 0
+    log "slurm.conf ($L_LEG) changed: restarting slurmctld, slurmd, slurmrestd"
+    stop_services "slurmrestd@$L_LEG" "slurmd@$L_LEG" "$svc"
   fi
-  start_slurm_daemon slurmctld "$SLURMCTLD_PORT" "$RUN_DIR/slurm.hash" "$SLURM_HASH"
-  wait_until 30 "slurmctld" scontrol ping ||
-    { tail_log "$LOG_DIR/slurm/slurmctld.log"; die "slurmctld does not answer"; }
-  log "started slurmctld (pid $(service_pid slurmctld))"
+  start_slurm_daemon slurmctld "$L_CTLD_PORT" "$L_SLURM_HASH"
+  wait_until 30 "slurmctld $L_LEG" ctld_answers ||
+    { tail_log "$L_LOG/slurmctld.log"; die "slurmctld $L_LEG does not answer"; }
+  log "started slurmctld $L_LEG (pid $(service_pid "$svc"))"
 }
 
 start_slurmd() {
-  if ! is_running slurmd || [ "$(cat "$RUN_DIR/slurmd.hash" 2>/dev/null)" != "$SLURM_HASH" ]; then
-    is_running slurmd && stop_services slurmd
-    start_slurm_daemon slurmd "$SLURMD_PORT" "$RUN_DIR/slurmd.hash" "$SLURM_HASH"
-    log "started slurmd (pid $(service_pid slurmd))"
+  local svc="slurmd@$L_LEG"
+  if ! running_with "$svc" "$L_SLURM_HASH"; then
+    is_running "$svc" && stop_services "$svc"
+    start_slurm_daemon slurmd "$L_SLURMD_PORT" "$L_SLURM_HASH"
+    log "started slurmd $L_LEG (pid $(service_pid "$svc"))"
   fi
-  if ! wait_until 15 "node" node_ready; then
-    log "node $NODE is '$(slurm_node_state)': resuming it"
-    scontrol update nodename="$NODE" state=resume </dev/null >/dev/null 2>&1 || true
-    wait_until 30 "node" node_ready ||
-      { tail_log "$LOG_DIR/slurm/slurmd.log"; die "node $NODE not idle (state '$(slurm_node_state)')"; }
+  if ! wait_until 15 "node $L_LEG" node_ready; then
+    log "node $NODE ($L_LEG) is '$(slurm_node_state)': resuming it"
+    in_root scontrol update nodename="$NODE" state=resume </dev/null >/dev/null 2>&1 || true
+    wait_until 30 "node $L_LEG" node_ready ||
+      { tail_log "$L_LOG/slurmd.log"; die "node $NODE ($L_LEG) not idle (state '$(slurm_node_state)')"; }
   fi
 }
 
-slurmrestd_up() { [ "$(http_code "http://127.0.0.1:$SLURMRESTD_PORT/openapi/v3")" = 401 ]; }
+slurmrestd_up() { [ "$(http_code "http://127.0.0.1:$L_REST_PORT/openapi/v3")" = 401 ]; }
 
 start_slurmrestd() {
-  if is_running slurmrestd && [ "$(cat "$RUN_DIR/slurmrestd.hash" 2>/dev/null)" = "$SLURM_HASH" ]; then
-    return 0
+  local svc="slurmrestd@$L_LEG" plugins
+  running_with "$svc" "$L_SLURM_HASH" && return 0
+  is_running "$svc" && stop_services "$svc"
+  check_port_free "$svc" "$L_REST_PORT"
+  if [ "$L_LEG" = 2205 ]; then
+    plugins="-s openapi/v0.0.38,openapi/dbv0.0.38"
+  else # 24.11 on: one plugin per daemon, the versions are data_parser plugins
+    plugins="-s openapi/slurmctld,openapi/slurmdbd -d ${L_APIS}"
   fi
-  is_running slurmrestd && stop_services slurmrestd
-  check_port_free slurmrestd "$SLURMRESTD_PORT"
-  local plugins="openapi/v0.0.36,openapi/v0.0.37,openapi/v0.0.38,openapi/dbv0.0.36,openapi/dbv0.0.37,openapi/dbv0.0.38"
-  launch slurmrestd "$LOG_DIR/slurm/slurmrestd.log" env SLURM_JWT=daemon \
-    /usr/sbin/slurmrestd -a rest_auth/jwt -s "$plugins" \
-    -u "$(id -u slurmrestd)" -g "$(id -g slurmrestd)" "127.0.0.1:$SLURMRESTD_PORT"
-  echo "$SLURM_HASH" >"$RUN_DIR/slurmrestd.hash"
-  wait_until 20 "slurmrestd" slurmrestd_up ||
-    { tail_log "$LOG_DIR/slurm/slurmrestd.log"; die "slurmrestd did not come up on port $SLURMRESTD_PORT"; }
-  log "started slurmrestd (pid $(service_pid slurmrestd))"
+  # not root, not SlurmUser: its own user. chroot execs without forking, so $! is slurmrestd.
+  # From / : slurmrestd's cwd is the default working directory of jobs submitted without one.
+  # shellcheck disable=SC2086
+  launch "$svc" "$L_LOG/slurmrestd.log" chroot --userspec="$(root_owner slurmrestd)" "$L_ROOT" \
+    /usr/bin/env -i SLURM_JWT=daemon PATH=/usr/bin:/bin LANG=C.UTF-8 \
+    "$L_PREFIX/sbin/slurmrestd" -a rest_auth/jwt $plugins "127.0.0.1:$L_REST_PORT"
+  echo "$L_SLURM_HASH" >"$RUN_DIR/$svc.hash"
+  wait_until 20 "slurmrestd $L_LEG" slurmrestd_up ||
+    { tail_log "$L_LOG/slurmrestd.log"; die "slurmrestd $L_LEG did not come up on port $L_REST_PORT"; }
+  log "started slurmrestd $L_LEG (pid $(service_pid "$svc"))"
 }
 
 check_slurmrestd_auth() { # a real JWT round trip: ping as the SlurmUser
   local token body
-  token="$(scontrol token username=slurm lifespan=60 </dev/null | sed -n 's/^SLURM_JWT=//p')"
+  token="$(in_root scontrol token username=slurm lifespan=60 </dev/null | sed -n 's/^SLURM_JWT=//p')"
   body="$(curl -s --max-time 5 -H "X-SLURM-USER-NAME: slurm" -H "X-SLURM-USER-TOKEN: $token" \
-    "http://127.0.0.1:$SLURMRESTD_PORT/slurm/v0.0.38/ping" || true)"
+    "http://127.0.0.1:$L_REST_PORT/slurm/${L_APIS%%,*}/ping" || true)"
   [[ "$(tr -d ' \n\t' <<<"$body")" == *'"errors":[]'* ]] ||
-    { echo "$body" | head -c 500 >&2; die "slurmrestd JWT ping failed"; }
+    { echo "$body" | head -c 500 >&2; die "slurmrestd $L_LEG JWT ping failed"; }
 }
 
-slurm_up() {
-  ensure_users
-  slurm_write_config
+leg_up() { # leg_up LEG: config, mounts and daemons of one leg (MariaDB must be up)
+  local t0
+  t0="$(now)"
+  leg_load "$1"
+  root_built || die "the $L_LEG root is not built"
+  mount_root "$L_ROOT"
+  leg_write_config
   start_munge
-  start_mariadb
   start_slurmdbd
   register_accounting
   start_slurmctld
   start_slurmd
   start_slurmrestd
   check_slurmrestd_auth
+  printf '[stack] phase %-12s %6ss\n' "slurm-$L_LEG" "$(elapsed "$t0")"
+}
+
+slurm_up() {
+  ensure_users
+  start_mariadb
+  local leg pids=() i rc=0
+  for leg in "${LEGS[@]}"; do # independent legs: start them side by side
+    (leg_up "$leg") &
+    pids+=($!)
+  done
+  for i in "${!pids[@]}"; do
+    wait "${pids[$i]}" || rc=1
+  done
+  [ "$rc" = 0 ] || die "a Slurm leg did not come up"
 }
 
 # ---------------------------------------------------------------------------------- API side
 
-pg_bin() { echo "/usr/lib/postgresql/15/bin/$1"; }
+# the major version Debian's `postgresql` package points at (15 on Debian 12, 17 on Debian 13)
+pg_major() {
+  local major
+  major="$(dpkg-query -W -f='${Depends}' postgresql 2>/dev/null | grep -o 'postgresql-[0-9]*' | head -n1 | cut -d- -f2)"
+  [ -n "$major" ] || major="$(find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -n | tail -n1)"
+  [ -n "$major" ] || die "no PostgreSQL server found (apt-get install postgresql)"
+  echo "$major"
+}
+pg_bin() { echo "/usr/lib/postgresql/$(pg_major)/bin/$1"; }
 psql_admin() { (cd / && runuser -u postgres -- "$(pg_bin psql)" -h "$PG_SOCK" -p "$PG_PORT" -U postgres -v ON_ERROR_STOP=1 -qtAX "$@"); }
 
 start_postgres() {
   ensure_dir "$STACK_DIR/postgres" postgres:postgres 0755
   ensure_dir "$PG_SOCK" postgres:postgres 0755
   ensure_dir "$LOG_DIR/postgres" postgres:postgres 0755
+  if [ -s "$PGDATA/PG_VERSION" ] && [ "$(cat "$PGDATA/PG_VERSION")" != "$(pg_major)" ]; then
+    stop_services postgres # a cluster of another major (the host was upgraded): disposable, start over
+    log "the PostgreSQL cluster is version $(cat "$PGDATA/PG_VERSION"), the server $(pg_major): recreating it"
+    rm -rf "$PGDATA"
+  fi
   if [ ! -s "$PGDATA/PG_VERSION" ]; then
     stop_services postgres
     log "initialising the PostgreSQL cluster"
@@ -815,15 +1159,35 @@ api_up() {
 
 # ------------------------------------------------------------------------------------ stack.env
 
+leg_env() { # the stack.env lines of the current leg
+  local p="JGS_SLURM_${L_LEG}"
+  cat <<EOF
+${p}_URL=http://127.0.0.1:$L_REST_PORT
+${p}_JWT_KEY=$L_JWT_KEY
+${p}_ROOT=$L_ROOT
+${p}_API_VERSIONS=$L_APIS
+${p}_CLUSTER=$L_CLUSTER
+${p}_NODE=$NODE
+${p}_PARTITION=$PARTITION
+${p}_VERSION=$(cat "$L_ROOT/.jgs-version")
+EOF
+}
+
 write_stack_env() {
-  local users
+  local users leg legs_line
   users="$("$API_VENV/bin/python" -c '
 import json, sys
 realm = json.load(open(sys.argv[1]))
 print(",".join(":".join([n, u["password"], u.get("email", "")]) for n, u in realm["users"].items()))
 ' "$HERE/oidc_realm.json")"
   local oidc="http://127.0.0.1:$OIDC_PORT/realms/$REALM"
-  write_if_changed "$STACK_ENV" root:root 0644 <<EOF
+  legs_line="$(
+    IFS=,
+    echo "${LEGS[*]}"
+  )"
+  leg_load "$DEFAULT_LEG"
+  {
+    cat <<EOF
 JGS_STACK_DIR=$STACK_DIR
 JGS_STACK_SH=$SELF
 JGS_API_URL=http://127.0.0.1:$API_PORT/jobbergate
@@ -840,25 +1204,32 @@ JGS_OIDC_NOPERM_CLIENT_ID=noperm-slurm
 JGS_OIDC_NOPERM_CLIENT_SECRET=noperm-slurm-secret
 JGS_OIDC_USER_CLIENT_ID=cli
 JGS_OIDC_USERS=$users
-JGS_SLURMRESTD_URL=http://127.0.0.1:$SLURMRESTD_PORT
-JGS_SLURMRESTD_VERSION=v0.0.38
-JGS_SLURM_JWT_KEY=$JWT_KEY
-JGS_SLURM_CLUSTER=$CLUSTER
+JGS_DEFAULT_LEG=$DEFAULT_LEG
+JGS_SLURM_LEGS=$legs_line
+JGS_SLURMRESTD_URL=http://127.0.0.1:$L_REST_PORT
+JGS_SLURMRESTD_VERSION=${L_APIS##*,}
+JGS_SLURM_JWT_KEY=$L_JWT_KEY
+JGS_SLURM_CLUSTER=$L_CLUSTER
 JGS_SLURM_NODE=$NODE
 JGS_SLURM_PARTITION=$PARTITION
 JGS_SLURM_ACCOUNT=$ACCOUNT
 JGS_SLURM_USER=slurm
 JGS_SLURMDBD=1
 JGS_UNIX_USERS=$(
-    IFS=,
-    echo "${UNIX_USERS[*]}"
-  )
+      IFS=,
+      echo "${UNIX_USERS[*]}"
+    )
 JGS_SYSTEM_USER=$SYSTEM_USER
 JGS_S3_URL=http://127.0.0.1:$S3_PORT
 JGS_S3_BUCKET=$BUCKET
 JGS_DATABASE_URL=postgresql://$DB_USER:$DB_PSWD@127.0.0.1:$PG_PORT/$DB_NAME
 JGS_LOG_DIR=$LOG_DIR
 EOF
+    for leg in "${LEGS[@]}"; do
+      leg_load "$leg"
+      leg_env
+    done
+  } | write_if_changed "$STACK_ENV" root:root 0644
 }
 
 # -------------------------------------------------------------------------------------- commands
@@ -868,13 +1239,15 @@ cmd_up() {
   t0="$(now)"
   need_root
   prepare_dirs
+  select_legs
   find_python312 >/dev/null || die "Python >= 3.12 not found (install pyenv 3.12.x or set JGS_PYTHON)"
-  # pip installs run in the background while apt and Slurm come up
+  # pip installs run in the background while apt, the roots and Slurm come up
   (python_envs) >>"$LOG_DIR/venv-api.log" 2>&1 &
   venv_pid=$!
   (moto_env) >>"$LOG_DIR/venv-moto.log" 2>&1 &
   moto_pid=$!
   timed packages ensure_packages
+  timed roots build_roots
   timed slurm slurm_up
   local t1
   t1="$(now)"
@@ -883,62 +1256,118 @@ cmd_up() {
   printf '[stack] phase %-12s %6ss (waited after slurm; ran in parallel)\n' venvs "$(elapsed "$t1")"
   timed api api_up
   write_stack_env
-  printf '[stack] up: all services running in %ss; env: %s\n' "$(elapsed "$t0")" "$STACK_ENV"
+  printf '[stack] up: legs %s (default %s), all services running in %ss; env: %s\n' \
+    "${LEGS[*]}" "$DEFAULT_LEG" "$(elapsed "$t0")" "$STACK_ENV"
+}
+
+leg_services() { # leg_services SERVICE...: SERVICE@LEG for every leg
+  local svc leg
+  for svc in "$@"; do
+    for leg in "${ALL_LEGS[@]}"; do echo "$svc@$leg"; done
+  done
 }
 
 cmd_down() {
-  local t0
+  local t0 leg
   t0="$(now)"
   need_root
   [ -d "$RUN_DIR" ] || { log "nothing to stop"; return 0; }
-  stop_services api oidc slurmrestd
-  stop_services s3 postgres slurmd slurmctld
-  stop_services slurmdbd
-  stop_services mariadb munge
+  # shellcheck disable=SC2046
+  {
+    stop_services api oidc $(leg_services slurmrestd)
+    stop_services s3 postgres $(leg_services slurmd slurmctld)
+    stop_services $(leg_services slurmdbd)
+    stop_services mariadb $(leg_services munge)
+  }
+  for leg in "${ALL_LEGS[@]}"; do # every leg, whatever JGS_SLURM_LEGS says now
+    [ -d "$ROOTS_DIR/$leg" ] && umount_root "$ROOTS_DIR/$leg"
+  done
   rm -f "$STACK_ENV"
   printf '[stack] down in %ss (data kept in %s)\n' "$(elapsed "$t0")" "$STACK_DIR"
 }
 
 cmd_status() {
-  local name pid all=0
-  for name in "${SERVICES[@]}"; do
+  local name pid all=0 leg
+  local names=("${HOST_SERVICES[@]}")
+  for leg in "${ALL_LEGS[@]}"; do
+    [ -f "$ROOTS_DIR/$leg/.jgs-root" ] || continue
+    for name in "${LEG_SERVICES[@]}"; do names+=("$name@$leg"); done
+  done
+  for name in "${names[@]}"; do
     if pid="$(service_pid "$name")"; then
-      printf '%-11s running  pid %s\n' "$name" "$pid"
+      printf '%-16s running  pid %s\n' "$name" "$pid"
     else
-      printf '%-11s STOPPED\n' "$name"
+      printf '%-16s STOPPED\n' "$name"
       all=3
     fi
   done
-  printf '%-11s %s\n' "api-health" "$(http_code "http://127.0.0.1:$API_PORT/jobbergate/health")"
-  printf '%-11s %s\n' "oidc" "$(http_code "http://127.0.0.1:$OIDC_PORT/realms/$REALM/.well-known/openid-configuration")"
-  printf '%-11s %s\n' "slurmrestd" "$(http_code "http://127.0.0.1:$SLURMRESTD_PORT/openapi/v3")"
-  printf '%-11s %s\n' "node" "$(slurm_node_state || true)"
-  [ -f "$STACK_ENV" ] && printf '%-11s %s\n' "env" "$STACK_ENV"
+  printf '%-16s %s\n' "api-health" "$(http_code "http://127.0.0.1:$API_PORT/jobbergate/health")"
+  printf '%-16s %s\n' "oidc" "$(http_code "http://127.0.0.1:$OIDC_PORT/realms/$REALM/.well-known/openid-configuration")"
+  for leg in "${ALL_LEGS[@]}"; do
+    [ -f "$ROOTS_DIR/$leg/.jgs-root" ] || continue
+    leg_load "$leg"
+    printf '%-16s %s\n' "slurmrestd@$leg" "$(http_code "http://127.0.0.1:$L_REST_PORT/openapi/v3")"
+    printf '%-16s %s\n' "node@$leg" "$(slurm_node_state || true)"
+  done
+  [ -f "$STACK_ENV" ] && printf '%-16s %s\n' "env" "$STACK_ENV"
   return "$all"
 }
 
+# SERVICE[@LEG] -> SERVICE@LEG for the per-leg services (default leg), unchanged for the others
+qualify() {
+  local base="${1%@*}"
+  pid_pattern "$1" >/dev/null
+  if [[ " ${LEG_SERVICES[*]} " == *" $base "* ]]; then
+    [[ "$1" == *@* ]] && echo "$1" || echo "$1@$DEFAULT_LEG"
+  else
+    [[ "$1" != *@* ]] || die "$base is not a per-leg service"
+    echo "$1"
+  fi
+}
+
 start_one() {
-  case "$1" in
+  local svc="$1" base="${1%@*}"
+  if [[ "$svc" == *@* ]]; then
+    leg_load "${svc#*@}"
+    root_built || die "the ${svc#*@} root is not built: run stack.sh up"
+    mount_root "$L_ROOT"
+    leg_write_config
+  fi
+  case "$base" in
     munge) start_munge ;;
+    slurmdbd) start_slurmdbd ;;
+    slurmctld) start_slurmctld ;;
+    slurmd) start_slurmd ;;
+    slurmrestd) start_slurmrestd ;;
     mariadb) start_mariadb ;;
-    slurmdbd) slurm_write_config && start_slurmdbd ;;
-    slurmctld) slurm_write_config && start_slurmctld ;;
-    slurmd) slurm_write_config && start_slurmd ;;
-    slurmrestd) slurm_write_config && start_slurmrestd ;;
     postgres) start_postgres ;;
     s3) start_s3 && check_s3_consistency ;;
     oidc) start_oidc ;;
     api) start_api ;;
-    *) die "unknown service '$1' (one of: ${SERVICES[*]})" ;;
   esac
+}
+
+cmd_slurm() { # cmd_slurm LEG CMD [ARG...]
+  [ $# -ge 2 ] || die "usage: stack.sh slurm LEG CMD [ARG...]"
+  need_root
+  leg_load "$1"
+  shift
+  [ -f "$L_STAMP" ] || die "the $L_LEG root is not built: run stack.sh up"
+  mountpoint -q "$L_ROOT/proc" || die "the $L_LEG root is not mounted: run stack.sh up"
+  exec chroot "$L_ROOT" /usr/bin/env -i "PATH=$L_PREFIX/bin:$L_PREFIX/sbin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin" \
+    HOME=/root LANG=C.UTF-8 USER=root LOGNAME=root "$@"
 }
 
 cmd_reset() {
   need_root
   is_running postgres || die "postgres is not running: run stack.sh up first"
-  local user
-  for user in "${UNIX_USERS[@]}"; do
-    scancel --user="$user" </dev/null 2>/dev/null || true
+  local user leg
+  for leg in "${ALL_LEGS[@]}"; do
+    is_running "slurmctld@$leg" || continue
+    leg_load "$leg"
+    for user in "${UNIX_USERS[@]}"; do
+      in_root scancel --user="$user" </dev/null 2>/dev/null || true
+    done
   done
   reset_api_data
   start_api
@@ -962,27 +1391,20 @@ main() {
     status) cmd_status ;;
     env) cat "$STACK_ENV" ;;
     reset) cmd_reset ;;
-    stop)
-      [ $# -eq 2 ] || die "usage: stack.sh stop SERVICE"
-      need_root
-      pid_pattern "$2" >/dev/null
-      stop_services "$2"
+    slurm)
+      shift
+      cmd_slurm "$@"
       ;;
-    start)
-      [ $# -eq 2 ] || die "usage: stack.sh start SERVICE"
+    stop | start | restart)
+      [ $# -eq 2 ] || die "usage: stack.sh $cmd SERVICE[@LEG]"
       need_root
-      prepare_dirs
-      start_one "$2"
-      ;;
-    restart)
-      [ $# -eq 2 ] || die "usage: stack.sh restart SERVICE"
-      need_root
-      pid_pattern "$2" >/dev/null
-      stop_services "$2"
-      start_one "$2"
+      local svc
+      svc="$(qualify "$2")" || exit 2
+      [ "$cmd" = start ] || stop_services "$svc"
+      [ "$cmd" = stop ] || { prepare_dirs && start_one "$svc"; }
       ;;
     *)
-      sed -n '2,16p' "$SELF" | sed 's/^# \{0,1\}//'
+      sed -n '2,36p' "$SELF" | sed 's/^# \{0,1\}//'
       [ -z "$cmd" ] || [ "$cmd" = -h ] || [ "$cmd" = --help ] || exit 2
       ;;
   esac

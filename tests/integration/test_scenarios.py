@@ -155,8 +155,9 @@ def test_health_shows_the_cluster_healthy_with_our_interval(alice, tool):
 
 def test_two_clusters_each_see_only_their_own_submissions(alice, tool, make_tool, slurm):
     other = make_tool("other", cluster="other-slurm")
-    ours = new_submission(alice, {"job.sh": b"#!/bin/bash\ntrue\n"})
-    theirs = new_submission(alice, {"job.sh": b"#!/bin/bash\ntrue\n"}, client_id="other-slurm")
+    # long enough not to end within the pass that submits it (a bare `true` could be seen DONE at once)
+    ours = new_submission(alice, {"job.sh": b"#!/bin/bash\nsleep 10\n"})
+    theirs = new_submission(alice, {"job.sh": b"#!/bin/bash\nsleep 10\n"}, client_id="other-slurm")
 
     assert tool.run().returncode == 0
     assert status_of(alice, ours) == "SUBMITTED" and status_of(alice, theirs) == "CREATED"
@@ -169,7 +170,7 @@ def test_two_clusters_each_see_only_their_own_submissions(alice, tool, make_tool
 
 
 def test_slurmrestd_outage_keeps_submissions_created_until_it_returns(alice, tool, services):
-    sub = new_submission(alice, {"job.sh": b"#!/bin/bash\ntrue\n"})
+    sub = new_submission(alice, {"job.sh": b"#!/bin/bash\nsleep 10\n"})
     services.stop("slurmrestd")
     try:
         result = tool.run()

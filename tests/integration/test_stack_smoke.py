@@ -5,10 +5,19 @@ from __future__ import annotations
 import pytest
 import requests
 
+import os
+import subprocess
+from pathlib import Path
+
 from helpers import (
     AgentClient,
     IssuerControl,
+    SlurmControl,
     Stack,
+    StackNotUp,
+    get_stack,
+    state_of,
+    unique,
     UserClient,
     jwt_claims,
     oidc_token,
@@ -134,3 +143,56 @@ def test_stop_and_start_services(stack: Stack, services) -> None:
     stop_and_check_it_is_gone(services, "slurmrestd", f"{stack.slurmrestd_url}/openapi/v3")
     services.start("slurmrestd")
     assert requests.get(f"{stack.slurmrestd_url}/openapi/v3", timeout=5).status_code == 401
+
+    # the same for another leg's slurmrestd (NAME@LEG); the default leg's keeps running
+    for leg in set(stack.legs) - {stack.default_leg}:
+        url = f"{stack.legs[leg].url}/openapi/v3"
+        stop_and_check_it_is_gone(services, f"slurmrestd@{leg}", url)
+        assert requests.get(f"{stack.slurmrestd_url}/openapi/v3", timeout=5).status_code == 401
+        services.start(f"slurmrestd@{leg}")
+        assert requests.get(url, timeout=5).status_code == 401
+
+
+def leg_versions() -> list:
+    """One (leg, API version) pair per version every leg serves, read from stack.env at collection.
+    Without a stack, one placeholder whose ``stack`` fixture then fails the test."""
+    try:
+        legs = get_stack().legs
+    except (StackNotUp, KeyError):
+        return [pytest.param(None, None, id="stack-not-up")]
+    return [pytest.param(leg.name, version, id=f"{leg.name}-{version}")
+            for leg in legs.values() for version in leg.api_versions]
+
+
+@pytest.mark.parametrize(("leg", "api_version"), leg_versions())
+def test_every_leg_and_api_version_runs_a_job_as_alice(stack: Stack, slurm_on, leg: str, api_version: str) -> None:
+    """A job submitted through that slurmrestd with a token signed by that leg's key runs as
+    alice in a host directory seen through the bind mount, completes, and reaches slurmdbd."""
+    slurm: SlurmControl = slurm_on(leg, api_version)
+    name = unique(f"jgs-smoke-{leg}")
+    workdir = Path(f"/home/alice/jgs/{name}")
+    subprocess.run(["runuser", "-u", "alice", "--", "mkdir", "-p", str(workdir)], check=True)
+    job_id = slurm.slurm_submit(
+        "alice",
+        "#!/bin/bash\nid -un\npwd\n",
+        cwd=str(workdir),
+        environment={"PATH": "/usr/bin:/bin", "HOME": "/home/alice"},
+        name=name,
+        comment=name,
+        standard_output=str(workdir / "out-%j.txt"),
+    )
+    job = slurm.wait_for_state(job_id, timeout=60)
+    assert state_of(job) == "COMPLETED", job
+    assert job["user_name"] == "alice"
+    output = workdir / f"out-{job_id}.txt"
+    assert output.read_text().split() == ["alice", str(workdir)]
+    assert os.stat(output).st_uid == os.stat("/home/alice").st_uid  # written as alice, seen on the host
+
+    record = wait_for(
+        lambda: (r := slurm.slurmdb_job(job_id)) and state_of(r) == "COMPLETED" and r,
+        timeout=60,
+        message=f"slurmdbd record of job {job_id} on leg {leg}",
+    )
+    assert record["user"] == "alice" and record["cluster"] == stack.legs[leg].cluster
+    sacct = slurm.cli("sacct", "-n", "-X", "-P", "-j", str(job_id), "-o", "jobid,user,state", check=True)
+    assert sacct.stdout.split() == [f"{job_id}|alice|COMPLETED"], sacct

@@ -35,8 +35,11 @@ class Result:
 class Tool:
     """One configured agent instance: its own INI, state directory and lock."""
 
-    def __init__(self, directory: Path, stack: Stack, cluster: str, **overrides: Any):
+    def __init__(self, directory: Path, stack: Stack, cluster: str, leg: Optional[str] = None, **overrides: Any):
+        """``leg`` picks the Slurm leg (default: the default leg): its slurmrestd URL, JWT key and
+        newest API version; ``slurmrestd__api_version=...`` overrides the version."""
         self.directory = directory
+        self.leg = stack.leg(leg)
         directory.mkdir(parents=True, exist_ok=True)
         directory.chmod(0o700)
         secret_file = write_secret(directory / "client_secret", stack.client_secrets[cluster].encode() + b"\n")
@@ -47,9 +50,9 @@ class Tool:
             "oidc.client_id": cluster,
             "oidc.client_secret_file": secret_file,
             "oidc.timeout": 5,
-            "slurmrestd.url": stack.slurmrestd_url,
-            "slurmrestd.api_version": "v0.0.38",
-            "slurmrestd.jwt_key_file": stack.jwt_key_path,
+            "slurmrestd.url": self.leg.url,
+            "slurmrestd.api_version": self.leg.api_version,
+            "slurmrestd.jwt_key_file": self.leg.jwt_key_path,
             "slurmrestd.slurmdbd": "true",
             "slurmrestd.timeout": 5,
             "submit.execution_directory": "/home/{username}/jobbergate",
