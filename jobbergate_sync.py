@@ -822,6 +822,12 @@ def not_on(option: str, minors: Iterable[int], why: str,
     return checked
 
 
+def translate_no_requeue(value: Optional[str], minor: int) -> dict[str, Any]:
+    """v0.0.38 feeds each key to sbatch's option parser, where "requeue" sets requeue whatever its
+    value (arg_set_data_requeue): only its own "no_requeue" key clears it there."""
+    return {"no_requeue": True} if minor <= 38 else {"requeue": False}
+
+
 def translate_nodes(value: Optional[str], minor: int) -> dict[str, Any]:
     match = re.fullmatch(r"(\d+)(?:-(\d+))?", (value or "").strip())
     if not match:
@@ -1100,10 +1106,13 @@ OPTION_SPECS: tuple[OptionSpec, ...] = (
     OptionSpec("mail-user", None, "required", as_string("mail_user")),
     OptionSpec("exclusive", None, "optional", translate_exclusive),
     OptionSpec("requeue", None, "none", as_flag("requeue", True)),
-    OptionSpec("no-requeue", None, "none", as_flag("requeue", False)),
+    OptionSpec("no-requeue", None, "none", translate_no_requeue),
     OptionSpec("hold", "H", "none", as_flag("hold", True)),
-    OptionSpec("overcommit", "O", "none", as_flag("overcommit", True)),
-    OptionSpec("contiguous", None, "none", as_flag("contiguous", True)),
+    # v0.0.38 lists both among its disabled keys (openapi/v0.0.38/jobs.c: "Disabled key").
+    OptionSpec("overcommit", "O", "none", not_on(
+        "overcommit", (38,), "slurmrestd disables that key there", as_flag("overcommit", True))),
+    OptionSpec("contiguous", None, "none", not_on(
+        "contiguous", (38,), "slurmrestd disables that key there", as_flag("contiguous", True))),
     OptionSpec("threads-per-core", None, "required", as_int("threads_per_core", "threads-per-core")),
     # Only v0.0.38 (sbatch's own option) and v0.0.40 have a job field for it; the others ignore it.
     OptionSpec("cores-per-socket", None, "required", not_on(
@@ -1207,7 +1216,9 @@ def comment_has_tag(comment: Any, tag: str) -> bool:
 
 # Fields that sbatch treats as one setting: giving one discards the other, the later one winning
 # (_validate_memory_options in slurm_opt.c). slurmrestd would parse both and keep the node value.
-RIVAL_FIELDS = {"memory_per_node": "memory_per_cpu", "memory_per_cpu": "memory_per_node"}
+# v0.0.38's requeue and no_requeue are two such fields too (see translate_no_requeue).
+RIVAL_FIELDS = {"memory_per_node": "memory_per_cpu", "memory_per_cpu": "memory_per_node",
+                "requeue": "no_requeue", "no_requeue": "requeue"}
 TRES_FIELDS = ("tres_per_node", "tres_per_job", "tres_per_task")
 # slurmrestd v0.0.40 of Slurm 23.11.0 and 23.11.1 aborts on the nice field (fixed in 23.11.2).
 NICE_ABORTS_RELEASES = ("23.11.0", "23.11.1")

@@ -968,7 +968,8 @@ def test_unknown_mail_type_refused_by_name(minor: int) -> None:
 
 
 @pytest.mark.parametrize(("option", "minors"), [("--distribution=block", (39, 40)), ("--nice=5", (39,)),
-                                                ("--cores-per-socket=4", (39, 41, 42, 43, 44))])
+                                                ("--cores-per-socket=4", (39, 41, 42, 43, 44)),
+                                                ("--overcommit", (38,)), ("--contiguous", (38,))])
 def test_options_a_version_cannot_carry_are_refused_by_name(option: str, minors: tuple) -> None:
     name = option.split("=")[0]
     for minor in minors:
@@ -976,6 +977,18 @@ def test_options_a_version_cannot_carry_are_refused_by_name(option: str, minors:
             job_of([option], minor)
     for minor in set(range(38, 45)) - set(minors):
         assert job_of([option], minor)
+
+
+@pytest.mark.parametrize(("args", "minor", "expected"), [
+    (["--no-requeue"], 38, {"no_requeue": True}),  # v0.0.38's "requeue" sets requeue whatever its value
+    (["--no-requeue"], 40, {"requeue": False}),
+    (["--requeue", "--no-requeue"], 38, {"no_requeue": True}),
+    (["--no-requeue", "--requeue"], 38, {"requeue": True}),
+    (["--no-requeue", "--requeue"], 44, {"requeue": True}),
+])
+def test_no_requeue_reaches_slurm_on_every_version(args: List[str], minor: int, expected: Dict[str, Any]) -> None:
+    job = job_of(args, minor)
+    assert {key: job[key] for key in ("requeue", "no_requeue") if key in job} == expected
 
 
 def test_cores_per_socket_kept_where_a_field_exists() -> None:

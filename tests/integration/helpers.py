@@ -175,6 +175,9 @@ class Stack:
         for prefix in ("JGS_OIDC_OTHER", "JGS_OIDC_NOPERM"):
             if f"{prefix}_CLIENT_ID" in e:
                 out[e[f"{prefix}_CLIENT_ID"]] = e[f"{prefix}_CLIENT_SECRET"]
+        # the matrix clusters (oidc_issuer.expand_agent_clients): one per Slurm leg and API version
+        realm = json.loads((HERE / "oidc_realm.json").read_text())
+        out.update({name: f"{name}-secret" for name in realm.get("agent_clients", [])})
         return out
 
     @property

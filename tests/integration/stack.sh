@@ -718,10 +718,17 @@ AccountingStoreFlags=job_comment
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=30
 SlurmdParameters=config_overrides
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=8 RealMemory=1000 State=UNKNOWN
+# A feature, a GPU (/dev/null stands for its device), a license and scratch disk: what the option
+# matrix asks for, so that Slurm accepts each option and its job record shows it.
+GresTypes=gpu
+Licenses=jgslicense:4
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=8 RealMemory=1000 TmpDisk=1000 Features=jgsfeature Gres=gpu:1 State=UNKNOWN
+# A node that never comes (FUTURE), in no partition: something for --exclude to name.
+NodeName=jgsspare NodeAddr=127.0.0.1 CPUs=1 State=FUTURE
 PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
   write_if_changed "$L_ETC/cgroup.conf" 0:0 0644 <<<"$cgroup"
+  write_if_changed "$L_ETC/gres.conf" 0:0 0644 <<<"NodeName=$NODE Name=gpu File=/dev/null"
   write_if_changed "$L_ETC/slurmdbd.conf" "$slurm" 0600 <<EOF
 # Written by jobbergate-sync tests/integration/stack.sh (leg $L_LEG) -- changes are overwritten.
 AuthType=auth/munge
@@ -740,7 +747,7 @@ StorageUser=slurm
 StoragePass=$SLURMDB_PSWD
 StorageLoc=$L_DB
 EOF
-  L_SLURM_HASH="$(file_sha "$L_ETC/slurm.conf" "$L_ETC/cgroup.conf" "$L_JWT_KEY")"
+  L_SLURM_HASH="$(file_sha "$L_ETC/slurm.conf" "$L_ETC/cgroup.conf" "$L_ETC/gres.conf" "$L_JWT_KEY")"
   L_DBD_HASH="$(file_sha "$L_ETC/slurmdbd.conf" "$L_JWT_KEY")"
 
   # munge: its own key per root

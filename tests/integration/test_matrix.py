@@ -46,11 +46,14 @@ ARRAY_MIXED_SCRIPT = b"""#!/bin/bash
 if [ "$SLURM_ARRAY_TASK_ID" = 0 ]; then exit 3; fi
 sleep 4
 """
-# Task 1 (the array's own id after the split) ends first, task 0 runs on: the submission must
-# stay active until task 0 has ended too.
+# Task 1 (the array's own id after the split) ends at once; task 0 runs on until the test has seen
+# passes while it ran, then writes the file `release`: the submission must stay active until then.
 ARRAY_ORDER_SCRIPT = b"""#!/bin/bash
 #SBATCH --array=0-1
-if [ "$SLURM_ARRAY_TASK_ID" = 0 ]; then sleep 25; fi
+if [ "$SLURM_ARRAY_TASK_ID" = 0 ]; then
+    for second in $(seq 300); do [ -e release ] && exit 0; sleep 1; done
+    exit 4
+fi
 """
 SLEEPER_SCRIPT = b"#!/bin/bash\nsleep 600\n"
 LIFECYCLE_KINDS = ("happy", "exit3", "array-mixed", "array-order", "cancel", "purge")
@@ -108,12 +111,12 @@ OPTION_ROWS: tuple[OptionRow, ...] = (
     OptionRow("reservation", ("--reservation=jgs-matrix",), r"Reservation=jgs-matrix\b"),
     OptionRow("licenses", ("--licenses=jgslicense:1",), r"Licenses=jgslicense(:1)?\b"),
     OptionRow("nodelist", lambda t: (f"--nodelist={t.leg.node}",), lambda t, r, d: f"ReqNodeList={t.leg.node}" in r),
-    OptionRow("exclude", lambda t: (f"--exclude={t.leg.node}",), lambda t, r, d: f"ExcNodeList={t.leg.node}" in r),
+    OptionRow("exclude", ("--exclude=jgsspare",), r"ExcNodeList=jgsspare\b"),
     OptionRow("distribution", ("--distribution=cyclic",), None),
     OptionRow("nice", ("--nice=5",), r"Nice=5\b"),
     OptionRow("mail-type", ("--mail-type=END,FAIL",), r"MailType=END,FAIL\b"),
     OptionRow("mail-type", ("--mail-type=TIME_LIMIT_90",), r"MailType=TIME_LIMIT_90\b"),
-    OptionRow("mail-user", ("--mail-user=alice@example.com",), r"MailUser=alice@example\.com\b"),
+    OptionRow("mail-user", ("--mail-user=alice@example.com", "--mail-type=END"), r"MailUser=alice@example\.com\b"),
     OptionRow("exclusive", ("--exclusive=user",), r"OverSubscribe=USER\b"),
     OptionRow("requeue", ("--requeue",), r"Requeue=1\b"),
     OptionRow("no-requeue", ("--no-requeue",), r"Requeue=0\b"),
@@ -126,7 +129,7 @@ OPTION_ROWS: tuple[OptionRow, ...] = (
     OptionRow("gres", ("--gres=gpu:1",), r"TresPerNode=gres[:/]gpu:1\b"),
     OptionRow("gpus", ("--gpus=1",), r"TresPerJob=gres[:/]gpu:1\b"),
     OptionRow("gpus-per-node", ("--gpus-per-node=1",), r"TresPerNode=gres[:/]gpu:1\b"),
-    OptionRow("gpus-per-task", ("--gpus-per-task=1",), r"TresPerTask=gres[:/]gpu:1\b"),
+    OptionRow("gpus-per-task", ("--ntasks=1", "--gpus-per-task=1"), r"TresPerTask=gres[:/]gpu:1\b"),
     OptionRow("begin", ("--begin=now+1hour",), r"Reason=BeginTime\b"),
     OptionRow("begin", ("--begin=now",), r"JobState=(PENDING|RUNNING|COMPLETING|COMPLETED)\b(?!.*Reason=BeginTime)"),
     OptionRow("begin", ("--begin=tomorrow",), r"Reason=BeginTime\b"),
@@ -160,7 +163,7 @@ class Target:
     leg_name: str
     version: str
     leg: Any = None
-    blocker: int = 0  # a held job of alice's that dependency rows wait for
+    blocker: int = 0  # a long job of alice's that dependency rows wait for
 
     @property
     def id(self) -> str:
@@ -209,8 +212,7 @@ class TargetRun:
     def __init__(self, target: Target, stack: helpers.Stack, base: Path):
         self.target = target
         self.stack = stack
-        overrides = {"slurmrestd__url": target.leg.url, "slurmrestd__api_version": target.version,
-                     "slurmrestd__jwt_key_file": str(target.leg.jwt_key_path), "run__deadline": 60}
+        overrides = {"leg": target.leg_name, "slurmrestd__api_version": target.version, "run__deadline": 60}
         for client in (target.client, target.client + "-purge"):
             helpers.AgentClient(stack, client).drain()
         self.tool = Tool(base / target.id, stack, target.client, **overrides)
@@ -272,8 +274,10 @@ class TargetRun:
             current = item.submission = alice.get_submission(item.submission["id"])
             item.statuses.append(current["status"])
             if item.kind == "array-order" and current.get("slurm_job_id"):
-                item.notes.setdefault("task0_running_while", []).append(
-                    (current["status"], self.array_task_running(current["slurm_job_id"], 0)))
+                seen = item.notes.setdefault("task0_running_while", [])
+                seen.append((current["status"], self.array_task_running(current["slurm_job_id"], 0)))
+                if sum(running for _, running in seen) >= 2:  # two passes saw task 0 run: let it end
+                    Path(item.notes["directory"], "release").touch()
             if item.kind == "cancel" and current.get("slurm_job_state") == "RUNNING" and "cancelled" not in item.notes:
                 alice.cancel(current["id"])
                 item.notes["cancelled"] = time.time()
@@ -329,18 +333,20 @@ def prepare_alice_directories() -> None:
     os.chown(ALICE_ROOT, alice.pw_uid, alice.pw_gid)
 
 
-BLOCKERS: dict[str, int] = {}  # leg -> the held job of alice's that dependency rows wait for
+BLOCKERS: dict[str, int] = {}  # leg -> the long job of alice's that dependency rows wait for
 
 
 def prepare_leg(target: Target) -> None:
-    """Once per leg: a reservation in the future for the reservation row, and a held job of
-    alice's for the dependency row."""
+    """Once per leg: a reservation in the future for the reservation row, and a long job of
+    alice's for the dependency row (cancelled with all of hers once the matrix has settled)."""
     if target.leg_name not in BLOCKERS:
         helpers.slurm_cli("scontrol", "delete", "reservation=jgs-matrix", leg=target.leg_name)
+        # licenses only: a reservation of the node would refuse every job without a time limit
         helpers.slurm_cli("scontrol", "create", "reservation", "reservation=jgs-matrix", "users=alice",
-                          "starttime=now+7days", "duration=10", f"nodes={target.leg.node}", leg=target.leg_name, check=True)
+                          "starttime=now+7days", "duration=10", "licenses=jgslicense:1", "flags=any_nodes",
+                          leg=target.leg_name, check=True)
         BLOCKERS[target.leg_name] = helpers.SlurmControl(helpers.get_stack(), target.leg_name).slurm_submit(
-            "alice", "#!/bin/bash\ntrue\n", hold=True)
+            "alice", "#!/bin/bash\nsleep 3600\n")
     target.blocker = BLOCKERS[target.leg_name]
 
 
@@ -431,8 +437,7 @@ def test_bad_values_are_rejected_with_a_reason_naming_them(matrix, target_id):
 
 
 @pytest.mark.parametrize("target_id, index", [(t.id, i) for t in TARGETS for i in range(len(OPTION_ROWS))],
-                         ids=[f"{t.id}-{i}-{row.words(t)[0].lstrip('-').split('=')[0]}"
-                              for t in TARGETS for i, row in enumerate(OPTION_ROWS)] if TARGETS[0].leg else None)
+                         ids=[f"{t.id}-{i}-{row.option}" for t in TARGETS for i, row in enumerate(OPTION_ROWS)])
 def test_every_option_takes_effect_or_is_refused_by_name(matrix, target_id, index):
     run = matrix[target_id]
     item = run.of_kind("option")[index]
