@@ -18,6 +18,7 @@ import json
 import os
 import pwd
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -89,7 +90,7 @@ OPTION_ROWS: tuple[OptionRow, ...] = (
     OptionRow("job-name", ("--job-name=opt-name",), r"JobName=opt-name\b"),
     OptionRow("time", ("--time=7",), r"TimeLimit=00:07:00\b"),
     OptionRow("time-min", ("--time=10", "--time-min=3"), r"TimeMin=00:03:00\b"),
-    OptionRow("partition", lambda t: (f"--partition={t.leg.partition}",), None),
+    OptionRow("partition", lambda t: (f"--partition={t.leg.partition}",), lambda t, r, d: f"Partition={t.leg.partition} " in r),
     OptionRow("nodes", ("--nodes=1-1",), r"NumNodes=1\b"),
     OptionRow("ntasks", ("--ntasks=2",), r"NumTasks=2\b"),
     OptionRow("cpus-per-task", ("--cpus-per-task=2",), r"CPUs/Task=2\b"),
@@ -110,6 +111,7 @@ OPTION_ROWS: tuple[OptionRow, ...] = (
     OptionRow("constraint", ("--constraint=jgsfeature",), r"Features=jgsfeature\b"),
     OptionRow("reservation", ("--reservation=jgs-matrix",), r"Reservation=jgs-matrix\b"),
     OptionRow("licenses", ("--licenses=jgslicense:1",), r"Licenses=jgslicense(:1)?\b"),
+    OptionRow("wckey", ("--wckey=jgswckey",), None),  # slurmctld keeps it only with TrackWCKey=yes
     OptionRow("nodelist", lambda t: (f"--nodelist={t.leg.node}",), lambda t, r, d: f"ReqNodeList={t.leg.node}" in r),
     OptionRow("exclude", ("--exclude=jgsspare",), r"ExcNodeList=jgsspare\b"),
     OptionRow("distribution", ("--distribution=cyclic",), None),
@@ -142,8 +144,9 @@ OPTION_ROWS: tuple[OptionRow, ...] = (
     OptionRow("wrap", ("--wrap=id",), None, refused_always=True),
     OptionRow("export", ("--export=ALL",), None, refused_always=True),
 )
-# Options that no `scontrol show job` of these Slurm versions prints: accepted only when
-# slurmrestd did not warn about them (the tool turns such a warning into a refusal by name).
+# Options that no `scontrol show job` of these Slurm versions prints (distribution, signal; wckey
+# without TrackWCKey): accepted only when slurmrestd did not warn about them (the tool turns such a
+# warning into a refusal by name).
 UNSHOWN_OPTIONS = {row.option for row in OPTION_ROWS if row.shows is None and not row.refused_always}
 
 BAD_VALUES = (
@@ -328,8 +331,11 @@ def matrix(stack: helpers.Stack, alice: Any, tmp_path_factory: pytest.TempPathFa
 
 
 def prepare_alice_directories() -> None:
+    """A fresh tree for this run: a file left by an earlier run (the array's `release`) must not
+    change what a job does."""
+    shutil.rmtree(ALICE_ROOT, ignore_errors=True)
     alice = pwd.getpwnam("alice")
-    os.makedirs(ALICE_ROOT, exist_ok=True)
+    os.makedirs(ALICE_ROOT)
     os.chown(ALICE_ROOT, alice.pw_uid, alice.pw_gid)
 
 
