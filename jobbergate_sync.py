@@ -2924,7 +2924,9 @@ class LiveChanges(PassPart):
             log.info("Slurm job %d of cancelled submission %d had already ended", job_id, submission_id, **fields)
             return None
         after = state_for_update(self.slurm, job_id, {})
-        if outcome is None and after.state != "CANCELLED":
+        # A job being killed reads COMPLETING until its processes are gone (KillWait): on v0.0.38 that
+        # is all a re-read right after the DELETE shows; its end state comes with a later update.
+        if outcome is None and after.state not in ("CANCELLED", "COMPLETING"):
             log.warning("asked Slurm to cancel job %d of submission %d as %s, but it is %s", job_id, submission_id,
                         owner, after.state, **fields)
             return after
@@ -3470,8 +3472,16 @@ def account_name(uid: int) -> str:
         return f"uid {uid}"
 
 
+# Debian gives package accounts uids 60000-64999 (Policy 9.2.2): its slurm is 64030, the owner of the
+# JWT key even where this host's passwd lacks it (a key shared from a chroot or a file system).
+DEBIAN_PACKAGE_UIDS = range(60000, 65000)
+
+
 def is_system_account(uid: int, min_uid: int) -> bool:
-    """An account no person logs in as: below min_uid, or without a login shell (Debian's slurm is 64030)."""
+    """An account no person logs in as: below min_uid, a Debian package account, or one without a
+    login shell."""
+    if uid in DEBIAN_PACKAGE_UIDS:
+        return True
     try:
         shell = pwd.getpwuid(uid).pw_shell
     except KeyError:

@@ -263,6 +263,25 @@ def test_the_slurm_key_may_belong_to_a_system_account(stack, config_file, tmp_pa
     assert code == 0 and f"[slurmrestd] jwt_key_file {key} (0400, nobody)" in lines["secret files"][1]
 
 
+def test_the_slurm_key_may_belong_to_a_debian_package_account_this_host_does_not_list(stack, config_file, tmp_path,
+                                                                                       capsys):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a file away")
+    unlisted = next(uid for uid in range(64030, 65000) if not _has_account(uid))  # Debian's slurm is 64030
+    key = write_secret(tmp_path / "slurm.key", JWT_KEY, 0o600)
+    os.chown(key, unlisted, -1)
+    code, lines, _, _ = check(capsys, config_file(slurmrestd__jwt_key_file=key))
+    assert code == 0 and f"[slurmrestd] jwt_key_file {key} (0600, uid {unlisted})" in lines["secret files"][1]
+
+
+def _has_account(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return True
+
+
 def test_the_remembered_choice_is_neither_read_nor_written(stack, config_file, tmp_path, capsys):
     config = config_file()
     assert run(config) == 0  # a pass remembers v0.0.38

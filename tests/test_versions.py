@@ -280,6 +280,17 @@ def test_v41_cancel_is_confirmed_by_rereading_the_job(stack, config_file, capsys
     assert update["slurm_job_state"] == "COMPLETED"
 
 
+@pytest.mark.parametrize("version, state_after", [("v0.0.41", ["COMPLETING"]), ("v0.0.41", ["CANCELLED", "COMPLETING"])])
+def test_a_job_being_killed_right_after_the_cancel_counts_as_cancelled(stack, config_file, capsys, version,
+                                                                       state_after) -> None:
+    slurm = cancelled_submission(stack, version, "alice")
+    slurm.answers["delete"] = [(200, {"errors": []})]  # no status[] before v0.0.42
+    slurm.answers["get"] = [(200, {"jobs": [dict(slurm.jobs[100], job_state=state_after)], "errors": []})]
+    assert run(config_file(**{"slurmrestd.api_version": version}), "--log-format", "text") == 0
+    err = capsys.readouterr().err
+    assert "cancelled=1" in err and "cancelled Slurm job 100 of cancelled submission" in err
+
+
 def test_cancel_status_permission_denied_is_an_error(stack, config_file) -> None:
     slurm = cancelled_submission(stack, "v0.0.44", "alice")
     slurm.answers["delete"] = [(200, {"status": [{"error": {"string": "Access/permission denied", "code": 2002,

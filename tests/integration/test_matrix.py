@@ -444,7 +444,7 @@ def test_bad_values_are_rejected_with_a_reason_naming_them(matrix, target_id):
 
 @pytest.mark.parametrize("target_id, index", [(t.id, i) for t in TARGETS for i in range(len(OPTION_ROWS))],
                          ids=[f"{t.id}-{i}-{row.option}" for t in TARGETS for i, row in enumerate(OPTION_ROWS)])
-def test_every_option_takes_effect_or_is_refused_by_name(matrix, target_id, index):
+def test_every_option_takes_effect_or_is_refused_by_name(matrix, figures, target_id, index):
     run = matrix[target_id]
     item = run.of_kind("option")[index]
     row = item.row
@@ -453,6 +453,7 @@ def test_every_option_takes_effect_or_is_refused_by_name(matrix, target_id, inde
     if row.refused_always or not submitted(item):
         assert sub["status"] == "REJECTED", (words, sub)
         assert f"--{row.option}" in rejection(item), (words, rejection(item))
+        figures.record(f"matrix {target_id}: option rows refused by name")
         return
     assert sub["status"] in ("SUBMITTED", "RUNNING", "DONE", "ABORTED"), (words, sub)
     if row.shows is None:
@@ -460,9 +461,11 @@ def test_every_option_takes_effect_or_is_refused_by_name(matrix, target_id, inde
                   if line.get("levelname", line.get("level")) in ("WARNING", "ERROR")
                   and line.get("submission_id") == sub["id"]]
         assert not warned, (words, warned)
+        figures.record(f"matrix {target_id}: option rows accepted without a warning (no record shows them)")
         return
     assert item.record, f"{words}: slurmctld had no record of job {sub['slurm_job_id']}"
     if callable(row.shows):
         assert row.shows(run.target, item.record, item.notes["directory"]), (words, item.record)
     else:
         assert re.search(row.shows, item.record), (words, row.shows, item.record)
+    figures.record(f"matrix {target_id}: option rows in effect on the job record")

@@ -31,17 +31,17 @@ def journal_ids(tool) -> set[int]:
         return {row[0] for row in db.execute("SELECT submission_id FROM submissions")}
 
 
-def record_outcome(figures, jobs: list, status: str, wanted: str) -> None:
+def record_outcome(figures, jobs: list, status: str, wanted: tuple) -> None:
     """Count a followed submission, its extra Slurm jobs, and whether it was lost."""
     figures.record("submissions_followed")
     figures.record("duplicates", max(len(jobs) - 1, 0))
-    figures.record("lost", int(not jobs or status != wanted))
+    figures.record("lost", int(not jobs or status not in wanted))
 
 
 def assert_exactly_one_job_and_done(alice, tool, slurm, submission, figures):
     tool.run_until(lambda: status_of(alice, submission) == "DONE")
     jobs = job_for(slurm, submission)
-    record_outcome(figures, jobs, status_of(alice, submission), "DONE")
+    record_outcome(figures, jobs, status_of(alice, submission), ("DONE",))
     assert len(jobs) == 1, jobs
     assert alice.get_submission(submission["id"])["slurm_job_id"] == jobs[0]["job_id"]
     assert tool.run().returncode == 0  # the pass after DONE prunes the journal
@@ -125,8 +125,10 @@ def test_outages_reject_nothing_end_in_time_and_heal(alice, proxied, slurm, figu
     healed = tool.run()
     assert healed.returncode == 0, healed.stderr[-2000:]
     jobs = job_for(slurm, submission)
-    record_outcome(figures, jobs, status_of(alice, submission), "SUBMITTED")
-    assert status_of(alice, submission) == "SUBMITTED"
+    # A submit that a slow proxy still forwarded made a job during the outage; the healing pass
+    # finds it by its tag, and closes it in the same pass if that short job has already ended.
+    record_outcome(figures, jobs, status_of(alice, submission), ("SUBMITTED", "DONE"))
+    assert status_of(alice, submission) in ("SUBMITTED", "DONE")
     assert len(jobs) == 1
 
 

@@ -114,7 +114,7 @@ def test_cancelled_while_running_cancels_the_slurm_job_as_its_owner(alice, tool,
 
     assert slurm.slurm_job(job_id)["job_state"] == "CANCELLED"
     cancel_lines = [line for result in results for line in result.log if line["message"].startswith("cancelled Slurm job")]
-    assert cancel_lines and cancel_lines[0]["user"] == "alice"
+    assert cancel_lines and cancel_lines[0]["user"] == "alice", [line["message"] for r in results for line in r.log]
 
 
 def test_job_purged_from_slurmctld_gets_its_end_state_from_slurmdbd(alice, tool, slurm):
