@@ -48,7 +48,7 @@ def assert_exactly_one_job_and_done(alice, tool, slurm, submission, figures):
     assert submission["id"] not in journal_ids(tool)
 
 
-CRASH_POINTS = ["token-cache", "after-files-written", "after-slurm-submit", "after-journal-job",
+CRASH_POINTS = ["token-cache", "after-files-written", "after-journal-intent", "after-slurm-submit", "after-journal-job",
                 "after-agent-submitted"]
 
 

@@ -63,7 +63,7 @@ def show(directory: Path) -> None:
         current = alice.get_submission(submission_id)
         print(f"\n== {name}: submission {submission_id}: {current['status']}"
               f" (Slurm job {current.get('slurm_job_id')}, state {current.get('slurm_job_state')})")
-        if current.get("report_message"):
+        if current["status"] in ("ABORTED", "REJECTED") and current.get("report_message"):
             print(f"   message for its owner: {current['report_message']}")
         print(f"   the API's view: GET {stack.api_url}/job-submissions/{submission_id}")
         job_id = current.get("slurm_job_id")
