@@ -1042,7 +1042,7 @@ ensure_database() {
   fi
 }
 
-api_env() { # the API's settings (B.5), for env -i
+api_env() { # the API's settings (pydantic-settings reads them from the environment), for env -i
   echo DEPLOY_ENV=LOCAL LOG_LEVEL=INFO SQL_LOG_LEVEL=WARNING \
     DATABASE_HOST=127.0.0.1 "DATABASE_PORT=$PG_PORT" "DATABASE_USER=$DB_USER" "DATABASE_PSWD=$DB_PSWD" \
     "DATABASE_NAME=$DB_NAME" "S3_ENDPOINT_URL=http://127.0.0.1:$S3_PORT" "S3_BUCKET_NAME=$BUCKET" \
