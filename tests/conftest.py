@@ -12,7 +12,7 @@ import responses
 
 import jobbergate_sync
 from config_files import write_ini, write_secret
-from fakes import API, CLIENT_ID, CLIENT_SECRET, ISSUER, JWT_KEY, SLURM, Crash, FakeIssuer, FakeJobbergate, FakeSlurm
+from fakes import API, CLIENT_ID, CLIENT_SECRET, ISSUER, JWT_KEY, SLURM, Crash, FakeIssuer, FakeJobbergate, FakeSlurm, run
 
 
 def _job_user() -> pwd.struct_passwd:
@@ -81,15 +81,19 @@ def stack() -> Iterator[Stack]:
 
 @pytest.fixture
 def crash_at(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """arm(point): the pass raises Crash at that crash point, as if SIGKILLed there."""
-    def arm(point: jobbergate_sync.CrashPoint) -> None:
+    """crash_at(point, config): one pass that dies at that crash point, as if SIGKILLed there (it
+    must get there); passes after it run to their end."""
+    def crashed_pass(point: jobbergate_sync.CrashPoint, config: str) -> None:
         def crash(reached: jobbergate_sync.CrashPoint) -> None:
             if reached == point:
                 raise Crash(point)
 
         monkeypatch.setattr(jobbergate_sync, "crash_point", crash)
+        with pytest.raises(Crash):
+            run(config)
+        monkeypatch.setattr(jobbergate_sync, "crash_point", lambda reached: None)
 
-    return arm
+    return crashed_pass
 
 
 @pytest.fixture

@@ -41,6 +41,15 @@ ABORT_STATES = {"BOOT_FAIL", "CANCELLED", "DEADLINE", "FAILED", "NODE_FAIL", "PR
                 "TIMEOUT", "UNKNOWN"}
 
 
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "slurmrestd"
+
+
+def capture(name: str) -> dict[str, Any]:
+    """A recorded slurmrestd exchange (tests/fixtures/slurmrestd/NAME)."""
+    with open(FIXTURES / name, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
 def run(config: str, *extra: str) -> int:
     """One pass of the tool, as cron runs it."""
     return main(["--once", "--config", config, *extra])

@@ -8,8 +8,8 @@ import pytest
 import requests
 
 import jobbergate_sync
-from fakes import Crash, journal_rows, run
-from jobbergate_sync import CrashPoint, main
+from fakes import journal_rows, run
+from jobbergate_sync import CrashPoint
 
 SCRIPT = b"""#!/bin/bash
 #SBATCH --job-name=from-script
@@ -208,13 +208,10 @@ def test_garbage_page_is_an_outage_not_a_rejection(stack, config_file, email):
 
 @pytest.mark.parametrize("point", [CrashPoint.AFTER_FILES_WRITTEN, CrashPoint.AFTER_SLURM_SUBMIT,
                                    CrashPoint.AFTER_JOURNAL_JOB, CrashPoint.AFTER_AGENT_SUBMITTED])
-def test_a_pass_interrupted_at_any_step_never_submits_twice(stack, config_file, email, crash_at, monkeypatch, point):
+def test_a_pass_interrupted_at_any_step_never_submits_twice(stack, config_file, email, crash_at, point):
     stack.api.add_submission(1, email=email)
     config = config_file()
-    crash_at(point)
-    with pytest.raises(Crash):
-        run(config)
-    monkeypatch.setattr(jobbergate_sync, "crash_point", lambda name: None)
+    crash_at(point, config)
 
     assert run(config) == 0
     assert run(config) == 0
@@ -356,13 +353,10 @@ def test_cancelled_submission_without_a_job_is_closed(stack, config_file):
     assert stack.slurm.cancelled == []
 
 
-def test_cancelled_after_an_interrupted_submit_records_then_cancels_the_job(stack, config_file, email, crash_at, monkeypatch):
+def test_cancelled_after_an_interrupted_submit_records_then_cancels_the_job(stack, config_file, email, crash_at):
     stack.api.add_submission(1, email=email)
     config = config_file()
-    crash_at(CrashPoint.AFTER_SLURM_SUBMIT)
-    with pytest.raises(Crash):
-        run(config)
-    monkeypatch.setattr(jobbergate_sync, "crash_point", lambda name: None)
+    crash_at(CrashPoint.AFTER_SLURM_SUBMIT, config)
     stack.api.submissions[1]["status"] = "CANCELLED"  # the user cancelled meanwhile
 
     assert run(config) == 0  # finds job 100 by its tag and records it (allowed on CANCELLED)
@@ -467,15 +461,12 @@ def test_an_empty_page_before_the_announced_last_ends_the_listing(stack, config_
 
 
 def test_a_pass_killed_while_caching_its_token_leaves_no_cache_and_no_temporary_file(stack, config_file, email,
-                                                                                      crash_at, monkeypatch, tmp_path):
+                                                                                      crash_at, tmp_path):
     stack.api.add_submission(1, email=email)
     config = config_file()
-    crash_at(CrashPoint.TOKEN_CACHE)
-    with pytest.raises(Crash):
-        run(config)
+    crash_at(CrashPoint.TOKEN_CACHE, config)
     state = tmp_path / "state"
     assert not (state / "token.json").exists() and not list(state.glob(".tmp-*"))
-    monkeypatch.setattr(jobbergate_sync, "crash_point", lambda point: None)
 
     assert run(config) == 0
     assert (state / "token.json").stat().st_mode & 0o777 == 0o600

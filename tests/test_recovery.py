@@ -12,7 +12,7 @@ import pytest
 import requests
 
 import jobbergate_sync
-from fakes import Crash, journal_rows, run
+from fakes import journal_rows, run
 from jobbergate_sync import CrashPoint
 
 TAG = "jobbergate-sync:test-cluster:1"
@@ -31,17 +31,14 @@ def age_intent(tmp_path: Path, seconds: float) -> float:
 
 
 @pytest.fixture
-def submitted_then_crashed(stack, config_file, email, crash_at, monkeypatch, tmp_path):
+def submitted_then_crashed(stack, config_file, email, crash_at, tmp_path):
     """Slurm accepted job 100 for submission 1 and the pass died before the journal had the job id;
     then the job ran, ended, and `purge` makes slurmctld forget it. At "after-journal-intent" the pass
     died before its submit was sent."""
     def make(age: float, point: CrashPoint = CrashPoint.AFTER_SLURM_SUBMIT, **settings: str) -> tuple[str, float]:
         stack.api.add_submission(1, email=email)
         config = config_file(**settings)
-        crash_at(point)
-        with pytest.raises(Crash):
-            run(config)
-        monkeypatch.setattr(jobbergate_sync, "crash_point", lambda name: None)
+        crash_at(point, config)
         assert journal_rows(tmp_path) == [(1, None, 0, None)]
         return config, age_intent(tmp_path, age)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
@@ -24,12 +23,8 @@ from jobbergate_sync import (
     unwrap_number,
 )
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "slurmrestd"
+from fakes import capture
 
-
-def capture(name: str) -> Dict[str, Any]:
-    with open(FIXTURES / name, encoding="utf-8") as handle:
-        return json.load(handle)
 
 
 def response_of(name: str) -> Any:

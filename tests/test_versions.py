@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any, Dict
 
 import pytest
 import responses
 
 import jobbergate_sync
-from fakes import JWT_KEY, SLURM, FakeSlurm, run
-from jobbergate_sync import dropped_fields, main, slurm_errors, slurm_warnings
+from fakes import JWT_KEY, SLURM, FakeSlurm, capture, run
+from jobbergate_sync import dropped_fields, slurm_errors, slurm_warnings
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "slurmrestd"
-
-
-def capture(name: str) -> Dict[str, Any]:
-    with open(FIXTURES / name, encoding="utf-8") as handle:
-        return json.load(handle)
 
 
 def slurm_of(stack: Any, version: str) -> FakeSlurm:
