@@ -399,6 +399,10 @@ ensure_users() { # the job users live on the host; every root gets them with the
 # ------------------------------------------------------------------------------- Slurm legs: roots
 
 # leg_load LEG: set the L_* variables describing one leg (in the current shell)
+# In every root besides Slurm: Python with the tool's dependencies from Debian, so that the tool
+# (and, in its own venv, any other agent) can run where Slurm's commands are, as on a head node.
+ROOT_PYTHON_PACKAGES="python3 python3-venv python3-requests python3-click python3-tenacity python3-jwt python3-pythonjsonlogger"
+
 leg_load() {
   L_LEG="$1"
   case "$L_LEG" in
@@ -417,6 +421,7 @@ leg_load() {
       ;;
     *) die "unknown Slurm leg '$L_LEG' (known: ${ALL_LEGS[*]})" ;;
   esac
+  L_PACKAGES="$L_PACKAGES $ROOT_PYTHON_PACKAGES"
   local base_var="JGS_SLURM_${L_LEG}_PORT_BASE"
   L_PORT_BASE="${!base_var:-$L_PORT_BASE}"
   L_CTLD_PORT=$L_PORT_BASE L_SLURMD_PORT=$((L_PORT_BASE + 1))
