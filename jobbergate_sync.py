@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 from datetime import datetime, timezone
-from typing import IO, Any, Callable, Iterable, Iterator, Mapping, Optional, Union
+from typing import IO, Any, Callable, Collection, Iterable, Iterator, Mapping, Optional, Union
 
 import click
 import jwt
@@ -1428,6 +1428,11 @@ def array_task_label(job: Mapping[str, Any]) -> str:
     return str((array.get("task") if array else job.get("array_task_string")) or "?")
 
 
+def is_full_record(job: Mapping[str, Any]) -> bool:
+    """A slurmctld record with the job's details (GET job, GET jobs), not only its state (GET jobs/state)."""
+    return "state_reason" in job
+
+
 def job_records_of(records: Iterable[Any], job_id: int) -> list[dict[str, Any]]:
     """The records of Slurm job `job_id`: the job itself, or every task of the array it started.
     After the split the array's own id belongs to its last task; all tasks share array_job_id."""
@@ -2002,7 +2007,75 @@ def describe_errors(errors: list[tuple[Optional[int], str]]) -> str:
     return "; ".join(f"{text} (error {code})" if code is not None else text for code, text in errors)
 
 
+# GET jobs/state takes the ids in its URL, which proxies in front of slurmrestd commonly cap at 8 KiB
+# (nginx's large_client_header_buffers, Apache's LimitRequestLine): at most this many bytes of
+# "job_id=N&" parameters go in one request (about 500 ids).
+STATE_QUERY_MAX_BYTES = 7000
+STATE_ENTRY_ID_RE = re.compile(r"^(\d+)(?:_(\d+))?$")
+# What is remembered of our jobs' records between passes for update_time: enough for their state.
+LIGHT_RECORD_KEYS = ("job_id", "job_state", "array_job_id", "array_task_id", "array_task_string")
+# A remembered answer older than this is not used: a full read then, whatever update_time would say.
+STATES_MEMORY_MAX_AGE = 3600
+# update_time is slurmctld's clock against ours, to the second: asking from a little earlier than the
+# read costs at most one more full answer, and a change is never missed for a skewed clock.
+UPDATE_TIME_MARGIN = 5
+
+
+def state_query_chunks(ids: list[int]) -> Iterator[list[int]]:
+    """`ids` in runs whose job_id parameters fit in STATE_QUERY_MAX_BYTES."""
+    chunk: list[int] = []
+    size = 0
+    for job_id in ids:
+        cost = len(f"job_id={job_id}&")
+        if chunk and size + cost > STATE_QUERY_MAX_BYTES:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(job_id)
+        size += cost
+    if chunk:
+        yield chunk
+
+
+def parse_state_entry(entry: Any) -> Optional[tuple[int, Optional[int], Any]]:
+    """(job id, array task or None, state) of one GET jobs/state record: job_id "12" is a job,
+    "12_3" task 3 of an array (v0.0.40: 12 is the array; from v0.0.41 the task's own id once it
+    started). Pending tasks come one record each. None for what names no single job or task."""
+    found = STATE_ENTRY_ID_RE.match(str(entry.get("job_id") if isinstance(entry, dict) else ""))
+    if not found:
+        return None
+    return int(found.group(1)), int(found.group(2)) if found.group(2) else None, entry.get("state")
+
+
+def light_state_record(job_id: int, task: Optional[int], state: Any) -> dict[str, Any]:
+    """A record of job `job_id` (its own, or of task `task` of array `job_id`) holding its state only."""
+    if task is None:
+        return {"job_id": job_id, "job_state": state}
+    return {"job_id": job_id, "job_state": state, "array_job_id": job_id, "array_task_id": task}
+
+
+def no_job_changes(status: int, body: Any) -> bool:
+    """GET jobs?update_time= found no job changed: 304 and no body (v0.0.38), or no jobs and a
+    warning saying so (v0.0.39 on)."""
+    if status == 304:
+        return True
+    return (status == 200 and isinstance(body, dict) and body.get("jobs") == []
+            and any("no job changes" in description.lower() for description, _ in slurm_warnings(body)))
+
+
+def read_states_memory(path: Optional[str]) -> Optional[dict[str, Any]]:
+    """The remembered answer for update_time, None when absent or not as written."""
+    try:
+        with open(path or "", encoding="utf-8") as handle:
+            memory = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    shapes = {"url": str, "version": str, "read_at": (int, float), "since": int, "asked": list, "held": dict}
+    usable = isinstance(memory, dict) and all(isinstance(memory.get(key), kind) for key, kind in shapes.items())
+    return memory if usable else None
+
+
 SUBMIT_PATH_RE = re.compile(r"^/slurm/(v0\.0\.\d+)/job/submit/?$")
+STATE_QUERY_PATH_RE = re.compile(r"^/slurm/(v0\.0\.\d+)/jobs/state/?$")
 SLURMDB_PATH_RE = re.compile(r"^/slurmdb/(v0\.0\.\d+)/")
 
 
@@ -2013,6 +2086,7 @@ class ServedApi:
     versions: tuple[str, ...]  # of the job endpoints, oldest first
     slurmdb_versions: tuple[str, ...]
     release: Optional[str]
+    state_query_versions: tuple[str, ...] = ()  # with GET jobs/state (Slurm 24.05 on)
 
 
 def served_api(document: Any) -> ServedApi:
@@ -2028,7 +2102,7 @@ def served_api(document: Any) -> ServedApi:
     def versions(pattern: re.Pattern[str]) -> tuple[str, ...]:
         return tuple(sorted({m.group(1) for m in map(pattern.match, paths) if m}, key=api_minor))
 
-    return ServedApi(versions(SUBMIT_PATH_RE), versions(SLURMDB_PATH_RE), release)
+    return ServedApi(versions(SUBMIT_PATH_RE), versions(SLURMDB_PATH_RE), release, versions(STATE_QUERY_PATH_RE))
 
 
 def choose_api_version(served: ServedApi, url: str) -> str:
@@ -2066,7 +2140,8 @@ class SlurmCredentials:
 
 
 class SlurmRest:
-    def __init__(self, config: Config, http: Http, choice_path: Optional[str] = None, remember: bool = True):
+    def __init__(self, config: Config, http: Http, choice_path: Optional[str] = None, remember: bool = True,
+                 states_path: Optional[str] = None):
         self.base = config.slurmrestd.url.rstrip("/")
         self.api_version_setting = config.slurmrestd.api_version
         self.slurmdbd_setting = config.slurmrestd.slurmdbd
@@ -2078,6 +2153,9 @@ class SlurmRest:
         self.choice_path = choice_path
         self.remember = remember
         self._choice: Optional[dict[str, Any]] = None
+        # Our jobs' states at the last full answer of GET jobs, for update_time (see states()).
+        self.states_path = states_path
+        self._no_state_query = False
 
     @property
     def version(self) -> str:
@@ -2094,6 +2172,14 @@ class SlurmRest:
         if self.slurmdbd_setting != "auto":
             return bool(self.slurmdbd_setting)
         return self.choice()["slurmdbd"]
+
+    @property
+    def serves_state_query(self) -> bool:
+        """Whether GET jobs/state answers (Slurm 24.05 on). A pinned v0.0.40+ is assumed to, until
+        a 404 says otherwise (Slurm 23.11 serves v0.0.40 without it)."""
+        if self.api_version_setting != "auto":
+            return self.minor >= 40 and not self._no_state_query
+        return bool(self.choice().get("state_query"))
 
     @property
     def release(self) -> Optional[str]:
@@ -2113,6 +2199,7 @@ class SlurmRest:
         except (OSError, ValueError):
             return None
         usable = (isinstance(choice, dict) and choice.get("url") == self.base and isinstance(choice.get("slurmdbd"), bool)
+                  and isinstance(choice.get("state_query"), bool)
                   and API_VERSION_RE.match(str(choice.get("api_version"))) is not None)
         return choice if usable else None
 
@@ -2135,7 +2222,7 @@ class SlurmRest:
         version = (self.api_version_setting if self.api_version_setting != "auto"
                    else choose_api_version(served, self.base))
         choice = {"url": self.base, "api_version": version, "slurmdbd": version in served.slurmdb_versions,
-                  "release": served.release}
+                  "state_query": version in served.state_query_versions, "release": served.release}
         log.info("slurmrestd at %s serves %s (Slurm %s); using %s%s", self.base, ", ".join(served.versions),
                  served.release or "release unknown", version, " and slurmdbd" if choice["slurmdbd"] else "")
         if self.remember and self.choice_path:
@@ -2211,15 +2298,97 @@ class SlurmRest:
 
     def jobs(self) -> dict[int, list[dict[str, Any]]]:
         """Every job slurmctld holds, in one call: id -> its records (all tasks of an array under the array's id)."""
-        response, body = self._request("GET", f"/slurm/{self.version}/jobs", self.query_user, True)
+        return self._job_list()[1]
+
+    def _job_list(self, since: Optional[int] = None) -> tuple[bool, dict[int, list[dict[str, Any]]]]:
+        """GET jobs, with update_time=`since` when given: (False, {}) when slurmctld says no job
+        changed since then, else (True, every job it holds, grouped as jobs() groups them)."""
+        path = f"/slurm/{self.version}/jobs"
+        response, body = self._request("GET", path, self.query_user, True,
+                                       params={"update_time": since} if since is not None else None)
+        if since is not None and no_job_changes(response.status_code, body):
+            return False, {}
         jobs = body.get("jobs") if isinstance(body, dict) else None
         if response.status_code != 200 or not isinstance(jobs, list):
-            raise Unavailable(f"GET {self.base}/slurm/{self.version}/jobs: HTTP {response.status_code} {describe_errors(slurm_errors(body))}")
+            raise Unavailable(f"GET {self.base}{path}: HTTP {response.status_code} {describe_errors(slurm_errors(body))}")
         grouped: dict[int, list[dict[str, Any]]] = {}
         for job in jobs:
             if isinstance(job, dict) and isinstance(job.get("job_id"), int):
                 grouped.setdefault(array_job_id_of(job) or job["job_id"], []).append(job)
-        return grouped
+        return True, grouped
+
+    def states(self, job_ids: Collection[int]) -> dict[int, list[dict[str, Any]]]:
+        """The records slurmctld holds for these jobs, grouped as jobs() groups them; an id missing
+        from the answer is a job slurmctld does not hold. Asks for these jobs only where slurmrestd
+        can (GET jobs/state: light records, the state and array task only); elsewhere GET jobs with
+        update_time, whose answer is empty while no job changed (the last answer's records of ours,
+        kept in the state directory, stand) and every job otherwise."""
+        ids = sorted(set(job_ids))
+        if not ids:
+            return {}
+        if self.serves_state_query:
+            try:
+                return self._states_by_query(ids)
+            except ConfigError:  # a pinned version on a Slurm without jobs/state (23.11 and v0.0.40)
+                log.info("slurmrestd at %s has no %s jobs/state; reading every job instead", self.base, self.version)
+                self._no_state_query = True
+        return self._states_since_last_read(ids)
+
+    def _states_by_query(self, ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+        """GET jobs/state for `ids`, in chunks. From v0.0.41 a started array task is listed under its
+        own job id ("5_0" of array 2), which does not say which array it belongs to: then each array
+        (and each id not found) is asked alone, so that all its records are its own."""
+        asked = set(ids)
+        grouped: dict[int, list[dict[str, Any]]] = {}
+        orphans: set[tuple[int, int]] = set()
+        for chunk in state_query_chunks(ids):
+            for job_id, task, state in self._state_query(chunk):
+                if job_id in asked:
+                    grouped.setdefault(job_id, []).append(light_state_record(job_id, task, state))
+                elif task is not None:
+                    orphans.add((job_id, task))
+        # The arrays first, then the ids not found (an array whose own record is gone), until every
+        # orphan has its array.
+        arrays = [job_id for job_id in ids if any(array_job_id_of(job) for job in grouped.get(job_id, []))]
+        for job_id in arrays + [job_id for job_id in ids if job_id not in grouped]:
+            if not orphans:
+                break
+            answer = self._state_query([job_id])
+            orphans -= {(own_id, task) for own_id, task, _ in answer if task is not None}
+            grouped[job_id] = [light_state_record(job_id, task, state) for _, task, state in answer]
+        return {job_id: records for job_id, records in grouped.items() if records}
+
+    def _state_query(self, ids: list[int]) -> list[tuple[int, Optional[int], Any]]:
+        """(job id, array task or None, state) of each record GET jobs/state lists for `ids`. The
+        ids go as repeated job_id parameters: 24.11 and 25.11 refuse a comma-separated list."""
+        path = f"/slurm/{self.version}/jobs/state/"
+        response, body = self._request("GET", path, self.query_user, True, params=[("job_id", job_id) for job_id in ids])
+        jobs = body.get("jobs") if isinstance(body, dict) else None
+        errors = slurm_errors(body)
+        if response.status_code != 200 or errors or not isinstance(jobs, list):
+            raise Unavailable(f"GET {self.base}{path} ({len(ids)} job ids): HTTP {response.status_code} "
+                              f"{describe_errors(errors) or response.text[:200].strip()}")
+        return [parsed for parsed in map(parse_state_entry, jobs) if parsed is not None]
+
+    def _states_since_last_read(self, ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+        """GET jobs?update_time=<the last full answer's time> while the remembered answer is
+        usable (same slurmrestd and version, every id asked then, younger than STATES_MEMORY_MAX_AGE);
+        a full GET jobs otherwise. Every full answer is remembered (our jobs' records only)."""
+        memory = read_states_memory(self.states_path)
+        usable = (memory is not None and memory["url"] == self.base and memory["version"] == self.version
+                  and set(ids) <= set(memory["asked"]) and 0 <= time.time() - memory["read_at"] < STATES_MEMORY_MAX_AGE)
+        read_at = time.time()
+        changed, grouped = self._job_list(memory["since"] if usable and memory else None)
+        if not changed and memory:
+            return {job_id: memory["held"][str(job_id)] for job_id in ids if str(job_id) in memory["held"]}
+        held = {job_id: grouped[job_id] for job_id in ids if job_id in grouped}
+        if self.remember and self.states_path:
+            write_private_file(self.states_path, json.dumps({
+                "url": self.base, "version": self.version, "read_at": read_at,
+                "since": int(read_at) - UPDATE_TIME_MARGIN, "asked": ids,
+                "held": {str(job_id): [{key: job[key] for key in LIGHT_RECORD_KEYS if key in job} for job in records]
+                         for job_id, records in held.items()}}).encode())
+        return held
 
     def job(self, job_id: int) -> Optional[list[dict[str, Any]]]:
         """The job's records from slurmctld (every task of an array), or None only when Slurm
@@ -2923,7 +3092,7 @@ class LiveChanges(PassPart):
         if outcome is False:
             log.info("Slurm job %d of cancelled submission %d had already ended", job_id, submission_id, **fields)
             return None
-        after = state_for_update(self.slurm, job_id, {})
+        after = state_for_update(self.slurm, job_id, self.slurm.job(job_id))
         # A job being killed reads COMPLETING until its processes are gone (KillWait): on v0.0.38 that
         # is all a re-read right after the DELETE shows; its end state comes with a later update.
         if outcome is None and after.state not in ("CANCELLED", "COMPLETING"):
@@ -3144,11 +3313,9 @@ class EarlierSubmit(PassPart):
 # ---------------------------------------------------------------------------------------------
 
 
-def state_for_update(slurm: SlurmRest, job_id: int, jobs: Mapping[int, list[dict[str, Any]]]) -> StateReport:
-    """The state an update reports for a job being followed (every task of an array): from slurmctld
-    (`jobs`, read once for the whole phase), else slurmdbd, else UNKNOWN once Slurm says it has no
-    such job."""
-    records = jobs.get(job_id) or slurm.job(job_id)
+def state_for_update(slurm: SlurmRest, job_id: int, records: Optional[list[dict[str, Any]]]) -> StateReport:
+    """The state an update reports for a job being followed (every task of an array): from
+    slurmctld's full `records` of it (None: slurmctld does not hold it), else slurmdbd, else UNKNOWN."""
     report = report_from_records(job_id, records, report_from_slurmctld) if records else None
     finished_array = bool(records) and report is not None and report.state in SLURM_FINAL_STATES and any(
         array_job_id_of(job) for job in records or [])
@@ -3174,7 +3341,7 @@ class UpdatePhase(PassPart):
         active, complete = self.api.list_active()
         self.summary.active = len(active)
         log.info("%d active submission(s) for cluster %s", len(active), self.cluster)
-        jobs = self.slurm.jobs() if any(isinstance(item.get("slurm_job_id"), int) for item in active) else {}
+        jobs = self.slurm.states({item["slurm_job_id"] for item in active if isinstance(item.get("slurm_job_id"), int)})
         for item in active:
             self.deadline.check()
             self.context.contain_item(item["id"], lambda: self.update_one(item, jobs))
@@ -3191,9 +3358,16 @@ class UpdatePhase(PassPart):
                           **ctx(submission_id=submission_id))
                 self.summary.errors += 1
             return
-        report = state_for_update(self.slurm, job_id, jobs)
+        records = jobs.get(job_id)
+        if not records or not all(is_full_record(job) for job in records):
+            if records and status != "CANCELLED" and self.same_state_reported(submission_id, job_id, records):
+                return
+            # A changed state needs the reason, exit code and details; a job not listed is gone only
+            # when Slurm says so for it (a list missing it is no proof).
+            records = self.slurm.job(job_id)
+        report = state_for_update(self.slurm, job_id, records)
         if status == "CANCELLED" and report.state not in SLURM_FINAL_STATES:
-            owner = owner_of(self.journal, self.slurm, submission_id, job_id, jobs.get(job_id))
+            owner = owner_of(self.journal, self.slurm, submission_id, job_id, records)
             report = self.context.changes.cancel_job(submission_id, job_id, owner) or report
         self.send_update(submission_id, report)
 
@@ -3212,13 +3386,21 @@ class UpdatePhase(PassPart):
         self.send_update(submission_id, report)
         self.summary.cancelled += 1
 
+    def same_state_reported(self, submission_id: int, job_id: int, light: list[dict[str, Any]]) -> bool:
+        """Whether records holding only states (`light`) show what was reported lately: the same
+        state, and the same reason where the states alone make one (an array's progress)."""
+        report = report_from_records(job_id, light, report_from_slurmctld)
+        return report is not None and self.reported_lately(submission_id, report, compare_reason=report.reason is not None)
+
+    def reported_lately(self, submission_id: int, report: StateReport, compare_reason: bool = True) -> bool:
+        entry = self.journal.get(submission_id)
+        return (entry is not None and entry.reported and entry.last_state == report.state
+                and (not compare_reason or entry.last_reason == report.reason)
+                and time.time() - (entry.last_reported_at or 0) < self.config.run.resend_after)
+
     def send_update(self, submission_id: int, report: StateReport) -> None:
         """Report the state unless the same one was reported lately."""
-        entry = self.journal.get(submission_id)
-        fresh = (entry is not None and entry.reported and entry.last_state == report.state
-                 and entry.last_reason == report.reason
-                 and time.time() - (entry.last_reported_at or 0) < self.config.run.resend_after)
-        if not fresh:
+        if not self.reported_lately(submission_id, report):
             self.context.changes.update(submission_id, report)
 
 
@@ -3780,7 +3962,8 @@ def run_once(config: Config, dry_run: bool) -> int:
         journal_path = os.path.join(state_dir, "journal.sqlite3")
         token = OidcToken(config, http, os.path.join(state_dir, "token.json"), write_cache=not dry_run)
         journal = Journal.scratch_copy_of(journal_path) if dry_run else Journal(journal_path)
-        slurm = SlurmRest(config, http, os.path.join(state_dir, "slurmrestd.json"), remember=not dry_run)
+        slurm = SlurmRest(config, http, os.path.join(state_dir, "slurmrestd.json"), remember=not dry_run,
+                          states_path=os.path.join(state_dir, "slurm-jobs.json"))
         sync = SyncPass(config, JobbergateApi(config, http, token), slurm, journal,
                         UserMapper(config), deadline, dry_run=dry_run)
         summary = sync.summary

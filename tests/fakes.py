@@ -19,7 +19,7 @@ import jwt
 import requests
 import responses
 
-from jobbergate_sync import main
+from jobbergate_sync import api_minor, main, unwrap_number
 
 API = "http://api.test/jobbergate"
 ISSUER = "http://oidc.test/realms/jobbergate-local"
@@ -53,6 +53,15 @@ def capture(name: str) -> dict[str, Any]:
 def run(config: str, *extra: str) -> int:
     """One pass of the tool, as cron runs it."""
     return main(["--once", "--config", config, *extra])
+
+
+def expand_task_ranges(text: str) -> list[int]:
+    """Task ids of an array_task_string such as "2-5,7"."""
+    tasks: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        tasks += range(int(first), int(last or first) + 1)
+    return tasks
 
 
 def journal_rows(config_dir: Path) -> list[tuple]:
@@ -262,7 +271,9 @@ class FakeJobbergate:
 
 
 class FakeSlurm:
-    """slurmrestd v0.0.38 (Slurm 22.05) shapes: job ids, string job_state, 500 + error 2017 for gone jobs."""
+    """slurmrestd v0.0.38 (Slurm 22.05) shapes: job ids, string job_state, 500 + error 2017 for gone jobs.
+    GET jobs?update_time= answers as slurmctld does: nothing when no job changed since (304 on v0.0.38,
+    200 and a warning later), else every job; GET jobs/state (v0.0.40 on) as Slurm 24.11/25.11 do."""
 
     def __init__(self, rsps: responses.RequestsMock, jwt_key: bytes, version: str = "v0.0.38"):
         self.jwt_key = jwt_key
@@ -280,9 +291,14 @@ class FakeSlurm:
         self.refused_token_answer: tuple = _json(500, {"errors": [{"error_code": 5005,
                                                                    "error": "Zero Bytes were transmitted or received"}]})
         self.serves_slurmdbd = False  # whether /openapi/v3 lists /slurmdb/ paths
+        self.serves_state_query = api_minor(version) >= 40  # whether GET jobs/state exists (Slurm 24.05 on)
+        # slurmctld's last_job_update: when a change to `jobs` was first seen (tests edit jobs in place)
+        self.last_job_update = 0.0
+        self._jobs_seen = ""
         base = re.escape(f"{SLURM}/slurm/{version}")
         rsps.add_callback(responses.POST, re.compile(base + r"/job/submit$"), callback=self._wrap("submit"))
         rsps.add_callback(responses.GET, re.compile(base + r"/jobs(\?.*)?$"), callback=self._wrap("list"))
+        rsps.add_callback(responses.GET, re.compile(base + r"/jobs/state/?(\?.*)?$"), callback=self._wrap("state"))
         rsps.add_callback(responses.GET, re.compile(base + r"/job/(\d+)$"), callback=self._wrap("get"))
         rsps.add_callback(responses.DELETE, re.compile(base + r"/job/(\d+)$"), callback=self._wrap("delete"))
         rsps.add_callback(responses.GET, re.compile(re.escape(f"{SLURM}/slurmdb/{version}") + r"/job/(\d+)$"),
@@ -337,13 +353,51 @@ class FakeSlurm:
         return _json(200, {"errors": [], "job_id": job_id, "step_id": "BATCH", "job_submit_user_msg": ""})
 
     def _list(self, request: requests.PreparedRequest, user: str, _: Any) -> tuple:
+        seen = json.dumps(self.jobs, sort_keys=True)
+        if seen != self._jobs_seen:
+            self._jobs_seen, self.last_job_update = seen, time.time()
+        since = parse_qs(urlparse(request.url).query).get("update_time")
+        if since and int(since[0]) - 1 >= self.last_job_update:  # slurmctld's test (_slurm_rpc_dump_jobs)
+            if self.version == "v0.0.38":
+                return 304, {}, ""
+            return _json(200, {"jobs": [], "errors": [], "warnings": [
+                {"description": f"No job changes since update_time={since[0]}", "source": "_op_handler_jobs"}]})
         return _json(200, {"errors": [], "jobs": list(self.jobs.values())})
+
+    def _state(self, request: requests.PreparedRequest, user: str, _: Any) -> tuple:
+        """Each asked job, or every task of an asked array, as {"job_id": "12" or "12_3", "state": [...]}:
+        a started task under the array's id on v0.0.40 and under its own from v0.0.41 (as 24.11.5
+        answers); a comma-separated list is refused as 24.11 and 25.11 refuse it."""
+        if not self.serves_state_query:
+            return 404, {"Content-Type": "text/plain"}, "Unable find requested URL."
+        asked = parse_qs(urlparse(request.url).query).get("job_id", [])
+        if any("," in value for value in asked):
+            return 400, {"Content-Type": "text/plain"}, "Unable to parse query."
+        answer = []
+        for job_id in map(int, asked):
+            for job in self.jobs.values():
+                array_id = unwrap_number(job.get("array_job_id")) or 0
+                if job["job_id"] != job_id and array_id != job_id:
+                    continue
+                state = job["job_state"] if isinstance(job["job_state"], list) else [job["job_state"]]
+                task = unwrap_number(job.get("array_task_id"))
+                if not array_id:
+                    answer.append({"job_id": str(job["job_id"]), "state": state})
+                elif isinstance(task, int):
+                    prefix = array_id if self.version == "v0.0.40" else job["job_id"]
+                    answer.append({"job_id": f"{prefix}_{task}", "state": state})
+                else:  # the pending tasks not yet split off, one record each
+                    answer += [{"job_id": f"{array_id}_{pending}", "state": state}
+                               for pending in expand_task_ranges(job["array_task_string"])]
+        return _json(200, {"jobs": answer, "errors": [], "warnings": []})
 
     def _get(self, request: requests.PreparedRequest, user: str, job_id: int) -> tuple:
         if job_id not in self.jobs:
             return _json(500, {"errors": [{"description": f"Unable to find JobId={job_id}", "error_number": 2017,
                                            "error": "Invalid job id specified", "source": "slurm_load_job"}], "jobs": []})
-        return _json(200, {"errors": [], "jobs": [self.jobs[job_id]]})
+        # an array's id reads every task of it, as slurm_load_job does
+        return _json(200, {"errors": [], "jobs": [job for job in self.jobs.values() if job_id in
+                                                  (job["job_id"], unwrap_number(job.get("array_job_id")))]})
 
     def _delete(self, request: requests.PreparedRequest, user: str, job_id: int) -> tuple:
         job = self.jobs.get(job_id)
@@ -393,6 +447,8 @@ class FakeSlurm:
         return record
     def _openapi(self, request: requests.PreparedRequest, user: str, _: Any) -> tuple:
         paths = [f"/slurm/{self.version}/{path}" for path in ("job/submit", "jobs", "job/{job_id}", "ping")]
+        if self.serves_state_query:
+            paths.append(f"/slurm/{self.version}/jobs/state/")
         if self.serves_slurmdbd:
             paths.append(f"/slurmdb/{self.version}/job/{{job_id}}")
         return _json(200, {"openapi": "3.0.2", "info": {"version": "Slurm-22.05.8"},

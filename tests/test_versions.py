@@ -237,10 +237,16 @@ def cancelled_submission(stack: Any, version: str, user: str, state: str = "RUNN
     return slurm
 
 
+def reads_around_the_cancel(slurm: FakeSlurm, after: Dict[str, Any]) -> None:
+    """GET job/100 answers the job as it is, then (the re-read after the DELETE) `after`: jobs/state
+    gives only states, so the job's full record is read before a cancel."""
+    slurm.answers["get"] = [(200, {"jobs": [record], "errors": []}) for record in (slurm.jobs[100], after)]
+
+
 def test_cancel_is_sent_as_the_job_owner_from_the_record(stack, config_file) -> None:
     slurm = cancelled_submission(stack, "v0.0.42", "alice")
     slurm.answers["delete"] = [(200, capture("v0.0.42_delete_owner.json")["response"])]
-    slurm.answers["get"] = [(200, {"jobs": [dict(slurm.jobs[100], job_state=["CANCELLED"])], "errors": []})]
+    reads_around_the_cancel(slurm, dict(slurm.jobs[100], job_state=["CANCELLED"]))
     assert run(config_file(**{"slurmrestd.api_version": "v0.0.42"})) == 0
     [delete] = [headers for method, _, headers in slurm.requests if method == "DELETE"]
     assert delete["X-SLURM-USER-NAME"] == "alice"
@@ -266,7 +272,7 @@ def test_cancel_that_status_says_failed_is_not_counted(stack, config_file, name,
 def test_v41_cancel_is_confirmed_by_rereading_the_job(stack, config_file, capsys) -> None:
     slurm = cancelled_submission(stack, "v0.0.41", "alice")
     slurm.answers["delete"] = [(200, capture("v0.0.41_delete_finished.json")["response"])]  # 200 whatever happened
-    slurm.answers["get"] = [(200, {"jobs": [dict(slurm.jobs[100], job_state=["COMPLETED"])], "errors": []})]
+    reads_around_the_cancel(slurm, dict(slurm.jobs[100], job_state=["COMPLETED"]))
     assert run(config_file(**{"slurmrestd.api_version": "v0.0.41"}), "--log-format", "text") == 0
     assert "cancelled=0" in capsys.readouterr().err
     [update] = stack.api.called("update")
@@ -278,7 +284,7 @@ def test_a_job_being_killed_right_after_the_cancel_counts_as_cancelled(stack, co
                                                                        state_after) -> None:
     slurm = cancelled_submission(stack, version, "alice")
     slurm.answers["delete"] = [(200, {"errors": []})]  # no status[] before v0.0.42
-    slurm.answers["get"] = [(200, {"jobs": [dict(slurm.jobs[100], job_state=state_after)], "errors": []})]
+    reads_around_the_cancel(slurm, dict(slurm.jobs[100], job_state=state_after))
     assert run(config_file(**{"slurmrestd.api_version": version}), "--log-format", "text") == 0
     err = capsys.readouterr().err
     assert "cancelled=1" in err and "cancelled Slurm job 100 of cancelled submission" in err
@@ -341,7 +347,8 @@ def test_auto_uses_the_newest_served_version_and_remembers_it(stack, config_file
 def test_auto_looks_again_when_the_version_is_no_longer_served(stack, config_file, email, tmp_path) -> None:
     (tmp_path / "state").mkdir(mode=0o700)
     (tmp_path / "state" / "slurmrestd.json").write_text(json.dumps(
-        {"url": "http://slurm.test:6820", "api_version": "v0.0.40", "slurmdbd": False, "release": "24.11.5"}))
+        {"url": "http://slurm.test:6820", "api_version": "v0.0.40", "slurmdbd": False, "state_query": True,
+         "release": "24.11.5"}))
     slurm = slurm_of(stack, "v0.0.44")
     stack.api.add_submission(1, email=email)
     config = config_file()
