@@ -27,7 +27,6 @@ import errno
 import fcntl
 import json
 import logging
-import logging.handlers
 import os
 import pwd
 import re
@@ -41,14 +40,11 @@ from datetime import datetime, timezone
 from typing import IO, Any, Callable, Collection, Iterable, Iterator, Mapping, Optional, Union
 
 import click
-import jwt
 import requests
-import tenacity
 
-try:  # python-json-logger >= 3.1
-    from pythonjsonlogger.json import JsonFormatter
-except ImportError:  # pragma: no cover - older python-json-logger
-    from pythonjsonlogger.jsonlogger import JsonFormatter
+# Imported where used, not here: a pass that does not need them (nothing to do, text logs, no log
+# file, no retry) starts sooner without them. jwt (minting Slurm tokens, reading an OIDC token's
+# expiry), pythonjsonlogger (JSON logs), logging.handlers (a log file), tenacity (a retry).
 
 __version__ = "0.1.0"
 
@@ -514,6 +510,10 @@ def resolve_log_format(log_format: str, stream: Optional[IO[str]]) -> str:
 
 def make_formatter(log_format: str) -> logging.Formatter:
     if log_format == "json":
+        try:  # python-json-logger >= 3.1
+            from pythonjsonlogger.json import JsonFormatter
+        except ImportError:  # pragma: no cover - older python-json-logger
+            from pythonjsonlogger.jsonlogger import JsonFormatter
         return JsonFormatter("%(asctime)s %(levelname)s %(message)s",
                              rename_fields={"asctime": "time", "levelname": "level"})
     return TextFormatter("%(asctime)s %(levelname)s %(message)s")
@@ -531,7 +531,8 @@ def setup_logging(log_format: str, level: str, log_file: str = "", stream: Optio
         # The file gets everything; stderr (what cron mails) only warnings and errors. A
         # WatchedFileHandler reopens the file when logrotate has moved it away ("create" rotation).
         handlers[0][0].setLevel(logging.WARNING)
-        handlers.append((logging.handlers.WatchedFileHandler(log_file), None))
+        from logging.handlers import WatchedFileHandler
+        handlers.append((WatchedFileHandler(log_file), None))
     for handler, destination in handlers:
         handler.setFormatter(make_formatter(resolve_log_format(log_format, destination)))
         handler.addFilter(REDACTOR)
@@ -1623,6 +1624,21 @@ class Http:
         try:
             if not idempotent:
                 return attempt()
+            try:  # most calls are answered at once: tenacity is imported only when one is not
+                return attempt()
+            except PeerDown:
+                raise
+            except Unavailable as exc:
+                if self.retries <= 1:
+                    raise
+                earlier = [exc]
+            import tenacity
+
+            def again() -> Any:  # the attempt made above is the first of those counted
+                if earlier:
+                    raise earlier.pop()
+                return attempt()
+
             retrying = tenacity.Retrying(
                 retry=tenacity.retry_if_exception(lambda exc: isinstance(exc, Unavailable) and not isinstance(exc, PeerDown)),
                 stop=tenacity.stop_after_attempt(self.retries) | tenacity.stop_after_delay(max(self.deadline.remaining(), 0)),
@@ -1632,7 +1648,7 @@ class Http:
                 ),
                 reraise=True,
             )
-            return retrying(attempt)
+            return retrying(again)
         except PeerDown:
             raise
         except Unavailable as exc:
@@ -1687,6 +1703,7 @@ def write_private_file(path: str, data: bytes) -> None:
 
 def token_expiry(token: str, expires_in: Any, now: float) -> float:
     """The token's `exp` claim (what the API checks), else now + expires_in."""
+    import jwt
     try:
         claims = jwt.decode(token, options={"verify_signature": False})
         if isinstance(claims.get("exp"), (int, float)):
@@ -2133,6 +2150,7 @@ class SlurmCredentials:
         now = time.time()
         if expires - 60 <= now:
             expires = now + self.lifespan
+            import jwt
             token = jwt.encode({"iat": int(now), "exp": int(expires), "sun": user}, self.jwt_key, algorithm="HS256")
             REDACTOR.add(token)
             self.minted[user] = (token, expires)
@@ -3633,6 +3651,7 @@ def check_exit_code(lines: Iterable[CheckLine]) -> int:
 
 def token_claims(token: str) -> dict[str, Any]:
     """The claims of a JWT, unverified (only to show them); {} when it is not a JWT."""
+    import jwt
     try:
         claims = jwt.decode(token, options={"verify_signature": False})
     except jwt.PyJWTError:
