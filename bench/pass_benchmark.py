@@ -1,22 +1,33 @@
 #!/usr/bin/env python3
-"""Prints how long a pass takes, and how many requests it makes, as the backlog grows.
+"""Prints how long a pass takes, and how many requests it makes, as the backlog grows; and what an
+update pass over many active submissions whose states did not change costs.
 
 Runs the tool in-process against the unit-test fakes (no network), so it measures the tool's own
 cost: #SBATCH translation, journal writes, file staging and request handling. Figures, not asserts.
 
-    python bench/pass_benchmark.py [--sizes 10,100,500]
+    python bench/pass_benchmark.py [--sizes 10,100,500] [--active 10000]
+
+--active N: N submissions each followed in Slurm, all already reported with the state Slurm still
+shows, as slurmrestd v0.0.38 (GET jobs?update_time=, answered 304) and v0.0.42 (GET jobs/state)
+serve them. Each pass runs in a fresh process; the journal and the remembered job list are written
+beforehand by another one. Peak RSS (getrusage) is the whole process's, the fakes' data included,
+and is also given less what the process held before the pass began.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pwd
+import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import responses
 
@@ -102,11 +113,86 @@ def translation_rate(rounds: int = 2000) -> float:
     return rounds / (time.perf_counter() - began)
 
 
+def fakes_with_active(rsps: responses.RequestsMock, version: str, size: int) -> tuple[FakeJobbergate, FakeSlurm]:
+    """`size` active submissions, each with a running Slurm job; one other user's job beside them."""
+    api = FakeJobbergate(rsps, FakeIssuer(rsps))
+    slurm = FakeSlurm(rsps, JWT_KEY, version)
+    state = ["RUNNING"] if version != "v0.0.38" else "RUNNING"
+    for submission_id in range(1, size + 1):
+        api.add_submission(submission_id, status="SUBMITTED", slurm_job_id=100_000 + submission_id)
+        slurm.add_job(100_000 + submission_id, state)
+    slurm.add_job(99_999, state, user="bob")
+    return api, slurm
+
+
+def active_child(directory: Path, version: str, size: int, prepare: bool) -> None:
+    """One process: with `prepare`, the journal (every job reported RUNNING) and, for update_time,
+    the remembered job list; else one timed update pass, its figures printed as JSON."""
+    config = str(directory / "config.ini")
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        api, slurm = fakes_with_active(rsps, version, size)
+        if prepare:
+            journal = jobbergate_sync.Journal(str(directory / "state" / "journal.sqlite3"))
+            journal.db.execute("BEGIN")
+            for submission_id in range(1, size + 1):
+                job_id = 100_000 + submission_id
+                journal.record_report(submission_id, jobbergate_sync.submission_tag(CLIENT_ID, submission_id),
+                                      jobbergate_sync.StateReport(job_id, "RUNNING", None, "{}"))
+            journal.db.execute("COMMIT")
+            loaded = jobbergate_sync.load_config(config, {})
+            http = jobbergate_sync.Http(jobbergate_sync.Deadline(600), 1, 0)
+            jobbergate_sync.SlurmRest(loaded, http, states_path=str(directory / "state" / "slurm-jobs.json")).states(
+                [100_000 + submission_id for submission_id in range(1, size + 1)])
+            return
+        slurm.last_job_update = 0.0  # no job changed since the remembered read
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        began = time.perf_counter()
+        code = jobbergate_sync.main(["--config", config, "-q"])
+        seconds = time.perf_counter() - began
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        paths = [urlparse(url).path for _, url, _ in slurm.requests]
+        print(json.dumps({
+            "code": code, "seconds": seconds, "peak_mb": peak / 1024, "pass_mb": (peak - before) / 1024,
+            "slurm_requests": len(paths), "slurm_job_reads": sum("/job/" in path for path in paths),
+            "list_pages": sum(name in ("pending", "active") for name, _, _ in api.calls),
+            "writes": sum(name in ("update", "submitted", "rejected") for name, _, _ in api.calls)}))
+
+
+def active_figures(size: int, version: str, user: pwd.struct_passwd) -> dict[str, float]:
+    directory = Path(tempfile.mkdtemp(prefix="jgs-bench-active-"))
+    try:
+        config = Path(write_config(directory, user, directory))
+        text = config.read_text().replace(f"url = {SLURM}\n", f"url = {SLURM}\napi_version = {version}\n")
+        config.write_text(text.replace("[jobbergate]\n", "[jobbergate]\nmax_pages = 1000\n"))
+        (directory / "state").mkdir(mode=0o700)
+        command = [sys.executable, __file__, "--active-child", str(directory), version, str(size)]
+        subprocess.run([*command, "prepare"], check=True)
+        result = subprocess.run(command, check=True, capture_output=True, text=True)
+        return json.loads(result.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--active-child"]:
+        active_child(Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5:] == ["prepare"])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10,100,500")
-    sizes = [int(size) for size in parser.parse_args().sizes.split(",")]
+    parser.add_argument("--active", type=int, default=0, help="also time an update pass over this many unchanged jobs")
+    arguments = parser.parse_args()
+    sizes = [int(size) for size in arguments.sizes.split(",") if size]
     user = pwd.getpwnam("nobody") if os.geteuid() == 0 else pwd.getpwuid(os.geteuid())
+    if arguments.active:
+        print(f"update pass, {arguments.active:,} active submissions, no state changed (fakes, fresh process each)")
+        print(f"{'slurmrestd':>10} {'requests':>9} {'job reads':>10} {'list pages':>11} {'writes':>7} "
+              f"{'pass s':>7} {'peak RSS MB':>12} {'less before MB':>15}")
+        for version, how in (("v0.0.38", "update_time"), ("v0.0.42", "jobs/state")):
+            f = active_figures(arguments.active, version, user)
+            print(f"{version:>10} {f['slurm_requests']:>9} {f['slurm_job_reads']:>10} {f['list_pages']:>11} "
+                  f"{f['writes']:>7} {f['seconds']:>7.2f} {f['peak_mb']:>12.1f} {f['pass_mb']:>15.1f}  ({how})")
+    if not sizes:
+        return
     print(f"#SBATCH parse + translate: {translation_rate():,.0f} scripts/s")
     print(f"{'pending':>8} {'submit pass s':>14} {'ms/submission':>14} {'update pass s':>14} {'slurmrestd calls (update)':>26}")
     for size in sizes:

@@ -373,12 +373,15 @@ class FakeSlurm:
         asked = parse_qs(urlparse(request.url).query).get("job_id", [])
         if any("," in value for value in asked):
             return 400, {"Content-Type": "text/plain"}, "Unable to parse query."
+        by_id: dict[int, list[dict[str, Any]]] = {}
+        for job in self.jobs.values():
+            array_id = unwrap_number(job.get("array_job_id")) or 0
+            for key in {job["job_id"], array_id} - {0}:
+                by_id.setdefault(key, []).append(job)
         answer = []
         for job_id in map(int, asked):
-            for job in self.jobs.values():
+            for job in by_id.get(job_id, []):
                 array_id = unwrap_number(job.get("array_job_id")) or 0
-                if job["job_id"] != job_id and array_id != job_id:
-                    continue
                 state = job["job_state"] if isinstance(job["job_state"], list) else [job["job_state"]]
                 task = unwrap_number(job.get("array_task_id"))
                 if not array_id:
