@@ -712,6 +712,8 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
 MinJobAge=30
+# Room for bench/cluster_size_benchmark.py's 10,000 held jobs of another user beside the tests' own.
+MaxJobCount=20000
 KillWait=5
 MailProg=/bin/true
 InactiveLimit=0
