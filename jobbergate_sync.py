@@ -3430,11 +3430,11 @@ class UpdatePhase(PassPart):
         active, complete = self.api.list_active()
         self.summary.active = len(active)
         log.info("%d active submission(s) for cluster %s", len(active), self.cluster)
-        jobs = self.slurm.jobs() if any(isinstance(item.get("slurm_job_id"), int) for item in active) else {}
         # What the submit phase has just reported is not updated again moments later (a reason
         # slurmctld gave the job meanwhile would cost a write per submission of a burst): the next
         # pass reports what changed.
         followed = [item for item in active if item["id"] not in self.context.reported_now]
+        jobs = self.slurm.jobs() if any(isinstance(item.get("slurm_job_id"), int) for item in followed) else {}
         self.context.for_each_item(followed, lambda item: self.update_one(item, jobs))
         if complete:
             self.context.changes.prune_journal({item["id"] for item in active})
