@@ -35,7 +35,9 @@ import sqlite3
 import stat
 import sys
 import tempfile
+import threading
 import time
+import warnings
 from datetime import datetime, timezone
 from typing import IO, Any, Callable, Collection, Iterable, Iterator, Mapping, Optional, Union
 
@@ -258,6 +260,7 @@ CONFIG_SCHEMA: dict[str, dict[str, Setting]] = {
         "retries": Setting(3, int),
         "backoff": Setting(1.0, float),
         "resend_after": Setting(3600, int),
+        "workers": Setting(4, int),
     },
     "logging": {
         "format": Setting("auto"),
@@ -276,6 +279,8 @@ LOG_FORMATS = ("auto", "json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 API_VERSION_RE = re.compile(r"^v0\.0\.(\d+)$")
 OLDEST_API_MINOR, NEWEST_API_MINOR = 38, 44
+# More workers than this only queue up at the API and slurmrestd, which serve a few requests at once.
+MAX_WORKERS = 32
 
 
 def parse_setting(section: str, key: str, raw: str, kind: type) -> Any:
@@ -436,6 +441,8 @@ def validate_config(sections: dict[str, dict[str, Any]]) -> None:
         section, key = where.split(".")
         need(sections[section][key] > 0, where, "must be positive")
     need(sections["run"]["backoff"] >= 0, "run.backoff", "must not be negative")
+    need(1 <= sections["run"]["workers"] <= MAX_WORKERS, "run.workers",
+         f"must be 1 (one submission at a time) to {MAX_WORKERS}")
     need(sections["slurmrestd"]["token_lifespan"] > 60, "slurmrestd.token_lifespan", "must exceed 60 seconds")
     template = sections["submit"]["execution_directory"]
     try:
@@ -467,11 +474,13 @@ class SecretRedactor(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self.secrets: list[str] = []
+        self.lock = threading.Lock()  # workers mint tokens side by side: none may be lost
 
     def add(self, secret: Optional[str]) -> None:
-        if secret and len(secret) >= 6 and secret not in self.secrets:
-            # Longest first, so a secret that contains another is hidden whole.
-            self.secrets = sorted([*self.secrets, secret], key=len, reverse=True)
+        with self.lock:
+            if secret and len(secret) >= 6 and secret not in self.secrets:
+                # Longest first, so a secret that contains another is hidden whole.
+                self.secrets = sorted([*self.secrets, secret], key=len, reverse=True)
 
     def redact(self, text: str) -> str:
         for secret in self.secrets:
@@ -568,6 +577,21 @@ class LogTail(logging.Handler):
 def ctx(**fields: Any) -> dict[str, Any]:
     """Build the `extra` of a log call from the non-empty context fields."""
     return {"extra": {key: value for key, value in fields.items() if value is not None}}
+
+
+# The submission the current thread works on (set by PassContext.for_each_item): workers handle
+# several side by side, so every line logged meanwhile names its own, even where the call does not.
+CURRENT_ITEM = threading.local()
+
+
+def add_item_context(record: logging.LogRecord) -> bool:
+    submission_id = getattr(CURRENT_ITEM, "submission_id", None)
+    if submission_id is not None and not hasattr(record, "submission_id"):
+        record.submission_id = submission_id
+    return True
+
+
+log.addFilter(add_item_context)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1587,16 +1611,25 @@ class Deadline:
 DEADLINE_GRACE_TIMEOUT = 5.0
 
 
+# The peers a pass talks to (the API, the OIDC issuer, slurmrestd, the monitoring ping): one
+# keep-alive connection pool each.
+PEERS = 4
+
+
 class Http:
     """requests with a timeout bounded by the pass deadline, retries for idempotent calls,
-    and a per-peer circuit breaker: once a peer is down, later calls fail fast."""
+    and a per-peer circuit breaker: once a peer is down, later calls fail fast. One session is
+    shared by the pass's workers: each peer's pool keeps a keep-alive connection per worker."""
 
-    def __init__(self, deadline: Deadline, retries: int, backoff: float):
+    def __init__(self, deadline: Deadline, retries: int, backoff: float, workers: int = 1):
         self.deadline = deadline
         self.retries = retries
         self.backoff = backoff
         self.session = requests.Session()
         self.session.headers["User-Agent"] = f"jobbergate-sync/{__version__}"
+        adapter = requests.adapters.HTTPAdapter(pool_connections=PEERS, pool_maxsize=workers)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
         self.down: dict[str, str] = {}
 
     def send(self, peer: str, method: str, url: str, timeout: float, **kwargs: Any) -> requests.Response:
@@ -1728,16 +1761,22 @@ class OidcToken:
         self.cache_path = cache_path
         self.write_cache = write_cache
         self.current: Optional[str] = None
+        self.lock = threading.Lock()  # workers share the token: one fetch, whoever asks first
         REDACTOR.add(self.client_secret)
 
     def get(self) -> str:
-        if self.current is None:
-            self.current = self._cached() or self._fetch()
-        return self.current
+        with self.lock:
+            if self.current is None:
+                self.current = self._cached() or self._fetch()
+            return self.current
 
-    def refresh(self) -> str:
-        self.current = self._fetch()
-        return self.current
+    def refresh(self, rejected: Optional[str] = None) -> str:
+        """A new token, in place of `rejected` (the one the API refused): when another worker has
+        replaced that one already, its replacement."""
+        with self.lock:
+            if rejected is None or self.current in (None, rejected):
+                self.current = self._fetch()
+            return self.current
 
     def _cached(self) -> Optional[str]:
         try:
@@ -1818,10 +1857,11 @@ class JobbergateApi:
         url = self.base + path
 
         def attempt() -> requests.Response:
-            response = self._send(method, url, self.token.get(), **kwargs)
+            token = self.token.get()
+            response = self._send(method, url, token, **kwargs)
             if response.status_code == 401:
                 log.info("API answered 401 to %s %s; fetching a new token and trying once more", method, url)
-                response = self._send(method, url, self.token.refresh(), **kwargs)
+                response = self._send(method, url, self.token.refresh(token), **kwargs)
                 if response.status_code == 401:
                     raise AuthError(f"{method} {url}: the API rejects a fresh token for client {self.token.client_id} (401)")
             if response.status_code == 403:
@@ -2141,19 +2181,21 @@ class SlurmCredentials:
         self.static_token = static_token
         self.lifespan = lifespan
         self.minted: dict[str, tuple[str, float]] = {}
+        self.lock = threading.Lock()  # one token per user, whichever worker asks first
         REDACTOR.add(static_token)
 
     def headers(self, user: str) -> dict[str, str]:
         if self.static_token:
             return {"X-SLURM-USER-NAME": user, "X-SLURM-USER-TOKEN": self.static_token}
-        token, expires = self.minted.get(user, ("", 0.0))
-        now = time.time()
-        if expires - 60 <= now:
-            expires = now + self.lifespan
-            import jwt
-            token = jwt.encode({"iat": int(now), "exp": int(expires), "sun": user}, self.jwt_key, algorithm="HS256")
-            REDACTOR.add(token)
-            self.minted[user] = (token, expires)
+        with self.lock:
+            token, expires = self.minted.get(user, ("", 0.0))
+            now = time.time()
+            if expires - 60 <= now:
+                expires = now + self.lifespan
+                import jwt
+                token = jwt.encode({"iat": int(now), "exp": int(expires), "sun": user}, self.jwt_key, algorithm="HS256")
+                REDACTOR.add(token)
+                self.minted[user] = (token, expires)
         return {"X-SLURM-USER-NAME": user, "X-SLURM-USER-TOKEN": token}
 
 
@@ -2174,6 +2216,7 @@ class SlurmRest:
         # Our jobs' states at the last full answer of GET jobs, for update_time (see states()).
         self.states_path = states_path
         self._no_state_query = False
+        self._choice_lock = threading.RLock()  # the first worker to need the version chooses it
 
     @property
     def version(self) -> str:
@@ -2202,13 +2245,15 @@ class SlurmRest:
     @property
     def release(self) -> Optional[str]:
         """The Slurm release, when the OpenAPI document was read (auto settings)."""
-        return self._choice.get("release") if self._choice else None
+        choice = self._choice  # read once: a worker may forget it meanwhile
+        return choice.get("release") if choice else None
 
     def choice(self) -> dict[str, Any]:
         """The remembered auto choice, else one made from slurmrestd's /openapi/v3 paths."""
-        if self._choice is None:
-            self._choice = self._remembered_choice() or self._choose(self.served())
-        return self._choice
+        with self._choice_lock:
+            if self._choice is None:
+                self._choice = self._remembered_choice() or self._choose(self.served())
+            return self._choice
 
     def _remembered_choice(self) -> Optional[dict[str, Any]]:
         try:
@@ -2248,10 +2293,11 @@ class SlurmRest:
         return choice
 
     def forget_choice(self) -> None:
-        self._choice = None
-        if self.remember and self.choice_path:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.choice_path)
+        with self._choice_lock:
+            self._choice = None
+            if self.remember and self.choice_path:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.choice_path)
 
     def _request(self, method: str, path: str, user: str, idempotent: bool, **kwargs: Any) -> tuple[requests.Response, Any]:
         url = self.base + path
@@ -2513,9 +2559,21 @@ def resolve_execution_directory(requested: Optional[str], template: str, user: L
     return os.path.normpath(directory)
 
 
+def read_whole(fd: int) -> bytes:
+    """A downloaded file's content. pread, never the descriptor's offset: workers share the file."""
+    chunks, offset = [], 0
+    while True:
+        chunk = os.pread(fd, 65536, offset)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        offset += len(chunk)
+
+
 def stage_in_directory(directory: str, files: list[tuple[str, int]]) -> None:
     """Create `directory` if missing, check it is a real writable directory, and write each
-    (name, source fd) into it without following symbolic links. Runs as the user."""
+    (name, source fd) into it without following symbolic links. Runs as the user. Sources are
+    read with pread: other submissions of the same job script read them at the same time."""
     try:
         info = os.lstat(directory)
     except FileNotFoundError:
@@ -2546,12 +2604,13 @@ def stage_in_directory(directory: str, files: list[tuple[str, int]]) -> None:
                 if not stat.S_ISREG(os.fstat(out.fileno()).st_mode):
                     raise Rejection(f"{directory}/{name} exists and is not a regular file")
                 out.truncate()
-                os.lseek(source_fd, 0, os.SEEK_SET)
+                offset = 0
                 while True:
-                    chunk = os.read(source_fd, 65536)
+                    chunk = os.pread(source_fd, 65536, offset)
                     if not chunk:
                         break
                     out.write(chunk)
+                    offset += len(chunk)
     finally:
         os.close(directory_fd)
 
@@ -2561,21 +2620,40 @@ def _file_error(exc: OSError, what: str) -> Exception:
     return Rejection(message) if exc.errno in PERMANENT_FILE_ERRNOS else ItemError(message)
 
 
+# One fork at a time: a child inherits every descriptor open at its fork, so a pipe made for
+# another child at the same moment would not see its end of file until this child exits too.
+FORK_LOCK = threading.Lock()
+
+
 def run_as_user(user: LocalUser, work: Callable[[], None]) -> None:
     """Run `work` with the user's identity. As root: in a forked child that set the user's own
-    supplementary groups, gid and uid, so no root access reaches a path the user controls."""
+    supplementary groups, gid and uid, so no root access reaches a path the user controls.
+
+    The pass forks while its other workers run. A child of a threaded process inherits locks held by
+    threads that do not exist in it; this one never waits on such a lock: its group list is looked up
+    here, before the fork (NSS may lock, and a worker may be inside getpwnam), and `work` makes
+    system calls and plain Python objects only (no logging, journal, HTTP or NSS; CPython resets its
+    own locks in a child, glibc its malloc locks). It reports through a pipe and leaves with
+    os._exit, never returning into the parent's code. So Python's warning about forking a
+    threaded process, meant for children that go on running arbitrary code, is silenced here."""
     if os.geteuid() != 0:
         if os.geteuid() != user.uid:
             raise ItemError(f"jobbergate-sync runs as uid {os.geteuid()} and cannot act as {user.name}; run it as root")
         work()
         return
-    reader, writer = os.pipe()
-    pid = os.fork()
+    groups = os.getgrouplist(user.name, user.gid)
+    with FORK_LOCK:
+        warnings.filterwarnings("ignore", message=r".*multi-threaded, use of fork\(\) may lead to deadlocks",
+                                category=DeprecationWarning, module=__name__)
+        reader, writer = os.pipe()
+        pid = os.fork()
+        if pid != 0:
+            os.close(writer)
     if pid == 0:  # child
         outcome: dict[str, str] = {}
         try:
             os.close(reader)
-            os.setgroups(os.getgrouplist(user.name, user.gid))
+            os.setgroups(groups)
             os.setresgid(user.gid, user.gid, user.gid)
             os.setresuid(user.uid, user.uid, user.uid)
             os.umask(0o022)
@@ -2589,7 +2667,6 @@ def run_as_user(user: LocalUser, work: Callable[[], None]) -> None:
             os.write(writer, json.dumps(outcome).encode())
         finally:
             os._exit(0)
-    os.close(writer)
     with os.fdopen(reader, "rb") as pipe:
         data = pipe.read()
     _, status = os.waitpid(pid, 0)
@@ -2688,14 +2765,18 @@ def create_private_file(path: str) -> None:
 
 
 class Journal:
-    """sqlite3 with synchronous=FULL: a row is on disk before the call that follows it."""
+    """sqlite3 with synchronous=FULL: a row is on disk before the call that follows it. One
+    connection shared by the pass's workers, one statement at a time under `lock` (sqlite would
+    serialise the writes anyway; one connection keeps each worker's write visible to the others at
+    once, with no busy waits between connections of one process)."""
 
     def __init__(self, path: Optional[str]):
+        self.lock = threading.Lock()
         if path is None:  # dry run: a scratch copy, so planning writes nothing
-            self.db = sqlite3.connect(":memory:", isolation_level=None)
+            self.db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         else:
             create_private_file(path)
-            self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
+            self.db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
             self.db.execute("PRAGMA synchronous=FULL")
         migrate_journal(self.db)
 
@@ -2709,24 +2790,27 @@ class Journal:
             migrate_journal(journal.db)
         return journal
 
+    def _execute(self, sql: str, parameters: tuple = ()) -> list[tuple]:
+        with self.lock:
+            return self.db.execute(sql, parameters).fetchall()
+
     def get(self, submission_id: int) -> Optional[JournalEntry]:
-        row = self.db.execute(f"SELECT {JOURNAL_COLUMNS} FROM submissions WHERE submission_id = ?",
-                              (submission_id,)).fetchone()
-        return JournalEntry(*row[:4], bool(row[4]), *row[5:]) if row else None
+        rows = self._execute(f"SELECT {JOURNAL_COLUMNS} FROM submissions WHERE submission_id = ?", (submission_id,))
+        return JournalEntry(*rows[0][:4], bool(rows[0][4]), *rows[0][5:]) if rows else None
 
     def record_intent(self, submission_id: int, tag: str, username: str, job_name: str, working_directory: str) -> None:
         now = time.time()
-        self.db.execute(
+        self._execute(
             "INSERT OR REPLACE INTO submissions (submission_id, tag, username, created_at, intent_at, job_name, "
             "working_directory) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (submission_id, tag, username, now, now, job_name, working_directory))
 
     def record_job(self, submission_id: int, slurm_job_id: int) -> None:
-        self.db.execute("UPDATE submissions SET slurm_job_id = ? WHERE submission_id = ?", (slurm_job_id, submission_id))
+        self._execute("UPDATE submissions SET slurm_job_id = ? WHERE submission_id = ?", (slurm_job_id, submission_id))
 
     def record_report(self, submission_id: int, tag: str, report: StateReport) -> None:
         """The submission's job is known to Jobbergate, with this state as the last one sent."""
-        self.db.execute(
+        self._execute(
             "INSERT INTO submissions (submission_id, tag, slurm_job_id, reported, last_state, last_reason, "
             "last_reported_at, created_at) VALUES (?, ?, ?, 1, ?, ?, ?, ?) ON CONFLICT(submission_id) DO UPDATE SET "
             "slurm_job_id = excluded.slurm_job_id, reported = 1, last_state = excluded.last_state, "
@@ -2734,18 +2818,18 @@ class Journal:
             (submission_id, tag, report.job_id, report.state, report.reason, time.time(), time.time()))
 
     def forget(self, submission_id: int) -> None:
-        self.db.execute("DELETE FROM submissions WHERE submission_id = ?", (submission_id,))
+        self._execute("DELETE FROM submissions WHERE submission_id = ?", (submission_id,))
 
     def entries(self) -> list[JournalEntry]:
-        ids = [row[0] for row in self.db.execute("SELECT submission_id FROM submissions")]
+        ids = [row[0] for row in self._execute("SELECT submission_id FROM submissions")]
         return [entry for entry in map(self.get, ids) if entry]
 
     def size(self) -> int:
-        return self.db.execute("SELECT count(*) FROM submissions").fetchone()[0]
+        return self._execute("SELECT count(*) FROM submissions")[0][0]
 
     def job_ids_of_others(self, submission_id: int) -> set[int]:
         """The Slurm jobs the journal holds for other submissions: never the job of this one."""
-        return {row[0] for row in self.db.execute(
+        return {row[0] for row in self._execute(
             "SELECT slurm_job_id FROM submissions WHERE slurm_job_id IS NOT NULL AND submission_id != ?",
             (submission_id,))}
 
@@ -2776,7 +2860,7 @@ class SyncPass:
             self.summary.deadline_reached = True
             log.warning("the pass reached its %d s deadline; the remaining work waits for the next pass",
                         context.config.run.deadline)
-        self.summary.errors += context.api.malformed_items
+        self.summary.count("errors", context.api.malformed_items)
         return self.summary
 
 
@@ -2791,6 +2875,12 @@ class PassSummary:
     deadline_reached: bool = False
     pending: Optional[int] = None  # how many submissions the pass listed (None: the list failed)
     active: Optional[int] = None
+    lock: Any = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def count(self, outcome: str, number: int = 1) -> None:
+        """Add to a counter; workers count side by side, and `+=` on an attribute is no atomic step."""
+        with self.lock:
+            setattr(self, outcome, getattr(self, outcome) + number)
 
     def exit_code(self) -> int:
         if self.unavailable:
@@ -2813,6 +2903,7 @@ class PassContext:
         self.cluster = config.oidc.client_id
         self.summary = PassSummary()
         self.pending_ids: Optional[set[int]] = None  # every pending submission, once fully listed
+        self.reported_now: set[int] = set()  # submissions this pass reported SUBMITTED (set.add is atomic)
         self.changes: Changes = DryRunChanges(self) if dry_run else LiveChanges(self)
         self.earlier = EarlierSubmit(self)
 
@@ -2833,12 +2924,86 @@ class PassContext:
         """Run one item's work; its failure is logged and counted, and the pass goes on."""
         self.contain(action, f"submission {submission_id}", submission_id)
 
+    def for_each_item(self, items: list[dict[str, Any]], work: Callable[[dict[str, Any]], None]) -> None:
+        """Run `work` on each item, contained (contain_item), by `[run] workers` threads taking the
+        items in order; with one worker, in this thread. No item starts once the deadline has passed
+        or once an item raised what ends the pass (authentication, configuration, a bug): the items
+        under way finish, then that is raised here. What items print (a dry run's plan) comes out in
+        the items' order, each item's lines together."""
+        upcoming = enumerate(items)
+        lock = threading.Lock()
+        stops: list[BaseException] = []  # why no further item may start
+        output = OrderedOutput()
+
+        def worker() -> None:
+            while True:
+                with lock:
+                    position, item = next(upcoming, (None, None)) if not stops else (None, None)
+                    if item is not None and self.deadline.remaining() <= 0:
+                        stops.append(DeadlineReached())
+                        return
+                if item is None:
+                    return
+                CURRENT_ITEM.submission_id, CURRENT_ITEM.output = item["id"], []
+                try:
+                    self.contain_item(item["id"], lambda: work(item))
+                except BaseException as exc:  # handed to the pass's thread, which raises it
+                    with lock:
+                        stops.append(exc)
+                finally:
+                    output.done(position, CURRENT_ITEM.output)
+                    CURRENT_ITEM.submission_id = CURRENT_ITEM.output = None
+
+        threads = [threading.Thread(target=worker, name=f"worker-{number}")
+                   for number in range(1, min(self.config.run.workers, len(items)) + 1)]
+        if len(threads) <= 1:
+            worker()
+        else:
+            for thread in threads:
+                thread.start()
+            try:
+                for thread in threads:
+                    thread.join()
+            except BaseException as exc:  # interrupted: no further item starts, those under way finish
+                with lock:
+                    stops.insert(0, exc)
+                for thread in threads:
+                    thread.join()
+        if stops:
+            raise next((exc for exc in stops if not isinstance(exc, DeadlineReached)), stops[0])
+
+    def say(self, text: str) -> None:
+        """Print a line of a dry run's plan: kept with its item's lines, in the items' order."""
+        lines = getattr(CURRENT_ITEM, "output", None)
+        if lines is None:
+            click.echo(text)
+        else:
+            lines.append(text)
+
     def failed(self, message: str, submission_id: Optional[int]) -> None:
-        self.summary.errors += 1
+        self.summary.count("errors")
         log.error("%s", message, **ctx(submission_id=submission_id))
 
     def report_submitted(self, submission_id: int, job_id: int, known: Optional[StateReport] = None) -> None:
         self.changes.report_submitted(submission_id, job_id, known or state_for_submitted(self.slurm, job_id))
+
+
+class OrderedOutput:
+    """The lines items print, echoed in the items' order whichever worker finishes first: an item's
+    lines wait until every earlier item is done."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.finished: dict[int, list[str]] = {}
+        self.next_position = 0
+
+    def done(self, position: int, lines: list[str]) -> None:
+        with self.lock:
+            self.finished[position] = lines
+            while self.next_position in self.finished:
+                for line in self.finished.pop(self.next_position):
+                    click.echo(line)
+                self.next_position += 1
 
 
 class PassPart:
@@ -2875,18 +3040,106 @@ def owner_of(journal: Journal, slurm: SlurmRest, submission_id: int, job_id: int
 # ---------------------------------------------------------------------------------------------
 
 
+# What the download cache of a pass may keep on disk for submissions yet to come; past it the
+# oldest files are let go (and downloaded again if a later submission needs them).
+DOWNLOAD_CACHE_BYTES = 256 * 1024 * 1024
+
+FileKey = tuple[int, str]  # (parent job script id, file name): what the API serves a file by
+
+
+def script_file_keys(item: Mapping[str, Any]) -> list[FileKey]:
+    """The files a pending item names, as far as they are well formed (parse_pending judges the rest)."""
+    script = item.get("job_script")
+    files = script.get("files") if isinstance(script, dict) else None
+    return [(entry["parent_id"], entry["filename"]) for entry in files if isinstance(entry, dict)
+            and isinstance(entry.get("parent_id"), int) and isinstance(entry.get("filename"), str)
+            ] if isinstance(files, list) else []
+
+
+class DownloadCache:
+    """The job script files of one pass, each downloaded once however many submissions share it (a
+    sweep submits one job script hundreds of times), into an unlinked private temporary file in
+    `directory` (the state directory; a dry run's system temporary directory). Each submission gets
+    its own descriptor (open_file) and closes it; the cache closes its own once the last pending
+    submission naming the file is done (release), when it holds more than DOWNLOAD_CACHE_BYTES
+    (oldest first), and at the pass's end. An unlinked file's space returns when its last descriptor
+    closes, so the disk holds at most the budget plus the files of the submissions under way."""
+
+    def __init__(self, api: JobbergateApi, directory: Optional[str], max_file_size: int,
+                 budget: int = DOWNLOAD_CACHE_BYTES):
+        self.api = api
+        self.directory = directory
+        self.max_file_size = max_file_size
+        self.budget = budget
+        self.lock = threading.Lock()
+        self.kept: dict[FileKey, tuple[IO[bytes], int]] = {}  # downloaded, oldest first
+        self.kept_bytes = 0
+        self.downloading: dict[FileKey, threading.Lock] = {}  # one download per file, its askers wait
+        self.users: dict[FileKey, int] = {}  # pending submissions naming the file, not yet done
+
+    def expect(self, item: Mapping[str, Any]) -> None:
+        for key in script_file_keys(item):
+            self.users[key] = self.users.get(key, 0) + 1
+
+    def release(self, item: Mapping[str, Any]) -> None:
+        """The item is done with its files: a file no pending submission still names is let go."""
+        with self.lock:
+            for key in script_file_keys(item):
+                self.users[key] = self.users.get(key, 1) - 1
+                if self.users[key] <= 0:
+                    self._let_go(key)
+
+    def open_file(self, script_file: ScriptFile, submission_id: int) -> int:
+        """A new descriptor of the file's content, downloaded unless this pass has it already."""
+        key = (script_file.parent_id, script_file.filename)
+        with self.lock:
+            downloading = self.downloading.setdefault(key, threading.Lock())
+        with downloading:
+            with self.lock:
+                if key in self.kept:
+                    return os.dup(self.kept[key][0].fileno())
+            handle = tempfile.TemporaryFile(dir=self.directory)
+            try:
+                size = self.api.download(script_file.parent_id, script_file.filename, handle, self.max_file_size)
+            except BaseException:  # nothing half-written is kept: the next submission asks again
+                handle.close()
+                raise
+            log.debug("downloaded %s of job script %d (%d bytes)", script_file.filename, script_file.parent_id, size,
+                      **ctx(submission_id=submission_id))
+            with self.lock:
+                descriptor = os.dup(handle.fileno())
+                self.kept[key] = (handle, size)
+                self.kept_bytes += size
+                while self.kept_bytes > self.budget:
+                    self._let_go(next(iter(self.kept)))
+            return descriptor
+
+    def _let_go(self, key: FileKey) -> None:
+        handle, size = self.kept.pop(key, (None, 0))
+        if handle is not None:
+            handle.close()
+            self.kept_bytes -= size
+
+    def close(self) -> None:
+        with self.lock:
+            for key in list(self.kept):
+                self._let_go(key)
+
+
 class SubmitPhase(PassPart):
     """Each pending submission once: an earlier pass's submit resumed, else the job prepared (where
-    it can be rejected) and submitted exactly once."""
+    it can be rejected) and submitted exactly once; `[run] workers` of them side by side."""
 
     def run(self) -> None:
         pending, complete = self.api.list_pending()
         self.summary.pending = len(pending)
         self.context.pending_ids = {item["id"] for item in pending} if complete else None
         log.info("%d pending submission(s) for cluster %s", len(pending), self.cluster)
-        for item in pending:
-            self.deadline.check()
-            self.context.contain_item(item["id"], lambda: self.submit_one(item))
+        with contextlib.closing(DownloadCache(self.api, self.context.changes.download_dir,
+                                              self.config.submit.max_file_size)) as self.downloads:
+            for item in pending:
+                self.downloads.expect(item)
+            self.context.for_each_item(pending, self.submit_one)
 
     def submit_one(self, item: Mapping[str, Any]) -> None:
         submission_id = item["id"]
@@ -2899,6 +3152,8 @@ class SubmitPhase(PassPart):
             self.reject_unsettled(exc)
         except Rejection as exc:
             self.reject(submission_id, str(exc))
+        finally:
+            self.downloads.release(item)
 
     def prepare_job(self, submission: PendingSubmission) -> PreparedJob:
         """Everything that can reject the submission, before anything changes: its owner's local
@@ -2913,35 +3168,29 @@ class SubmitPhase(PassPart):
                             f"has {len(support)}: {', '.join(f.filename for f in support)}")
         files = self.download_files(submission)
         try:
-            script = check_script(read_back(files[submission.entrypoint.filename]), submission.entrypoint.filename)
+            script = check_script(read_whole(files[submission.entrypoint.filename]), submission.entrypoint.filename)
             environment = {"PATH": self.config.submit.job_path, "HOME": user.home, "USER": user.name, "LOGNAME": user.name}
             tag = submission_tag(self.cluster, submission.id)
             request = build_job_request(script, submission.sbatch_arguments, submission.name, directory,
                                         environment, tag, self.slurm.minor, self.slurm.release)
         except BaseException:
-            for handle in files.values():
-                handle.close()
+            close_all(files)
             raise
         return PreparedJob(submission.id, user, directory, request, tag, files)
 
-    def download_files(self, submission: PendingSubmission) -> dict[str, IO[bytes]]:
-        """Each file streamed into an unlinked private temporary file."""
-        files: dict[str, IO[bytes]] = {}
+    def download_files(self, submission: PendingSubmission) -> dict[str, int]:
+        """A descriptor of each file's content (the entrypoint first), from the pass's download cache."""
+        files: dict[str, int] = {}
         try:
             for script_file in sorted(submission.files, key=lambda f: not f.is_entrypoint):
-                handle = tempfile.TemporaryFile(dir=self.context.changes.download_dir)
-                files[script_file.filename] = handle
-                size = self.api.download(script_file.parent_id, script_file.filename, handle,
-                                         self.config.submit.max_file_size)
-                log.debug("downloaded %s (%d bytes)", script_file.filename, size, **ctx(submission_id=submission.id))
+                files[script_file.filename] = self.downloads.open_file(script_file, submission.id)
         except BaseException:
-            for handle in files.values():
-                handle.close()
+            close_all(files)
             raise
         return files
 
     def reject(self, submission_id: int, message: str) -> None:
-        self.summary.rejected += 1
+        self.summary.count("rejected")
         self.context.changes.reject(submission_id, message)
 
     def reject_unsettled(self, exc: SubmitUnsettled) -> None:
@@ -2962,16 +3211,15 @@ class PreparedJob:
     directory: str
     request: JobRequest
     tag: str
-    files: dict[str, IO[bytes]]  # downloaded, by name; written to `directory` as the user before the submit
+    files: dict[str, int]  # descriptors of the downloaded files, by name; written to `directory` as the user
 
     def close(self) -> None:
-        for handle in self.files.values():
-            handle.close()
+        close_all(self.files)
 
 
-def read_back(handle: IO[bytes]) -> bytes:
-    handle.seek(0)
-    return handle.read()
+def close_all(descriptors: dict[str, int]) -> None:
+    for descriptor in descriptors.values():
+        os.close(descriptor)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2982,9 +3230,16 @@ def read_back(handle: IO[bytes]) -> bytes:
 STALE_INTENT_SECONDS = 86400
 
 
+def just_submitted(job_id: int) -> StateReport:
+    """What agent/submitted reports for a job Slurm has just accepted: PENDING, the state every new
+    job starts in. Reading the job back would only cost a request per submission; its reason and
+    later states come with the update phase."""
+    return StateReport(job_id, "PENDING", None, json.dumps({"job_id": job_id}))
+
+
 def state_for_submitted(slurm: SlurmRest, job_id: int) -> StateReport:
-    """The state agent/submitted reports with a job just submitted or found: PENDING when Slurm cannot
-    say (it has just accepted the job)."""
+    """The state agent/submitted reports with a job an earlier pass submitted (it may have run since):
+    PENDING when Slurm cannot say."""
     try:
         records = slurm.job(job_id)
     except (Unavailable, ItemError) as exc:
@@ -2992,7 +3247,7 @@ def state_for_submitted(slurm: SlurmRest, job_id: int) -> StateReport:
                     **ctx(slurm_job_id=job_id))
         records = None
     report = report_from_records(job_id, records, report_from_slurmctld) if records else None
-    return report or StateReport(job_id, "PENDING", None, json.dumps({"job_id": job_id}))
+    return report or just_submitted(job_id)
 
 
 def refused_report_standing(current: Mapping[str, Any], job_id: int) -> str:
@@ -3029,10 +3284,10 @@ class LiveChanges(PassPart):
         log.info("submitted submission %d as Slurm job %d", job.submission_id, job_id,
                  **ctx(submission_id=job.submission_id, slurm_job_id=job_id, user=job.user.name))
         crash_point(CrashPoint.AFTER_JOURNAL_JOB)
-        self.context.report_submitted(job.submission_id, job_id)
+        self.context.report_submitted(job.submission_id, job_id, just_submitted(job_id))
 
     def write_files(self, job: PreparedJob) -> None:
-        files = [(name, handle.fileno()) for name, handle in job.files.items()] if self.config.submit.write_files else []
+        files = list(job.files.items()) if self.config.submit.write_files else []
         run_as_user(job.user, lambda: stage_in_directory(job.directory, files))
         log.info("wrote %d file(s) to %s as %s", len(files), job.directory, job.user.name,
                  **ctx(submission_id=job.submission_id, user=job.user.name))
@@ -3071,7 +3326,8 @@ class LiveChanges(PassPart):
         if report.state in SLURM_FINAL_STATES:  # agent/submitted leaves it SUBMITTED; only an update closes it
             self.api.update(submission_id, report)
         self.journal.record_report(submission_id, tag, report)
-        self.summary.submitted += 1
+        self.context.reported_now.add(submission_id)
+        self.summary.count("submitted")
         log.info("reported submission %d SUBMITTED with Slurm job %d (%s)", submission_id, job_id, report.state, **fields)
 
     def settle_refused_report(self, submission_id: int, job_id: int, report: StateReport, refusal: ApiConflict) -> None:
@@ -3117,14 +3373,14 @@ class LiveChanges(PassPart):
             log.warning("asked Slurm to cancel job %d of submission %d as %s, but it is %s", job_id, submission_id,
                         owner, after.state, **fields)
             return after
-        self.summary.cancelled += 1
+        self.summary.count("cancelled")
         log.info("cancelled Slurm job %d of cancelled submission %d as %s", job_id, submission_id, owner, **fields)
         return after
 
     def update(self, submission_id: int, report: StateReport) -> None:
         self.api.update(submission_id, report)
         self.journal.record_report(submission_id, submission_tag(self.cluster, submission_id), report)
-        self.summary.updated += 1
+        self.summary.count("updated")
         log.info("updated submission %d: Slurm job %s is %s%s", submission_id, report.job_id, report.state,
                  f" ({report.reason})" if report.reason else "",
                  **ctx(submission_id=submission_id, slurm_job_id=report.job_id))
@@ -3155,29 +3411,29 @@ class DryRunChanges(PassPart):
     download_dir = None  # the state directory is left alone
 
     def submit_exactly_once(self, job: PreparedJob) -> None:
-        click.echo(f"would submit submission {job.submission_id} as {job.user.name} in {job.directory}: "
+        self.context.say(f"would submit submission {job.submission_id} as {job.user.name} in {job.directory}: "
                    f"{json.dumps(job.request.payload['job'], sort_keys=True)[:2000]}")
-        self.summary.submitted += 1
+        self.summary.count("submitted")
 
     def report_submitted(self, submission_id: int, job_id: int, report: StateReport) -> None:
-        click.echo(f"would report submission {submission_id} SUBMITTED as Slurm job {job_id}")
+        self.context.say(f"would report submission {submission_id} SUBMITTED as Slurm job {job_id}")
 
     def reject(self, submission_id: int, message: str) -> None:
-        click.echo(f"would reject submission {submission_id}: {message}")
+        self.context.say(f"would reject submission {submission_id}: {message}")
 
     def forget(self, submission_id: int) -> None:
         pass
 
     def cancel_duplicate(self, submission_id: int, job_id: int, owner: str) -> None:
-        click.echo(f"would cancel Slurm job {job_id}, a duplicate of submission {submission_id}, as {owner}")
+        self.context.say(f"would cancel Slurm job {job_id}, a duplicate of submission {submission_id}, as {owner}")
 
     def cancel_job(self, submission_id: int, job_id: int, owner: str) -> Optional[StateReport]:
-        click.echo(f"would cancel Slurm job {job_id} of cancelled submission {submission_id} as {owner}")
+        self.context.say(f"would cancel Slurm job {job_id} of cancelled submission {submission_id} as {owner}")
         return None
 
     def update(self, submission_id: int, report: StateReport) -> None:
-        click.echo(f"would update submission {submission_id}: {report.state} ({report.reason or 'no reason'})")
-        self.summary.updated += 1
+        self.context.say(f"would update submission {submission_id}: {report.state} ({report.reason or 'no reason'})")
+        self.summary.count("updated")
 
     def prune_journal(self, active_ids: set[int]) -> None:
         pass
@@ -3359,10 +3615,12 @@ class UpdatePhase(PassPart):
         active, complete = self.api.list_active()
         self.summary.active = len(active)
         log.info("%d active submission(s) for cluster %s", len(active), self.cluster)
-        jobs = self.slurm.states({item["slurm_job_id"] for item in active if isinstance(item.get("slurm_job_id"), int)})
-        for item in active:
-            self.deadline.check()
-            self.context.contain_item(item["id"], lambda: self.update_one(item, jobs))
+        # What the submit phase has just reported is not updated again moments later (a reason
+        # slurmctld gave the job meanwhile would cost a write per submission of a burst): the next
+        # pass reports what changed.
+        followed = [item for item in active if item["id"] not in self.context.reported_now]
+        jobs = self.slurm.states({item["slurm_job_id"] for item in followed if isinstance(item.get("slurm_job_id"), int)})
+        self.context.for_each_item(followed, lambda item: self.update_one(item, jobs))
         if complete:
             self.context.changes.prune_journal({item["id"] for item in active})
 
@@ -3374,7 +3632,7 @@ class UpdatePhase(PassPart):
             else:
                 log.error("active submission %d is %s without a Slurm job id", submission_id, status,
                           **ctx(submission_id=submission_id))
-                self.summary.errors += 1
+                self.summary.count("errors")
             return
         records = jobs.get(job_id)
         if not records or not all(is_full_record(job) for job in records):
@@ -3402,7 +3660,7 @@ class UpdatePhase(PassPart):
         report = StateReport(None, "CANCELLED", "Job was cancelled by the user before a Slurm job was created",
                              "cancelled before submission to Slurm")
         self.send_update(submission_id, report)
-        self.summary.cancelled += 1
+        self.summary.count("cancelled")
 
     def same_state_reported(self, submission_id: int, job_id: int, light: list[dict[str, Any]]) -> bool:
         """Whether records holding only states (`light`) show what was reported lately: the same
@@ -3976,7 +4234,7 @@ def run_once(config: Config, dry_run: bool) -> int:
     monitor.start()
     try:
         deadline = Deadline(config.run.deadline)
-        http = Http(deadline, config.run.retries, config.run.backoff)
+        http = Http(deadline, config.run.retries, config.run.backoff, config.run.workers)
         state_dir = config.run.state_dir
         journal_path = os.path.join(state_dir, "journal.sqlite3")
         token = OidcToken(config, http, os.path.join(state_dir, "token.json"), write_cache=not dry_run)

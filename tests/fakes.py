@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -150,9 +151,12 @@ class FakeJobbergate:
     def add_submission(self, submission_id: int, files: Optional[dict[str, bytes]] = None, *,
                        entrypoint: str = "job.sh", email: str = "user@example.com", name: Optional[str] = None,
                        status: str = "CREATED", sbatch_arguments: Optional[list[str]] = None,
-                       execution_directory: Optional[str] = None, slurm_job_id: Optional[int] = None) -> dict:
+                       execution_directory: Optional[str] = None, slurm_job_id: Optional[int] = None,
+                       script_id: Optional[int] = None) -> dict:
+        """script_id: the job script's id (default: one script per submission); submissions given
+        the same id share that script's files, as a sweep of one job script does."""
         files = files if files is not None else {"job.sh": b"#!/bin/bash\necho hello\n"}
-        script_id = 1000 + submission_id
+        script_id = script_id if script_id is not None else 1000 + submission_id
         for filename, content in files.items():
             self.files[(script_id, filename)] = content
         submission = {
@@ -188,7 +192,8 @@ class FakeJobbergate:
             if queued:
                 return queued
             match = re.fullmatch(pattern, path)
-            return handler(request, body, *match.groups())
+            # looked up per call, so a test may wrap it
+            return getattr(self, handler.__name__)(request, body, *match.groups())
 
         return callback
 
@@ -284,6 +289,7 @@ class FakeSlurm:
         self.cancelled: list[tuple[int, str]] = []
         self.requests: list[tuple[str, str, dict]] = []
         self.next_id = 100
+        self.submit_lock = threading.Lock()  # the tool's workers submit side by side
         # Queued answers per route ("submit", "list", "get", "delete", "dbd", ...; see _queued).
         self.answers: dict[str, list[Any]] = {}
         self.down = False
@@ -344,12 +350,13 @@ class FakeSlurm:
 
     def _submit(self, request: requests.PreparedRequest, user: str, _: Any) -> tuple:
         payload = json.loads(request.body)
-        self.submitted.append({"user": user, **payload})
-        job_id = self.next_id
-        self.next_id += 1
         job = payload["job"]
-        self.add_job(job_id, "PENDING", "Priority", user, job.get("comment", ""))
-        self.jobs[job_id]["name"] = job.get("name", "")
+        with self.submit_lock:
+            self.submitted.append({"user": user, **payload})
+            job_id = self.next_id
+            self.next_id += 1
+            self.add_job(job_id, "PENDING", "Priority", user, job.get("comment", ""))
+            self.jobs[job_id]["name"] = job.get("name", "")
         return _json(200, {"errors": [], "job_id": job_id, "step_id": "BATCH", "job_submit_user_msg": ""})
 
     def _list(self, request: requests.PreparedRequest, user: str, _: Any) -> tuple:

@@ -215,7 +215,7 @@ def test_deadline_leaves_the_rest_for_the_next_pass(stack, config_file, email, c
         return original(*args)
 
     stack.slurm._submit = slow_submit
-    config = config_file(**{"run.deadline": 1})
+    config = config_file(**{"run.deadline": 1, "run.workers": 1})  # one at a time: the second starts late
     assert main(["--config", config]) == 0
     assert "deadline" in capsys.readouterr().err
     assert sorted(stack.api.status(i) for i in (1, 2)) == ["CREATED", "SUBMITTED"]

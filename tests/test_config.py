@@ -83,6 +83,7 @@ EXPECTED_DEFAULTS = {
     ("run", "retries"): 3,
     ("run", "backoff"): 1.0,
     ("run", "resend_after"): 3600,
+    ("run", "workers"): 4,
     ("logging", "format"): "auto",
     ("logging", "level"): "info",
     ("logging", "file"): "",

@@ -48,8 +48,9 @@ def test_happy_path_submits_writes_files_as_the_user_and_reports(stack, config_f
     assert stack.api.status(1) == "SUBMITTED"
     [report] = stack.api.called("submitted")
     assert report["slurm_job_id"] == 100 and report["slurm_job_state"] == "PENDING"
-    assert report["slurm_job_state_reason"] == "Priority"
+    assert "slurm_job_state_reason" not in report  # not read back: its reason comes with a later update
     assert json.loads(report["slurm_job_info"])["job_id"] == 100
+    assert stack.api.called("update") == []  # not updated again in the pass that reported it
     assert stack.api.health == [90]
     assert journal_rows(tmp_path) == [(1, 100, 1, "PENDING")]
 

@@ -15,6 +15,10 @@
 #   stack.sh reset              wipe API data (DB + bucket) and cancel the test users' Slurm jobs
 #   stack.sh env                print stack.env
 #
+# JGS_API_WORKERS (default 1): uvicorn workers of jobbergate-api. `JGS_API_WORKERS=2 stack.sh restart
+# api` restarts only the API with two (production runs several; one is what the tests expect: run
+# `stack.sh restart api` to go back to it).
+#
 # Legs (JGS_SLURM_LEGS, default every available one: 2205,2411,2511):
 #   2205  Debian 12 root, Slurm 22.05 packages        slurmrestd v0.0.38 (+dbv0.0.38)  ports 6817-6820
 #   2411  Debian 13 root, Slurm 24.11 packages        v0.0.40 v0.0.41 v0.0.42           ports 6827-6830
@@ -49,6 +53,7 @@ API_PORT="${JGS_API_PORT:-8000}"
 OIDC_PORT="${JGS_OIDC_PORT:-8180}"
 S3_PORT="${JGS_S3_PORT:-9000}"
 PG_PORT="${JGS_PG_PORT:-5433}"
+API_WORKERS="${JGS_API_WORKERS:-1}"
 MARIADB_PORT="${JGS_MARIADB_PORT:-3306}"
 
 ALL_LEGS=(2205 2411 2511)
@@ -1142,11 +1147,11 @@ start_api() {
   ensure_dir "$STACK_DIR/api-cwd" root:root 0755 # empty: pydantic-settings would read a .env here
   # shellcheck disable=SC2046
   (cd "$STACK_DIR/api-cwd" && exec setsid env -i $(api_env) "$API_VENV/bin/uvicorn" jobbergate_api.main:app \
-    --host 127.0.0.1 --port "$API_PORT" --workers 1 --no-server-header </dev/null >>"$LOG_DIR/api.log" 2>&1) &
+    --host 127.0.0.1 --port "$API_PORT" --workers "$API_WORKERS" --no-server-header </dev/null >>"$LOG_DIR/api.log" 2>&1) &
   record_pid api "$!"
   wait_until 60 "api" http_is "http://127.0.0.1:$API_PORT/jobbergate/health" 204 ||
     { tail_log "$LOG_DIR/api.log" 40; die "jobbergate-api did not become healthy"; }
-  log "started jobbergate-api (pid $(service_pid api))"
+  log "started jobbergate-api (pid $(service_pid api), $API_WORKERS uvicorn worker(s))"
 }
 
 check_api_auth() { # full chain: issuer token -> API (JWKS fetch) -> DB
