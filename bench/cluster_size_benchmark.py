@@ -5,9 +5,9 @@ Figures, not asserts.
 
     flock /var/tmp/jgs-stack.lock .venv/bin/python bench/cluster_size_benchmark.py [--leg 2205] [--others 10000] [--ours 100]
 
-The leg's slurmctld is given OTHERS held one-job submissions of bob (`sbatch --hold --wrap`, in
-parallel: a job array would be one record in slurmctld until its tasks start, not OTHERS of them)
-and OURS held jobs of alice, the jobs a pass follows. Each read runs in a fresh process (its peak
+The leg's slurmctld is given OTHERS held one-job submissions of bob (through slurmrestd, in
+parallel; not a job array, which is one record in slurmctld until its tasks start, not OTHERS of
+them) and OURS held jobs of alice, the jobs a pass follows. Each read runs in a fresh process (its peak
 RSS is the read's own plus the import of the tool); bytes are the response bodies' and the
 slurmrestd time the sum of the requests' wall time. On a leg without GET jobs/state (22.05,
 v0.0.38) states() asks GET jobs?update_time=: the first read of a pass is a full one; while no job
@@ -19,6 +19,7 @@ Needs MaxJobCount above OTHERS + OURS in the leg's slurm.conf (stack.sh sets 200
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import resource
 import subprocess
@@ -35,27 +36,32 @@ STACK_SH = ROOT / "tests" / "integration" / "stack.sh"
 SUBMITTERS = 4  # sbatch loops run side by side
 
 
-def slurm_command(leg: str, *command: str, user: str = "root") -> str:
-    """A command inside the leg's root, as `user`; its standard output."""
-    if user != "root":
-        command = ("su", "-s", "/bin/sh", user, "-c", " ".join(command))
+def slurm_command(leg: str, *command: str) -> str:
+    """A Slurm command as root inside the leg's root; its standard output."""
     result = subprocess.run(["bash", str(STACK_SH), "slurm", leg, *command], capture_output=True, text=True, check=True)
     return result.stdout
 
 
 def submit_held(leg: str, user: str, count: int) -> list[int]:
-    """`count` held one-line jobs of `user`; their ids."""
-    share = [count // SUBMITTERS + (1 if index < count % SUBMITTERS else 0) for index in range(SUBMITTERS)]
-    loop = "for i in $(seq {n}); do sbatch --parsable --hold -Q -J jgs-bench -o /dev/null --wrap true; done"
-    processes = [subprocess.Popen(["bash", str(STACK_SH), "slurm", leg, "su", "-s", "/bin/sh", user, "-c", loop.format(n=n)],
-                                  stdout=subprocess.PIPE, text=True) for n in share if n]
-    ids = []
-    for process in processes:
-        output, _ = process.communicate()
-        ids += [int(line.split(";")[0]) for line in output.split() if line.strip()]
-    if len(ids) != count:
-        raise SystemExit(f"submitted {len(ids)} of {count} jobs as {user} on leg {leg}")
-    return ids
+    """`count` held one-line jobs of `user`, submitted through slurmrestd by SUBMITTERS threads; their ids."""
+    import helpers
+
+    slurm = helpers.SlurmControl(helpers.get_stack(), leg)
+
+    job = {"name": "jgs-bench", "hold": True, "current_working_directory": "/tmp", "standard_output": "/dev/null"}
+    environment = {"PATH": "/usr/bin:/bin"}
+    if helpers.api_minor(slurm.api_version) >= 40:
+        body = {"job": {**job, "script": "#!/bin/sh\ntrue\n", "environment": ["PATH=/usr/bin:/bin"]}}
+    else:
+        body = {"script": "#!/bin/sh\ntrue\n", "job": {**job, "environment": environment}}
+
+    def submit(_: int) -> int:
+        # a held job comes with an error entry ("Job is in held state") beside its id
+        answer = slurm.request("POST", f"/slurm/{slurm.api_version}/job/submit", user, json=body).json()
+        return int(answer["job_id"])
+
+    with concurrent.futures.ThreadPoolExecutor(SUBMITTERS) as pool:
+        return list(pool.map(submit, range(count)))
 
 
 def read_child(directory: str, leg: str, how: str, ids_file: str) -> None:
