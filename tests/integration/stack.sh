@@ -1393,6 +1393,16 @@ cmd_reset() {
   check_api_auth
 }
 
+# A daemon keeps every descriptor it is started with. `flock LOCK stack.sh ...` hands its lock file
+# down, and a daemon holding it would hold that lock for as long as it runs: close what the caller
+# passed (all but stdin/stdout/stderr and bash's own script descriptor) before starting anything.
+close_inherited_fds() {
+  local fd
+  for fd in $(ls /proc/$$/fd); do
+    case "$fd" in 0 | 1 | 2 | 255) ;; *) eval "exec $fd>&-" 2>/dev/null || true ;; esac
+  done
+}
+
 main() {
   local cmd="${1:-}"
   case "$cmd" in
@@ -1402,6 +1412,7 @@ main() {
         mkdir -p "$STACK_DIR"
         exec env JGS_STACK_LOCKED=1 flock -o -w 1200 "$STACK_DIR/.lock" "$SELF" "$@" </dev/null
       fi
+      close_inherited_fds
       ;;
   esac
   case "$cmd" in
