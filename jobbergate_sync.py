@@ -1218,7 +1218,7 @@ def parse_options(words: list[str], source: str, for_sbatch: bool = False) -> li
             except Rejection:
                 if not for_sbatch or not name:
                     raise
-                meant = [checked for checked in SBATCH_CHECKED_OPTIONS if checked.startswith(name)]
+                meant = sorted(checked for checked in SBATCH_CHECKED_OPTIONS if checked.startswith(name))
                 if meant:  # getopt_long would take an abbreviation: never let one hide a refused option
                     raise Rejection(f"option --{name} in {source} may abbreviate --{', --'.join(meant)}; "
                                     "write the option out") from None
@@ -3973,6 +3973,13 @@ def secret_file_problem(key: str, path: str, info: os.stat_result, min_uid: int)
     return None
 
 
+def executable_problem(path: str) -> Optional[str]:
+    """Why `path` cannot be run as a command, or None."""
+    if not os.path.isfile(path):
+        return "no such file"
+    return None if os.access(path, os.X_OK) else "not executable"
+
+
 def failure_fix(exc: Exception, fixes: Mapping[type, str]) -> str:
     """The fix for `exc`: that of its most specific type in `fixes`."""
     for kind in type(exc).__mro__:
@@ -4007,7 +4014,10 @@ class Check:
         else:
             self.lines.append(skipped("Jobbergate API", "OIDC token"))
         user = self.mapped_user(config)
-        self.slurmrestd(SlurmRest(config, http, choice_path=None, remember=False), user)  # remembers nothing
+        if config.slurm.backend == "sbatch":
+            self.slurm_commands(SlurmCommands(config))
+        else:
+            self.slurmrestd(SlurmRest(config, http, choice_path=None, remember=False), user)  # remembers nothing
         self.state_directory(config)
         if isinstance(user, CheckLine):
             self.lines.append(user)
@@ -4142,6 +4152,44 @@ class Check:
                              "jwt_key=) or is down (scontrol ping)",
             }), exc.exit_code)
         return passed(what, f"{signed} accepted; slurmctld answered GET /slurm/{slurm.version}/ping")
+
+    def slurm_commands(self, slurm: SlurmCommands) -> None:
+        """The sbatch backend: each command present and executable, its release, then slurmctld
+        (squeue) and slurmdbd (sacct) answering."""
+        what = "Slurm commands"
+        problems = [f"[slurm] {tool} = {path}: {problem}" for tool, path in slurm.tools.items()
+                    for problem in [executable_problem(path)] if problem]
+        if problems:
+            self.lines.append(failed(what, "; ".join(problems), "install Slurm's client commands or fix the paths",
+                                     EX_CONFIG))
+            self.lines += [skipped(name, what) for name in ("slurmctld", "slurmdbd")]
+            return
+        try:
+            releases = {tool: slurm.tool_release(tool) for tool in ("sbatch", "squeue", "sacct")}
+        except SyncError as exc:
+            self.lines.append(failed(what, str(exc), "check Slurm's installation on this host", exc.exit_code))
+            self.lines += [skipped(name, what) for name in ("slurmctld", "slurmdbd")]
+            return
+        shown = ", ".join(f"{tool} {release}" for tool, release in releases.items())
+        self.lines.append(passed(what, f"{', '.join(slurm.tools.values())} executable; {shown}"))
+        unreachable = "check that slurmctld runs (scontrol ping), that munged runs, and this host's slurm.conf"
+        try:
+            jobs = slurm.jobs()
+        except SyncError as exc:
+            self.lines.append(failed("slurmctld", str(exc), failure_fix(exc, {Unavailable: unreachable}), exc.exit_code))
+        else:
+            self.lines.append(passed("slurmctld", f"squeue answered: it holds {len(jobs)} job(s)"))
+        if not slurm.use_slurmdbd:
+            self.lines.append(passed("slurmdbd", "not used ([slurm] slurmdbd = false): a job slurmctld has "
+                                                 "forgotten is reported UNKNOWN"))
+            return
+        try:
+            slurm.accounting_jobs_since("root", time.time())
+        except SyncError as exc:
+            self.lines.append(failed("slurmdbd", str(exc), failure_fix(exc, {
+                Unavailable: "check that slurmdbd runs, or set [slurm] slurmdbd = false"}), exc.exit_code))
+        else:
+            self.lines.append(passed("slurmdbd", "sacct answered: used for the jobs slurmctld has forgotten"))
 
     def state_directory(self, config: Config) -> None:
         what = "state directory and lock"
