@@ -1170,10 +1170,10 @@ SBATCH_COMMAND_SPECS: tuple[OptionSpec, ...] = (
     OptionSpec("usage", "u", "none", refuse("--usage is not allowed: it submits nothing")),
     OptionSpec("version", "V", "none", refuse("--version is not allowed: it submits nothing")),
 )
-SBATCH_CHECKED_OPTIONS = ("uid", "gid", "export-file", "get-user-env", "wrap", "export")
+SBATCH_CHECKED_OPTIONS = ("uid", "gid", "export-file", "get-user-env", "wrap", "export",
+                          *(spec.name for spec in SBATCH_COMMAND_SPECS))
 SBATCH_CHECKED_BY_LONG = {**OPTIONS_BY_LONG, **{spec.name: spec for spec in SBATCH_COMMAND_SPECS}}
 SBATCH_CHECKED_BY_SHORT = {**OPTIONS_BY_SHORT, **{spec.short: spec for spec in SBATCH_COMMAND_SPECS if spec.short}}
-SBATCH_CHECKED_OPTIONS += tuple(spec.name for spec in SBATCH_COMMAND_SPECS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1194,8 +1194,8 @@ def _find_long_option(name: str, source: str, table: Mapping[str, OptionSpec] = 
 
 
 def _passed_to_sbatch(name: str) -> OptionSpec:
-    """An option this tool does not know, left for sbatch to judge."""
-    return OptionSpec(name, None, "optional", refuse(f"--{name} is only understood by sbatch"))
+    """An option this tool does not know, left for sbatch to judge (never translated)."""
+    return OptionSpec(name, None, "optional", refuse(f"--{name} cannot be translated for slurmrestd"))
 
 
 def parse_options(words: list[str], source: str, for_sbatch: bool = False) -> list[ParsedOption]:
@@ -1292,7 +1292,7 @@ class SbatchRequest:
     script: str
 
     def shown(self) -> str:
-        return f"sbatch --parsable {shlex.join(self.arguments)} < {self.name!r} script"
+        return f"sbatch --parsable {shlex.join(self.arguments)} (the script on its standard input)"
 
 
 def submission_tag(cluster: str, submission_id: int) -> str:
