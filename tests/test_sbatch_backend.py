@@ -168,12 +168,13 @@ def test_a_job_sbatch_refuses_is_rejected_with_its_message_and_the_arguments(bac
     assert "(sbatch_arguments: --nodes=two)" in str(refused.value) and "Try " not in str(refused.value)
 
 
-def test_an_invalid_partition_is_rejected_with_slurmctlds_reason(backend_config):
-    slurm, _ = backend(backend_config(), {"returncode": 1, "stdout": "", "stderr": (
-        "sbatch: error: invalid partition specified: no-such-partition\n"
-        "sbatch: error: Batch job submission failed: Invalid partition name specified\n")})
-    with pytest.raises(Rejection, match="Invalid partition name specified"):
+@pytest.mark.parametrize("version", VERSIONS)
+def test_an_invalid_partition_is_rejected_with_slurmctlds_reason(backend_config, version):
+    slurm, _ = backend(backend_config(), recorded(version, "bad_partition"))
+    with pytest.raises(Rejection) as refused:
         slurm.submit(request(), "alice")
+    assert str(refused.value) == ("sbatch refused the job: invalid partition specified: no-such-partition; "
+                                  "Batch job submission failed: Invalid partition name specified")
 
 
 @pytest.mark.parametrize("answer", [
@@ -250,6 +251,38 @@ def test_without_json_squeue_is_read_in_its_fixed_text_format_from_then_on(backe
     assert states[9][0]["array_task_string"] == "2-5"
     assert slurm.jobs_with_tag(TAG) == [1, 2]
     assert "--json" not in runner.calls[2]["argv"]  # remembered: no second try
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_held_array_reads_the_same_in_json_and_in_text(backend_config, version):
+    held_id = int(recorded(version, "submit_held_array")["stdout"])
+    no_json = {"returncode": 255, "stdout": "", "stderr": "squeue: unrecognized option '--json'\n"}
+    from_json, _ = backend(backend_config(), recorded(version, "squeue_json_held"))
+    from_text, _ = backend(backend_config(), no_json, recorded(version, "squeue_text"))
+    for slurm in (from_json, from_text):
+        [record] = slurm.states([held_id])[held_id]
+        assert jobbergate_sync.array_task_label(record) == "0-3"
+        report = report_from_records(held_id, [record], report_from_slurmctld)
+        assert (report.state, report.reason) == ("PENDING", "JobHeldUser")
+        assert jobbergate_sync.comment_has_tag(record["comment"], "jobbergate-sync:cap:9")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_sacct_text_records_read_like_its_json_ones(backend_config, version):
+    no_json = {"returncode": 1, "stdout": "", "stderr": "sacct: error: No serializer loaded for mime type application/json\n"}
+    slurm, _ = backend(backend_config(), no_json, recorded(version, "sacct_text"), recorded(version, "sacct_text_array"))
+    [failed] = slurm.accounting_job(1)
+    assert report_from_slurmdbd(failed).reason == "Failed (exit code 3)"  # even where 22.05's JSON has it wrong
+    assert failed["comment"]["job"] == "jobbergate-sync:cap:1 hi" and failed["working_directory"] == "/home/alice/sbcap"
+    array = slurm.accounting_job(2)
+    assert sorted((record["job_id"], record["array"]["task_id"]) for record in array) == [(2, 1), (5, 0)]
+    assert report_from_records(2, array, report_from_slurmdbd).state == "COMPLETED"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_the_release_comes_from_version(backend_config, version):
+    slurm, _ = backend(backend_config(), recorded(version, "sbatch_version"))
+    assert slurm.tool_release("sbatch") == {"22.05": "22.05.8", "24.11": "24.11.5", "25.11": "25.11.7"}[version]
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -117,7 +117,7 @@ class Tool:
         command = [str(SCRIPT), *arguments]
         environment = {key: value for key, value in os.environ.items() if not key.startswith("JOBBERGATE_SYNC_")}
         if self.backend == "sbatch":  # the root's python3 with its Debian packages, and a clean environment
-            command = ["chroot", str(self.leg.root), "python3", IN_ROOT_MODULE, *arguments]
+            command = ["/usr/sbin/chroot", str(self.leg.root), "python3", IN_ROOT_MODULE, *arguments]
             environment = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
         environment.update(env or {})
         began = time.monotonic()
