@@ -133,7 +133,7 @@ OPTION_ROWS: tuple[OptionRow, ...] = (
     OptionRow("gres", ("--gres=gpu:1",), r"TresPerNode=gres[:/]gpu:1\b"),
     OptionRow("gpus", ("--gpus=1",), r"TresPerJob=gres[:/]gpu:1\b"),
     OptionRow("gpus-per-node", ("--gpus-per-node=1",), r"TresPerNode=gres[:/]gpu:1\b"),
-    OptionRow("gpus-per-task", ("--ntasks=1", "--gpus-per-task=1"), r"TresPerTask=gres[:/]gpu:1\b"),
+    OptionRow("gpus-per-task", ("--ntasks=1", "--gpus-per-task=1"), r"TresPerTask=gres[:/]gpu[:=]1\b"),  # sbatch 24.11+: gres/gpu=1
     OptionRow("begin", ("--begin=now+1hour",), r"Reason=BeginTime\b"),
     OptionRow("begin", ("--begin=now",), r"JobState=(PENDING|RUNNING|COMPLETING|COMPLETED)\b(?!.*Reason=BeginTime)"),
     OptionRow("begin", ("--begin=tomorrow",), r"Reason=BeginTime\b"),
