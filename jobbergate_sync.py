@@ -30,16 +30,18 @@ import logging
 import os
 import pwd
 import re
+import shlex
 import signal
 import sqlite3
 import stat
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 import warnings
 from datetime import datetime, timezone
-from typing import IO, Any, Callable, Collection, Iterable, Iterator, Mapping, Optional, Union
+from typing import IO, Any, Callable, Collection, Iterable, Iterator, Mapping, Optional, Protocol, Union
 
 import click
 import requests
@@ -240,6 +242,17 @@ CONFIG_SCHEMA: dict[str, dict[str, Setting]] = {
         "purge_horizon": Setting(300, int),
         "timeout": Setting(15.0, float),
     },
+    "slurm": {
+        "backend": Setting("slurmrestd"),
+        "sbatch": Setting("/usr/bin/sbatch"),
+        "squeue": Setting("/usr/bin/squeue"),
+        "sacct": Setting("/usr/bin/sacct"),
+        "scancel": Setting("/usr/bin/scancel"),
+        "sdiag": Setting("/usr/bin/sdiag"),
+        "slurmdbd": Setting(True, bool),
+        "purge_horizon": Setting(300, int),
+        "timeout": Setting(30.0, float),
+    },
     "submit": {
         "execution_directory": Setting("/home/{username}"),
         "write_files": Setting(True, bool),
@@ -275,6 +288,8 @@ CONFIG_SCHEMA: dict[str, dict[str, Setting]] = {
 }
 
 MAPPER_TYPES = ("single-user", "email-local-part", "map-file")
+SLURM_BACKENDS = ("slurmrestd", "sbatch")
+SLURM_TOOLS = ("sbatch", "squeue", "sacct", "scancel", "sdiag")
 LOG_FORMATS = ("auto", "json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 API_VERSION_RE = re.compile(r"^v0\.0\.(\d+)$")
@@ -402,17 +417,23 @@ def load_config(path: str, environ: Mapping[str, str]) -> Config:
     client_secret = oidc["client_secret"] or read_secret_file(
         oidc["client_secret_file"], "[oidc] client_secret_file"
     ).decode("utf-8").strip()
+    jwt_key = static_token = None
+    if sections["slurm"]["backend"] == "slurmrestd":  # the sbatch backend goes through munge: no secret of its own
+        jwt_key, static_token = read_slurmrestd_secret(slurm)
+    return Config(sections, client_secret, jwt_key, static_token)
+
+
+def read_slurmrestd_secret(slurm: Mapping[str, Any]) -> tuple[Optional[bytes], Optional[str]]:
+    """The JWT key or the static token, from whichever of the two files is set (exactly one must be)."""
     if bool(slurm["jwt_key_file"]) == bool(slurm["token_file"]):
         raise ConfigError("[slurmrestd] set exactly one of jwt_key_file and token_file")
-    jwt_key = static_token = None
     if slurm["jwt_key_file"]:
         jwt_key = read_secret_file(slurm["jwt_key_file"], "[slurmrestd] jwt_key_file")
         if not jwt_key:
             raise ConfigError(f"[slurmrestd] jwt_key_file {slurm['jwt_key_file']} is empty")
-    else:
-        static_token = read_secret_file(slurm["token_file"], "[slurmrestd] token_file").decode().strip()
-        static_token = static_token.removeprefix("SLURM_JWT=")  # as printed by scontrol token
-    return Config(sections, client_secret, jwt_key, static_token)
+        return jwt_key, None
+    static_token = read_secret_file(slurm["token_file"], "[slurmrestd] token_file").decode().strip()
+    return None, static_token.removeprefix("SLURM_JWT=")  # as printed by scontrol token
 
 
 def validate_config(sections: dict[str, dict[str, Any]]) -> None:
@@ -434,16 +455,19 @@ def validate_config(sections: dict[str, dict[str, Any]]) -> None:
     )
     need(1 <= sections["jobbergate"]["page_size"] <= 100, "jobbergate.page_size", "must be 1 to 100")
     for where in ("jobbergate.max_pages", "run.interval", "run.deadline", "run.retries",
-                  "slurmrestd.token_lifespan", "slurmrestd.purge_horizon", "submit.max_file_size"):
+                  "slurmrestd.token_lifespan", "slurmrestd.purge_horizon", "slurm.purge_horizon", "submit.max_file_size"):
         section, key = where.split(".")
         need(sections[section][key] > 0, where, "must be positive")
-    for where in ("jobbergate.timeout", "oidc.timeout", "slurmrestd.timeout"):
+    for where in ("jobbergate.timeout", "oidc.timeout", "slurmrestd.timeout", "slurm.timeout"):
         section, key = where.split(".")
         need(sections[section][key] > 0, where, "must be positive")
     need(sections["run"]["backoff"] >= 0, "run.backoff", "must not be negative")
     need(1 <= sections["run"]["workers"] <= MAX_WORKERS, "run.workers",
          f"must be 1 (one submission at a time) to {MAX_WORKERS}")
     need(sections["slurmrestd"]["token_lifespan"] > 60, "slurmrestd.token_lifespan", "must exceed 60 seconds")
+    need(sections["slurm"]["backend"] in SLURM_BACKENDS, "slurm.backend", f"must be one of {', '.join(SLURM_BACKENDS)}")
+    for tool in SLURM_TOOLS:
+        need(sections["slurm"][tool].startswith("/"), f"slurm.{tool}", "must be an absolute path")
     template = sections["submit"]["execution_directory"]
     try:
         example = template.format(username="u", home="/h")
@@ -1160,6 +1184,22 @@ OPTION_SPECS: tuple[OptionSpec, ...] = (
 OPTIONS_BY_LONG = {spec.name: spec for spec in OPTION_SPECS}
 OPTIONS_BY_SHORT = {spec.short: spec for spec in OPTION_SPECS if spec.short}
 
+# What the sbatch backend checks itself; sbatch judges every other option. The refusals above hold
+# there too, and these change what the sbatch command does rather than what the job is.
+SBATCH_COMMAND_SPECS: tuple[OptionSpec, ...] = (
+    OptionSpec("wait", "W", "none", refuse("--wait is not allowed: sbatch would hold the agent until the job ends")),
+    OptionSpec("test-only", None, "none", refuse("--test-only is not allowed: it submits nothing")),
+    OptionSpec("clusters", "M", "required", refuse(
+        "--clusters is not allowed: the job runs on this cluster, where the agent follows it")),
+    OptionSpec("help", "h", "none", refuse("--help is not allowed: it submits nothing")),
+    OptionSpec("usage", "u", "none", refuse("--usage is not allowed: it submits nothing")),
+    OptionSpec("version", "V", "none", refuse("--version is not allowed: it submits nothing")),
+)
+SBATCH_CHECKED_OPTIONS = ("uid", "gid", "export-file", "get-user-env", "wrap", "export",
+                          *(spec.name for spec in SBATCH_COMMAND_SPECS))
+SBATCH_CHECKED_BY_LONG = {**OPTIONS_BY_LONG, **{spec.name: spec for spec in SBATCH_COMMAND_SPECS}}
+SBATCH_CHECKED_BY_SHORT = {**OPTIONS_BY_SHORT, **{spec.short: spec for spec in SBATCH_COMMAND_SPECS if spec.short}}
+
 
 @dataclasses.dataclass(frozen=True)
 class ParsedOption:
@@ -1168,18 +1208,29 @@ class ParsedOption:
     source: str  # "#SBATCH" or "sbatch_arguments"
 
 
-def _find_long_option(name: str, source: str) -> OptionSpec:
+def _find_long_option(name: str, source: str, table: Mapping[str, OptionSpec] = OPTIONS_BY_LONG) -> OptionSpec:
     """Exact long name, else a unique prefix (sbatch uses getopt_long, which accepts one)."""
-    if name in OPTIONS_BY_LONG:
-        return OPTIONS_BY_LONG[name]
-    candidates = [spec for long_name, spec in OPTIONS_BY_LONG.items() if long_name.startswith(name)]
+    if name in table:
+        return table[name]
+    candidates = [spec for long_name, spec in table.items() if long_name.startswith(name)]
     if len(candidates) == 1 and name:
         return candidates[0]
     raise Rejection(f"unsupported option --{name} in {source}: this cluster cannot translate it for slurmrestd")
 
 
-def parse_options(words: list[str], source: str) -> list[ParsedOption]:
-    """getopt_long-style parsing of sbatch options: --opt=value, --opt value, -o value, -ovalue."""
+def _passed_to_sbatch(name: str) -> OptionSpec:
+    """An option this tool does not know, left for sbatch to judge (never translated)."""
+    return OptionSpec(name, None, "optional", refuse(f"--{name} cannot be translated for slurmrestd"))
+
+
+def parse_options(words: list[str], source: str, for_sbatch: bool = False) -> list[ParsedOption]:
+    """getopt_long-style parsing of sbatch options: --opt=value, --opt value, -o value, -ovalue.
+    `for_sbatch`: the words go to sbatch itself, which judges the options this tool does not know
+    (they are returned with their attached value). Their values must then be attached (--opt=value,
+    -Xvalue) on the command line, where a loose word would become sbatch's script file; in #SBATCH
+    lines sbatch reads each line on its own, so a loose word there is an unknown option's value."""
+    long_table = SBATCH_CHECKED_BY_LONG if for_sbatch else OPTIONS_BY_LONG
+    short_table = SBATCH_CHECKED_BY_SHORT if for_sbatch else OPTIONS_BY_SHORT
     parsed: list[ParsedOption] = []
     index = 0
     while index < len(words):
@@ -1187,7 +1238,16 @@ def parse_options(words: list[str], source: str) -> list[ParsedOption]:
         index += 1
         if word.startswith("--"):
             name, equals, value = word[2:].partition("=")
-            spec = _find_long_option(name, source)
+            try:
+                spec = _find_long_option(name, source, long_table)
+            except Rejection:
+                if not for_sbatch or not name:
+                    raise
+                meant = sorted(checked for checked in SBATCH_CHECKED_OPTIONS if checked.startswith(name))
+                if meant:  # getopt_long would take an abbreviation: never let one hide a refused option
+                    raise Rejection(f"option --{name} in {source} may abbreviate --{', --'.join(meant)}; "
+                                    "write the option out") from None
+                spec = _passed_to_sbatch(name)
             if spec.arg == "none" and equals:
                 raise Rejection(f"option --{spec.name} takes no value (in {source})")
             if spec.arg == "required" and not equals:
@@ -1196,7 +1256,7 @@ def parse_options(words: list[str], source: str) -> list[ParsedOption]:
                 value, index = words[index], index + 1
             parsed.append(ParsedOption(spec, value if (equals or spec.arg == "required") else None, source))
         elif word.startswith("-") and len(word) > 1:
-            spec = OPTIONS_BY_SHORT.get(word[1])
+            spec = short_table.get(word[1]) or (_passed_to_sbatch(word[1]) if for_sbatch else None)
             if spec is None:
                 raise Rejection(f"unsupported option {word[:2]} in {source}: this cluster cannot translate it for slurmrestd")
             value = word[2:] or None
@@ -1207,8 +1267,10 @@ def parse_options(words: list[str], source: str) -> list[ParsedOption]:
             elif spec.arg == "none" and value is not None:
                 raise Rejection(f"option -{spec.short} takes no value (in {source})")
             parsed.append(ParsedOption(spec, value, source))
-        else:
-            raise Rejection(f"unexpected argument {word!r} in {source}: only options are allowed")
+        elif not (for_sbatch and source == "#SBATCH"):
+            hint = (": give the value of an option this tool does not know attached, as --option=value"
+                    if for_sbatch else ": only options are allowed")
+            raise Rejection(f"unexpected argument {word!r} in {source}{hint}")
     return parsed
 
 
@@ -1224,10 +1286,38 @@ def api_minor(api_version: str) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class JobRequest:
+    """A job for slurmrestd: the job JSON of one API version."""
+
     payload: dict[str, Any]
     working_directory: str
     # Which option produced each job field, to name it when Slurm says it dropped the field.
     options_by_field: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.payload["job"]["name"]
+
+    def shown(self) -> str:
+        """What a dry run prints (the script left out)."""
+        return json.dumps({key: value for key, value in self.payload["job"].items() if key != "script"},
+                          sort_keys=True)[:2000]
+
+
+@dataclasses.dataclass(frozen=True)
+class SbatchRequest:
+    """A job for sbatch: `sbatch --parsable ARGUMENTS` run as the user in `directory`, with the
+    script on its standard input and `environment` as its whole environment (which sbatch gives the
+    job). sbatch reads the script's #SBATCH block itself."""
+
+    name: str
+    directory: str
+    working_directory: str  # the job's, after any --chdir
+    arguments: list[str]
+    environment: dict[str, str]
+    script: str
+
+    def shown(self) -> str:
+        return f"sbatch --parsable {shlex.join(self.arguments)} (the script on its standard input)"
 
 
 def submission_tag(cluster: str, submission_id: int) -> str:
@@ -1237,6 +1327,11 @@ def submission_tag(cluster: str, submission_id: int) -> str:
 
 def comment_has_tag(comment: Any, tag: str) -> bool:
     return isinstance(comment, str) and (comment == tag or comment.startswith(tag + " "))
+
+
+def tagged_comment(tag: str, user_comment: Optional[str]) -> str:
+    """The job's comment: the tag first, then the user's own --comment, if any."""
+    return f"{tag} {user_comment}" if user_comment else tag
 
 
 # Fields that sbatch treats as one setting: giving one discards the other, the later one winning
@@ -1282,13 +1377,7 @@ def build_job_request(
     sbatch command line) and translate them to the slurmrestd job JSON of API v0.0.`minor`.
     `release` is the Slurm release serving it, when known (GRES prefix on v0.0.39, nice on v0.0.40)."""
     options = parse_options(sbatch_block_arguments(script), "#SBATCH")
-    argument_words: list[str] = []
-    for argument in sbatch_arguments:
-        if CONTROL_CHARACTER_RE.search(argument):
-            raise Rejection(f"sbatch_arguments entry {argument!r} contains a newline, NUL or other control character")
-        argument_words += split_sbatch_words(argument)
-    # One word list, as on a command line: ["--nodes", "2"] and ["--nodes 2"] mean the same.
-    options += parse_options(argument_words, "sbatch_arguments")
+    options += parse_options(sbatch_argument_words(sbatch_arguments), "sbatch_arguments")
     fields, exported, sources = translate_options(options, minor)
     if minor == 40 and "nice" in fields and release in NICE_ABORTS_RELEASES:
         raise Rejection(f"--nice cannot be used with this cluster's slurmrestd (Slurm {release}, API v0.0.40): "
@@ -1302,9 +1391,8 @@ def build_job_request(
     for key in ("standard_output", "standard_error", "standard_input"):
         if key in fields and not fields[key].startswith("/"):
             fields[key] = os.path.join(cwd, fields[key])  # sbatch resolves these against the job's cwd
-    user_comment = fields.pop("comment", "")
-    job: dict[str, Any] = {"name": default_name, **fields, "current_working_directory": cwd,
-                           "comment": f"{tag} {user_comment}" if user_comment else tag}
+    comment = tagged_comment(tag, fields.pop("comment", None))
+    job: dict[str, Any] = {"name": default_name, **fields, "current_working_directory": cwd, "comment": comment}
     env = {**environment, **exported}
     if minor <= 38:
         job["environment"] = env
@@ -1314,6 +1402,39 @@ def build_job_request(
         return JobRequest({"script": script, "job": job}, cwd, sources)
     job["script"] = script
     return JobRequest({"job": job}, cwd, sources)
+
+
+def sbatch_argument_words(sbatch_arguments: Iterable[str]) -> list[str]:
+    """One word list, as on a command line: ["--nodes", "2"] and ["--nodes 2"] mean the same."""
+    words: list[str] = []
+    for argument in sbatch_arguments:
+        if CONTROL_CHARACTER_RE.search(argument):
+            raise Rejection(f"sbatch_arguments entry {argument!r} contains a newline, NUL or other control character")
+        words += split_sbatch_words(argument)
+    return words
+
+
+def build_sbatch_request(script: str, sbatch_arguments: Iterable[str], default_name: str, directory: str,
+                         environment: dict[str, str], tag: str) -> SbatchRequest:
+    """The sbatch command of a submission: the #SBATCH block stays in the script and
+    sbatch_arguments go on the command line, for sbatch to judge by its own rules. This tool only
+    refuses, by name, the options a job may not carry (as on the slurmrestd path, and those that
+    change what sbatch itself does), and sets the job name and the comment led by the tag, last, as
+    the options give them."""
+    argument_words = sbatch_argument_words(sbatch_arguments)
+    options = parse_options(sbatch_block_arguments(script), "#SBATCH", for_sbatch=True)
+    options += parse_options(argument_words, "sbatch_arguments", for_sbatch=True)
+    last: dict[str, Optional[str]] = {}
+    for option in options:
+        check_option_value(option)
+        if option.spec.name in SBATCH_CHECKED_OPTIONS:
+            option.spec.translate(option.value, NEWEST_API_MINOR)  # a refusal, or --export's checks
+        last[option.spec.name] = option.value
+    name = last.get("job-name") or default_name
+    comment = tagged_comment(tag, last.get("comment"))
+    working_directory = os.path.normpath(os.path.join(directory, last.get("chdir") or directory))
+    return SbatchRequest(name, directory, working_directory, [*argument_words, f"--job-name={name}", f"--comment={comment}"],
+                         environment, script)
 
 
 def check_script(script_bytes: bytes, filename: str) -> str:
@@ -1992,6 +2113,80 @@ class JobbergateApi:
 
 
 # ---------------------------------------------------------------------------------------------
+# Slurm backends: what the pass asks of Slurm (slurmrestd or Slurm's own commands)
+# ---------------------------------------------------------------------------------------------
+
+SlurmRecords = dict[int, list[dict[str, Any]]]  # job id -> its records (every task of an array)
+
+
+class SlurmBackend(Protocol):
+    """What the pass needs from Slurm, whichever way it reaches it ([slurm] backend). Records are
+    slurmctld's (report_from_slurmctld) and slurmdbd's (report_from_slurmdbd) job records, in the
+    JSON of slurmrestd, which `squeue --json` and `sacct --json` print too."""
+
+    timeout: float  # seconds one exchange may take (it bounds when an interrupted submit can have landed)
+    purge_horizon: int  # seconds after which slurmctld may have forgotten a finished job
+
+    @property
+    def use_slurmdbd(self) -> bool: ...
+
+    def job_request(self, script: str, sbatch_arguments: Iterable[str], name: str, directory: str,
+                    environment: dict[str, str], tag: str) -> Union[JobRequest, SbatchRequest]:
+        """The job of a submission, or Rejection naming what cannot be submitted."""
+
+    def submit(self, request: Any, user: str) -> int:
+        """Submit as `user`; the Slurm job id. Never retried: an unanswered submit is settled by its tag."""
+
+    def job(self, job_id: int) -> Optional[list[dict[str, Any]]]:
+        """The job's slurmctld records; None only when Slurm says it has no such job."""
+
+    def states(self, job_ids: Collection[int]) -> SlurmRecords:
+        """The records slurmctld holds of just these jobs (every task of an array under the array's
+        id); an id missing means slurmctld does not hold the job. Records may hold only the state
+        (is_full_record tells)."""
+
+    def jobs_with_tag(self, tag: str) -> list[int]:
+        """The ids of the jobs slurmctld holds whose comment leads with `tag`."""
+
+    def accounting_job(self, job_id: int) -> Optional[list[dict[str, Any]]]:
+        """The job's slurmdbd records (the newest of each array task); None when slurmdbd has none."""
+
+    def accounting_jobs_since(self, user: str, since: float) -> list[dict[str, Any]]:
+        """slurmdbd's records of `user`'s jobs active at or after `since` (everyone's where Slurm
+        cannot filter); only a clean answer, since an empty list may prove a job never existed."""
+
+    def accounting_backlog(self) -> Optional[int]:
+        """How many records slurmctld still holds for slurmdbd; None when it does not say."""
+
+    def cancel(self, job_id: int, user: str) -> Optional[bool]:
+        """Cancel as `user`, the job's owner: True when cancelled, False when already gone or
+        finished, None when Slurm does not say."""
+
+
+def records_by_job(records: Iterable[Any]) -> SlurmRecords:
+    """slurmctld records grouped by job: all tasks of an array under the array's id."""
+    grouped: SlurmRecords = {}
+    for job in records:
+        if isinstance(job, dict) and isinstance(job.get("job_id"), int):
+            grouped.setdefault(array_job_id_of(job) or job["job_id"], []).append(job)
+    return grouped
+
+
+def tagged_job_ids(jobs: SlurmRecords, tag: str) -> list[int]:
+    return sorted(job_id for job_id, records in jobs.items() if any(comment_has_tag(job.get("comment"), tag) for job in records))
+
+
+def newest_accounting_records(records: Iterable[Any], job_id: int) -> Optional[list[dict[str, Any]]]:
+    """The job's slurmdbd records, the newest of each array task: after a slurmctld state wipe
+    several records share an id, and the newest is ours. None when there is none."""
+    newest: dict[str, dict[str, Any]] = {}
+    for job in sorted(job_records_of(records, job_id),
+                      key=lambda job: unwrap_number((job.get("time") or {}).get("submission")) or 0):
+        newest[array_task_label(job) if array_job_id_of(job) else ""] = job
+    return list(newest.values()) or None
+
+
+# ---------------------------------------------------------------------------------------------
 # slurmrestd client
 # ---------------------------------------------------------------------------------------------
 
@@ -2206,6 +2401,7 @@ class SlurmRest:
         self.api_version_setting = config.slurmrestd.api_version
         self.slurmdbd_setting = config.slurmrestd.slurmdbd
         self.timeout = config.slurmrestd.timeout
+        self.purge_horizon = config.slurmrestd.purge_horizon
         self.query_user = config.slurmrestd.query_user
         self.http = http
         self.credentials = SlurmCredentials(config.slurm_jwt_key, config.slurm_static_token, config.slurmrestd.token_lifespan)
@@ -2324,6 +2520,11 @@ class SlurmRest:
 
         return self.http.call("slurmrestd", attempt, idempotent)
 
+    def job_request(self, script: str, sbatch_arguments: Iterable[str], name: str, directory: str,
+                    environment: dict[str, str], tag: str) -> JobRequest:
+        """The job JSON of the API version in use (the options translated, see build_job_request)."""
+        return build_job_request(script, sbatch_arguments, name, directory, environment, tag, self.minor, self.release)
+
     def submit(self, request: JobRequest, user: str) -> int:
         """POST job/submit as `user`. Never retried: an unanswered submit is resolved by the tag.
         Warnings are logged; one that says a field sent was dropped raises DroppedOptions."""
@@ -2375,11 +2576,7 @@ class SlurmRest:
         jobs = body.get("jobs") if isinstance(body, dict) else None
         if response.status_code != 200 or not isinstance(jobs, list):
             raise Unavailable(f"GET {self.base}{path}: HTTP {response.status_code} {describe_errors(slurm_errors(body))}")
-        grouped: dict[int, list[dict[str, Any]]] = {}
-        for job in jobs:
-            if isinstance(job, dict) and isinstance(job.get("job_id"), int):
-                grouped.setdefault(array_job_id_of(job) or job["job_id"], []).append(job)
-        return True, grouped
+        return True, records_by_job(jobs)
 
     def states(self, job_ids: Collection[int]) -> dict[int, list[dict[str, Any]]]:
         """The records slurmctld holds for these jobs, grouped as jobs() groups them; an id missing
@@ -2471,22 +2668,16 @@ class SlurmRest:
         """The job's slurmdbd records (every task of an array), or None when slurmdbd has none."""
         response, body = self._request("GET", f"/slurmdb/{self.version}/job/{job_id}", self.query_user, True)
         jobs = body.get("jobs") if isinstance(body, dict) else None
-        if isinstance(jobs, list) and jobs:
-            # After a slurmctld state wipe several records share an id: the newest of each task is ours.
-            newest: dict[str, dict[str, Any]] = {}
-            for job in sorted(job_records_of(jobs, job_id),
-                              key=lambda job: unwrap_number((job.get("time") or {}).get("submission")) or 0):
-                newest[array_task_label(job) if array_job_id_of(job) else ""] = job
-            if newest:
-                return list(newest.values())
+        newest = newest_accounting_records(jobs, job_id) if isinstance(jobs, list) else None
+        if newest:
+            return newest
         errors = slurm_errors(body)
         if response.status_code in (200, 204, 404) and (not errors or any(c == SLURMDB_NOTHING_FOUND for c, _ in errors)):
             return None
         raise ItemError(f"GET {self.base}/slurmdb/{self.version}/job/{job_id}: HTTP {response.status_code} {describe_errors(errors)}")
 
     def jobs_with_tag(self, tag: str) -> list[int]:
-        return sorted(job_id for job_id, records in self.jobs().items()
-                      if any(comment_has_tag(job.get("comment"), tag) for job in records))
+        return tagged_job_ids(self.jobs(), tag)
 
     def accounting_jobs_since(self, user: str, since: float) -> list[dict[str, Any]]:
         """slurmdbd's records of jobs active at or after `since`: the user's own from v0.0.39 on
@@ -2540,6 +2731,301 @@ class SlurmRest:
             raise ItemError(f"cancelling Slurm job {job_id} as {user}: Slurm says "
                             + "; ".join(f"{f.get('string') or f.get('message')} (error {f.get('code')})" for f in failures))
         return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Slurm commands client: the sbatch backend, for sites without slurmrestd
+# ---------------------------------------------------------------------------------------------
+
+# The queries run as root with this environment; LANG=C keeps Slurm's messages the ones matched below.
+QUERY_ENVIRONMENT = {"PATH": "/usr/bin:/bin", "LANG": "C"}
+# What Slurm's commands say when slurmctld or slurmdbd cannot be reached or will not authenticate
+# them (munge): no fault of the job, so the next pass tries again.
+SLURM_UNREACHABLE_RE = re.compile(
+    r"Unable to contact slurm controller|Socket timed out|Zero Bytes were transmitted|Connection refused|"
+    r"Connection timed out|Communication connection failure|Protocol authentication error|munge|"
+    r"Problem talking to the database|Unable to connect to database|backup controller in standby|"
+    r"temporarily unavailable|Transport endpoint", re.IGNORECASE)
+SLURM_INVALID_JOB_RE = re.compile(r"Invalid job id specified", re.IGNORECASE)
+SLURM_JOB_DONE_RE = re.compile(r"Invalid job id specified|already completing or completed", re.IGNORECASE)
+# What Slurm's commands say when they were built without the JSON output (its plugins missing).
+NO_JSON_RE = re.compile(r"json|data_parser|serializer|plugin|unrecognized option", re.IGNORECASE)
+FIELD_SEPARATOR = "\x1f"  # between squeue/sacct text fields: no job field carries a control character
+# squeue's fields of the text fallback; the comment last, so that nothing it holds can shift another.
+SQUEUE_FIELDS = (("job_id", "%A"), ("array_job_id", "%F"), ("array_task", "%K"), ("job_state", "%T"),
+                 ("state_reason", "%r"), ("user_name", "%u"), ("name", "%j"),
+                 ("current_working_directory", "%Z"), ("comment", "%k"))
+SACCT_FIELDS = ("JobID", "JobIDRaw", "State", "Reason", "ExitCode", "User", "JobName", "WorkDir", "Submit", "Comment")
+DBD_QUEUE_RE = re.compile(r"^\s*DBD Agent queue size:\s*(\d+)\s*$", re.MULTILINE)
+VERSION_RE = re.compile(r"(\d+\.\d+\.\d+)")
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandResult:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def command(self) -> str:
+        return shlex.join(self.argv)
+
+    def message(self) -> str:
+        """What the command said, on one line, without the program's name in front of each line."""
+        lines = [re.sub(r"^\S+: (error: )?", "", line.strip()) for line in self.stderr.splitlines()]
+        lines = [line for line in lines if line and not line.startswith("Try ")]
+        return "; ".join(lines) or self.stdout.strip()[:300] or f"exit status {self.returncode}"
+
+
+# coreutils' env enters the directory (--chdir) after subprocess has switched to the user, with the
+# user's rights. subprocess's own cwd= would enter it as root, and a preexec_fn would run Python in a
+# child forked from a process whose worker threads may hold locks; this way the child runs only
+# subprocess's C code until exec.
+ENV_COMMAND = "/usr/bin/env"
+# env's own exit statuses: it could not enter the directory (125), or could not run the command (126, 127)
+ENV_CANNOT_ENTER, ENV_CANNOT_RUN = 125, (126, 127)
+
+
+def run_command(argv: list[str], timeout: float, user: Optional[LocalUser] = None, directory: Optional[str] = None,
+                environment: Optional[Mapping[str, str]] = None, stdin: str = "") -> CommandResult:
+    """Run a Slurm command without a shell, as root or, given `user`, as that user (uid, gid and
+    supplementary groups). `directory` is entered after the switch, with the user's own rights."""
+    identity: dict[str, Any] = {}
+    if user is not None and os.geteuid() == 0:
+        identity = {"user": user.uid, "group": user.gid, "extra_groups": os.getgrouplist(user.name, user.gid)}
+    elif user is not None and os.geteuid() != user.uid:
+        raise ItemError(f"jobbergate-sync runs as uid {os.geteuid()} and cannot run {argv[0]} as {user.name}; "
+                        "run it as root")
+    launched = [ENV_COMMAND, f"--chdir={directory}", "--", *argv] if directory else argv
+    not_runnable = f"[slurm] {os.path.basename(argv[0])} = {argv[0]}: cannot run it"
+    try:
+        completed = subprocess.run(launched, input=stdin, capture_output=True, text=True, errors="replace",
+                                   timeout=timeout, env=dict(environment or QUERY_ENVIRONMENT), cwd="/", umask=0o022,
+                                   **identity)
+    except subprocess.TimeoutExpired:
+        raise Unavailable(f"{shlex.join(argv)}: no answer within {timeout:g} s") from None
+    except OSError as exc:
+        raise ConfigError(f"{not_runnable}: {exc.strerror}") from None
+    result = CommandResult(argv, completed.returncode, completed.stdout, completed.stderr)
+    if directory and completed.stderr.startswith((f"{ENV_COMMAND}: ", "env: ")):  # env names itself as it was run
+        if completed.returncode == ENV_CANNOT_ENTER:
+            raise ItemError(f"{argv[0]}: cannot enter {directory} as {user.name if user else 'root'}: {result.message()}")
+        if completed.returncode in ENV_CANNOT_RUN:
+            raise ConfigError(f"{not_runnable}: {result.message()}")
+    return result
+
+
+CommandRunner = Callable[..., CommandResult]
+
+
+def command_failure(result: CommandResult) -> SyncError:
+    """Unavailable when Slurm could not be reached, else an item failure naming the command."""
+    if SLURM_UNREACHABLE_RE.search(result.stderr) or result.returncode < 0:
+        return Unavailable(f"{result.command}: Slurm could not be reached: {result.message()}")
+    return ItemError(f"{result.command}: exit status {result.returncode}: {result.message()}")
+
+
+def parse_parsable(stdout: str) -> Optional[int]:
+    """The job id that `sbatch --parsable` prints: "jobid" or "jobid;cluster"."""
+    match = re.fullmatch(r"(\d+)(;\S+)?", stdout.strip())
+    return int(match.group(1)) if match else None
+
+
+def json_jobs(result: CommandResult) -> list[dict[str, Any]]:
+    """The jobs of a `squeue --json` or `sacct --json` answer; Unavailable on anything else."""
+    try:
+        body = json.loads(result.stdout)
+    except ValueError:
+        body = None
+    jobs = body.get("jobs") if isinstance(body, dict) else None
+    if not isinstance(jobs, list):
+        raise Unavailable(f"{result.command}: not a list of jobs ({result.stdout[:200]!r})")
+    return [job for job in jobs if isinstance(job, dict)]
+
+
+def squeue_text_record(line: str) -> Optional[dict[str, Any]]:
+    """A slurmctld record from one line of `squeue --format` with SQUEUE_FIELDS (no exit code)."""
+    values = line.split(FIELD_SEPARATOR, len(SQUEUE_FIELDS) - 1)
+    if len(values) != len(SQUEUE_FIELDS) or not values[0].isdigit():
+        return None
+    record: dict[str, Any] = dict(zip((name for name, _ in SQUEUE_FIELDS), values))
+    task = record.pop("array_task")
+    record["job_id"] = int(record["job_id"])
+    if task == "N/A":  # not an array: squeue prints the job's own id as its array id
+        record["array_job_id"] = 0
+    else:
+        record["array_job_id"] = int(record["array_job_id"])
+        record["array_task_id" if task.isdigit() else "array_task_string"] = int(task) if task.isdigit() else task
+    return record
+
+
+def exit_code_record(text: str) -> dict[str, Any]:
+    """sacct's "3:0" (return code, signal) in the structured form of slurmdbd's records."""
+    code, _, signal_id = text.partition(":")
+    return {"return_code": int(code) if code.isdigit() else 0,
+            "signal": {"id": int(signal_id) if signal_id.isdigit() else 0}}
+
+
+def sacct_text_record(line: str) -> Optional[dict[str, Any]]:
+    """A slurmdbd record from one line of `sacct --parsable2` with SACCT_FIELDS (times in epoch)."""
+    values = line.split(FIELD_SEPARATOR, len(SACCT_FIELDS) - 1)
+    if len(values) != len(SACCT_FIELDS) or not values[1].isdigit():
+        return None
+    field = dict(zip(SACCT_FIELDS, values))
+    array_id, _, task = field["JobID"].partition("_")
+    in_array = bool(task) and array_id.isdigit()
+    return {"job_id": int(field["JobIDRaw"]), "name": field["JobName"], "user": field["User"],
+            "state": {"current": field["State"], "reason": field["Reason"]},
+            "exit_code": exit_code_record(field["ExitCode"]), "working_directory": field["WorkDir"],
+            "array": {"job_id": int(array_id) if in_array else 0,
+                      **({"task_id": int(task)} if task.isdigit() else {"task": task.strip("[]")} if in_array else {})},
+            "time": {"submission": int(field["Submit"]) if field["Submit"].isdigit() else None},
+            "comment": {"job": field["Comment"]}}
+
+
+class SlurmCommands:
+    """The sbatch backend: Slurm's own commands, run without a shell at the configured absolute
+    paths. sbatch and scancel run as the job's user; the queries run as root. squeue and sacct speak
+    JSON where they can (the records are slurmrestd's), else a fixed text format."""
+
+    def __init__(self, config: Config, run: CommandRunner = run_command, lookup: Callable[[str], Optional[LocalUser]] = lookup_user):
+        settings = config.slurm
+        self.tools = {tool: getattr(settings, tool) for tool in SLURM_TOOLS}
+        self.timeout = settings.timeout
+        self.purge_horizon = settings.purge_horizon
+        self.use_slurmdbd = settings.slurmdbd
+        self.run = run
+        self.lookup = lookup
+        self.json = {"squeue": True, "sacct": True}  # until the command proves it cannot
+
+    def _run(self, tool: str, arguments: list[str], **kwargs: Any) -> CommandResult:
+        return self.run([self.tools[tool], *arguments], self.timeout, **kwargs)
+
+    def _user(self, name: str, job_id: Optional[int] = None) -> LocalUser:
+        user = self.lookup(name)
+        if user is None:
+            raise ItemError(f"user {name} does not exist here; cannot act on Slurm job {job_id} as that user")
+        return user
+
+    def job_request(self, script: str, sbatch_arguments: Iterable[str], name: str, directory: str,
+                    environment: dict[str, str], tag: str) -> SbatchRequest:
+        return build_sbatch_request(script, sbatch_arguments, name, directory, environment, tag)
+
+    def submit(self, request: SbatchRequest, user: str) -> int:
+        """`sbatch --parsable` as `user` in the execution directory, the script on stdin. sbatch's
+        refusal of the job is a Rejection with its message; Slurm unreachable is Unavailable (the
+        intent stays in the journal and the tag settles it)."""
+        result = self._run("sbatch", ["--parsable", *request.arguments], user=self._user(user), directory=request.directory,
+                           environment=request.environment, stdin=request.script)
+        job_id = parse_parsable(result.stdout) if result.returncode == 0 else None
+        if job_id:
+            if result.stderr.strip():
+                log.warning("sbatch accepted job %d with messages: %s", job_id, result.message(),
+                            **ctx(slurm_job_id=job_id, user=user))
+            return job_id
+        if result.returncode == 0:
+            raise Unavailable(f"{result.command}: exit status 0 without a job id ({result.stdout[:200]!r})")
+        failure = command_failure(result)
+        if isinstance(failure, Unavailable):
+            raise failure
+        given = [word for word in request.arguments if not word.startswith(("--job-name=", "--comment="))]
+        raise Rejection(f"sbatch refused the job: {result.message()}"
+                        + (f" (sbatch_arguments: {shlex.join(given)})" if given else ""))
+
+    def _squeue(self, selection: list[str]) -> list[dict[str, Any]]:
+        """slurmctld's records of the selected jobs (all jobs without a selection), in any state."""
+        if self.json["squeue"]:
+            result = self._run("squeue", ["--json", "--states=all", *selection])
+            if result.returncode == 0:
+                return json_jobs(result)
+            if not self._json_missing("squeue", result):
+                return self._squeue_failed(result)
+        fields = FIELD_SEPARATOR.join(code for _, code in SQUEUE_FIELDS)
+        result = self._run("squeue", ["--noheader", "--states=all", f"--format={fields}", *selection])
+        if result.returncode != 0:
+            return self._squeue_failed(result)
+        return [record for record in map(squeue_text_record, result.stdout.splitlines()) if record]
+
+    def _json_missing(self, tool: str, result: CommandResult) -> bool:
+        """True, and the text format used from now on, when `tool` says it cannot print JSON."""
+        if SLURM_UNREACHABLE_RE.search(result.stderr) or not NO_JSON_RE.search(result.stderr):
+            return False
+        log.info("%s cannot print JSON (%s); reading its text output", result.argv[0], result.message())
+        self.json[tool] = False
+        return True
+
+    @staticmethod
+    def _squeue_failed(result: CommandResult) -> list[dict[str, Any]]:
+        if SLURM_INVALID_JOB_RE.search(result.stderr):  # every job asked for is unknown to slurmctld
+            return []
+        raise command_failure(result)
+
+    def states(self, job_ids: Collection[int]) -> SlurmRecords:
+        """The records of just these jobs, from one squeue: id -> its records (every task of an
+        array); an id missing means slurmctld does not hold the job."""
+        if not job_ids:
+            return {}
+        grouped = records_by_job(self._squeue([f"--jobs={','.join(str(job_id) for job_id in sorted(job_ids))}"]))
+        return {job_id: records for job_id, records in grouped.items() if job_id in job_ids}
+
+    def jobs(self) -> SlurmRecords:
+        return records_by_job(self._squeue([]))
+
+    def job(self, job_id: int) -> Optional[list[dict[str, Any]]]:
+        return self.states([job_id]).get(job_id)
+
+    def jobs_with_tag(self, tag: str) -> list[int]:
+        return tagged_job_ids(self.jobs(), tag)
+
+    def _sacct(self, selection: list[str]) -> list[dict[str, Any]]:
+        """slurmdbd's records of the selected jobs (allocations, not steps); Unavailable while
+        slurmdbd does not answer."""
+        if self.json["sacct"]:
+            result = self._run("sacct", ["--json", *selection])
+            if result.returncode == 0:
+                return json_jobs(result)
+            if not self._json_missing("sacct", result):
+                raise command_failure(result)
+        result = self._run("sacct", ["--noheader", "--parsable2", f"--delimiter={FIELD_SEPARATOR}", "--allocations",
+                                     f"--format={','.join(SACCT_FIELDS)}", *selection],
+                           environment={**QUERY_ENVIRONMENT, "SLURM_TIME_FORMAT": "%s"})
+        if result.returncode != 0:
+            raise command_failure(result)
+        return [record for record in map(sacct_text_record, result.stdout.splitlines()) if record]
+
+    def accounting_job(self, job_id: int) -> Optional[list[dict[str, Any]]]:
+        return newest_accounting_records(self._sacct([f"--jobs={job_id}"]), job_id)
+
+    def accounting_jobs_since(self, user: str, since: float) -> list[dict[str, Any]]:
+        # sacct reads times in its own time zone: a relative start needs none
+        minutes = int((time.time() - since) // 60) + 2
+        return self._sacct([f"--user={user}", f"--starttime=now-{minutes}minutes"])
+
+    def accounting_backlog(self) -> Optional[int]:
+        result = self._run("sdiag", [])
+        if result.returncode != 0:
+            raise command_failure(result)
+        found = DBD_QUEUE_RE.search(result.stdout)
+        return int(found.group(1)) if found else None
+
+    def cancel(self, job_id: int, user: str) -> Optional[bool]:
+        """`scancel` as `user`, the job's owner. scancel says nothing of a job that has already
+        ended, so a success is None: the caller reads the job again."""
+        result = self._run("scancel", [str(job_id)], user=self._user(user, job_id))
+        if result.returncode == 0:
+            return None
+        if SLURM_JOB_DONE_RE.search(result.stderr):
+            return False
+        raise command_failure(result)
+
+    def tool_release(self, tool: str) -> str:
+        """`TOOL --version`: the Slurm release of that command (for the check)."""
+        result = self._run(tool, ["--version"])
+        found = VERSION_RE.search(result.stdout)
+        if result.returncode != 0 or not found:
+            raise command_failure(result)
+        return found.group(1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2840,7 +3326,7 @@ class Journal:
 
 
 class SyncPass:
-    def __init__(self, config: Config, api: JobbergateApi, slurm: SlurmRest, journal: Journal, mapper: UserMapper,
+    def __init__(self, config: Config, api: JobbergateApi, slurm: SlurmBackend, journal: Journal, mapper: UserMapper,
                  deadline: Deadline, dry_run: bool = False):
         self.context = PassContext(config, api, slurm, journal, mapper, deadline, dry_run)
         self.summary = self.context.summary
@@ -2892,7 +3378,7 @@ class PassContext:
     """What the phases share: the peers, the journal, the summary, containment, and the one object
     that changes anything (`changes`), live or dry, chosen here once."""
 
-    def __init__(self, config: Config, api: JobbergateApi, slurm: SlurmRest, journal: Journal, mapper: UserMapper,
+    def __init__(self, config: Config, api: JobbergateApi, slurm: SlurmBackend, journal: Journal, mapper: UserMapper,
                  deadline: Deadline, dry_run: bool):
         self.config = config
         self.api = api
@@ -3021,7 +3507,7 @@ class PassPart:
         self.cluster = context.cluster
 
 
-def owner_of(journal: Journal, slurm: SlurmRest, submission_id: int, job_id: int,
+def owner_of(journal: Journal, slurm: SlurmBackend, submission_id: int, job_id: int,
              records: Optional[list[dict[str, Any]]] = None) -> str:
     """Who may cancel the job: the user the journal says submitted it, else the job record's
     owner. Never anyone else: a DELETE as a non-owner hangs slurmctld 24.11.5."""
@@ -3158,7 +3644,7 @@ class SubmitPhase(PassPart):
     def prepare_job(self, submission: PendingSubmission) -> PreparedJob:
         """Everything that can reject the submission, before anything changes: its owner's local
         account, its execution directory, its files (downloaded; the entrypoint checked) and the job
-        translated for slurmrestd."""
+        as the Slurm backend takes it."""
         user = self.mapper.user_for(submission.owner_email)
         directory = resolve_execution_directory(submission.execution_directory,
                                                 self.config.submit.execution_directory, user)
@@ -3171,8 +3657,8 @@ class SubmitPhase(PassPart):
             script = check_script(read_whole(files[submission.entrypoint.filename]), submission.entrypoint.filename)
             environment = {"PATH": self.config.submit.job_path, "HOME": user.home, "USER": user.name, "LOGNAME": user.name}
             tag = submission_tag(self.cluster, submission.id)
-            request = build_job_request(script, submission.sbatch_arguments, submission.name, directory,
-                                        environment, tag, self.slurm.minor, self.slurm.release)
+            request = self.slurm.job_request(script, submission.sbatch_arguments, submission.name, directory,
+                                             environment, tag)
         except BaseException:
             close_all(files)
             raise
@@ -3209,7 +3695,7 @@ class PreparedJob:
     submission_id: int
     user: LocalUser
     directory: str
-    request: JobRequest
+    request: Union[JobRequest, SbatchRequest]
     tag: str
     files: dict[str, int]  # descriptors of the downloaded files, by name; written to `directory` as the user
 
@@ -3237,7 +3723,7 @@ def just_submitted(job_id: int) -> StateReport:
     return StateReport(job_id, "PENDING", None, json.dumps({"job_id": job_id}))
 
 
-def state_for_submitted(slurm: SlurmRest, job_id: int) -> StateReport:
+def state_for_submitted(slurm: SlurmBackend, job_id: int) -> StateReport:
     """The state agent/submitted reports with a job an earlier pass submitted (it may have run since):
     PENDING when Slurm cannot say."""
     try:
@@ -3275,7 +3761,7 @@ class LiveChanges(PassPart):
         one (EarlierSubmit), which never submits a job twice."""
         self.write_files(job)
         crash_point(CrashPoint.AFTER_FILES_WRITTEN)
-        self.journal.record_intent(job.submission_id, job.tag, job.user.name, job.request.payload["job"]["name"],
+        self.journal.record_intent(job.submission_id, job.tag, job.user.name, job.request.name,
                                    job.request.working_directory)
         crash_point(CrashPoint.AFTER_JOURNAL_INTENT)
         job_id = self.submit(job)
@@ -3412,7 +3898,7 @@ class DryRunChanges(PassPart):
 
     def submit_exactly_once(self, job: PreparedJob) -> None:
         self.context.say(f"would submit submission {job.submission_id} as {job.user.name} in {job.directory}: "
-                   f"{json.dumps(job.request.payload['job'], sort_keys=True)[:2000]}")
+                         f"{job.request.shown()}")
         self.summary.count("submitted")
 
     def report_submitted(self, submission_id: int, job_id: int, report: StateReport) -> None:
@@ -3535,7 +4021,7 @@ class EarlierSubmit(PassPart):
             self.adopt_job(entry, found[0], "slurmctld")
             return True
         age = time.time() - (entry.intent_at or 0)
-        if age < self.config.slurmrestd.purge_horizon:
+        if age < self.slurm.purge_horizon:
             # A job submitted after the intent cannot have ended and been purged yet.
             log.info("submission %d: the submit interrupted %d s ago left no job in slurmctld, which purges none "
                      "that young; submitting", entry.submission_id, age, **fields)
@@ -3587,7 +4073,7 @@ class EarlierSubmit(PassPart):
 # ---------------------------------------------------------------------------------------------
 
 
-def state_for_update(slurm: SlurmRest, job_id: int, records: Optional[list[dict[str, Any]]]) -> StateReport:
+def state_for_update(slurm: SlurmBackend, job_id: int, records: Optional[list[dict[str, Any]]]) -> StateReport:
     """The state an update reports for a job being followed (every task of an array): from
     slurmctld's full `records` of it (None: slurmctld does not hold it), else slurmdbd, else UNKNOWN."""
     report = report_from_records(job_id, records, report_from_slurmctld) if records else None
@@ -3961,6 +4447,13 @@ def secret_file_problem(key: str, path: str, info: os.stat_result, min_uid: int)
     return None
 
 
+def executable_problem(path: str) -> Optional[str]:
+    """Why `path` cannot be run as a command, or None."""
+    if not os.path.isfile(path):
+        return "no such file"
+    return None if os.access(path, os.X_OK) else "not executable"
+
+
 def failure_fix(exc: Exception, fixes: Mapping[type, str]) -> str:
     """The fix for `exc`: that of its most specific type in `fixes`."""
     for kind in type(exc).__mro__:
@@ -3995,7 +4488,10 @@ class Check:
         else:
             self.lines.append(skipped("Jobbergate API", "OIDC token"))
         user = self.mapped_user(config)
-        self.slurmrestd(SlurmRest(config, http, choice_path=None, remember=False), user)  # remembers nothing
+        if config.slurm.backend == "sbatch":
+            self.slurm_commands(SlurmCommands(config))
+        else:
+            self.slurmrestd(SlurmRest(config, http, choice_path=None, remember=False), user)  # remembers nothing
         self.state_directory(config)
         if isinstance(user, CheckLine):
             self.lines.append(user)
@@ -4131,6 +4627,44 @@ class Check:
             }), exc.exit_code)
         return passed(what, f"{signed} accepted; slurmctld answered GET /slurm/{slurm.version}/ping")
 
+    def slurm_commands(self, slurm: SlurmCommands) -> None:
+        """The sbatch backend: each command present and executable, its release, then slurmctld
+        (squeue) and slurmdbd (sacct) answering."""
+        what = "Slurm commands"
+        problems = [f"[slurm] {tool} = {path}: {problem}" for tool, path in slurm.tools.items()
+                    for problem in [executable_problem(path)] if problem]
+        if problems:
+            self.lines.append(failed(what, "; ".join(problems), "install Slurm's client commands or fix the paths",
+                                     EX_CONFIG))
+            self.lines += [skipped(name, what) for name in ("slurmctld", "slurmdbd")]
+            return
+        try:
+            releases = {tool: slurm.tool_release(tool) for tool in ("sbatch", "squeue", "sacct")}
+        except SyncError as exc:
+            self.lines.append(failed(what, str(exc), "check Slurm's installation on this host", exc.exit_code))
+            self.lines += [skipped(name, what) for name in ("slurmctld", "slurmdbd")]
+            return
+        shown = ", ".join(f"{tool} {release}" for tool, release in releases.items())
+        self.lines.append(passed(what, f"{', '.join(slurm.tools.values())} executable; {shown}"))
+        unreachable = "check that slurmctld runs (scontrol ping), that munged runs, and this host's slurm.conf"
+        try:
+            jobs = slurm.jobs()
+        except SyncError as exc:
+            self.lines.append(failed("slurmctld", str(exc), failure_fix(exc, {Unavailable: unreachable}), exc.exit_code))
+        else:
+            self.lines.append(passed("slurmctld", f"squeue answered: it holds {len(jobs)} job(s)"))
+        if not slurm.use_slurmdbd:
+            self.lines.append(passed("slurmdbd", "not used ([slurm] slurmdbd = false): a job slurmctld has "
+                                                 "forgotten is reported UNKNOWN"))
+            return
+        try:
+            slurm.accounting_jobs_since("root", time.time())
+        except SyncError as exc:
+            self.lines.append(failed("slurmdbd", str(exc), failure_fix(exc, {
+                Unavailable: "check that slurmdbd runs, or set [slurm] slurmdbd = false"}), exc.exit_code))
+        else:
+            self.lines.append(passed("slurmdbd", "sacct answered: used for the jobs slurmctld has forgotten"))
+
     def state_directory(self, config: Config) -> None:
         what = "state directory and lock"
         state_dir, lock_file = config.run.state_dir, config.run.lock_file
@@ -4239,8 +4773,9 @@ def run_once(config: Config, dry_run: bool) -> int:
         journal_path = os.path.join(state_dir, "journal.sqlite3")
         token = OidcToken(config, http, os.path.join(state_dir, "token.json"), write_cache=not dry_run)
         journal = Journal.scratch_copy_of(journal_path) if dry_run else Journal(journal_path)
-        slurm = SlurmRest(config, http, os.path.join(state_dir, "slurmrestd.json"), remember=not dry_run,
-                          states_path=os.path.join(state_dir, "slurm-jobs.json"))
+        slurm: SlurmBackend = (SlurmCommands(config) if config.slurm.backend == "sbatch" else
+                               SlurmRest(config, http, os.path.join(state_dir, "slurmrestd.json"), remember=not dry_run,
+                                         states_path=os.path.join(state_dir, "slurm-jobs.json")))
         sync = SyncPass(config, JobbergateApi(config, http, token), slurm, journal,
                         UserMapper(config), deadline, dry_run=dry_run)
         summary = sync.summary

@@ -1,9 +1,11 @@
-"""Every Slurm-facing scenario on every Slurm of the stack and every API version it serves.
+"""Every Slurm-facing scenario on every Slurm of the stack, through every API version its slurmrestd
+serves and through its own sbatch ([slurm] backend = sbatch: the tool runs inside the leg's root).
 
 One agent cluster (OIDC client) per Slurm leg and API version, all driven at once: a session
 fixture creates each target's submissions, runs passes of each target's tool until everything has
 settled, and records what it saw; the tests below then assert on that record, one test id per
-target. Running the targets side by side keeps the slow waits (purge from slurmctld, arrays,
+target. Only the targets of the selected tests run (``-k sbatch``: the sbatch backend of each leg).
+Running the targets side by side keeps the slow waits (purge from slurmctld, arrays,
 cancels) from adding up.
 
 What each job did is read from the real job record with `scontrol show job` inside the leg's root,
@@ -131,7 +133,7 @@ OPTION_ROWS: tuple[OptionRow, ...] = (
     OptionRow("gres", ("--gres=gpu:1",), r"TresPerNode=gres[:/]gpu:1\b"),
     OptionRow("gpus", ("--gpus=1",), r"TresPerJob=gres[:/]gpu:1\b"),
     OptionRow("gpus-per-node", ("--gpus-per-node=1",), r"TresPerNode=gres[:/]gpu:1\b"),
-    OptionRow("gpus-per-task", ("--ntasks=1", "--gpus-per-task=1"), r"TresPerTask=gres[:/]gpu:1\b"),
+    OptionRow("gpus-per-task", ("--ntasks=1", "--gpus-per-task=1"), r"TresPerTask=gres[:/]gpu[:=]1\b"),  # sbatch 24.11+: gres/gpu=1
     OptionRow("begin", ("--begin=now+1hour",), r"Reason=BeginTime\b"),
     OptionRow("begin", ("--begin=now",), r"JobState=(PENDING|RUNNING|COMPLETING|COMPLETED)\b(?!.*Reason=BeginTime)"),
     OptionRow("begin", ("--begin=tomorrow",), r"Reason=BeginTime\b"),
@@ -159,9 +161,12 @@ BAD_VALUES = (
 
 # ------------------------------------------------------------------------------------ targets
 
+SBATCH = "sbatch"  # the version of a target that goes through sbatch rather than slurmrestd
+
+
 @dataclasses.dataclass
 class Target:
-    """One Slurm leg and one API version of it, with its own agent cluster."""
+    """One Slurm leg and one API version of it (or its sbatch), with its own agent cluster."""
 
     leg_name: str
     version: str
@@ -174,7 +179,15 @@ class Target:
 
     @property
     def client(self) -> str:
+        if self.version == SBATCH:
+            return f"matrix-{self.leg_name}-{SBATCH}"
         return f"matrix-{self.leg_name}-v{int(self.version.rsplit('.', 1)[1])}"
+
+    @property
+    def tool_settings(self) -> dict[str, Any]:
+        if self.version == SBATCH:
+            return {"leg": self.leg_name, "backend": SBATCH}
+        return {"leg": self.leg_name, "slurmrestd__api_version": self.version}
 
     @property
     def directory(self) -> str:
@@ -191,7 +204,7 @@ def matrix_targets() -> list[Target]:
         stack = helpers.get_stack()
     except helpers.StackNotUp:
         return [Target("none", "v0.0.0")]
-    return [Target(name, version, leg) for name, leg in stack.legs.items() for version in leg.api_versions]
+    return [Target(name, version, leg) for name, leg in stack.legs.items() for version in (*leg.api_versions, SBATCH)]
 
 
 TARGETS = matrix_targets()
@@ -215,7 +228,7 @@ class TargetRun:
     def __init__(self, target: Target, stack: helpers.Stack, base: Path):
         self.target = target
         self.stack = stack
-        overrides = {"leg": target.leg_name, "slurmrestd__api_version": target.version, "run__deadline": 60}
+        overrides = {**target.tool_settings, "run__deadline": 60}
         for client in (target.client, target.client + "-purge"):
             helpers.AgentClient(stack, client).drain()
         self.tool = Tool(base / target.id, stack, target.client, **overrides)
@@ -304,15 +317,24 @@ class TargetRun:
         return any(line.split() == [str(task), "RUNNING"] for line in proc.stdout.splitlines())
 
 
+def selected_targets(session: pytest.Session) -> list[Target]:
+    """The targets some selected test asks about."""
+    wanted = {item.callspec.params["target_id"] for item in session.items
+              if hasattr(item, "callspec") and "target_id" in item.callspec.params}
+    return [target for target in TARGETS if target.id in wanted]
+
+
 @pytest.fixture(scope="session")
-def matrix(stack: helpers.Stack, alice: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, TargetRun]:
-    """Every target's submissions, carried to the end side by side."""
+def matrix(request: pytest.FixtureRequest, stack: helpers.Stack, alice: Any,
+           tmp_path_factory: pytest.TempPathFactory) -> dict[str, TargetRun]:
+    """Every selected target's submissions, carried to the end side by side."""
     if TARGETS and TARGETS[0].leg_name == "none":
         pytest.fail(helpers.NOT_UP, pytrace=False)
     base = tmp_path_factory.mktemp("matrix")
     prepare_alice_directories()
     runs = {}
-    for target in TARGETS:
+    targets = selected_targets(request.session)
+    for target in targets:
         prepare_leg(target)
         runs[target.id] = run = TargetRun(target, stack, base)
         run.create(alice)
@@ -325,7 +347,7 @@ def matrix(stack: helpers.Stack, alice: Any, tmp_path_factory: pytest.TempPathFa
             if run.step(alice):
                 del pending[name]
         time.sleep(PASS_PAUSE)
-    for target in TARGETS:  # leave the legs idle for the other tests
+    for target in targets:  # leave the legs idle for the other tests
         helpers.slurm_cli("scancel", "--user=alice", leg=target.leg_name)
     return runs
 
