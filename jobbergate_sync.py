@@ -1671,6 +1671,9 @@ def ldap_connection_error(exc: Exception, mapper: Mapping[str, Any]) -> SyncErro
     """What a failure to reach or talk to the directory means: a certificate the CA file does not
     vouch for is configuration (no retry will fix it); anything else is an outage."""
     text = str(exc)
+    if isinstance(exc, import_ldap3().core.exceptions.LDAPConfigurationError):
+        return ConfigError(f"LDAP server {mapper['ldap_url']}: the client refused the [mapper] ldap_* settings "
+                           f"({type(exc).__name__}: {text[:300]})")
     if "CERTIFICATE_VERIFY_FAILED" in text or "doesn't match any name" in text:
         trusted_by = f"[mapper] ldap_ca_file {mapper['ldap_ca_file']}" if mapper["ldap_ca_file"] else "the system's CAs"
         return ConfigError(f"LDAP server {mapper['ldap_url']}: its TLS certificate is not trusted by {trusted_by} "
