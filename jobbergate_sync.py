@@ -76,10 +76,10 @@ Exit codes:
   0   the pass completed and every item went well
   1   the pass completed but some items failed (see the log)
   64  bad command-line usage
-  69  the Jobbergate API, the OIDC issuer, slurmrestd or slurmdbd was unreachable
+  69  the Jobbergate API, the OIDC issuer, slurmrestd, slurmdbd or LDAP was unreachable
   70  internal error (a bug: please report it with the log)
   75  another run holds the lock; nothing was done
-  77  authentication or permission failure (OIDC, API or slurmrestd)
+  77  authentication or permission failure (OIDC, API, slurmrestd or LDAP bind)
   78  bad configuration (the message names the section and key; a 404 from
       the API means [jobbergate] api_url lacks the /jobbergate mount)"""
 

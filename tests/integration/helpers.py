@@ -137,6 +137,7 @@ class Stack:
     unix_users: list[str] = field(init=False)
     system_user: str = field(init=False)
     stack_sh: Path = field(init=False)
+    ldap: dict[str, str] = field(init=False)  # JGS_LDAP_URL -> ldap["url"], ... (empty without slapd)
 
     def __post_init__(self) -> None:
         e = self.env
@@ -164,6 +165,7 @@ class Stack:
         self.unix_users = [u for u in e.get("JGS_UNIX_USERS", "").split(",") if u]
         self.system_user = e.get("JGS_SYSTEM_USER", "daemon")
         self.stack_sh = Path(e.get("JGS_STACK_SH") or STACK_SH)
+        self.ldap = {key[len("JGS_LDAP_"):].lower(): value for key, value in e.items() if key.startswith("JGS_LDAP_")}
         if not self.stack_sh.exists():
             self.stack_sh = STACK_SH
 

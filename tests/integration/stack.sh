@@ -1555,7 +1555,7 @@ main() {
       [ "$cmd" = stop ] || { prepare_dirs && start_one "$svc"; }
       ;;
     *)
-      sed -n '2,36p' "$SELF" | sed 's/^# \{0,1\}//'
+      sed -n '2,38p' "$SELF" | sed 's/^# \{0,1\}//'
       [ -z "$cmd" ] || [ "$cmd" = -h ] || [ "$cmd" = --help ] || exit 2
       ;;
   esac
