@@ -1587,7 +1587,11 @@ def ldap_settings_problems(mapper: Mapping[str, Any]) -> list[tuple[str, str]]:
     """What is wrong with the [mapper] ldap_* settings of type = ldap, as (section.key, message)."""
     problems = []
     url = urllib.parse.urlsplit(mapper["ldap_url"])
-    if url.scheme not in LDAP_DEFAULT_PORTS or not url.hostname or url.path not in ("", "/"):
+    try:
+        port_ok = url.port is None or url.port > 0
+    except ValueError:  # not a number, or out of range
+        port_ok = False
+    if url.scheme not in LDAP_DEFAULT_PORTS or not url.hostname or not port_ok or url.path not in ("", "/"):
         problems.append(("mapper.ldap_url", "required by the ldap mapper: ldaps://host[:port], or ldap://host[:port] "
                                             "with ldap_starttls = true"))
     elif url.scheme == "ldap" and not mapper["ldap_starttls"]:
@@ -1644,9 +1648,8 @@ def username_from_entries(email: str, entries: list[tuple[str, Mapping[str, Any]
     dn, attributes = entries[0]
     values = sorted(set(ldap_attribute_values(attributes, attribute)))
     if len(values) != 1:
-        raise Rejection(f"owner email {email!r}: LDAP entry {dn} has "
-                        f"{'no ' + attribute if not values else 'several ' + attribute + ' values (' + ', '.join(values) + ')'}"
-                        f"; one is needed to name the account")
+        has = f"several {attribute} values ({', '.join(values)})" if values else f"no {attribute}"
+        raise Rejection(f"owner email {email!r}: LDAP entry {dn} has {has}; one is needed to name the account")
     return values[0]
 
 

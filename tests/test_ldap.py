@@ -357,6 +357,7 @@ def test_a_complete_ldap_configuration_loads_with_its_password(ldap_config: Call
     ({"mapper__ldap_url": None}, r"\[mapper\] ldap_url: required by the ldap mapper"),
     ({"mapper__ldap_url": "https://ldap.example.test"}, r"\[mapper\] ldap_url: required by the ldap mapper"),
     ({"mapper__ldap_url": "ldaps://ldap.example.test/dc=x"}, r"\[mapper\] ldap_url: required"),
+    ({"mapper__ldap_url": "ldaps://ldap.example.test:ldaps"}, r"\[mapper\] ldap_url: required"),
     ({"mapper__ldap_url": "ldap://ldap.example.test"}, r"\[mapper\] ldap_starttls: must be true with an ldap:// URL"),
     ({"mapper__ldap_starttls": "true"}, r"\[mapper\] ldap_starttls: must be false with an ldaps:// URL"),
     ({"mapper__ldap_base_dn": None}, r"\[mapper\] ldap_base_dn: required by the ldap mapper"),
