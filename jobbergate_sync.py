@@ -1617,6 +1617,11 @@ def ldap_settings_problems(mapper: Mapping[str, Any]) -> list[tuple[str, str]]:
     return problems
 
 
+def whole_seconds(seconds: float) -> int:
+    """ldap3's receive timeout and LDAP's search time limit are whole seconds: rounded up, at least 1."""
+    return max(1, int(-(-seconds // 1)))
+
+
 def ldap_filter_value(text: str) -> str:
     """`text` escaped for an LDAP filter value (RFC 4515): an email cannot widen or break the filter."""
     return "".join(f"\\{ord(char):02x}" if char in "*()\\\0" else char for char in text)
@@ -1729,7 +1734,7 @@ class LdapDirectory:
             connection.search(settings["ldap_base_dn"], search_filter,
                               search_scope=ldap3.BASE if base_only else ldap3.SUBTREE,
                               attributes=[settings["ldap_attribute"]], size_limit=LDAP_MATCHES_ASKED,
-                              time_limit=max(1, int(settings["ldap_timeout"])))
+                              time_limit=whole_seconds(settings["ldap_timeout"]))
         except ldap3.core.exceptions.LDAPException as exc:
             self._drop_connection()
             error = ldap_connection_error(exc, settings)
@@ -1754,7 +1759,7 @@ class LdapDirectory:
                               tls=tls, get_info=ldap3.NONE, connect_timeout=settings["ldap_timeout"])
         connection = ldap3.Connection(server, user=settings["ldap_bind_dn"] or None, password=self.password,
                                       read_only=True, raise_exceptions=False, auto_referrals=False,
-                                      receive_timeout=settings["ldap_timeout"])
+                                      receive_timeout=whole_seconds(settings["ldap_timeout"]))
         connection.open()
         if settings["ldap_starttls"]:
             connection.start_tls()

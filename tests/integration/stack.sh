@@ -261,11 +261,21 @@ stop_services() {
   done
 }
 
+# close_inherited_fds: in a subshell about to exec a daemon, close every descriptor above 2, so
+# that it keeps no lock of its caller's open (e.g. `flock LOCK stack.sh up`) for its whole life
+close_inherited_fds() {
+  local fd
+  for fd in $(ls /proc/"$BASHPID"/fd); do
+    [ "$fd" -gt 2 ] && eval "exec $fd>&-"
+  done 2>/dev/null
+  return 0
+}
+
 # launch NAME LOGFILE CMD... : start a foreground program detached (setsid), record its PID
 launch() {
   local name="$1" logfile="$2"
   shift 2
-  (cd / && exec setsid "$@" </dev/null >>"$logfile" 2>&1) &
+  (cd / && close_inherited_fds && exec setsid "$@" </dev/null >>"$logfile" 2>&1) &
   record_pid "$name" "$!"
 }
 
