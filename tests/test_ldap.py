@@ -76,12 +76,14 @@ class FakeDirectory:
         self.search_error: Optional[Exception] = None
         self.search_result: Optional[Dict[str, Any]] = None
         self.servers: List[Any] = []
+        self.options: List[Dict[str, Any]] = []
 
     def __call__(self, server: Any, **kwargs: Any) -> Any:
         connection = self.real(server, client_strategy=ldap3.MOCK_SYNC, **kwargs)
         for dn, attributes in self.entries.items():
             connection.strategy.add_entry(dn, attributes)
         self.servers.append(server)
+        self.options.append(kwargs)
         real_open, real_search = connection.open, connection.search
 
         def open_(*args: Any, **kw: Any) -> Any:
@@ -172,6 +174,9 @@ def test_one_entry_gives_its_uid_and_the_local_account(directory: FakeDirectory,
     server = directory.servers[0]
     assert (server.host, server.port, server.ssl) == ("ldap.example.test", 636, True)
     assert server.tls.validate == jobbergate_sync.ssl.CERT_REQUIRED
+    # ldap3 packs the receive timeout into a socket option: it must be a whole number of seconds
+    assert directory.options[0]["receive_timeout"] == 5 and type(directory.options[0]["receive_timeout"]) is int
+    assert directory.options[0]["user"] == READER and directory.options[0]["read_only"] is True
 
 
 def test_another_attribute_and_filter_can_name_the_account(directory: FakeDirectory, tmp_path: Path) -> None:
