@@ -773,7 +773,7 @@ def _service(name: str, leg: str | None) -> str:
 
 
 def stop_service(name: str, stack: Stack | None = None, leg: str | None = None) -> None:
-    """Stop one service: mariadb postgres s3 oidc api, or one of a leg (munge slurmdbd slurmctld
+    """Stop one service: mariadb postgres s3 oidc api ldap, or one of a leg (munge slurmdbd slurmctld
     slurmd slurmrestd; ``leg`` or a ``NAME@LEG`` name, default: the default leg)."""
     run_stack("stop", _service(name, leg), stack=stack)
 
