@@ -33,12 +33,14 @@ import re
 import shlex
 import signal
 import sqlite3
+import ssl
 import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import warnings
 from datetime import datetime, timezone
 from typing import IO, Any, Callable, Collection, Iterable, Iterator, Mapping, Optional, Protocol, Union
@@ -73,10 +75,10 @@ Exit codes:
   0   the pass completed and every item went well
   1   the pass completed but some items failed (see the log)
   64  bad command-line usage
-  69  the Jobbergate API, the OIDC issuer, slurmrestd or slurmdbd was unreachable
+  69  the Jobbergate API, the OIDC issuer, slurmrestd, slurmdbd or LDAP was unreachable
   70  internal error (a bug: please report it with the log)
   75  another run holds the lock; nothing was done
-  77  authentication or permission failure (OIDC, API or slurmrestd)
+  77  authentication or permission failure (OIDC, API, slurmrestd or LDAP bind)
   78  bad configuration (the message names the section and key; a 404 from
       the API means [jobbergate] api_url lacks the /jobbergate mount)"""
 
@@ -264,6 +266,16 @@ CONFIG_SCHEMA: dict[str, dict[str, Setting]] = {
         "user": Setting(""),
         "map_file": Setting(""),
         "min_uid": Setting(1000, int),
+        "ldap_url": Setting(""),
+        "ldap_starttls": Setting(False, bool),
+        "ldap_ca_file": Setting(""),
+        "ldap_bind_dn": Setting(""),
+        "ldap_password_file": Setting(""),
+        "ldap_base_dn": Setting(""),
+        "ldap_filter": Setting("(mail={email})"),
+        "ldap_attribute": Setting("uid"),
+        "ldap_timeout": Setting(5.0, float),
+        "ldap_cache_ttl": Setting(900, int),
     },
     "run": {
         "state_dir": Setting("/var/lib/jobbergate-sync"),
@@ -287,7 +299,7 @@ CONFIG_SCHEMA: dict[str, dict[str, Setting]] = {
     },
 }
 
-MAPPER_TYPES = ("single-user", "email-local-part", "map-file")
+MAPPER_TYPES = ("single-user", "email-local-part", "map-file", "ldap")
 SLURM_BACKENDS = ("slurmrestd", "sbatch")
 SLURM_TOOLS = ("sbatch", "squeue", "sacct", "scancel", "sdiag")
 LOG_FORMATS = ("auto", "json", "text")
@@ -349,6 +361,7 @@ class Config:
     client_secret: str
     slurm_jwt_key: Optional[bytes]
     slurm_static_token: Optional[str]
+    ldap_password: Optional[str] = None
 
     def __getattr__(self, section: str) -> Any:
         try:
@@ -420,7 +433,18 @@ def load_config(path: str, environ: Mapping[str, str]) -> Config:
     jwt_key = static_token = None
     if sections["slurm"]["backend"] == "slurmrestd":  # the sbatch backend goes through munge: no secret of its own
         jwt_key, static_token = read_slurmrestd_secret(slurm)
-    return Config(sections, client_secret, jwt_key, static_token)
+    ldap_password = None
+    mapper = sections["mapper"]
+    if mapper["ldap_password_file"]:
+        # Only the line break an editor adds is dropped: a password may end in spaces.
+        ldap_password = read_secret_file(mapper["ldap_password_file"], "[mapper] ldap_password_file").decode(
+            "utf-8").rstrip("\r\n")
+        if not ldap_password:
+            raise ConfigError(f"[mapper] ldap_password_file {mapper['ldap_password_file']} is empty")
+    if mapper["type"] == "ldap":
+        import_ldap3()
+        check_ldap_ca_file(mapper["ldap_ca_file"])
+    return Config(sections, client_secret, jwt_key, static_token, ldap_password)
 
 
 def read_slurmrestd_secret(slurm: Mapping[str, Any]) -> tuple[Optional[bytes], Optional[str]]:
@@ -479,6 +503,8 @@ def validate_config(sections: dict[str, dict[str, Any]]) -> None:
     need(mapper["type"] != "single-user" or bool(mapper["user"]), "mapper.user", "required by the single-user mapper")
     need(mapper["type"] != "map-file" or bool(mapper["map_file"]), "mapper.map_file", "required by the map-file mapper")
     need(mapper["min_uid"] >= 1, "mapper.min_uid", "must be at least 1: jobs never run as root")
+    for where, message in ldap_settings_problems(mapper) if mapper["type"] == "ldap" else []:
+        need(False, where, message)
     need(sections["logging"]["format"] in LOG_FORMATS, "logging.format", f"must be one of {', '.join(LOG_FORMATS)}")
     need(sections["logging"]["level"].lower() in LOG_LEVELS, "logging.level", f"must be one of {', '.join(LOG_LEVELS)}")
     for where, message in metrics_problems(sections["metrics"]):
@@ -1674,18 +1700,284 @@ def read_map_file(path: str) -> dict[str, str]:
     return mapping
 
 
+# LDAP: owner email -> the username in one directory entry, over TLS only (an answer forged on the
+# wire would run jobs as someone else). The client library is an optional extra, imported here only.
+
+LDAP_EXTRA_HINT = "pip install 'jobbergate-sync[ldap]' (the ldap3 library)"
+LDAP_CACHE_FILE = "ldap-cache.json"
+LDAP_DEFAULT_PORTS = {"ldaps": 636, "ldap": 389}
+# Result codes (RFC 4511 4.1.9) that say the directory is busy or cut short, not that we are wrong.
+LDAP_TRANSIENT_RESULTS = {3: "timeLimitExceeded", 11: "adminLimitExceeded", 51: "busy", 52: "unavailable"}
+LDAP_INVALID_CREDENTIALS = 49
+LDAP_NO_SUCH_OBJECT = 32
+LDAP_SIZE_LIMIT_EXCEEDED = 4  # the entries sent are kept: two of them are enough to refuse
+LDAP_MATCHES_ASKED = 3  # enough to tell one entry from several, and to name a few of them
+
+
+def import_ldap3() -> Any:
+    try:
+        import ldap3  # an optional extra: only the ldap mapper needs it
+    except ImportError:
+        raise ConfigError(f"[mapper] type = ldap needs the LDAP client library: {LDAP_EXTRA_HINT}") from None
+    return ldap3
+
+
+def check_ldap_ca_file(path: str) -> None:
+    """Refuse a CA file Python cannot load (missing, unreadable, not PEM) before any connection."""
+    if not path:
+        return
+    try:
+        ssl.create_default_context(cafile=path)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"[mapper] ldap_ca_file {path}: not a readable PEM CA certificate file "
+                          f"({getattr(exc, 'strerror', None) or exc})") from None
+
+
+def ldap_settings_problems(mapper: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What is wrong with the [mapper] ldap_* settings of type = ldap, as (section.key, message)."""
+    problems = []
+    url = urllib.parse.urlsplit(mapper["ldap_url"])
+    try:
+        port_ok = url.port is None or url.port > 0
+    except ValueError:  # not a number, or out of range
+        port_ok = False
+    if url.scheme not in LDAP_DEFAULT_PORTS or not url.hostname or not port_ok or url.path not in ("", "/"):
+        problems.append(("mapper.ldap_url", "required by the ldap mapper: ldaps://host[:port], or ldap://host[:port] "
+                                            "with ldap_starttls = true"))
+    elif url.scheme == "ldap" and not mapper["ldap_starttls"]:
+        problems.append(("mapper.ldap_starttls", "must be true with an ldap:// URL: the directory decides which "
+                                                 "account jobs run as, so it is never asked in clear text"))
+    elif url.scheme == "ldaps" and mapper["ldap_starttls"]:
+        problems.append(("mapper.ldap_starttls", "must be false with an ldaps:// URL (already TLS)"))
+    if not mapper["ldap_base_dn"]:
+        problems.append(("mapper.ldap_base_dn", "required by the ldap mapper"))
+    search = mapper["ldap_filter"]
+    if "{email}" not in search or not (search.startswith("(") and search.endswith(")")):
+        problems.append(("mapper.ldap_filter", "must be a parenthesised LDAP filter holding {email}, "
+                                               "e.g. (mail={email})"))
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", mapper["ldap_attribute"]):
+        problems.append(("mapper.ldap_attribute", "must name one attribute, e.g. uid"))
+    if bool(mapper["ldap_bind_dn"]) != bool(mapper["ldap_password_file"]):
+        problems.append(("mapper.ldap_bind_dn", "set both ldap_bind_dn and ldap_password_file, "
+                                                "or neither (an anonymous bind)"))
+    if mapper["ldap_timeout"] <= 0:
+        problems.append(("mapper.ldap_timeout", "must be positive"))
+    if mapper["ldap_cache_ttl"] < 0:
+        problems.append(("mapper.ldap_cache_ttl", "must not be negative (0: no cache)"))
+    return problems
+
+
+def whole_seconds(seconds: float) -> int:
+    """ldap3's receive timeout and LDAP's search time limit are whole seconds: rounded up, at least 1."""
+    return max(1, int(-(-seconds // 1)))
+
+
+def ldap_filter_value(text: str) -> str:
+    """`text` escaped for an LDAP filter value (RFC 4515): an email cannot widen or break the filter."""
+    return "".join(f"\\{ord(char):02x}" if char in "*()\\\0" else char for char in text)
+
+
+def ldap_search_filter(template: str, email: str) -> str:
+    return template.replace("{email}", ldap_filter_value(email))
+
+
+def ldap_attribute_values(attributes: Mapping[str, Any], name: str) -> list[str]:
+    """The values of attribute `name` (names compare case-insensitively), one or many, as text."""
+    for key, value in attributes.items():
+        if key.lower() == name.lower():
+            values = value if isinstance(value, (list, tuple)) else [value]
+            return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values if v not in ("", b"")]
+    return []
+
+
+def username_from_entries(email: str, entries: list[tuple[str, Mapping[str, Any]]], attribute: str) -> str:
+    """The username of the one entry found for `email`; none, several, or one without the attribute
+    is permanent: a Rejection naming what was found."""
+    if not entries:
+        raise Rejection(f"owner email {email!r} has no entry in this cluster's LDAP directory")
+    if len(entries) > 1:
+        shown = "; ".join(dn for dn, _ in entries)
+        more = " (at least)" if len(entries) >= LDAP_MATCHES_ASKED else ""
+        raise Rejection(f"owner email {email!r} matches {len(entries)}{more} entries in this cluster's LDAP "
+                        f"directory ({shown}); it must match exactly one")
+    dn, attributes = entries[0]
+    values = sorted(set(ldap_attribute_values(attributes, attribute)))
+    if len(values) != 1:
+        has = f"several {attribute} values ({', '.join(values)})" if values else f"no {attribute}"
+        raise Rejection(f"owner email {email!r}: LDAP entry {dn} has {has}; one is needed to name the account")
+    return values[0]
+
+
+def ldap_result_error(operation: str, result: Mapping[str, Any], mapper: Mapping[str, Any]) -> Optional[SyncError]:
+    """The failure an LDAP result code means, or None when it is a success."""
+    code = result.get("result")
+    if code in (0, LDAP_SIZE_LIMIT_EXCEEDED):
+        return None
+    said = f"{result.get('description') or code}{': ' + result['message'] if result.get('message') else ''}"
+    where = f"LDAP {operation} at {mapper['ldap_url']}"
+    if code in LDAP_TRANSIENT_RESULTS:
+        return Unavailable(f"{where}: {said}")
+    if code == LDAP_INVALID_CREDENTIALS:
+        return AuthError(f"{where} refused the credentials of [mapper] ldap_bind_dn {mapper['ldap_bind_dn']} "
+                         f"({said}): check it and ldap_password_file")
+    if code == LDAP_NO_SUCH_OBJECT and operation == "search":
+        return ConfigError(f"{where}: [mapper] ldap_base_dn {mapper['ldap_base_dn']} does not exist ({said})")
+    return ConfigError(f"{where} failed ({said}); check the [mapper] ldap_* settings")
+
+
+def ldap_connection_error(exc: Exception, mapper: Mapping[str, Any]) -> SyncError:
+    """What a failure to reach or talk to the directory means: a certificate the CA file does not
+    vouch for is configuration (no retry will fix it); anything else is an outage."""
+    text = str(exc)
+    if isinstance(exc, import_ldap3().core.exceptions.LDAPConfigurationError):
+        return ConfigError(f"LDAP server {mapper['ldap_url']}: the client refused the [mapper] ldap_* settings "
+                           f"({type(exc).__name__}: {text[:300]})")
+    if "CERTIFICATE_VERIFY_FAILED" in text or "doesn't match any name" in text:
+        trusted_by = f"[mapper] ldap_ca_file {mapper['ldap_ca_file']}" if mapper["ldap_ca_file"] else "the system's CAs"
+        return ConfigError(f"LDAP server {mapper['ldap_url']}: its TLS certificate is not trusted by {trusted_by} "
+                           f"or does not name the host ({type(exc).__name__}: {text[:300]})")
+    return Unavailable(f"LDAP server {mapper['ldap_url']}: {type(exc).__name__}: {text[:300]}")
+
+
+class LdapDirectory:
+    """Email -> username searches in the directory of [mapper] ldap_*, through one connection (opened,
+    TLS, bound on first use) and a small cache of found usernames in the state directory. Several
+    threads may ask at once: the connection and the cache are used under one lock. Once the
+    directory is found unreachable, the rest of the pass does not wait for it again (PeerDown)."""
+
+    def __init__(self, config: Config, cache_path: Optional[str], clock: Callable[[], float] = time.time):
+        self.ldap3 = import_ldap3()
+        self.settings = dict(config.sections["mapper"])
+        self.password = config.ldap_password
+        REDACTOR.add(self.password)
+        self.cache_path = cache_path if self.settings["ldap_cache_ttl"] > 0 else None
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.connection: Any = None
+        self.down: Optional[str] = None
+        self.cache: Optional[dict[str, Any]] = None
+
+    def username_for(self, email: str) -> str:
+        key = email.strip().lower()
+        with self.lock:
+            username = self._cached(key)
+            if username is None:
+                found = self._search(ldap_search_filter(self.settings["ldap_filter"], email), base_only=False)
+                username = username_from_entries(email, found, self.settings["ldap_attribute"])
+                self._remember(key, username)
+            return username
+
+    def probe(self) -> str:
+        """Connect, bind and read the base entry, as `check` does; what was reached."""
+        with self.lock:
+            self._search("(objectClass=*)", base_only=True)
+        how = "StartTLS" if self.settings["ldap_starttls"] else "LDAPS"
+        who = self.settings["ldap_bind_dn"] or "anonymous"
+        return f"{self.settings['ldap_url']} ({how}), bound as {who}, base {self.settings['ldap_base_dn']} readable"
+
+    def _search(self, search_filter: str, base_only: bool) -> list[tuple[str, Mapping[str, Any]]]:
+        if self.down:
+            raise PeerDown(f"the LDAP server is unreachable in this pass ({self.down}); not asked again")
+        ldap3, settings = self.ldap3, self.settings
+        try:
+            connection = self.connection or self._connect()
+            connection.search(settings["ldap_base_dn"], search_filter,
+                              search_scope=ldap3.BASE if base_only else ldap3.SUBTREE,
+                              attributes=[settings["ldap_attribute"]], size_limit=LDAP_MATCHES_ASKED,
+                              time_limit=whole_seconds(settings["ldap_timeout"]))
+        except ldap3.core.exceptions.LDAPException as exc:
+            self._drop_connection()
+            error = ldap_connection_error(exc, settings)
+            if isinstance(error, Unavailable):
+                self.down = str(error)
+            raise error from None
+        failure = ldap_result_error("search", connection.result, settings)
+        if failure:
+            if isinstance(failure, Unavailable):
+                self.down = str(failure)
+            raise failure
+        log.debug("LDAP search %s under %s: %s", search_filter, settings["ldap_base_dn"], connection.result)
+        return [(item["dn"], item.get("attributes") or {}) for item in connection.response or []
+                if item.get("type") == "searchResEntry"]
+
+    def _connect(self) -> Any:
+        """A bound connection over TLS (LDAPS, or StartTLS before the bind)."""
+        ldap3, settings = self.ldap3, self.settings
+        url = urllib.parse.urlsplit(settings["ldap_url"])
+        tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=settings["ldap_ca_file"] or None)
+        server = ldap3.Server(url.hostname, port=url.port or LDAP_DEFAULT_PORTS[url.scheme], use_ssl=url.scheme == "ldaps",
+                              tls=tls, get_info=ldap3.NONE, connect_timeout=settings["ldap_timeout"])
+        connection = ldap3.Connection(server, user=settings["ldap_bind_dn"] or None, password=self.password,
+                                      read_only=True, raise_exceptions=False, auto_referrals=False,
+                                      receive_timeout=whole_seconds(settings["ldap_timeout"]))
+        connection.open()
+        if settings["ldap_starttls"]:
+            connection.start_tls()
+        if not connection.bind():
+            failure = ldap_result_error("bind", connection.result, settings)
+            connection.unbind()
+            raise failure or Unavailable(f"LDAP bind at {settings['ldap_url']} failed: {connection.last_error}")
+        self.connection = connection
+        return connection
+
+    def _drop_connection(self) -> None:
+        if self.connection is not None:
+            with contextlib.suppress(Exception):  # the socket is already broken
+                self.connection.unbind()
+        self.connection = None
+
+    def _cached(self, key: str) -> Optional[str]:
+        if self.cache_path is None:
+            return None
+        if self.cache is None:
+            try:
+                loaded = json.loads(read_text_or_empty(self.cache_path) or "{}")
+            except ValueError:
+                log.warning("LDAP cache %s is not JSON; starting it afresh", self.cache_path)
+                loaded = {}
+            self.cache = loaded if isinstance(loaded, dict) else {}
+        entry = self.cache.get(key)
+        if not (isinstance(entry, dict) and isinstance(entry.get("username"), str)
+                and isinstance(entry.get("at"), (int, float))):
+            return None
+        age = self.clock() - entry["at"]
+        return entry["username"] if 0 <= age < self.settings["ldap_cache_ttl"] else None
+
+    def _remember(self, key: str, username: str) -> None:
+        """Only found usernames are kept: a 'no such user' rejects its submission for good anyway,
+        and the next submission of that owner should see the directory as it is then."""
+        if self.cache_path is None or self.cache is None:
+            return
+        now = self.clock()
+        ttl = self.settings["ldap_cache_ttl"]
+        self.cache = {k: v for k, v in self.cache.items()
+                      if isinstance(v, dict) and isinstance(v.get("at"), (int, float)) and 0 <= now - v["at"] < ttl}
+        self.cache[key] = {"username": username, "at": now}
+        try:
+            write_private_file(self.cache_path, json.dumps(self.cache, sort_keys=True).encode())
+        except OSError as exc:  # a cache: the mapping stands without it
+            log.warning("cannot write the LDAP cache %s: %s", self.cache_path, exc.strerror)
+
+
 class UserMapper:
-    def __init__(self, config: Config, lookup: Callable[[str], Optional[LocalUser]] = lookup_user):
+    """Owner email -> local account, by [mapper] type. `ldap_cache` is where the ldap mapper keeps
+    the usernames it found (None: no cache, as in a dry run or a check)."""
+
+    def __init__(self, config: Config, lookup: Callable[[str], Optional[LocalUser]] = lookup_user,
+                 ldap_cache: Optional[str] = None):
         self.kind = config.mapper.type
         self.single_user = config.mapper.user
         self.map_file = config.mapper.map_file
         self.min_uid = config.mapper.min_uid
         self.lookup = lookup
         self._map: Optional[dict[str, str]] = None
+        self.directory = LdapDirectory(config, ldap_cache) if self.kind == "ldap" else None
 
     def username_for(self, email: str) -> str:
         if self.kind == "single-user":
             return self.single_user
+        if self.directory is not None:
+            return self.directory.username_for(email)
         if self.kind == "email-local-part":
             local_part = email.partition("@")[0].lower()
             if "@" not in email or not USERNAME_RE.fullmatch(local_part):
@@ -4355,12 +4647,15 @@ because what they find usually explains the later failures):
   77  authentication or permission failure (a secret, a key, a permission)
   78  bad configuration (the line names the setting)"""
 
-SECRET_FILE_KEYS = (("oidc", "client_secret_file"), ("slurmrestd", "jwt_key_file"), ("slurmrestd", "token_file"))
+SECRET_FILE_KEYS = (("oidc", "client_secret_file"), ("slurmrestd", "jwt_key_file"), ("slurmrestd", "token_file"),
+                    ("mapper", "ldap_password_file"))
 
 MAPPER_FIXES = {
     "email-local-part": "create that account (useradd -m), or map the address with [mapper] type = map-file",
     "map-file": "add a line 'email username' for it to [mapper] map_file, naming an existing account",
     "single-user": "set [mapper] user to an existing regular account",
+    "ldap": "give that address exactly one entry in the LDAP directory, whose [mapper] ldap_attribute names an "
+            "existing account (or fix ldap_filter)",
 }
 
 
@@ -4487,7 +4782,7 @@ class Check:
             self.api(JobbergateApi(config, http, token))
         else:
             self.lines.append(skipped("Jobbergate API", "OIDC token"))
-        user = self.mapped_user(config)
+        user = self.mapped_user(config, self.ldap_directory(config))
         if config.slurm.backend == "sbatch":
             self.slurm_commands(SlurmCommands(config))
         else:
@@ -4690,17 +4985,38 @@ class Check:
             return
         self.lines.append(passed(what, f"{state_dir} (0700, writable); lock {lock_file} {held}"))
 
-    def mapped_user(self, config: Config) -> Union[LocalUser, CheckLine, None]:
+    def ldap_directory(self, config: Config) -> Optional[UserMapper]:
+        """For the ldap mapper, its line (TLS, bind, the base entry read) and the mapper that has
+        connected (None when it failed); for the other mappers, a new mapper and no line."""
+        mapper = UserMapper(config)  # no LDAP cache: the directory itself is checked
+        if mapper.directory is None:
+            return mapper
+        what = "LDAP directory"
+        try:
+            self.lines.append(passed(what, mapper.directory.probe()))
+        except SyncError as exc:
+            self.lines.append(failed(what, str(exc), failure_fix(exc, {
+                AuthError: "check [mapper] ldap_bind_dn and the password in ldap_password_file",
+                ConfigError: "fix the [mapper] ldap_* setting it names (ldap_ca_file must hold the CA that signed "
+                             "the server's certificate)",
+                Unavailable: "check [mapper] ldap_url and that the LDAP server is running",
+            }), exc.exit_code))
+            return None
+        return mapper
+
+    def mapped_user(self, config: Config, mapper: Optional[UserMapper]) -> Union[LocalUser, CheckLine, None]:
         """The account --email maps to, or the line saying why it maps to none; None without --email."""
         if not self.email:
             return None
         what = f"user mapping of {self.email}"
+        if mapper is None:
+            return skipped(what, "LDAP directory")
         try:
-            return UserMapper(config).user_for(self.email)
+            return mapper.user_for(self.email)
         except Rejection as exc:
             return failed(what, str(exc), MAPPER_FIXES[config.mapper.type], EX_NOUSER)
-        except ConfigError as exc:
-            return failed(what, str(exc), "fix [mapper] map_file", EX_CONFIG)
+        except SyncError as exc:
+            return failed(what, str(exc), "fix the [mapper] settings it names", exc.exit_code)
 
     def mapping_line(self, config: Config, user: LocalUser) -> CheckLine:
         what = f"user mapping of {self.email}"
@@ -4777,7 +5093,8 @@ def run_once(config: Config, dry_run: bool) -> int:
                                SlurmRest(config, http, os.path.join(state_dir, "slurmrestd.json"), remember=not dry_run,
                                          states_path=os.path.join(state_dir, "slurm-jobs.json")))
         sync = SyncPass(config, JobbergateApi(config, http, token), slurm, journal,
-                        UserMapper(config), deadline, dry_run=dry_run)
+                        UserMapper(config, ldap_cache=None if dry_run else os.path.join(state_dir, LDAP_CACHE_FILE)),
+                        deadline, dry_run=dry_run)
         summary = sync.summary
         exit_code = sync.run().exit_code()
     except SyncError as exc:  # authentication or configuration: the pass ends here

@@ -137,6 +137,7 @@ class Stack:
     unix_users: list[str] = field(init=False)
     system_user: str = field(init=False)
     stack_sh: Path = field(init=False)
+    ldap: dict[str, str] = field(init=False)  # JGS_LDAP_URL -> ldap["url"], ... (empty without slapd)
 
     def __post_init__(self) -> None:
         e = self.env
@@ -164,6 +165,7 @@ class Stack:
         self.unix_users = [u for u in e.get("JGS_UNIX_USERS", "").split(",") if u]
         self.system_user = e.get("JGS_SYSTEM_USER", "daemon")
         self.stack_sh = Path(e.get("JGS_STACK_SH") or STACK_SH)
+        self.ldap = {key[len("JGS_LDAP_"):].lower(): value for key, value in e.items() if key.startswith("JGS_LDAP_")}
         if not self.stack_sh.exists():
             self.stack_sh = STACK_SH
 
@@ -771,7 +773,7 @@ def _service(name: str, leg: str | None) -> str:
 
 
 def stop_service(name: str, stack: Stack | None = None, leg: str | None = None) -> None:
-    """Stop one service: mariadb postgres s3 oidc api, or one of a leg (munge slurmdbd slurmctld
+    """Stop one service: mariadb postgres s3 oidc api ldap, or one of a leg (munge slurmdbd slurmctld
     slurmd slurmrestd; ``leg`` or a ``NAME@LEG`` name, default: the default leg)."""
     run_stack("stop", _service(name, leg), stack=stack)
 

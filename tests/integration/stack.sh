@@ -8,7 +8,7 @@
 #   stack.sh status             show services; exit 0 only when all run
 #   stack.sh stop|start|restart SERVICE[@LEG]
 #                               SERVICE: munge slurmdbd slurmctld slurmd slurmrestd (per leg; LEG
-#                                        defaults to the default leg), mariadb postgres s3 oidc api
+#                                        defaults to the default leg), mariadb postgres s3 oidc api ldap
 #   stack.sh slurm LEG CMD [ARG...]
 #                               run a Slurm command (squeue, sacct, scontrol, sbatch...) as root in
 #                               that leg's root; output and exit code pass through
@@ -31,7 +31,9 @@
 # JGS_SLURM_JWT_KEY, JGS_SLURM_CLUSTER/_NODE/_PARTITION describe the default leg JGS_DEFAULT_LEG
 # (env JGS_DEFAULT_LEG, default 2205); JGS_SLURM_LEGS lists the legs that are up, and for each leg
 # JGS_SLURM_<LEG>_URL, _JWT_KEY (host-side path, root-readable), _ROOT, _API_VERSIONS (comma list),
-# _CLUSTER, _NODE, _PARTITION, _VERSION.
+# _CLUSTER, _NODE, _PARTITION, _VERSION. JGS_LDAP_* describe the OpenLDAP server (Debian's slapd on
+# the host, its own instance under the stack directory): LDAPS and StartTLS URLs, its test CA (and
+# another CA that did not sign it), the base DN, and a read-only bind DN with its password.
 #
 # Needs root on Debian 12 or 13 and Python 3.12 (pyenv's, or JGS_PYTHON=/path/to/python3.12).
 # Everything lives in ${JGS_STACK_DIR:-/var/tmp/jobbergate-sync-stack}: logs/, run/ (PID files),
@@ -99,10 +101,18 @@ OIDC_KEY="$STACK_DIR/oidc/signing-key.pem"
 STACK_ENV="$STACK_DIR/stack.env"
 
 LEG_SERVICES=(munge slurmdbd slurmctld slurmd slurmrestd)
-HOST_SERVICES=(mariadb postgres s3 oidc api)
+HOST_SERVICES=(mariadb postgres s3 oidc api ldap)
 
-# the host needs no Slurm: only the databases, debootstrap for the roots, and curl
-APT_PACKAGES=(debootstrap mariadb-server postgresql curl ca-certificates)
+# the host needs no Slurm: only the databases, debootstrap for the roots, curl, and OpenLDAP
+# (slapd and its client tools; openssl makes its test CA)
+APT_PACKAGES=(debootstrap mariadb-server postgresql curl ca-certificates slapd ldap-utils openssl)
+
+LDAP_PORT="${JGS_LDAP_PORT:-6389}"
+LDAPS_PORT="${JGS_LDAPS_PORT:-6636}"
+LDAP_DIR="$STACK_DIR/ldap"
+LDAP_BASE_DN="dc=jobbergate-sync,dc=test"
+LDAP_READER_DN="cn=reader,ou=services,$LDAP_BASE_DN"
+LDAP_READER_PSWD="reader-pswd"
 
 export DEBIAN_FRONTEND=noninteractive PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
@@ -187,6 +197,7 @@ pid_pattern() {
     s3) echo moto_server ;;
     oidc) echo oidc_issuer.py ;;
     api) echo uvicorn ;;
+    ldap) echo slapd ;;
     *) die "unknown service '$1' (one of: ${LEG_SERVICES[*]} (each as NAME@LEG) ${HOST_SERVICES[*]})" ;;
   esac
 }
@@ -310,6 +321,8 @@ ensure_packages() {
     return 0
   fi
   log "installing Debian packages: ${missing[*]}"
+  # Debian's slapd would configure and start a system directory; the stack runs its own instance
+  echo "slapd slapd/no_configuration boolean true" | debconf-set-selections
   local own_policy=0
   if [ ! -e /usr/sbin/policy-rc.d ]; then # never let postinst scripts start services
     printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
@@ -1176,6 +1189,123 @@ api_up() {
   check_api_auth
 }
 
+
+# ------------------------------------------------------------------------------------- OpenLDAP
+
+# make_ca DIR NAME: a self-signed CA (NAME.pem, NAME.key) with the extensions strict X.509
+# verification (Python 3.13's default) wants
+make_ca() {
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=jobbergate-sync test $2" \
+    -keyout "$1/$2.key" -out "$1/$2.pem" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -addext "subjectKeyIdentifier=hash" 2>>"$LOG_DIR/ldap.log"
+}
+
+ldap_tls() { # at first up: the test CA, a server certificate it signs for localhost, and another CA
+  local tls="$LDAP_DIR/tls"
+  [ -s "$tls/server.pem" ] && [ -s "$tls/other-ca.pem" ] && return 0
+  ensure_dir "$tls" root:root 0755
+  make_ca "$tls" ca
+  make_ca "$tls" other-ca
+  openssl req -new -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout "$tls/server.key" \
+    -out "$tls/server.csr" 2>>"$LOG_DIR/ldap.log"
+  printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
+    "extendedKeyUsage=serverAuth" "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    "subjectKeyIdentifier=hash" "authorityKeyIdentifier=keyid:always" >"$tls/server.ext"
+  openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial -days 3650 \
+    -extfile "$tls/server.ext" -out "$tls/server.pem" 2>>"$LOG_DIR/ldap.log"
+  chmod 0600 "$tls"/*.key
+  rm -f "$tls/server.csr" "$tls/ca.srl"
+  log "made the LDAP test CA and server certificate in $tls"
+}
+
+ldap_conf() { # slapd.conf: one mdb database; only the reader (and the rootdn) reads entries
+  cat <<EOF
+include /etc/ldap/schema/core.schema
+include /etc/ldap/schema/cosine.schema
+include /etc/ldap/schema/inetorgperson.schema
+modulepath /usr/lib/ldap
+moduleload back_mdb
+pidfile $RUN_DIR/slapd.pid
+TLSCACertificateFile $LDAP_DIR/tls/ca.pem
+TLSCertificateFile $LDAP_DIR/tls/server.pem
+TLSCertificateKeyFile $LDAP_DIR/tls/server.key
+database mdb
+maxsize 67108864
+suffix "$LDAP_BASE_DN"
+rootdn "cn=admin,$LDAP_BASE_DN"
+directory $LDAP_DIR/data
+access to attrs=userPassword by anonymous auth by * none
+access to * by dn.exact="$LDAP_READER_DN" read by * none
+EOF
+}
+
+ldap_entries() { # alice and bob; ghost (no local account); one mail on two entries; the reader
+  local user
+  cat <<EOF
+dn: $LDAP_BASE_DN
+objectClass: dcObject
+objectClass: organization
+dc: jobbergate-sync
+o: jobbergate-sync test directory
+
+dn: ou=people,$LDAP_BASE_DN
+objectClass: organizationalUnit
+ou: people
+
+dn: ou=services,$LDAP_BASE_DN
+objectClass: organizationalUnit
+ou: services
+
+dn: $LDAP_READER_DN
+objectClass: organizationalRole
+objectClass: simpleSecurityObject
+cn: reader
+userPassword: $(slappasswd -s "$LDAP_READER_PSWD")
+EOF
+  for user in alice:alice@example.com bob:bob@example.com ghost:ghost@example.com \
+    admin-one:admin@example.com admin-two:admin@example.com; do
+    cat <<EOF
+
+dn: uid=${user%%:*},ou=people,$LDAP_BASE_DN
+objectClass: inetOrgPerson
+uid: ${user%%:*}
+cn: ${user%%:*}
+sn: ${user%%:*}
+mail: ${user#*:}
+EOF
+  done
+}
+
+ldap_answers() { # (by address: libldap checks the certificate against this host's name for "localhost")
+  LDAPTLS_CACERT="$LDAP_DIR/tls/ca.pem" ldapwhoami -x -o nettimeout=2 -H "ldaps://127.0.0.1:$LDAPS_PORT" \
+    -D "$LDAP_READER_DN" -w "$LDAP_READER_PSWD" </dev/null
+}
+
+start_ldap() {
+  is_running ldap && return 0
+  check_port_free ldap "$LDAP_PORT"
+  check_port_free ldap "$LDAPS_PORT"
+  ensure_dir "$LDAP_DIR" root:root 0700
+  ldap_tls
+  ldap_conf | write_if_changed "$LDAP_DIR/slapd.conf" root:root 0600
+  local stamp
+  stamp="$( (cat "$LDAP_DIR/slapd.conf" && declare -f ldap_entries) | sha256sum | cut -c1-16)"
+  if [ "$(cat "$LDAP_DIR/data.stamp" 2>/dev/null)" != "$stamp" ]; then # first up, or new entries
+    rm -rf "$LDAP_DIR/data"
+    ensure_dir "$LDAP_DIR/data" root:root 0700
+    ldap_entries | slapadd -q -f "$LDAP_DIR/slapd.conf" >>"$LOG_DIR/ldap.log" 2>&1 ||
+      { tail_log "$LOG_DIR/ldap.log"; die "slapadd failed"; }
+    echo "$stamp" >"$LDAP_DIR/data.stamp"
+    log "loaded the LDAP test entries into $LDAP_DIR/data"
+  fi
+  # -d: stays in the foreground (launch records its PID); 256 logs each connection and operation
+  launch ldap "$LOG_DIR/ldap.log" /usr/sbin/slapd -d 256 -f "$LDAP_DIR/slapd.conf" \
+    -h "ldap://localhost:$LDAP_PORT/ ldaps://localhost:$LDAPS_PORT/"
+  wait_until 20 "slapd" ldap_answers || { tail_log "$LOG_DIR/ldap.log"; die "slapd did not answer over LDAPS"; }
+  log "started slapd (pid $(service_pid ldap))"
+}
+
 # ------------------------------------------------------------------------------------ stack.env
 
 leg_env() { # the stack.env lines of the current leg
@@ -1243,6 +1373,13 @@ JGS_S3_URL=http://127.0.0.1:$S3_PORT
 JGS_S3_BUCKET=$BUCKET
 JGS_DATABASE_URL=postgresql://$DB_USER:$DB_PSWD@127.0.0.1:$PG_PORT/$DB_NAME
 JGS_LOG_DIR=$LOG_DIR
+JGS_LDAP_URL=ldaps://localhost:$LDAPS_PORT
+JGS_LDAP_STARTTLS_URL=ldap://localhost:$LDAP_PORT
+JGS_LDAP_CA_FILE=$LDAP_DIR/tls/ca.pem
+JGS_LDAP_OTHER_CA_FILE=$LDAP_DIR/tls/other-ca.pem
+JGS_LDAP_BASE_DN=$LDAP_BASE_DN
+JGS_LDAP_BIND_DN=$LDAP_READER_DN
+JGS_LDAP_BIND_PASSWORD=$LDAP_READER_PSWD
 EOF
     for leg in "${LEGS[@]}"; do
       leg_load "$leg"
@@ -1274,6 +1411,7 @@ cmd_up() {
   wait "$moto_pid" || { tail_log "$LOG_DIR/venv-moto.log" 30; die "moto venv setup failed"; }
   printf '[stack] phase %-12s %6ss (waited after slurm; ran in parallel)\n' venvs "$(elapsed "$t1")"
   timed api api_up
+  timed ldap start_ldap
   write_stack_env
   printf '[stack] up: legs %s (default %s), all services running in %ss; env: %s\n' \
     "${LEGS[*]}" "$DEFAULT_LEG" "$(elapsed "$t0")" "$STACK_ENV"
@@ -1293,7 +1431,7 @@ cmd_down() {
   [ -d "$RUN_DIR" ] || { log "nothing to stop"; return 0; }
   # shellcheck disable=SC2046
   {
-    stop_services api oidc $(leg_services slurmrestd)
+    stop_services api oidc ldap $(leg_services slurmrestd)
     stop_services s3 postgres $(leg_services slurmd slurmctld)
     stop_services $(leg_services slurmdbd)
     stop_services mariadb $(leg_services munge)
@@ -1363,6 +1501,7 @@ start_one() {
     s3) start_s3 && check_s3_consistency ;;
     oidc) start_oidc ;;
     api) start_api ;;
+    ldap) start_ldap ;;
   esac
 }
 
@@ -1434,7 +1573,7 @@ main() {
       [ "$cmd" = stop ] || { prepare_dirs && start_one "$svc"; }
       ;;
     *)
-      sed -n '2,36p' "$SELF" | sed 's/^# \{0,1\}//'
+      sed -n '2,38p' "$SELF" | sed 's/^# \{0,1\}//'
       [ -z "$cmd" ] || [ "$cmd" = -h ] || [ "$cmd" = --help ] || exit 2
       ;;
   esac
