@@ -12,7 +12,7 @@ from typing import Any, Callable
 import pytest
 
 from config_files import write_secret
-from helpers import Stack
+from helpers import Stack, wait_for
 from scenario import job_for, new_submission, status_of
 from tool import Tool
 
@@ -49,14 +49,15 @@ def test_an_owner_mapped_through_ldap_gets_a_job_that_runs_as_them(alice, ldap_t
 
     assert result.returncode == 0, result.stderr[-3000:]
     current = alice.get_submission(sub["id"])
-    assert current["status"] == "SUBMITTED"
-    assert slurm.slurm_job(current["slurm_job_id"])["user_name"] == "alice"
+    assert current["status"] == "SUBMITTED", (current, result.stderr[-3000:])
+    job = slurm.slurm_job(current["slurm_job_id"])
+    assert job and job["user_name"] == "alice", job
     cache = tool.directory / "state" / "ldap-cache.json"
     assert stat.S_IMODE(cache.stat().st_mode) == 0o600
     assert json.loads(cache.read_text())["alice@example.com"]["username"] == "alice"
     tool.run_until(lambda: status_of(alice, sub) == "DONE")
-    output = Path(f"/home/alice/jgs-ldap/slurm-{current['slurm_job_id']}.out").read_text()
-    assert "user=alice" in output
+    output = Path(f"/home/alice/jgs-ldap/slurm-{current['slurm_job_id']}.out")
+    assert "user=alice" in wait_for(lambda: output.exists() and output.read_text(), 30, message=f"{output}")
 
 
 def test_no_entry_an_entry_without_account_and_a_shared_mail_are_rejected(users, ldap_tool, slurm, ldap):
