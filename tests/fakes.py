@@ -56,6 +56,17 @@ def run(config: str, *extra: str) -> int:
     return main(["--once", "--config", config, *extra])
 
 
+def check_lines(capsys: Any, config: str, *extra: str) -> tuple[int, dict[str, tuple[str, str]]]:
+    """`jobbergate-sync check`'s exit code and its lines: what -> (ok/FAIL/skip, detail)."""
+    code = main(["check", "--config", config, *extra])
+    lines = {}
+    for line in capsys.readouterr().out.splitlines():
+        status, _, rest = line.partition(" ")
+        what, _, detail = rest.strip().partition(": ")
+        lines[what] = (status, detail)
+    return code, lines
+
+
 def expand_task_ranges(text: str) -> list[int]:
     """Task ids of an array_task_string such as "2-5,7"."""
     tasks: list[int] = []
@@ -347,6 +358,16 @@ class FakeSlurm:
                "exit_code": exit_code, "name": f"job-{job_id}"}
         self.jobs[job_id] = job
         return job
+
+    def slow_down_submits(self, seconds: float) -> None:
+        """Every later job submit takes `seconds` longer, as a busy slurmctld's would."""
+        submit = self._submit
+
+        def slow_submit(*args: Any) -> tuple:
+            time.sleep(seconds)
+            return submit(*args)
+
+        self._submit = slow_submit  # type: ignore[method-assign]
 
     def _submit(self, request: requests.PreparedRequest, user: str, _: Any) -> tuple:
         payload = json.loads(request.body)

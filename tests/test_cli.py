@@ -8,7 +8,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -208,13 +207,7 @@ def test_verbose_logs_every_http_exchange_and_the_job_request_without_the_script
 def test_deadline_leaves_the_rest_for_the_next_pass(stack, config_file, email, capsys):
     for submission_id in (1, 2):
         stack.api.add_submission(submission_id, email=email)
-    original = stack.slurm._submit
-
-    def slow_submit(*args):
-        time.sleep(1.2)
-        return original(*args)
-
-    stack.slurm._submit = slow_submit
+    stack.slurm.slow_down_submits(1.2)
     config = config_file(**{"run.deadline": 1, "run.workers": 1})  # one at a time: the second starts late
     assert main(["--config", config]) == 0
     assert "deadline" in capsys.readouterr().err

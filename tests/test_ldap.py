@@ -19,7 +19,7 @@ from ldap3.core.exceptions import LDAPSocketOpenError, LDAPSocketReceiveError
 
 import jobbergate_sync
 from config_files import write_ini, write_secret
-from fakes import run
+from fakes import check_lines, run
 from jobbergate_sync import (
     AuthError,
     Config,
@@ -32,7 +32,6 @@ from jobbergate_sync import (
     ldap_filter_value,
     ldap_search_filter,
     load_config,
-    main,
 )
 
 BASE = "dc=example,dc=test"
@@ -425,15 +424,6 @@ def ldap_config_file(config_file: Callable[..., str], tmp_path: Path) -> Callabl
 
     return make
 
-
-def check_lines(capsys: pytest.CaptureFixture, config: str, *extra: str) -> tuple:
-    code = main(["check", "--config", config, *extra])
-    lines = {}
-    for line in capsys.readouterr().out.splitlines():
-        status, _, rest = line.partition(" ")
-        what, _, detail = rest.strip().partition(": ")
-        lines[what] = (status, detail)
-    return code, lines
 
 
 def test_check_shows_the_directory_reached_and_the_account_found(stack: Any, directory: FakeDirectory, job_user: Any,

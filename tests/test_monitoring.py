@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import jobbergate_sync
 from fakes import CLIENT_SECRET, JWT_KEY, run
-from jobbergate_sync import EX_NOPERM, EX_SOFTWARE, EX_TEMPFAIL, EX_UNAVAILABLE, main
+from jobbergate_sync import EX_NOPERM, EX_SOFTWARE, EX_TEMPFAIL, EX_UNAVAILABLE
 
 
 def samples(path: Path) -> dict[str, float]:

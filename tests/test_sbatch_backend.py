@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import stat
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -16,7 +14,7 @@ from typing import Any, Iterator, Optional
 import pytest
 
 import jobbergate_sync
-from fakes import journal_rows, run
+from fakes import check_lines, journal_rows, run
 from jobbergate_sync import (
     CommandResult, ItemError, LocalUser, Rejection, SlurmCommands, Unavailable, build_sbatch_request, load_config,
     report_from_records, report_from_slurmctld, report_from_slurmdbd,
@@ -546,15 +544,6 @@ def test_a_missing_command_is_a_configuration_error():
 
 
 # ------------------------------------------------------------------------------------------- check
-
-def check_lines(capsys, config: str) -> tuple[int, dict[str, tuple[str, str]]]:
-    code = jobbergate_sync.main(["check", "--config", config])
-    lines = {}
-    for line in capsys.readouterr().out.splitlines():
-        status, _, rest = line.partition(" ")
-        what, _, detail = rest.strip().partition(": ")
-        lines[what] = (status, detail)
-    return code, lines
 
 
 def test_check_covers_the_commands_slurmctld_and_slurmdbd(stack, config_file, tools, capsys):

@@ -262,13 +262,7 @@ def test_a_dry_run_prints_its_plan_in_the_pending_order_whichever_worker_ends_fi
 def test_no_submission_starts_after_the_deadline_and_those_under_way_finish(stack, config_file, email, capsys):
     for submission_id in range(1, 21):
         stack.api.add_submission(submission_id, email=email)
-    original = stack.slurm._submit
-
-    def slow_submit(*args):
-        time.sleep(0.4)
-        return original(*args)
-
-    stack.slurm._submit = slow_submit
+    stack.slurm.slow_down_submits(0.4)
 
     assert run(config_file(**{"run.workers": 4, "run.deadline": 1})) == 0
 

@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional, Union
 import pytest
 
 import helpers
-from scenario import new_submission, status_of, tag
+from scenario import new_submission, tag
 from tool import Tool
 
 ALICE_ROOT = "/home/alice/jgs-matrix"
