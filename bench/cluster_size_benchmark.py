@@ -36,6 +36,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "integration"), str(ROOT / "test
 
 STACK_SH = ROOT / "tests" / "integration" / "stack.sh"
 SUBMITTERS = 2  # submitting threads
+# slurmctld is left this long after the submissions, and between two reads: update_time asks from a
+# few seconds (UPDATE_TIME_MARGIN) before the last full read, as a pass a minute later would.
+SETTLE_SECONDS = 15
 
 
 def slurm_command(leg: str, *command: str) -> str:
@@ -128,12 +131,13 @@ def main() -> int:
         ours = submit_held(leg, "alice", arguments.ours)
         print(f"leg {leg}: {arguments.others} held jobs of bob and {arguments.ours} of alice submitted "
               f"in {time.monotonic() - began:.0f} s", file=sys.stderr)
+        time.sleep(SETTLE_SECONDS)
         with tempfile.TemporaryDirectory() as directory:
             ids_file = str(Path(directory) / "ours.json")
             Path(ids_file).write_text(json.dumps(ours))
             rows.append(("before: GET jobs", read(directory, leg, "jobs", ids_file)))
-            first = read(directory, leg, "states", ids_file)
-            rows.append(("after: states(), first read", first))
+            rows.append(("after: states(), first read", read(directory, leg, "states", ids_file)))
+            time.sleep(SETTLE_SECONDS)  # passes are a minute apart: the next asks from before the first read
             rows.append(("after: states(), nothing changed", read(directory, leg, "states", ids_file)))
             slurm_command(leg, "scontrol", "update", f"jobid={ours[0]}", "comment=changed")
             rows.append(("after: states(), a job changed", read(directory, leg, "states", ids_file)))
