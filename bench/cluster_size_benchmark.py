@@ -3,7 +3,7 @@
 slurmctld holds) and after (SlurmRest.states: our jobs only), on the real integration stack.
 Figures, not asserts.
 
-    flock /var/tmp/jgs-stack.lock .venv/bin/python bench/cluster_size_benchmark.py [--leg 2205] [--others 10000] [--ours 100]
+    .venv/bin/python bench/cluster_size_benchmark.py [--leg 2205] [--others 10000] [--ours 100]
 
 The leg's slurmctld is given OTHERS held one-job submissions of bob (through slurmrestd, in
 parallel; not a job array, which is one record in slurmctld until its tasks start, not OTHERS of
