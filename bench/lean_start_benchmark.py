@@ -3,7 +3,7 @@
 whole process, against `python -c "import requests, click"` in the same venv. Figures, not asserts.
 
     .venv/bin/python bench/lean_start_benchmark.py [--rounds 21]
-    flock /var/tmp/jgs-stack.lock .venv/bin/python bench/lean_start_benchmark.py --stack
+    .venv/bin/python bench/lean_start_benchmark.py --stack
 
 By default the pass talks to a stand-in API served by this script on loopback (an empty page for
 each list, 202 for the health ping, a token once), so the figure is the tool's own start-up and
