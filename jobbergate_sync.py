@@ -242,6 +242,7 @@ CONFIG_SCHEMA: dict[str, dict[str, Setting]] = {
         "query_user": Setting("slurm"),
         "slurmdbd": Setting("auto", AutoBool),
         "purge_horizon": Setting(300, int),
+        "query_url_bytes": Setting(65536, int),
         "timeout": Setting(15.0, float),
     },
     "slurm": {
@@ -488,6 +489,7 @@ def validate_config(sections: dict[str, dict[str, Any]]) -> None:
     need(sections["run"]["backoff"] >= 0, "run.backoff", "must not be negative")
     need(1 <= sections["run"]["workers"] <= MAX_WORKERS, "run.workers",
          f"must be 1 (one submission at a time) to {MAX_WORKERS}")
+    need(sections["slurmrestd"]["query_url_bytes"] >= 1024, "slurmrestd.query_url_bytes", "must be at least 1024")
     need(sections["slurmrestd"]["token_lifespan"] > 60, "slurmrestd.token_lifespan", "must exceed 60 seconds")
     need(sections["slurm"]["backend"] in SLURM_BACKENDS, "slurm.backend", f"must be one of {', '.join(SLURM_BACKENDS)}")
     for tool in SLURM_TOOLS:
@@ -2551,10 +2553,10 @@ def describe_errors(errors: list[tuple[Optional[int], str]]) -> str:
     return "; ".join(f"{text} (error {code})" if code is not None else text for code, text in errors)
 
 
-# GET jobs/state takes the ids in its URL, which proxies in front of slurmrestd commonly cap at 8 KiB
-# (nginx's large_client_header_buffers, Apache's LimitRequestLine): at most this many bytes of
-# "job_id=N&" parameters go in one request (about 500 ids).
-STATE_QUERY_MAX_BYTES = 7000
+# GET jobs/state takes the ids in its URL: at most [slurmrestd] query_url_bytes of "job_id=N&"
+# parameters go in one request. slurmrestd 24.11 and 25.11 take a request head of about 80 KiB
+# (measured: a 75,047-byte URL answered, an 82,547-byte one refused with 400, or 500 "Insane message
+# length"); a proxy in front of slurmrestd may allow less (nginx's default request line is 8 KiB).
 STATE_ENTRY_ID_RE = re.compile(r"^(\d+)(?:_(\d+))?$")
 # What is remembered of our jobs' records between passes for update_time: enough for their state.
 LIGHT_RECORD_KEYS = ("job_id", "job_state", "array_job_id", "array_task_id", "array_task_string")
@@ -2565,13 +2567,13 @@ STATES_MEMORY_MAX_AGE = 3600
 UPDATE_TIME_MARGIN = 5
 
 
-def state_query_chunks(ids: list[int]) -> Iterator[list[int]]:
-    """`ids` in runs whose job_id parameters fit in STATE_QUERY_MAX_BYTES."""
+def state_query_chunks(ids: list[int], max_bytes: int) -> Iterator[list[int]]:
+    """`ids` in runs whose job_id parameters fit in `max_bytes`."""
     chunk: list[int] = []
     size = 0
     for job_id in ids:
         cost = len(f"job_id={job_id}&")
-        if chunk and size + cost > STATE_QUERY_MAX_BYTES:
+        if chunk and size + cost > max_bytes:
             yield chunk
             chunk, size = [], 0
         chunk.append(job_id)
@@ -2695,6 +2697,7 @@ class SlurmRest:
         self.timeout = config.slurmrestd.timeout
         self.purge_horizon = config.slurmrestd.purge_horizon
         self.query_user = config.slurmrestd.query_user
+        self.query_url_bytes = config.slurmrestd.query_url_bytes
         self.http = http
         self.credentials = SlurmCredentials(config.slurm_jwt_key, config.slurm_static_token, config.slurmrestd.token_lifespan)
         # The auto choice (version, slurmdbd, release), remembered in the state directory between passes.
@@ -2894,7 +2897,7 @@ class SlurmRest:
         asked = set(ids)
         grouped: dict[int, list[dict[str, Any]]] = {}
         orphans: set[tuple[int, int]] = set()
-        for chunk in state_query_chunks(ids):
+        for chunk in state_query_chunks(ids, self.query_url_bytes):
             for job_id, task, state in self._state_query(chunk):
                 if job_id in asked:
                     grouped.setdefault(job_id, []).append(light_state_record(job_id, task, state))

@@ -67,6 +67,7 @@ EXPECTED_DEFAULTS = {
     ("slurmrestd", "query_user"): "slurm",
     ("slurmrestd", "slurmdbd"): "auto",
     ("slurmrestd", "purge_horizon"): 300,
+    ("slurmrestd", "query_url_bytes"): 65536,
     ("slurmrestd", "timeout"): 15.0,
     ("submit", "execution_directory"): "/home/{username}",
     ("submit", "write_files"): True,
