@@ -17,6 +17,7 @@ and is also given less what the process held before the pass began.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pwd
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Iterator
 from urllib.parse import urlparse
 
 import responses
@@ -75,7 +77,11 @@ level = warning
     return str(config)
 
 
-def one_size(size: int, user: pwd.struct_passwd) -> dict[str, float]:
+@contextlib.contextmanager
+def pending_backlog(size: int, user: pwd.struct_passwd, **submission: Any) -> Iterator[tuple[str, Path, responses.RequestsMock,
+                                                                                             FakeJobbergate, FakeSlurm]]:
+    """A config, an execution root owned by `user` and the fakes holding `size` pending submissions of
+    a script and a supporting file (`submission`: more fields of each); removed afterwards."""
     directory = Path(tempfile.mkdtemp(prefix="jgs-bench-"))
     exec_root = Path(tempfile.mkdtemp(prefix="jgs-bench-exec-"))
     exec_root.chmod(0o755)
@@ -86,23 +92,30 @@ def one_size(size: int, user: pwd.struct_passwd) -> dict[str, float]:
             api = FakeJobbergate(rsps, FakeIssuer(rsps))
             slurm = FakeSlurm(rsps, JWT_KEY)
             for submission_id in range(1, size + 1):
+                fields = {key: value.format(root=exec_root, user=user.pw_name, id=submission_id)
+                          if isinstance(value, str) else value for key, value in submission.items()}
                 api.add_submission(submission_id, {"job.sh": SCRIPT, "input.dat": b"x" * 4096},
-                                   email=f"{user.pw_name}@example.com")
-            began = time.perf_counter()
-            assert jobbergate_sync.main(["--config", config, "-q"]) == 0
-            submit_pass = time.perf_counter() - began
-            for job in slurm.jobs.values():
-                job["job_state"] = "COMPLETED"
-            slurm.requests.clear()
-            began = time.perf_counter()
-            assert jobbergate_sync.main(["--config", config, "-q"]) == 0
-            update_pass = time.perf_counter() - began
-            slurm_calls = len(slurm.requests)
-        return {"submit_pass_s": submit_pass, "per_submission_ms": submit_pass / size * 1000,
-                "update_pass_s": update_pass, "slurm_calls_in_update": slurm_calls}
+                                   email=f"{user.pw_name}@example.com", **fields)
+            yield config, exec_root, rsps, api, slurm
     finally:
         shutil.rmtree(directory, ignore_errors=True)
         shutil.rmtree(exec_root, ignore_errors=True)
+
+
+def one_size(size: int, user: pwd.struct_passwd) -> dict[str, float]:
+    with pending_backlog(size, user) as (config, _, _, _, slurm):
+        began = time.perf_counter()
+        assert jobbergate_sync.main(["--config", config, "-q"]) == 0
+        submit_pass = time.perf_counter() - began
+        for job in slurm.jobs.values():
+            job["job_state"] = "COMPLETED"
+        slurm.requests.clear()
+        began = time.perf_counter()
+        assert jobbergate_sync.main(["--config", config, "-q"]) == 0
+        update_pass = time.perf_counter() - began
+        slurm_calls = len(slurm.requests)
+    return {"submit_pass_s": submit_pass, "per_submission_ms": submit_pass / size * 1000,
+            "update_pass_s": update_pass, "slurm_calls_in_update": slurm_calls}
 
 
 def translation_rate(rounds: int = 2000) -> float:

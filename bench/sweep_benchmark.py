@@ -13,21 +13,17 @@ import collections
 import os
 import pwd
 import re
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-import responses
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
 
 import jobbergate_sync  # noqa: E402
-from fakes import FakeIssuer, FakeJobbergate, FakeSlurm  # noqa: E402
-from pass_benchmark import JWT_KEY, SCRIPT, write_config  # noqa: E402
+from pass_benchmark import pending_backlog  # noqa: E402
 
 
 def endpoint(method: str, url: str) -> str:
@@ -36,30 +32,17 @@ def endpoint(method: str, url: str) -> str:
 
 
 def one_pass(size: int, workers: int, user: pwd.struct_passwd) -> tuple[float, collections.Counter, int]:
-    directory = Path(tempfile.mkdtemp(prefix="jgs-sweep-"))
-    exec_root = Path(tempfile.mkdtemp(prefix="jgs-sweep-exec-"))
-    exec_root.chmod(0o755)
-    os.chown(exec_root, user.pw_uid, user.pw_gid)
-    try:
-        config = write_config(directory, user, exec_root)
-        with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-            api = FakeJobbergate(rsps, FakeIssuer(rsps))
-            FakeSlurm(rsps, JWT_KEY)
-            for submission_id in range(1, size + 1):
-                api.add_submission(submission_id, {"job.sh": SCRIPT, "input.dat": b"x" * 4096}, script_id=1,
-                                   email=f"{user.pw_name}@example.com",
-                                   execution_directory=f"{exec_root}/{user.pw_name}/{submission_id}")
-            os.environ["JOBBERGATE_SYNC_RUN_WORKERS"] = str(workers)
+    with pending_backlog(size, user, script_id=1, execution_directory="{root}/{user}/{id}") as (config, _, rsps, api, _):
+        os.environ["JOBBERGATE_SYNC_RUN_WORKERS"] = str(workers)
+        try:
             began = time.perf_counter()
             assert jobbergate_sync.main(["--config", config, "-q"]) == 0
             seconds = time.perf_counter() - began
-            counts = collections.Counter(endpoint(call.request.method, call.request.url) for call in rsps.calls)
-            submitted = sum(submission["status"] == "SUBMITTED" for submission in api.submissions.values())
-        return seconds, counts, submitted
-    finally:
-        os.environ.pop("JOBBERGATE_SYNC_RUN_WORKERS", None)
-        shutil.rmtree(directory, ignore_errors=True)
-        shutil.rmtree(exec_root, ignore_errors=True)
+        finally:
+            os.environ.pop("JOBBERGATE_SYNC_RUN_WORKERS", None)
+        counts = collections.Counter(endpoint(call.request.method, call.request.url) for call in rsps.calls)
+        submitted = sum(submission["status"] == "SUBMITTED" for submission in api.submissions.values())
+    return seconds, counts, submitted
 
 
 def main() -> None:
