@@ -1,20 +1,24 @@
 #!/usr/bin/env python3
 """jobbergate-sync: a one-pass Jobbergate cluster agent for cron or a systemd timer.
 
-One run takes a lock, submits the cluster's CREATED job submissions to Slurm through
-slurmrestd, reports the state of the active ones back to the Jobbergate API, pings the
-cluster health endpoint, logs one summary line and exits.
+One run takes a lock, submits the cluster's CREATED job submissions to Slurm (through slurmrestd,
+or through Slurm's own commands where a site has no slurmrestd), reports the state of the active
+ones back to the Jobbergate API, pings the cluster health endpoint, logs one summary line and exits.
+The work of several submissions runs side by side on a few threads ([run] workers); the code of
+each stays synchronous.
 
 Its promise is exactly once: the intent is in the journal before the submit, the Slurm job id right
 after it, then the report (LiveChanges.submit_exactly_once); a pass killed anywhere in between is
 resumed by the next from the journal (EarlierSubmit), never submitted twice.
 
 Sections, in order: constants and errors; configuration; logging; then the domain: pending
-submissions; #SBATCH parsing and translation; Slurm job states; user mapping; then the adapters:
-deadline and HTTP; OIDC token; Jobbergate API client; slurmrestd client; files as the user; state
-journal; then the pass: its phases and what they share; the submit phase; changes (live or dry
-run); resuming an earlier pass's submit; the update phase; then monitoring; the check (every peer
-visited once, read-only, for the `check` command); CLI.
+submissions; #SBATCH parsing and translation; Slurm job states; user mapping (including the LDAP
+directory); then the adapters: deadline and HTTP; OIDC token; Jobbergate API client; Slurm backends
+(the interface the pass uses); slurmrestd client; Slurm commands client (the sbatch backend); files
+as the user; state journal; then the pass: its phases, what they share and the worker threads; the
+submit phase (with the per-pass download cache); changes (live or dry run); resuming an earlier
+pass's submit; the update phase; then monitoring; the check (every peer visited once, read-only,
+for the `check` command); CLI.
 """
 
 from __future__ import annotations

@@ -6,15 +6,12 @@ Prints one table; figures, not asserts.
     .venv/bin/python bench/submit_benchmark.py [--sizes 30,200] [--sweep 200]
 
 Needs the stack up (tests/integration/stack.sh up), this checkout's tool installed in .venv, and
-jobbergate-agent 5.12.0 in a venv inside the default Slurm leg's root (its submit runs `sbatch`):
+jobbergate-agent 5.12.0, which it installs from PyPI when missing into a venv inside the 22.05 Slurm
+leg's root (its submit runs `sbatch`; every root has python3 and python3-venv): the wheels are
+downloaded by this host's pip, then installed by the root's.
 
-    R=/var/tmp/jobbergate-sync-stack/roots/2205
-    pip download -d $R/opt/upstream-agent-wheels jobbergate-agent==5.12.0
-    chroot $R python3 -m venv /opt/upstream-agent
-    chroot $R /opt/upstream-agent/bin/pip install --no-index --find-links /opt/upstream-agent-wheels jobbergate-agent==5.12.0
-
-Each round (one backlog shape, one number of API workers) holds the stack's lock file and puts the
-API back on one uvicorn worker when it ends. In a round, for each contender, the benchmark creates
+Each round (one backlog shape, one number of API workers) holds `--lock FILE` when given (for
+machines where others use the stack too) and puts the API back on one uvicorn worker when it ends. In a round, for each contender, the benchmark creates
 the backlog through the API as alice (held jobs: nothing runs), times it, then rejects or aborts what
 is left and cancels the jobs:
 - the tool with `[run] workers` = 1 and the default 4: a whole `jobbergate-sync --once` process,
@@ -55,9 +52,9 @@ sys.path[:0] = [str(ROOT / "tests" / "integration"), str(ROOT / "tests")]
 import helpers  # noqa: E402
 from tool import SCRIPT, Tool  # noqa: E402
 
-LOCK_FILE = "/var/tmp/jgs-stack.lock"
 LEG = "2205"
 UPSTREAM_PYTHON = "/opt/upstream-agent/bin/python"
+UPSTREAM_REQUIREMENT = "jobbergate-agent==5.12.0"
 UPSTREAM_CLUSTER = "other-slurm"
 JOB_NAME = "jgs-submit-bench"
 FILES = {"job.sh": f"#!/bin/bash\n#SBATCH --job-name={JOB_NAME} --hold --time=1\nhostname\n".encode(),
@@ -80,8 +77,24 @@ print(json.dumps({"seconds": seconds, "rss_mb": resource.getrusage(resource.RUSA
 """
 
 
+def ensure_upstream_agent(root: str) -> None:
+    """jobbergate-agent 5.12.0 in its own venv inside the Slurm root, installed once."""
+    if os.path.exists(root + UPSTREAM_PYTHON):
+        return
+    wheels = "/opt/upstream-agent-wheels"
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "-d", root + wheels, UPSTREAM_REQUIREMENT],
+                   check=True)
+    chroot = ["/usr/sbin/chroot", root]
+    subprocess.run([*chroot, "python3", "-m", "venv", os.path.dirname(os.path.dirname(UPSTREAM_PYTHON))], check=True)
+    subprocess.run([*chroot, UPSTREAM_PYTHON, "-m", "pip", "install", "--quiet", "--no-index", "--find-links", wheels,
+                    UPSTREAM_REQUIREMENT], check=True)
+
+
 @contextlib.contextmanager
 def stack_lock(path: str) -> Iterator[None]:
+    if not path:
+        yield
+        return
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -230,10 +243,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="30,200", help="backlogs of distinct job scripts, comma-separated")
     parser.add_argument("--sweep", type=int, default=200, help="a backlog of submissions of one job script (0: none)")
-    parser.add_argument("--lock", default=LOCK_FILE, help="the stack's lock file, held per round")
+    parser.add_argument("--lock", default="", help="a lock file held per round, where others share the stack")
     options = parser.parse_args()
     shapes = [(int(size), False) for size in options.sizes.split(",")] + ([(options.sweep, True)] if options.sweep else [])
     stack = helpers.get_stack().check()
+    ensure_upstream_agent(str(stack.leg(LEG).root))
     scratch = Path(tempfile.mkdtemp(prefix="jgs-submit-bench-"))
     bench = Bench(stack, scratch)
     rows = []
