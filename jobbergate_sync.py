@@ -4400,12 +4400,8 @@ class UpdatePhase(PassPart):
         active, complete = self.api.list_active()
         self.summary.active = len(active)
         log.info("%d active submission(s) for cluster %s", len(active), self.cluster)
-        # What the submit phase has just reported is not updated again moments later (a reason
-        # slurmctld gave the job meanwhile would cost a write per submission of a burst): the next
-        # pass reports what changed.
-        followed = [item for item in active if item["id"] not in self.context.reported_now]
-        jobs = self.slurm.states({item["slurm_job_id"] for item in followed if isinstance(item.get("slurm_job_id"), int)})
-        self.context.for_each_item(followed, lambda item: self.update_one(item, jobs))
+        jobs = self.slurm.states({item["slurm_job_id"] for item in active if isinstance(item.get("slurm_job_id"), int)})
+        self.context.for_each_item(active, lambda item: self.update_one(item, jobs))
         if complete:
             self.context.changes.prune_journal({item["id"] for item in active})
 
@@ -4460,8 +4456,12 @@ class UpdatePhase(PassPart):
                 and time.time() - (entry.last_reported_at or 0) < self.config.run.resend_after)
 
     def send_update(self, submission_id: int, report: StateReport) -> None:
-        """Report the state unless the same one was reported lately."""
-        if not self.reported_lately(submission_id, report):
+        """Report the state unless the same one was reported lately. A job this pass has just
+        reported SUBMITTED is updated only once its state moved on (it may already have ended): the
+        reason slurmctld gives a new job moments later would cost a write per submission of a burst,
+        and the next pass reports it."""
+        just_submitted = submission_id in self.context.reported_now
+        if not self.reported_lately(submission_id, report, compare_reason=not just_submitted):
             self.context.changes.update(submission_id, report)
 
 

@@ -473,3 +473,24 @@ def test_a_pass_killed_while_caching_its_token_leaves_no_cache_and_no_temporary_
     assert run(config) == 0
     assert (state / "token.json").stat().st_mode & 0o777 == 0o600
     assert len(stack.slurm.submitted) == 1
+
+
+def test_a_job_ended_by_the_update_phase_is_reported_in_the_pass_that_submitted_it(stack, config_file, email):
+    stack.api.add_submission(1, email=email)
+    stack.api.add_submission(2, email=email)
+    submit = stack.slurm._submit
+
+    def submit_then_end_the_first(*args):
+        answer = submit(*args)
+        if 100 in stack.slurm.jobs:  # job 100 fails at once; job 101 waits with the reason Priority
+            stack.slurm.jobs[100].update(job_state="FAILED", state_reason="NonZeroExitCode", exit_code=3 << 8)
+        return answer
+
+    stack.slurm._submit = submit_then_end_the_first
+
+    assert run(config_file(**{"run.workers": 1})) == 0
+
+    [update] = stack.api.called("update")
+    assert update["slurm_job_id"] == 100 and update["slurm_job_state"] == "FAILED"
+    assert update["slurm_job_state_reason"] == "NonZeroExitCode (exit code 3)"
+    assert stack.api.status(2) == "SUBMITTED"  # only its reason is new: left for the next pass

@@ -27,6 +27,12 @@ def slurm_requests(result: Any, url: str) -> list[tuple[str, str, dict[str, list
     return found
 
 
+def job_reads(result: Any, url: str) -> list[tuple[str, str, dict[str, list[str]]]]:
+    """The pass's reads of slurmctld's job lists (GET jobs, GET jobs/state)."""
+    return [(method, path, query) for method, path, query in slurm_requests(result, url)
+            if method == "GET" and "/jobs" in path]
+
+
 @pytest.mark.parametrize("leg", ["2411", "2205"])
 def test_an_update_pass_reads_only_the_jobs_it_follows(make_tool: Callable[..., Any], stack: Any, alice: Any,
                                                        leg: str) -> None:
@@ -40,15 +46,17 @@ def test_an_update_pass_reads_only_the_jobs_it_follows(make_tool: Callable[..., 
         assert all(status_of(alice, sub) == "SUBMITTED" for sub in submissions)
         result = tool.run("-v")
         assert result.returncode == 0, result.stderr[-2000:]
-        reads = [(method, path, query) for method, path, query in slurm_requests(result, tool.leg.url)
-                 if method == "GET" and "/jobs" in path]
         if leg == "2411":
-            [(_, path, query)] = reads
+            [(_, path, query)] = job_reads(result, tool.leg.url)
             assert path.endswith("/jobs/state/")
             assert sorted(map(int, query["job_id"])) == ids
         else:
-            assert [path.rsplit("/", 1)[-1] for _, path, _ in reads] == ["jobs"]
-            assert "update_time" in reads[0][2]  # the first pass's full answer is remembered
+            # the first read of every job is remembered (our jobs' states), the next asks what changed since
+            later = tool.run("-v")
+            assert later.returncode == 0, later.stderr[-2000:]
+            for outcome, with_update_time in ((result, False), (later, True)):
+                assert [(path.rsplit("/", 1)[-1], "update_time" in query)
+                        for _, path, query in job_reads(outcome, tool.leg.url)] == [("jobs", with_update_time)]
     finally:
         for sub in submissions:
             alice.cancel(sub["id"])
