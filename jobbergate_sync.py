@@ -3131,6 +3131,17 @@ def parse_parsable(stdout: str) -> Optional[int]:
     return int(match.group(1)) if match else None
 
 
+def sacct_json_lacks_exit_codes(result: CommandResult) -> bool:
+    """True for the JSON of Slurm 22.05's sacct (its openapi/dbv0.0.38 plugin), which gives every
+    job exit code 0: only its text output (ExitCode "3:0") says how a job ended."""
+    try:
+        meta = json.loads(result.stdout).get("meta")
+        plugin = str(meta["plugin"]["type"])
+    except (ValueError, AttributeError, KeyError, TypeError):
+        return False
+    return plugin.startswith("openapi/dbv0.0.3")
+
+
 def json_jobs(result: CommandResult) -> list[dict[str, Any]]:
     """The jobs of a `squeue --json` or `sacct --json` answer; Unavailable on anything else."""
     try:
@@ -3282,9 +3293,12 @@ class SlurmCommands:
         slurmdbd does not answer."""
         if self.json["sacct"]:
             result = self._run("sacct", ["--json", *selection])
-            if result.returncode == 0:
+            if result.returncode == 0 and not sacct_json_lacks_exit_codes(result):
                 return json_jobs(result)
-            if not self._json_missing("sacct", result):
+            if result.returncode == 0:
+                log.info("%s prints no exit codes in JSON (Slurm 22.05); reading its text output", result.argv[0])
+                self.json["sacct"] = False
+            elif not self._json_missing("sacct", result):
                 raise command_failure(result)
         result = self._run("sacct", ["--noheader", "--parsable2", f"--delimiter={FIELD_SEPARATOR}", "--allocations",
                                      f"--format={','.join(SACCT_FIELDS)}", *selection],
