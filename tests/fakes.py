@@ -484,3 +484,15 @@ class FakeSlurm:
             paths.append(f"/slurmdb/{self.version}/job/{{job_id}}")
         return _json(200, {"openapi": "3.0.2", "info": {"version": "Slurm-22.05.8"},
                            "paths": {path: {} for path in paths}})
+
+
+def slurm_of(stack: Any, version: str) -> FakeSlurm:
+    """A fake slurmrestd serving `version` in place of the stack's v0.0.38 one; other versions'
+    paths answer 404 text as slurmrestd does."""
+    stack.rsps.remove(responses.GET, f"{SLURM}/openapi/v3")
+    stack.slurm = FakeSlurm(stack.rsps, JWT_KEY, version)
+    for method in (responses.GET, responses.POST, responses.DELETE):
+        stack.rsps.add(method, re.compile(re.escape(SLURM) + r"/slurm(db)?/v0\.0\.(?!" + version[-2:] + r")\d+/.*"),
+                       status=404, content_type="text/plain",
+                       body="Unable find requested URL. Please view /openapi/v3 for API reference.")
+    return stack.slurm

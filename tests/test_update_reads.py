@@ -16,10 +16,9 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 import jobbergate_sync
-from fakes import FakeSlurm, run
+from fakes import FakeSlurm, run, slurm_of
 from jobbergate_sync import (Deadline, Http, SlurmRest, load_config, no_job_changes,
                              parse_state_entry, state_query_chunks)
-from test_versions import slurm_of
 
 ROOT = Path(__file__).resolve().parent.parent
 

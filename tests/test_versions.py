@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, Dict
 
 import pytest
-import responses
 
 import jobbergate_sync
-from fakes import JWT_KEY, SLURM, FakeSlurm, capture, run
+from fakes import FakeSlurm, capture, run, slurm_of
 from jobbergate_sync import dropped_fields, slurm_errors, slurm_warnings
 
-
-
-def slurm_of(stack: Any, version: str) -> FakeSlurm:
-    """A fake slurmrestd serving `version` in place of the stack's v0.0.38 one; other versions'
-    paths answer 404 text as slurmrestd does."""
-    stack.rsps.remove(responses.GET, f"{SLURM}/openapi/v3")
-    stack.slurm = FakeSlurm(stack.rsps, JWT_KEY, version)
-    for method in (responses.GET, responses.POST, responses.DELETE):
-        stack.rsps.add(method, re.compile(re.escape(SLURM) + r"/slurm(db)?/v0\.0\.(?!" + version[-2:] + r")\d+/.*"),
-                       status=404, content_type="text/plain",
-                       body="Unable find requested URL. Please view /openapi/v3 for API reference.")
-    return stack.slurm
 
 
 # ---------------------------------------------------------------------------------------------
