@@ -217,9 +217,17 @@ class AutoBool:
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
+    """One setting: its default, type and the text that documents it (the one source for all three).
+
+    `minimum`/`maximum` bound numbers and `choices` lists the accepted words; `validate_config` checks
+    both, and `config.example.ini` and the docs' settings table are rendered from `help`."""
     default: Any
     kind: type = str
     required: bool = False
+    help: str = ""
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+    choices: tuple[str, ...] = ()
 
 
 CONFIG_SCHEMA: dict[str, dict[str, Setting]] = {
