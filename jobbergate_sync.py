@@ -42,6 +42,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 import urllib.parse
@@ -74,17 +75,58 @@ EX_TEMPFAIL = 75
 EX_NOPERM = 77
 EX_CONFIG = 78
 
-EXIT_CODES_HELP = """\b
-Exit codes:
-  0   the pass completed and every item went well
-  1   the pass completed but some items failed (see the log)
-  64  bad command-line usage
-  69  the Jobbergate API, the OIDC issuer, slurmrestd, slurmdbd or LDAP was unreachable
-  70  internal error (a bug: please report it with the log)
-  75  another run holds the lock; nothing was done
-  77  authentication or permission failure (OIDC, API, slurmrestd or LDAP bind)
-  78  bad configuration (the message names the section and key; a 404 from
-      the API means [jobbergate] api_url lacks the /jobbergate mount)"""
+EX_NOUSER = 67  # only `check`: the --email address maps to no usable account
+
+
+@dataclasses.dataclass(frozen=True)
+class ExitCode:
+    """One exit code: a short name, and what it means at the end of a pass and of `check` ("" where
+    that command never ends with it). The one source of `--help`, `check --help`, the textfile's
+    metric help and the docs' table."""
+
+    code: int
+    name: str
+    after_pass: str
+    after_check: str
+
+
+EXIT_CODES = (
+    ExitCode(EXIT_OK, "ok", "the pass completed and every item went well", "every check passed"),
+    ExitCode(EXIT_ITEMS_FAILED, "some items failed", "the pass completed but some items failed (see the log)", ""),
+    ExitCode(EX_USAGE, "usage", "bad command-line usage", "bad command-line usage"),
+    ExitCode(EX_NOUSER, "no such user", "", "the --email address maps to no usable local account"),
+    ExitCode(EX_UNAVAILABLE, "a peer unreachable",
+             "the Jobbergate API, the OIDC issuer, slurmrestd, Slurm's commands, slurmdbd or the LDAP server was "
+             "unreachable (timeouts, refused connections, 5xx, 429, garbage answers), or slurmdbd was behind while "
+             "settling an interrupted submit; the work waits for the next pass",
+             "a peer is unreachable: the OIDC issuer, the API, slurmrestd or slurmctld behind it, slurmdbd or the LDAP "
+             "server (before Slurm 25.11 a token refused for a wrong JWT key looks the same)"),
+    ExitCode(EX_SOFTWARE, "internal error", "internal error (a bug: please report it with the log, which has the "
+             "traceback)", "internal error (a bug)"),
+    ExitCode(EX_TEMPFAIL, "lock held", "another run holds the lock; nothing was done", ""),
+    ExitCode(EX_NOPERM, "authentication",
+             "authentication or permission failure (OIDC, API 401 after a fresh token, 403, slurmrestd 401, the LDAP "
+             "bind refused)", "a refused secret, key or token, or a missing permission"),
+    ExitCode(EX_CONFIG, "configuration",
+             "bad configuration (the message names the section and key, or the file); also a 404 from the API that "
+             "names no missing record: [jobbergate] api_url lacks the API's /jobbergate mount",
+             "bad configuration (the line names the setting): also a secret file's mode or owner, a pinned "
+             "api_version slurmrestd does not serve, slurmdbd = true without /slurmdb/ paths, the state directory "
+             "or the lock file"),
+)
+
+
+def exit_codes_help(command: str) -> str:
+    """The exit codes section of `--help` (command "pass") or of `check --help` ("check")."""
+    meanings = [(entry.code, entry.after_check if command == "check" else entry.after_pass) for entry in EXIT_CODES]
+    title = ("Exit codes (those of the first failing check; earlier checks come first because what they find "
+             "usually explains the later failures):" if command == "check" else "Exit codes:")
+    lines = ["\b", *textwrap.wrap(title, 76)]
+    for code, meaning in meanings:
+        if meaning:
+            lines += textwrap.wrap(meaning, 76, initial_indent=f"  {code:<4}", subsequent_indent=" " * 6)
+    return "\n".join(lines)
+
 
 DEFAULT_CONFIG_PATH = "/etc/jobbergate-sync/jobbergate-sync.ini"
 ENV_PREFIX = "JOBBERGATE_SYNC_"
@@ -219,8 +261,10 @@ class AutoBool:
 class Setting:
     """One setting: its default, type and the text that documents it (the one source for all three).
 
-    `minimum`/`maximum` bound numbers and `choices` lists the accepted words; `validate_config` checks
-    both, and `config.example.ini` and the docs' settings table are rendered from `help`."""
+    `minimum`/`maximum` bound numbers (inclusive) and `choices` lists the accepted words; `validate_config`
+    checks both, and `config.example.ini` and the docs' settings table are rendered from all of it.
+    `example` is the value the example configuration suggests where there is no default to show: a
+    required setting's, or an optional one whose default is empty (shown commented out)."""
     default: Any
     kind: type = str
     required: bool = False
@@ -228,89 +272,8 @@ class Setting:
     minimum: Optional[float] = None
     maximum: Optional[float] = None
     choices: tuple[str, ...] = ()
+    example: str = ""
 
-
-CONFIG_SCHEMA: dict[str, dict[str, Setting]] = {
-    "jobbergate": {
-        "api_url": Setting(None, required=True),
-        "timeout": Setting(15.0, float),
-        "page_size": Setting(100, int),
-        "max_pages": Setting(50, int),
-    },
-    "oidc": {
-        "issuer": Setting(None, required=True),
-        "client_id": Setting(None, required=True),
-        "client_secret": Setting(""),
-        "client_secret_file": Setting(""),
-        "token_margin": Setting(60, int),
-        "timeout": Setting(10.0, float),
-    },
-    "slurmrestd": {
-        "url": Setting("http://127.0.0.1:6820"),
-        "api_version": Setting("auto"),
-        "jwt_key_file": Setting(""),
-        "token_file": Setting(""),
-        "token_lifespan": Setting(600, int),
-        "query_user": Setting("slurm"),
-        "slurmdbd": Setting("auto", AutoBool),
-        "purge_horizon": Setting(300, int),
-        "query_url_bytes": Setting(65536, int),
-        "timeout": Setting(15.0, float),
-    },
-    "slurm": {
-        "backend": Setting("slurmrestd"),
-        "sbatch": Setting("/usr/bin/sbatch"),
-        "squeue": Setting("/usr/bin/squeue"),
-        "sacct": Setting("/usr/bin/sacct"),
-        "scancel": Setting("/usr/bin/scancel"),
-        "sdiag": Setting("/usr/bin/sdiag"),
-        "slurmdbd": Setting(True, bool),
-        "purge_horizon": Setting(300, int),
-        "timeout": Setting(30.0, float),
-    },
-    "submit": {
-        "execution_directory": Setting("/home/{username}"),
-        "write_files": Setting(True, bool),
-        "max_file_size": Setting(10 * 1024 * 1024, int),
-        "job_path": Setting("/usr/local/bin:/usr/bin:/bin"),
-    },
-    "mapper": {
-        "type": Setting("email-local-part"),
-        "user": Setting(""),
-        "map_file": Setting(""),
-        "min_uid": Setting(1000, int),
-        "ldap_url": Setting(""),
-        "ldap_starttls": Setting(False, bool),
-        "ldap_ca_file": Setting(""),
-        "ldap_bind_dn": Setting(""),
-        "ldap_password_file": Setting(""),
-        "ldap_base_dn": Setting(""),
-        "ldap_filter": Setting("(mail={email})"),
-        "ldap_attribute": Setting("uid"),
-        "ldap_timeout": Setting(5.0, float),
-        "ldap_cache_ttl": Setting(900, int),
-    },
-    "run": {
-        "state_dir": Setting("/var/lib/jobbergate-sync"),
-        "lock_file": Setting("/run/jobbergate-sync/lock"),
-        "interval": Setting(90, int),
-        "deadline": Setting(50, int),
-        "retries": Setting(3, int),
-        "backoff": Setting(1.0, float),
-        "resend_after": Setting(3600, int),
-        "workers": Setting(4, int),
-    },
-    "logging": {
-        "format": Setting("auto"),
-        "level": Setting("info"),
-        "file": Setting(""),
-    },
-    "metrics": {
-        "textfile": Setting(""),
-        "ping_url": Setting(""),
-        "ping_timeout": Setting(5.0, float),
-    },
-}
 
 MAPPER_TYPES = ("single-user", "email-local-part", "map-file", "ldap")
 SLURM_BACKENDS = ("slurmrestd", "sbatch")
@@ -321,6 +284,152 @@ API_VERSION_RE = re.compile(r"^v0\.0\.(\d+)$")
 OLDEST_API_MINOR, NEWEST_API_MINOR = 38, 44
 # More workers than this only queue up at the API and slurmrestd, which serve a few requests at once.
 MAX_WORKERS = 32
+
+CONFIG_SCHEMA: dict[str, dict[str, Setting]] = {
+    "jobbergate": {
+        "api_url": Setting(None, required=True, example="https://jobbergate.example.com/jobbergate",
+                           help="Base URL of the Jobbergate API, including its /jobbergate mount."),
+        "timeout": Setting(15.0, float, minimum=0.1, help="Seconds to wait for one API answer."),
+        "page_size": Setting(100, int, minimum=1, maximum=100,
+                             help="Items per page when listing pending and active submissions (the API allows at most 100)."),
+        "max_pages": Setting(50, int, minimum=1,
+                             help="Pages read per list and pass; the rest waits for the next pass (a warning is logged)."),
+    },
+    "oidc": {
+        "issuer": Setting(None, required=True, example="https://keycloak.example.com/realms/jobbergate",
+                          help="The OIDC issuer (Keycloak realm URL); the token endpoint is "
+                               "<issuer>/protocol/openid-connect/token."),
+        "client_id": Setting(None, required=True, example="my-cluster",
+                             help="The cluster's client id: it is the cluster name in Jobbergate (submissions' client_id)."),
+        "client_secret": Setting("", help="The client secret, inline: this file must then be 0600. Set exactly one of "
+                                          "client_secret and client_secret_file."),
+        "client_secret_file": Setting("", example="/etc/jobbergate-sync/client_secret",
+                                      help="A file (0600) holding the client secret; a bare file name is looked up in "
+                                           "$CREDENTIALS_DIRECTORY (systemd LoadCredential=)."),
+        "token_margin": Setting(60, int, minimum=0,
+                                help="Seconds before the token's expiry at which the cached token is replaced."),
+        "timeout": Setting(10.0, float, minimum=0.1, help="Seconds to wait for the token endpoint."),
+    },
+    "slurmrestd": {
+        "url": Setting("http://127.0.0.1:6820", help="slurmrestd base URL (without /slurm/...)."),
+        "api_version": Setting("auto", choices=("auto", *(f"v0.0.{minor}" for minor in range(OLDEST_API_MINOR, NEWEST_API_MINOR + 1))),
+                               help="OpenAPI version of the job endpoints. auto uses the newest version slurmrestd "
+                                    "serves that the tool supports, remembered in state_dir/slurmrestd.json."),
+        "jwt_key_file": Setting("", example="/etc/slurm/jwt_hs256.key",
+                                help="The cluster's HS256 key (AuthAltParameters=jwt_key=...), 0600: the tool mints a "
+                                     "short-lived token for each user it acts as. Set exactly one of jwt_key_file and "
+                                     "token_file (slurmrestd backend only)."),
+        "token_file": Setting("", example="/etc/jobbergate-sync/slurm_token",
+                              help="A SlurmUser or root token (scontrol token username=slurm lifespan=N), 0600: the tool "
+                                   "acts for users through X-SLURM-USER-NAME. Renew it before it expires."),
+        "token_lifespan": Setting(600, int, minimum=61, help="Lifetime in seconds of the tokens minted with jwt_key_file."),
+        "query_user": Setting("slurm", help="The user the tool reads job states as (any user can read all jobs unless "
+                                            "PrivateData is set)."),
+        "slurmdbd": Setting("auto", AutoBool, help="Look jobs up in slurmdbd once slurmctld has purged them: true, false, "
+                                                   "or auto (when slurmrestd serves /slurmdb/ paths)."),
+        "purge_horizon": Setting(300, int, minimum=1,
+                                 help="Seconds after which slurmctld may have purged a finished job: Slurm's MinJobAge "
+                                      "or less, never more (see docs/how-it-works.md)."),
+        "query_url_bytes": Setting(65536, int, minimum=1024,
+                                   help="The most bytes of job ids one GET jobs/state URL carries. slurmrestd takes "
+                                        "about 80 KiB; behind a proxy stay under its request-line limit (nginx's 8 KiB "
+                                        "default: 7000)."),
+        "timeout": Setting(15.0, float, minimum=0.1, help="Seconds to wait for one slurmrestd answer."),
+    },
+    "slurm": {
+        "backend": Setting("slurmrestd", choices=SLURM_BACKENDS,
+                           help="How the tool reaches Slurm: slurmrestd, or sbatch (Slurm's own commands on this host, "
+                                "authenticated by munge; [slurmrestd] is then not read). See docs/sbatch-backend.md."),
+        "sbatch": Setting("/usr/bin/sbatch", help="sbatch backend: absolute path of sbatch (never looked up in PATH)."),
+        "squeue": Setting("/usr/bin/squeue", help="sbatch backend: absolute path of squeue."),
+        "sacct": Setting("/usr/bin/sacct", help="sbatch backend: absolute path of sacct."),
+        "scancel": Setting("/usr/bin/scancel", help="sbatch backend: absolute path of scancel."),
+        "sdiag": Setting("/usr/bin/sdiag", help="sbatch backend: absolute path of sdiag."),
+        "slurmdbd": Setting(True, bool, help="sbatch backend: read jobs slurmctld has purged from slurmdbd (sacct); "
+                                             "false without slurmdbd."),
+        "purge_horizon": Setting(300, int, minimum=1, help="sbatch backend: as [slurmrestd] purge_horizon."),
+        "timeout": Setting(30.0, float, minimum=0.1,
+                           help="sbatch backend: seconds one command may take before it is killed (the pass then ends "
+                                "with 69)."),
+    },
+    "submit": {
+        "execution_directory": Setting("/home/{username}",
+                                       help="Execution directory of submissions that do not name one; {username} and "
+                                            "{home} are replaced."),
+        "write_files": Setting(True, bool, help="Write the entrypoint and supporting files into the execution directory "
+                                                "(as the user); false sends only the script and rejects submissions "
+                                                "with supporting files."),
+        "max_file_size": Setting(10 * 1024 * 1024, int, minimum=1,
+                                 help="Largest file accepted, in bytes (files are streamed, never held whole in memory)."),
+        "job_path": Setting("/usr/local/bin:/usr/bin:/bin",
+                            help="PATH of the job's environment, which holds PATH, HOME, USER, LOGNAME and the job's "
+                                 "--export=NAME=value variables, never the agent's environment."),
+    },
+    "mapper": {
+        "type": Setting("email-local-part", choices=MAPPER_TYPES,
+                        help="How a submission's owner email becomes a local user: email-local-part (alice@example.com "
+                             "-> alice), single-user ([mapper] user), map-file (lines 'email username'), ldap."),
+        "user": Setting("", example="jobs", help="The single-user mapper's account."),
+        "map_file": Setting("", example="/etc/jobbergate-sync/users.map", help="The map-file mapper's file."),
+        "min_uid": Setting(1000, int, minimum=1, help="Accounts with a smaller uid (root, system accounts) are refused."),
+        "ldap_url": Setting("", example="ldaps://ldap.example.com",
+                            help="ldap mapper: ldaps://host[:port], or ldap://host[:port] with ldap_starttls = true "
+                                 "(clear text is refused). See docs/ldap.md."),
+        "ldap_starttls": Setting(False, bool, help="ldap mapper: StartTLS on an ldap:// URL."),
+        "ldap_ca_file": Setting("", example="/etc/ssl/certs/ldap-ca.pem",
+                                help="ldap mapper: CA certificate(s) (PEM) that signed the server's certificate; empty: "
+                                     "the system's CAs."),
+        "ldap_bind_dn": Setting("", example="cn=jobbergate-sync,ou=services,dc=example,dc=com",
+                                help="ldap mapper: a read-only account to search with; empty, with "
+                                     "ldap_password_file empty too: an anonymous bind."),
+        "ldap_password_file": Setting("", example="/etc/jobbergate-sync/ldap_password",
+                                      help="ldap mapper: a file (0600, root's) holding ldap_bind_dn's password."),
+        "ldap_base_dn": Setting("", example="ou=people,dc=example,dc=com", help="ldap mapper: where the search starts."),
+        "ldap_filter": Setting("(mail={email})", help="ldap mapper: {email} is replaced by the owner's email, escaped as "
+                                                      "RFC 4515 requires."),
+        "ldap_attribute": Setting("uid", help="ldap mapper: the attribute of the entry found that holds the user name."),
+        "ldap_timeout": Setting(5.0, float, minimum=0.1, help="ldap mapper: seconds to connect, and to wait for each answer."),
+        "ldap_cache_ttl": Setting(900, int, minimum=0, help="ldap mapper: seconds a username found stays in "
+                                                            "state_dir/ldap-cache.json; 0: no cache."),
+    },
+    "run": {
+        "state_dir": Setting("/var/lib/jobbergate-sync",
+                             help="Token cache and submission journal (created 0700; refused if others can enter it)."),
+        "lock_file": Setting("/run/jobbergate-sync/lock", help="Lock that keeps two runs from overlapping."),
+        "interval": Setting(90, int, minimum=1,
+                            help="Seconds sent to the API's health endpoint: the timer or cron period plus slack "
+                                 "(90 for a run every minute)."),
+        "deadline": Setting(50, int, minimum=1,
+                            help="Seconds after which a pass stops starting new work (keep it below the timer period)."),
+        "retries": Setting(3, int, minimum=1,
+                           help="Attempts for idempotent requests (lists, downloads, state updates, health, token)."),
+        "backoff": Setting(1.0, float, minimum=0,
+                           help="Base of the exponential backoff between attempts, in seconds (with jitter)."),
+        "resend_after": Setting(3600, int, minimum=0, help="Seconds after which an unchanged job state is sent again anyway."),
+        "workers": Setting(4, int, minimum=1, maximum=MAX_WORKERS,
+                           help="Submissions handled side by side; 1 handles one at a time."),
+    },
+    "logging": {
+        "format": Setting("auto", choices=LOG_FORMATS,
+                          help="auto: text when stderr is a terminal, JSON lines otherwise and always in the log file; "
+                               "json or text force one format everywhere."),
+        "level": Setting("info", choices=LOG_LEVELS, help="-v and -q override it."),
+        "file": Setting("", example="/var/log/jobbergate-sync/jobbergate-sync.log",
+                        help="Log file; empty: stderr only. With a file, stderr gets warnings only; the file is reopened "
+                             "when logrotate has moved it away."),
+    },
+    "metrics": {
+        "textfile": Setting("", example="/var/lib/prometheus/node-exporter/jobbergate_sync.prom",
+                            help="Prometheus textfile written after every pass, for node_exporter's textfile "
+                                 "collector (the name must end in .prom); empty: none."),
+        "ping_url": Setting("", example="https://hc-ping.com/00000000-0000-0000-0000-000000000000",
+                            help="healthchecks.io-style ping URL: <url>/start when a pass starts, then <url> or "
+                                 "<url>/<exit code>; empty: no pings."),
+        "ping_timeout": Setting(5.0, float, minimum=0.1,
+                                help="Seconds to wait for the ping's answer (a ping is never retried, and a failed one "
+                                     "never changes the exit code)."),
+    },
+}
 
 
 def parse_setting(section: str, key: str, raw: str, kind: type) -> Any:
@@ -375,6 +484,7 @@ class Config:
     slurm_jwt_key: Optional[bytes]
     slurm_static_token: Optional[str]
     ldap_password: Optional[str] = None
+    secret_files: tuple[tuple[str, str], ...] = ()  # (section, key) of each secret file read
 
     def __getattr__(self, section: str) -> Any:
         try:
@@ -443,12 +553,15 @@ def load_config(path: str, environ: Mapping[str, str]) -> Config:
     client_secret = oidc["client_secret"] or read_secret_file(
         oidc["client_secret_file"], "[oidc] client_secret_file"
     ).decode("utf-8").strip()
+    secret_files = [("oidc", "client_secret_file")] if oidc["client_secret_file"] else []
     jwt_key = static_token = None
     if sections["slurm"]["backend"] == "slurmrestd":  # the sbatch backend goes through munge: no secret of its own
         jwt_key, static_token = read_slurmrestd_secret(slurm)
+        secret_files.append(("slurmrestd", "jwt_key_file" if slurm["jwt_key_file"] else "token_file"))
     ldap_password = None
     mapper = sections["mapper"]
     if mapper["ldap_password_file"]:
+        secret_files.append(("mapper", "ldap_password_file"))
         # Only the line break an editor adds is dropped: a password may end in spaces.
         ldap_password = read_secret_file(mapper["ldap_password_file"], "[mapper] ldap_password_file").decode(
             "utf-8").rstrip("\r\n")
@@ -457,7 +570,7 @@ def load_config(path: str, environ: Mapping[str, str]) -> Config:
     if mapper["type"] == "ldap":
         import_ldap3()
         check_ldap_ca_file(mapper["ldap_ca_file"])
-    return Config(sections, client_secret, jwt_key, static_token, ldap_password)
+    return Config(sections, client_secret, jwt_key, static_token, ldap_password, tuple(secret_files))
 
 
 def read_slurmrestd_secret(slurm: Mapping[str, Any]) -> tuple[Optional[bytes], Optional[str]]:
@@ -473,37 +586,37 @@ def read_slurmrestd_secret(slurm: Mapping[str, Any]) -> tuple[Optional[bytes], O
     return None, static_token.removeprefix("SLURM_JWT=")  # as printed by scontrol token
 
 
+def setting_bounds_text(setting: Setting) -> str:
+    """The range or the words a setting accepts, as its error message and its documentation say it."""
+    if setting.choices:
+        return f"one of {', '.join(setting.choices)}"
+    low, high = (None if bound is None else setting_value_text(setting.kind(bound)) for bound in (setting.minimum, setting.maximum))
+    if low is not None and high is not None:
+        return f"{low} to {high}"
+    return f"at least {low}" if low is not None else f"at most {high}" if high is not None else ""
+
+
 def validate_config(sections: dict[str, dict[str, Any]]) -> None:
-    """Check values that parse but make no sense, naming the key."""
+    """Check values that parse but make no sense, naming the key: first each setting's range or words
+    from CONFIG_SCHEMA (words are normalised to lower case), then the rules that span several keys."""
 
     def need(condition: bool, where: str, message: str) -> None:
         if not condition:
             raise ConfigError(f"[{where.split('.')[0]}] {where.split('.')[1]}: {message}")
 
+    for section, settings in CONFIG_SCHEMA.items():
+        for key, setting in settings.items():
+            value = sections[section][key]
+            if setting.choices:
+                value = sections[section][key] = value.lower()
+                need(value in setting.choices, f"{section}.{key}", f"must be {setting_bounds_text(setting)}")
+            elif setting.minimum is not None or setting.maximum is not None:
+                in_range = ((setting.minimum is None or value >= setting.minimum)
+                            and (setting.maximum is None or value <= setting.maximum))
+                need(in_range, f"{section}.{key}", f"must be {setting_bounds_text(setting)}")
     for where in ("jobbergate.api_url", "oidc.issuer", "slurmrestd.url"):
         section, key = where.split(".")
         need(re.match(r"^https?://[^/]", sections[section][key]) is not None, where, "must be an http(s) URL")
-    match = API_VERSION_RE.match(sections["slurmrestd"]["api_version"])
-    need(
-        sections["slurmrestd"]["api_version"] == "auto"
-        or (match is not None and OLDEST_API_MINOR <= int(match.group(1)) <= NEWEST_API_MINOR),
-        "slurmrestd.api_version",
-        f"auto, or one of the supported versions v0.0.{OLDEST_API_MINOR} to v0.0.{NEWEST_API_MINOR}",
-    )
-    need(1 <= sections["jobbergate"]["page_size"] <= 100, "jobbergate.page_size", "must be 1 to 100")
-    for where in ("jobbergate.max_pages", "run.interval", "run.deadline", "run.retries",
-                  "slurmrestd.token_lifespan", "slurmrestd.purge_horizon", "slurm.purge_horizon", "submit.max_file_size"):
-        section, key = where.split(".")
-        need(sections[section][key] > 0, where, "must be positive")
-    for where in ("jobbergate.timeout", "oidc.timeout", "slurmrestd.timeout", "slurm.timeout"):
-        section, key = where.split(".")
-        need(sections[section][key] > 0, where, "must be positive")
-    need(sections["run"]["backoff"] >= 0, "run.backoff", "must not be negative")
-    need(1 <= sections["run"]["workers"] <= MAX_WORKERS, "run.workers",
-         f"must be 1 (one submission at a time) to {MAX_WORKERS}")
-    need(sections["slurmrestd"]["query_url_bytes"] >= 1024, "slurmrestd.query_url_bytes", "must be at least 1024")
-    need(sections["slurmrestd"]["token_lifespan"] > 60, "slurmrestd.token_lifespan", "must exceed 60 seconds")
-    need(sections["slurm"]["backend"] in SLURM_BACKENDS, "slurm.backend", f"must be one of {', '.join(SLURM_BACKENDS)}")
     for tool in SLURM_TOOLS:
         need(sections["slurm"][tool].startswith("/"), f"slurm.{tool}", "must be an absolute path")
     template = sections["submit"]["execution_directory"]
@@ -513,16 +626,48 @@ def validate_config(sections: dict[str, dict[str, Any]]) -> None:
         raise ConfigError(f"[submit] execution_directory: bad template ({exc}); use {{username}} or {{home}}") from None
     need(example.startswith("/"), "submit.execution_directory", "must be an absolute path template")
     mapper = sections["mapper"]
-    need(mapper["type"] in MAPPER_TYPES, "mapper.type", f"must be one of {', '.join(MAPPER_TYPES)}")
     need(mapper["type"] != "single-user" or bool(mapper["user"]), "mapper.user", "required by the single-user mapper")
     need(mapper["type"] != "map-file" or bool(mapper["map_file"]), "mapper.map_file", "required by the map-file mapper")
-    need(mapper["min_uid"] >= 1, "mapper.min_uid", "must be at least 1: jobs never run as root")
     for where, message in ldap_settings_problems(mapper) if mapper["type"] == "ldap" else []:
         need(False, where, message)
-    need(sections["logging"]["format"] in LOG_FORMATS, "logging.format", f"must be one of {', '.join(LOG_FORMATS)}")
-    need(sections["logging"]["level"].lower() in LOG_LEVELS, "logging.level", f"must be one of {', '.join(LOG_LEVELS)}")
     for where, message in metrics_problems(sections["metrics"]):
         need(False, where, message)
+
+
+def setting_value_text(value: Any) -> str:
+    """A value as it is written in the INI file."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def render_example_config() -> str:
+    """config.example.ini, rendered from CONFIG_SCHEMA: each key with its help, its range or words, and
+    its default; a required key with an example value to replace; an optional key without a default
+    commented out, with an example value."""
+    lines = [
+        f"# jobbergate-sync configuration: {DEFAULT_CONFIG_PATH} (root:root, 0600).",
+        "# Rendered from the module's CONFIG_SCHEMA (docs/development.md says how); do not edit by hand.",
+        "# A key set below without '#' shows its default, unless it is marked Required: then the value is an",
+        "# example to replace. A key commented out is off, or unset, by default; its value is an example.",
+        f"# Any key can be overridden by the environment variable {ENV_PREFIX}<SECTION>_<KEY>,",
+        f"# e.g. {ENV_PREFIX}RUN_DEADLINE=40. An unknown section or key is an error (exit {EX_CONFIG}).",
+    ]
+    for section, settings in CONFIG_SCHEMA.items():
+        lines += ["", f"[{section}]"]
+        for key, setting in settings.items():
+            bounds = setting_bounds_text(setting)
+            text = " ".join(part for part in (
+                setting.help, "Required." if setting.required else "", f"{bounds[0].upper()}{bounds[1:]}." if bounds else "",
+            ) if part)
+            lines += [f"# {line}" for line in textwrap.wrap(text, 98, break_on_hyphens=False)]
+            if setting.required:
+                lines.append(f"{key} = {setting.example}")
+            elif setting.default in ("", None):
+                lines.append(f"#{key} = {setting.example}".rstrip())
+            else:
+                lines.append(f"{key} = {setting_value_text(setting.default)}")
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1774,10 +1919,6 @@ def ldap_settings_problems(mapper: Mapping[str, Any]) -> list[tuple[str, str]]:
     if bool(mapper["ldap_bind_dn"]) != bool(mapper["ldap_password_file"]):
         problems.append(("mapper.ldap_bind_dn", "set both ldap_bind_dn and ldap_password_file, "
                                                 "or neither (an anonymous bind)"))
-    if mapper["ldap_timeout"] <= 0:
-        problems.append(("mapper.ldap_timeout", "must be positive"))
-    if mapper["ldap_cache_ttl"] < 0:
-        problems.append(("mapper.ldap_cache_ttl", "must not be negative (0: no cache)"))
     return problems
 
 
@@ -2029,10 +2170,6 @@ class Deadline:
 
     def remaining(self) -> float:
         return self.ends_at - time.monotonic()
-
-    def check(self) -> None:
-        if self.remaining() <= 0:
-            raise DeadlineReached()
 
 
 DEADLINE_GRACE_TIMEOUT = 5.0
@@ -3568,7 +3705,7 @@ def create_private_file(path: str) -> None:
     except FileExistsError:
         mode = os.stat(path).st_mode
         if mode & 0o077:
-            raise ConfigError(f"{path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); chmod 0600 it")
+            raise ConfigError(f"{path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); chmod 0600 it") from None
 
 
 class Journal:
@@ -3753,7 +3890,7 @@ class PassContext:
                     return
                 CURRENT_ITEM.submission_id, CURRENT_ITEM.output = item["id"], []
                 try:
-                    self.contain_item(item["id"], lambda: work(item))
+                    self.contain_item(item["id"], lambda item=item: work(item))
                 except BaseException as exc:  # handed to the pass's thread, which raises it
                     with lock:
                         stops.append(exc)
@@ -4496,6 +4633,9 @@ PING_TAIL_LINES = 20
 PING_BODY_LIMIT = 10000  # bytes of log lines in a ping's body (healthchecks keeps up to 100 kB)
 LAST_SUCCESS_RE = re.compile(rf"^{METRIC_PREFIX}last_success_timestamp_seconds\s+(\S+)\s*$", re.M)
 PASS_OUTCOMES = ("submitted", "rejected", "updated", "cancelled", "errors")
+# A run that stops at its command line or at the lock writes no textfile: those codes never show in it.
+LAST_RUN_EXIT_CODE_HELP = "Exit code of the last pass ({}).".format(", ".join(
+    f"{entry.code} {entry.name}" for entry in EXIT_CODES if entry.after_pass and entry.code not in (EX_USAGE, EX_TEMPFAIL)))
 
 
 def metrics_problems(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -4507,8 +4647,6 @@ def metrics_problems(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
                                              "(node_exporter's textfile collector reads only *.prom files)"))
     if metrics["ping_url"] and re.match(r"^https?://[^/]", metrics["ping_url"]) is None:
         problems.append(("metrics.ping_url", "must be an http(s) URL"))
-    if not metrics["ping_timeout"] > 0:
-        problems.append(("metrics.ping_timeout", "must be positive"))
     return problems
 
 
@@ -4552,9 +4690,7 @@ def exposition(record: PassRecord, last_success: Optional[float]) -> str:
         *metric_block("last_success_timestamp_seconds", "Unix time at which the last pass that exited 0 "
                       "ended (0: none yet).", [("", last_success or 0)]),
         *metric_block("last_run_duration_seconds", "How long the last pass took.", [("", record.duration)]),
-        *metric_block("last_run_exit_code", "Exit code of the last pass (0 ok, 1 some items failed, 69 a peer "
-                      "unreachable, 70 internal error, 77 authentication, 78 configuration).",
-                      [("", record.exit_code)]),
+        *metric_block("last_run_exit_code", LAST_RUN_EXIT_CODE_HELP, [("", record.exit_code)]),
         *metric_block("last_run_items", "What the last pass did, by outcome (errors: items and phases that failed).",
                       [(f'{{outcome="{outcome}"}}', getattr(summary, outcome)) for outcome in PASS_OUTCOMES]),
         *metric_block("last_run_deadline_reached", "1 when the last pass stopped at its deadline, leaving work "
@@ -4656,28 +4792,12 @@ class Monitor:
 # Check: every peer visited once, read-only, one line per check
 # ---------------------------------------------------------------------------------------------
 
-EX_NOUSER = 67  # sysexits: addressee unknown (the --email address maps to no usable account)
-
 # What the agent's routes need (each accepts jobbergate:admin too, except the cluster-status ping).
 JOB_SUBMISSIONS_READ = "jobbergate:job-submissions:read"
 AGENT_PERMISSIONS = (JOB_SUBMISSIONS_READ, "jobbergate:job-submissions:update", "jobbergate:job-scripts:read",
                      "jobbergate:clusters:update")
 ADMIN_PERMISSION = "jobbergate:admin"
 ADMIN_REFUSED = ("jobbergate:clusters:update",)
-
-CHECK_EXIT_CODES_HELP = """\b
-Exit codes (those of the first failing check; earlier checks come first
-because what they find usually explains the later failures):
-  0   every check passed
-  64  bad command-line usage
-  67  --email maps to no usable local account
-  69  a peer is unreachable (OIDC issuer, API, slurmrestd or slurmctld)
-  70  internal error (a bug)
-  77  authentication or permission failure (a secret, a key, a permission)
-  78  bad configuration (the line names the setting)"""
-
-SECRET_FILE_KEYS = (("oidc", "client_secret_file"), ("slurmrestd", "jwt_key_file"), ("slurmrestd", "token_file"),
-                    ("mapper", "ldap_password_file"))
 
 MAPPER_FIXES = {
     "email-local-part": "create that account (useradd -m), or map the address with [mapper] type = map-file",
@@ -4831,11 +4951,9 @@ class Check:
             return None
         self.lines.append(passed("configuration", f"{self.config_path} is valid"))
         shown, problems = [], []
-        for section, key in SECRET_FILE_KEYS:
+        for section, key in config.secret_files:  # those this configuration reads, and load_config has just read
             path = config.sections[section][key]
-            if not path:
-                continue
-            info = os.stat(secret_path(path))  # load_config has just read it
+            info = os.stat(secret_path(path))
             problem = secret_file_problem(key, secret_path(path), info, config.mapper.min_uid)
             if problem:
                 problems.append(f"[{section}] {key} {problem}")
@@ -5155,7 +5273,7 @@ def run_once(config: Config, dry_run: bool) -> int:
     return exit_code
 
 
-@click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]},
+@click.group(epilog=exit_codes_help("pass"), context_settings={"help_option_names": ["-h", "--help"]},
              invoke_without_command=True, subcommand_metavar="[check [--email ADDRESS]]")
 @click.option("--once", is_flag=True, help="Run one pass and exit (also the default; for readable crontabs).")
 @click.option("--config", "config_path", envvar=ENV_CONFIG, default=DEFAULT_CONFIG_PATH, show_default=True,
@@ -5170,8 +5288,8 @@ def run_once(config: Config, dry_run: bool) -> int:
 @click.pass_context
 def cli(context: click.Context, once: bool, config_path: str, dry_run: bool, check_config: bool,
         log_format: Optional[str], verbose: bool, quiet: bool) -> Optional[int]:
-    """Submit this cluster's pending Jobbergate job submissions to Slurm through slurmrestd,
-    report the state of active ones, and exit. Meant to run every minute from cron or a
+    """Submit this cluster's pending Jobbergate job submissions to Slurm (through slurmrestd or
+    Slurm's own commands), report the state of active ones, and exit. Meant to run every minute from cron or a
     systemd timer. `jobbergate-sync check` tests the set-up instead (see its --help)."""
     if context.invoked_subcommand:
         if once or dry_run or check_config or quiet:
@@ -5210,7 +5328,7 @@ def cli(context: click.Context, once: bool, config_path: str, dry_run: bool, che
         return EX_SOFTWARE
 
 
-@cli.command(epilog=CHECK_EXIT_CODES_HELP, short_help="Test the set-up against every peer, changing nothing.")
+@cli.command(epilog=exit_codes_help("check"), short_help="Test the set-up against every peer, changing nothing.")
 @click.option("--config", "config_path", envvar=ENV_CONFIG, default=None,
               help=f"INI configuration file (or ${ENV_CONFIG}; default {DEFAULT_CONFIG_PATH}).")
 @click.option("--email", help="Also show what this Jobbergate user maps to, and ping slurmrestd as that user.")

@@ -369,8 +369,8 @@ def test_a_complete_ldap_configuration_loads_with_its_password(ldap_config: Call
     ({"mapper__ldap_filter": "(mail=alice)"}, r"\[mapper\] ldap_filter: must be a parenthesised LDAP filter holding"),
     ({"mapper__ldap_attribute": "uid cn"}, r"\[mapper\] ldap_attribute: must name one attribute"),
     ({"mapper__ldap_password_file": None}, r"\[mapper\] ldap_bind_dn: set both ldap_bind_dn and ldap_password_file"),
-    ({"mapper__ldap_timeout": "0"}, r"\[mapper\] ldap_timeout: must be positive"),
-    ({"mapper__ldap_cache_ttl": "-1"}, r"\[mapper\] ldap_cache_ttl: must not be negative"),
+    ({"mapper__ldap_timeout": "0"}, r"\[mapper\] ldap_timeout: must be at least 0\.1"),
+    ({"mapper__ldap_cache_ttl": "-1"}, r"\[mapper\] ldap_cache_ttl: must be at least 0$"),
 ])
 def test_bad_ldap_settings_are_refused_naming_the_key(ldap_config: Callable[..., Config], overrides: Dict[str, Any],
                                                       message: str) -> None:

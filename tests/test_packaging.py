@@ -11,25 +11,53 @@ from pathlib import Path
 
 import pytest
 
+import generated
 import jobbergate_sync
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_example_config_documents_every_key_with_its_default():
-    text = (ROOT / "config.example.ini").read_text()
+def test_generated_files_match_their_rendering():
+    for path, text in generated.renderings().items():
+        assert path.read_text() == text, f"{path.relative_to(ROOT)} differs from its rendering: run .venv/bin/python tests/generated.py"
+
+
+def test_the_rendered_example_shows_defaults_marks_required_keys_and_comments_out_the_rest():
+    text = jobbergate_sync.render_example_config()
     parser = configparser.ConfigParser(interpolation=None)
     parser.read_string(text)
     assert parser.sections() == list(jobbergate_sync.CONFIG_SCHEMA)
     for section, settings in jobbergate_sync.CONFIG_SCHEMA.items():
         for key, setting in settings.items():
-            if parser.has_option(section, key):
-                value = parser.get(section, key)
-                if not setting.required and key not in ("client_secret_file", "jwt_key_file"):
-                    parsed = jobbergate_sync.parse_setting(section, key, value, setting.kind)
-                    assert parsed == setting.default, f"[{section}] {key}: example {value!r} is not the default"
+            if setting.required:
+                lines = text.splitlines()
+                at = lines.index(f"{key} = {setting.example}")
+                comment = " ".join(lines[start][2:] for start in range(at - 1, 0, -1)
+                                   if all(line.startswith("# ") for line in lines[start:at]))
+                assert "Required." in comment, f"[{section}] {key} is not marked required"
+                assert parser.get(section, key) == setting.example
+            elif setting.default in ("", None):
+                assert not parser.has_option(section, key), f"[{section}] {key} has no default: commented out"
+                assert re.search(rf"^#{key} =", text, re.M), f"[{section}] {key} is not in the example"
             else:
-                assert re.search(rf"^#{key} =", text, re.M), f"[{section}] {key} is not in config.example.ini"
+                value = jobbergate_sync.parse_setting(section, key, parser.get(section, key), setting.kind)
+                assert value == setting.default, f"[{section}] {key}: example {value!r} is not the default"
+
+
+def test_every_setting_is_documented():
+    for section, settings in jobbergate_sync.CONFIG_SCHEMA.items():
+        for key, setting in settings.items():
+            assert setting.help.endswith("."), f"[{section}] {key} has no help sentence"
+            assert not setting.required or setting.example, f"[{section}] {key} is required and has no example"
+
+
+def test_the_readme_and_both_helps_give_every_exit_code():
+    readme = (ROOT / "README.md").read_text()
+    for entry in jobbergate_sync.EXIT_CODES:
+        assert f"| {entry.code} |" in readme
+        for command, meaning in (("pass", entry.after_pass), ("check", entry.after_check)):
+            help_text = " ".join(jobbergate_sync.exit_codes_help(command).split())
+            assert (f" {entry.code} {' '.join(meaning.split())}" in help_text) is bool(meaning), (command, entry.code)
 
 
 CRON_FIELDS = ((0, 59, {}), (0, 23, {}), (1, 31, {}),
@@ -172,6 +200,6 @@ def test_logrotate_file_is_a_valid_logrotate_d_name():
     assert text.endswith("}\n")
 
 
-def test_the_readme_names_every_crash_point():
-    text = (ROOT / "README.md").read_text()
+def test_the_reliability_doc_names_every_crash_point():
+    text = (ROOT / "docs" / "reliability.md").read_text()
     assert all(f"`{point.value}`" in text for point in jobbergate_sync.CrashPoint)

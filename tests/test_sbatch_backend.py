@@ -16,8 +16,17 @@ import pytest
 import jobbergate_sync
 from fakes import check_lines, journal_rows, run
 from jobbergate_sync import (
-    CommandResult, ItemError, LocalUser, Rejection, SlurmCommands, Unavailable, build_sbatch_request, load_config,
-    report_from_records, report_from_slurmctld, report_from_slurmdbd,
+    CommandResult,
+    ItemError,
+    LocalUser,
+    Rejection,
+    SlurmCommands,
+    Unavailable,
+    build_sbatch_request,
+    load_config,
+    report_from_records,
+    report_from_slurmctld,
+    report_from_slurmdbd,
 )
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "sbatch"
@@ -390,7 +399,7 @@ def test_the_sbatch_backend_needs_no_slurmrestd_secret(backend_config):
 @pytest.mark.parametrize("key, value, message", [
     ("slurm.backend", "rsh", "[slurm] backend: must be one of slurmrestd, sbatch"),
     ("slurm.sbatch", "sbatch", "[slurm] sbatch: must be an absolute path"),
-    ("slurm.timeout", "0", "[slurm] timeout: must be positive"),
+    ("slurm.timeout", "0", "[slurm] timeout: must be at least 0.1"),
 ])
 def test_bad_backend_settings_are_named(backend_config, key, value, message):
     with pytest.raises(jobbergate_sync.ConfigError) as refused:
@@ -564,11 +573,22 @@ def test_check_covers_the_commands_slurmctld_and_slurmdbd(stack, config_file, to
     assert code == 0
 
 
+def test_check_looks_only_at_the_secret_files_the_backend_reads(stack, config_file, tools, capsys):
+    # The sbatch backend reads no slurmrestd secret: a jwt_key_file left set (as a copy of an older
+    # example would leave it) names a file that need not exist, and check must not stat it.
+    tools.answer(squeue=recorded("24.11", "squeue_json"), sacct=recorded("24.11", "sacct_json_missing"))
+    code, lines = check_lines(capsys, config_file(**{**tools.settings(), "slurmrestd.jwt_key_file": "/nonexistent/jwt.key"}))
+    assert code == 0
+    assert lines["secret files"][0] == "ok" and "[oidc] client_secret_file" in lines["secret files"][1]
+    assert "jwt_key_file" not in lines["secret files"][1]
+
+
 def test_check_names_a_missing_command_and_a_controller_that_does_not_answer(stack, config_file, tools, capsys):
     settings = tools.settings()
     os.chmod(settings["slurm.sdiag"], 0o644)
     code, lines = check_lines(capsys, config_file(**settings))
-    assert lines["Slurm commands"][0] == "FAIL" and f"[slurm] sdiag = {settings['slurm.sdiag']}: not executable" in lines["Slurm commands"][1]
+    assert lines["Slurm commands"][0] == "FAIL"
+    assert f"[slurm] sdiag = {settings['slurm.sdiag']}: not executable" in lines["Slurm commands"][1]
     assert lines["slurmctld"][0] == "skip" and code == 78
     os.chmod(settings["slurm.sdiag"], 0o755)
     tools.answer(squeue=recorded("24.11", "down_squeue_json"))
