@@ -38,7 +38,8 @@ def main() -> int:
     for size in sizes:
         helpers.AgentClient(stack, stack.client_id).drain()
         with tempfile.TemporaryDirectory() as directory:
-            tool = Tool(Path(directory) / "tool", stack, stack.client_id, submit__execution_directory="/home/{username}/jgs-bench", run__deadline=300)
+            tool = Tool(Path(directory) / "tool", stack, stack.client_id, submit__execution_directory="/home/{username}/jgs-bench",
+                        run__deadline=300)
             submissions = [new_submission(alice, JOB) for _ in range(size)]
             first = tool.run(timeout=600)
             if first.returncode != 0:

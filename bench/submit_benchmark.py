@@ -11,9 +11,9 @@ leg's root (its submit runs `sbatch`; every root has python3 and python3-venv): 
 downloaded by this host's pip, then installed by the root's.
 
 Each round (one backlog shape, one number of API workers) holds `--lock FILE` when given (for
-machines where others use the stack too) and puts the API back on one uvicorn worker when it ends. In a round, for each contender, the benchmark creates
-the backlog through the API as alice (held jobs: nothing runs), times it, then rejects or aborts what
-is left and cancels the jobs:
+machines where others use the stack too) and puts the API back on one uvicorn worker when it ends.
+In a round, for each contender, the benchmark creates the backlog through the API as alice (held
+jobs: nothing runs), times it, then rejects or aborts what is left and cancels the jobs:
 - the tool with `[run] workers` = 1 and the default 4: a whole `jobbergate-sync --once` process,
   timed from its start to the end of its submit phase (its log line that starts the update phase);
 - the upstream agent (API on 2 workers): one call of its `submit_pending_jobs` coroutine, in-process,
@@ -33,8 +33,8 @@ import contextlib
 import fcntl
 import json
 import os
-import re
 import pwd
+import re
 import shutil
 import subprocess
 import sys

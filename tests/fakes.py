@@ -1,8 +1,9 @@
 """Stateful stand-ins for the OIDC issuer, jobbergate-api and slurmrestd, served through `responses`.
 
-They follow the contract recorded in shared/reference (status rules, 400/409 answers, pagination,
-slurmrestd v0.0.38 shapes and error bodies) closely enough for unit tests; the integration suite
-runs the real services.
+They follow what jobbergate-api 5.12 and slurmrestd do (the agent routes' status rules and their
+400/409 answers, pagination, slurmrestd v0.0.38 shapes and error bodies, as the integration suite
+sees them from the real services and tests/fixtures/slurmrestd records them) closely enough for unit
+tests; the integration suite runs the real services.
 """
 
 from __future__ import annotations

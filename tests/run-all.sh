@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian 12 or 13 machine, as root: installs the package and its
-# test extra into .venv (and systemd-analyze and logrotate for the packaging tests), runs the unit
+# test extra into .venv (and systemd-analyze and logrotate for the packaging tests), runs ruff, the unit
 # tests on Python 3.9 and 3.13 when pyenv has them, installs and starts the integration stack (real
 # Slurm 22.05/24.11/25.11 + slurmrestd in their own roots, real jobbergate-api), runs every test,
 # and stops the stack again. Extra arguments go to pytest.
@@ -10,6 +10,9 @@ began=$(date +%s)
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[test]'
+
+# The linter first (its rules are in pyproject.toml): a finding fails the run before any test.
+.venv/bin/ruff check .
 
 # What the packaging tests check the shipped files with: systemd-analyze (Debian's systemd package
 # installs it without running systemd) and logrotate. Installed only when missing.

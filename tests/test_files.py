@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import jobbergate_sync
-from jobbergate_sync import LocalUser, Rejection, run_as_user, stage_in_directory
 from fakes import run
+from jobbergate_sync import LocalUser, Rejection, run_as_user, stage_in_directory
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the privilege boundary exists only when running as root")
 

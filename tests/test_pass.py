@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import urlparse
 
 import pytest
 import requests
-from urllib.parse import urlparse
 
 import jobbergate_sync
 from fakes import journal_rows, run
@@ -159,7 +159,8 @@ def test_file_larger_than_the_cap_is_rejected(stack, config_file, email):
 
 def test_slurm_refusal_rejects_with_slurms_message(stack, config_file, email, tmp_path):
     stack.api.add_submission(1, email=email)
-    stack.slurm.answers.setdefault("submit", []).append((500, {"errors": [{"error_code": 2000, "error": "Invalid partition name specified"}]}))
+    stack.slurm.answers.setdefault("submit", []).append(
+        (500, {"errors": [{"error_code": 2000, "error": "Invalid partition name specified"}]}))
     assert run(config_file()) == 0
     assert stack.api.status(1) == "REJECTED"
     assert stack.api.submissions[1]["report_message"] == "Slurm refused the job: Invalid partition name specified (error 2000)"

@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
+from fakes import capture
 from jobbergate_sync import (
     JOBBERGATE_JOB_STATES,
     SLURM_ERROR_INVALID_JOB_ID,
@@ -22,9 +23,6 @@ from jobbergate_sync import (
     state_report,
     unwrap_number,
 )
-
-from fakes import capture
-
 
 
 def response_of(name: str) -> Any:

@@ -17,8 +17,7 @@ import pytest
 
 import jobbergate_sync
 from fakes import FakeSlurm, run, slurm_of
-from jobbergate_sync import (Deadline, Http, SlurmRest, load_config, no_job_changes,
-                             parse_state_entry, state_query_chunks)
+from jobbergate_sync import Deadline, Http, SlurmRest, load_config, no_job_changes, parse_state_entry, state_query_chunks
 
 ROOT = Path(__file__).resolve().parent.parent
 

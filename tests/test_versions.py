@@ -11,8 +11,6 @@ import jobbergate_sync
 from fakes import FakeSlurm, capture, run, slurm_of
 from jobbergate_sync import dropped_fields, slurm_errors, slurm_warnings
 
-
-
 # ---------------------------------------------------------------------------------------------
 # Errors and warnings of a submit
 # ---------------------------------------------------------------------------------------------

@@ -556,7 +556,8 @@ class AgentClient(_ApiClient):
     def active(self) -> list[dict]:
         return self.paged("/job-submissions/agent/active")
 
-    def mark_submitted(self, submission_id: int, slurm_job_id: int, state: str = "PENDING", info: str = "", reason: str | None = None) -> None:
+    def mark_submitted(self, submission_id: int, slurm_job_id: int, state: str = "PENDING", info: str = "",
+                       reason: str | None = None) -> None:
         body: dict[str, Any] = {"id": submission_id, "slurm_job_id": slurm_job_id, "slurm_job_state": state, "slurm_job_info": info}
         if reason is not None:
             body["slurm_job_state_reason"] = reason

@@ -79,7 +79,7 @@ def load_or_create_key(path: Path) -> rsa.RSAPrivateKey:
             if data.strip().endswith(b"-----"):
                 return serialization.load_pem_private_key(data, password=None)  # type: ignore[return-value]
             time.sleep(0.1)
-        raise SystemExit(f"signing key {path} is empty or truncated; remove it to regenerate")
+        raise SystemExit(f"signing key {path} is empty or truncated; remove it to regenerate") from None
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
-import requests
-
 import os
 import subprocess
 from pathlib import Path
+
+import pytest
+import requests
 
 from helpers import (
     AgentClient,
@@ -15,16 +15,16 @@ from helpers import (
     SlurmControl,
     Stack,
     StackNotUp,
-    get_stack,
-    state_of,
-    unique,
     UserClient,
+    get_stack,
     jwt_claims,
     oidc_token,
     slurm_job,
     slurm_jobs_with_comment,
     slurm_submit,
     slurmdb_job,
+    state_of,
+    unique,
     wait_for,
     wait_for_slurm_state,
 )
@@ -80,7 +80,8 @@ def test_user_submission_reaches_agent_pending(stack: Stack, alice: UserClient, 
 def test_issuer_controls(stack: Stack, issuer: IssuerControl) -> None:
     oidc_token(stack)
     assert issuer.issued("local-slurm", "client_credentials") == 1
-    bad = requests.post(stack.token_url, data={"grant_type": "client_credentials", "client_id": "local-slurm", "client_secret": "nope"}, timeout=5)
+    bad = requests.post(stack.token_url, data={"grant_type": "client_credentials", "client_id": "local-slurm", "client_secret": "nope"},
+                        timeout=5)
     assert bad.status_code == 401 and bad.json()["error"] == "unauthorized_client"
     assert issuer.refused("local-slurm") == 1
 
@@ -88,8 +89,10 @@ def test_issuer_controls(stack: Stack, issuer: IssuerControl) -> None:
     assert jwt_claims(oidc_token(stack))["exp"] - jwt_claims(oidc_token(stack))["iat"] == 5
 
     issuer.fault(1, status=503)
-    assert requests.post(stack.token_url, auth=("local-slurm", "local-slurm-secret"), data={"grant_type": "client_credentials"}, timeout=5).status_code == 503
-    assert requests.post(stack.token_url, auth=("local-slurm", "local-slurm-secret"), data={"grant_type": "client_credentials"}, timeout=5).status_code == 200
+    assert requests.post(stack.token_url, auth=("local-slurm", "local-slurm-secret"), data={"grant_type": "client_credentials"},
+                         timeout=5).status_code == 503
+    assert requests.post(stack.token_url, auth=("local-slurm", "local-slurm-secret"), data={"grant_type": "client_credentials"},
+                         timeout=5).status_code == 200
 
     expired = issuer.mint(client="local-slurm", ttl=-10)
     response = requests.get(f"{stack.api_url}/job-submissions/agent/pending", headers={"Authorization": f"Bearer {expired}"}, timeout=10)

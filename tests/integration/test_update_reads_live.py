@@ -7,9 +7,9 @@ import re
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlparse
 
-import helpers
 import pytest
 
+import helpers
 from scenario import new_submission, status_of
 
 JOB = {"job.sh": b"#!/bin/bash\n#SBATCH --time=5\nsleep 120\n"}
