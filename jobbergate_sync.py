@@ -132,7 +132,7 @@ DEFAULT_CONFIG_PATH = "/etc/jobbergate-sync/jobbergate-sync.ini"
 ENV_PREFIX = "JOBBERGATE_SYNC_"
 ENV_CONFIG = "JOBBERGATE_SYNC_CONFIG"
 # Test-only fault injection: names a step boundary at which the process SIGKILLs itself.
-# Read only when set; production never sets it. See README, "Reliability".
+# Read only when set; production never sets it. See docs/reliability.md.
 ENV_CRASH_AT = "JOBBERGATE_SYNC_CRASH_AT"
 
 # What the pass does with each exception; nothing else leaves a pass. Any other exception is a bug:

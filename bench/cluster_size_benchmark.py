@@ -34,6 +34,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "integration"), str(ROOT / "tests")]
 
+import provenance  # noqa: E402
+
 STACK_SH = ROOT / "tests" / "integration" / "stack.sh"
 SUBMITTERS = 2  # submitting threads
 # slurmctld is left this long after the submissions, and between two reads: update_time asks from a
@@ -123,6 +125,7 @@ def main() -> int:
     parser.add_argument("--others", type=int, default=10_000)
     parser.add_argument("--ours", type=int, default=100)
     arguments = parser.parse_args()
+    provenance.print_header()
     leg = arguments.leg
     rows = []
     try:

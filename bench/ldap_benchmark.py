@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "integration"), str(ROOT / "tests")]
 
 import jobbergate_sync  # noqa: E402
+import provenance  # noqa: E402
 from config_files import write_secret  # noqa: E402
 from helpers import get_stack  # noqa: E402
 
@@ -50,6 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lookups", type=int, default=200)
     arguments = parser.parse_args()
+    provenance.print_header()
     ldap = get_stack().ldap
     with tempfile.TemporaryDirectory() as directory:
         password_file = write_secret(Path(directory) / "ldap_password", ldap["bind_password"].encode())

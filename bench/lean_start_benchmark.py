@@ -33,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests" / "integration"), str(ROOT / "tests")]
 
+import provenance  # noqa: E402
 from config_files import write_ini, write_secret  # noqa: E402
 
 EMPTY_PAGE = json.dumps({"items": [], "pages": 0, "total": 0, "page": 1, "size": 100}).encode()
@@ -104,6 +105,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--stack", action="store_true", help="the integration stack's API instead of a stand-in")
     arguments = parser.parse_args()
+    provenance.print_header()
     python = sys.executable
     with tempfile.TemporaryDirectory() as directory:
         config = stack_config(Path(directory)) if arguments.stack else stand_in_config(Path(directory))

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import jobbergate_sync  # noqa: E402
+import provenance  # noqa: E402
 from fakes import API, CLIENT_ID, CLIENT_SECRET, ISSUER, SLURM, FakeIssuer, FakeJobbergate, FakeSlurm  # noqa: E402
 
 JWT_KEY = b"benchmark-key-of-thirty-two-byte"
@@ -194,6 +195,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,100,500")
     parser.add_argument("--active", type=int, default=0, help="also time an update pass over this many unchanged jobs")
     arguments = parser.parse_args()
+    provenance.print_header()
     sizes = [int(size) for size in arguments.sizes.split(",") if size]
     user = pwd.getpwnam("nobody") if os.geteuid() == 0 else pwd.getpwuid(os.geteuid())
     if arguments.active:

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests" / "integration"), str(ROOT / "tests")]
 
 import helpers  # noqa: E402
+import provenance  # noqa: E402
 from scenario import new_submission, status_of  # noqa: E402
 from tool import Tool  # noqa: E402
 
@@ -32,6 +33,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10,50", help="backlog sizes, comma-separated")
     sizes = [int(size) for size in parser.parse_args().sizes.split(",")]
+    provenance.print_header()
     stack = helpers.get_stack().check()
     alice = helpers.UserClient(stack, "alice")
     print(f"{'pending':>8} {'submit pass s':>14} {'ms/submission':>14} {'passes to DONE':>15} {'update pass s (mean)':>21}")

@@ -50,6 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests" / "integration"), str(ROOT / "tests")]
 
 import helpers  # noqa: E402
+import provenance  # noqa: E402
 from tool import SCRIPT, Tool  # noqa: E402
 
 LEG = "2205"
@@ -245,6 +246,7 @@ def main() -> int:
     parser.add_argument("--sweep", type=int, default=200, help="a backlog of submissions of one job script (0: none)")
     parser.add_argument("--lock", default="", help="a lock file held per round, where others share the stack")
     options = parser.parse_args()
+    provenance.print_header()
     shapes = [(int(size), False) for size in options.sizes.split(",")] + ([(options.sweep, True)] if options.sweep else [])
     stack = helpers.get_stack().check()
     ensure_upstream_agent(str(stack.leg(LEG).root))

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
 
 import jobbergate_sync  # noqa: E402
+import provenance  # noqa: E402
 from pass_benchmark import pending_backlog  # noqa: E402
 
 
@@ -48,6 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1000)
     size = parser.parse_args().size
+    provenance.print_header()
     user = pwd.getpwnam("nobody") if os.geteuid() == 0 else pwd.getpwuid(os.geteuid())
     for workers in (1, 4):
         seconds, counts, submitted = one_pass(size, workers, user)

@@ -1,5 +1,5 @@
 """Exactly-once under crashes, outages and slow peers, hostile input, the root/user boundary and
-secrets, on the real stack. Counts go to reliability-figures.json for the README."""
+secrets, on the real stack. Counts go to reliability-figures.json for docs/reliability.md."""
 
 from __future__ import annotations
 
