@@ -413,7 +413,7 @@ CONFIG_SCHEMA: dict[str, dict[str, Setting]] = {
         "format": Setting("auto", choices=LOG_FORMATS,
                           help="auto: text when stderr is a terminal, JSON lines otherwise and always in the log file; "
                                "json or text force one format everywhere."),
-        "level": Setting("info", choices=LOG_LEVELS, help="-v and -q override it."),
+        "level": Setting("info", choices=LOG_LEVELS, help="The least severe messages logged; -v (debug) and -q (warning) override it."),
         "file": Setting("", example="/var/log/jobbergate-sync/jobbergate-sync.log",
                         help="Log file; empty: stderr only. With a file, stderr gets warnings only; the file is reopened "
                              "when logrotate has moved it away."),
