@@ -203,3 +203,13 @@ def test_logrotate_file_is_a_valid_logrotate_d_name():
 def test_the_reliability_doc_names_every_crash_point():
     text = (ROOT / "docs" / "reliability.md").read_text()
     assert all(f"`{point.value}`" in text for point in jobbergate_sync.CrashPoint)
+
+
+def test_the_readme_opens_with_the_try_out_and_the_whole_suite():
+    text = (ROOT / "README.md").read_text()
+    first_block = re.search(r"```sh\n(.*?)```", text, re.S).group(1).splitlines()
+    assert first_block == ["bash tests/integration/try-it.sh up && bash tests/integration/try-it.sh run",
+                           "bash tests/run-all.sh"]
+    assert (ROOT / "tests" / "integration" / "try-it.sh").is_file() and (ROOT / "tests" / "run-all.sh").is_file()
+    assert text.index("```sh") < text.index("## Installing on a head node")
+    assert len(text.encode()) <= 20 * 1024  # the admin's path; the rest lives in docs/
