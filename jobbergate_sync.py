@@ -608,7 +608,8 @@ def validate_config(sections: dict[str, dict[str, Any]]) -> None:
         for key, setting in settings.items():
             value = sections[section][key]
             if setting.choices:
-                value = sections[section][key] = value.lower()
+                if isinstance(value, str):
+                    value = sections[section][key] = value.lower()
                 need(value in setting.choices, f"{section}.{key}", f"must be {setting_bounds_text(setting)}")
             elif setting.minimum is not None or setting.maximum is not None:
                 in_range = ((setting.minimum is None or value >= setting.minimum)
