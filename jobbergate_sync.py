@@ -94,7 +94,12 @@ ENV_CONFIG = "JOBBERGATE_SYNC_CONFIG"
 ENV_CRASH_AT = "JOBBERGATE_SYNC_CRASH_AT"
 
 # What the pass does with each exception; nothing else leaves a pass. Any other exception is a bug:
-# the pass ends with 70 and a traceback. Whatever ends it, its last log line is the summary.
+# inside one item's work, that item's failure (logged with its traceback, the pass goes on, and a
+# submission failing so in FAILED_PASSES_TO_REJECT passes in a row is rejected); elsewhere the
+# pass ends with 70 and a traceback. Whatever ends it, its last log line is the summary.
+
+
+FAILED_PASSES_TO_REJECT = 3
 
 
 class SyncError(Exception):
@@ -819,8 +824,13 @@ def _renamed_key(minor: int, old: str, new: str) -> str:
     return old if minor <= 38 else new
 
 
+# A number in an option: ASCII digits, at most 18 of them (any such number fits 64 bits, and int() never
+# meets Python's limit on digits, whose ValueError would not be a Rejection).
+DIGITS = "[0-9]{1,18}"
+
+
 def _positive_int(option: str, value: str) -> int:
-    if not re.fullmatch(r"\d+", value or "") or int(value) <= 0:
+    if not re.fullmatch(DIGITS, value or "") or int(value) <= 0:
         raise Rejection(f"--{option} expects a positive whole number, got {value!r}")
     return int(value)
 
@@ -830,7 +840,7 @@ def parse_time_minutes(option: str, value: str) -> Optional[int]:
     text = (value or "").strip()
     if text.upper() in ("UNLIMITED", "INFINITE", "-1"):
         return None
-    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
+    match = re.fullmatch(rf"(?:({DIGITS})-)?({DIGITS})(?::({DIGITS}))?(?::({DIGITS}))?", text)
     if not match:
         raise Rejection(f"--{option}: {value!r} is not a Slurm time (minutes, MM:SS, HH:MM:SS, D-HH[:MM[:SS]])")
     days, first, second, third = match.groups()
@@ -851,7 +861,7 @@ MEMORY_UNITS_KB = {"K": 1, "M": 1024, "G": 1024 ** 2, "T": 1024 ** 3}
 
 
 def parse_memory_mb(option: str, value: str) -> int:
-    match = re.fullmatch(r"(\d+)([KMGT]?)B?", (value or "").strip().upper())
+    match = re.fullmatch(rf"({DIGITS})([KMGT]?)B?", (value or "").strip().upper())
     if not match:
         raise Rejection(f"--{option}: {value!r} is not a memory size (e.g. 4000, 500M, 4G)")
     # 0 keeps its sbatch meaning (all of a node's memory); kilobytes round up as Slurm does.
@@ -918,7 +928,7 @@ def translate_no_requeue(value: Optional[str], minor: int) -> dict[str, Any]:
 
 
 def translate_nodes(value: Optional[str], minor: int) -> dict[str, Any]:
-    match = re.fullmatch(r"(\d+)(?:-(\d+))?", (value or "").strip())
+    match = re.fullmatch(rf"({DIGITS})(?:-({DIGITS}))?", (value or "").strip())
     if not match:
         raise Rejection(f"--nodes expects N or MIN-MAX, got {value!r}")
     low, high = int(match.group(1)), int(match.group(2) or match.group(1))
@@ -939,7 +949,7 @@ MAIL_TYPE_FLAGS = {
 
 
 def translate_nice(value: Optional[str], minor: int) -> dict[str, Any]:
-    if value is not None and not re.fullmatch(r"[+-]?\d+", value):
+    if value is not None and not re.fullmatch(rf"[+-]?{DIGITS}", value):
         raise Rejection(f"--nice expects a whole number, got {value!r}")
     return {"nice": int(value) if value is not None else 100}
 
@@ -1026,7 +1036,7 @@ def _delta_seconds(text: str) -> tuple[int, int]:
         if unit:
             count, index = count * unit[1], index + len(unit[0])
             break
-        if not text[index].isdigit():
+        if text[index] not in "0123456789" or digits == 18:
             raise ValueError(text)
         count, digits, index = count * 10 + int(text[index]), digits + 1, index + 1
     if not digits:
@@ -1039,7 +1049,7 @@ def parse_slurm_time(text: str, now: float) -> int:
     today, tomorrow, midnight, noon, fika, teatime, HH:MM[:SS] [AM|PM], MMDD[YY], MM/DD[/YY],
     MM.DD[.YY], YYYY-MM-DD[THH:MM[:SS]], uts<epoch>. ValueError when Slurm would refuse it."""
     if text[:3].lower() == "uts":
-        if not re.fullmatch(r"\d+", text[3:]) or int(text[3:]) < 1000000:
+        if not re.fullmatch(DIGITS, text[3:]) or int(text[3:]) < 1000000:
             raise ValueError(text)
         return int(text[3:])
     today = time.localtime(now)
@@ -1115,7 +1125,7 @@ def translate_begin(value: Optional[str], minor: int) -> dict[str, Any]:
     text = (value or "").strip()
     try:
         moment = parse_slurm_time(text, time.time())
-    except (ValueError, OverflowError):
+    except (ValueError, OverflowError, OSError):  # OSError: a time localtime() cannot represent
         raise Rejection(f"--begin: {value!r} is not a Slurm time (now[+N[seconds|minutes|hours|days|weeks]], today, "
                         "tomorrow, midnight, noon, teatime, HH:MM[:SS], MM/DD[/YY], YYYY-MM-DD[THH:MM[:SS]])") from None
     return {"begin_time": moment if minor == 39 else text}
@@ -1124,7 +1134,7 @@ def translate_begin(value: Optional[str], minor: int) -> dict[str, Any]:
 def translate_signal(value: Optional[str], minor: int) -> dict[str, Any]:
     if minor <= 38:
         return {"signal": value}
-    match = re.fullmatch(r"(?:([RB]{1,2}):)?([A-Za-z0-9]+)(?:@(\d+))?", (value or "").strip())
+    match = re.fullmatch(rf"(?:([RB]{{1,2}}):)?([A-Za-z0-9]+)(?:@({DIGITS}))?", (value or "").strip())
     if not match:
         raise Rejection(f"--signal: {value!r} is not [{{R|B}}:]SIGNAL[@SECONDS]")
     where = match.group(1) or ""
@@ -3535,6 +3545,17 @@ JOURNAL_MIGRATIONS = {
 }
 
 
+# Submissions whose work failed unexpectedly (a bug met on their input), by passes in a row: its own
+# table, which a journal of any schema version gains without a migration (older versions ignore it).
+ITEM_FAILURES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS item_failures (
+    submission_id INTEGER PRIMARY KEY,
+    passes INTEGER NOT NULL,
+    last_failure TEXT NOT NULL,
+    last_failed_at REAL NOT NULL
+)"""
+
+
 def migrate_journal(db: sqlite3.Connection) -> None:
     """Bring a journal of any earlier version to JOURNAL_VERSION, in one transaction."""
     columns = {row[1] for row in db.execute("PRAGMA table_info(submissions)")}
@@ -3586,6 +3607,7 @@ class Journal:
             self.db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
             self.db.execute("PRAGMA synchronous=FULL")
         migrate_journal(self.db)
+        self.db.execute(ITEM_FAILURES_SCHEMA)
 
     @classmethod
     def scratch_copy_of(cls, path: str) -> "Journal":
@@ -3595,6 +3617,7 @@ class Journal:
             source.backup(journal.db)
             source.close()
             migrate_journal(journal.db)
+            journal.db.execute(ITEM_FAILURES_SCHEMA)
         return journal
 
     def _execute(self, sql: str, parameters: tuple = ()) -> list[tuple]:
@@ -3633,6 +3656,21 @@ class Journal:
 
     def size(self) -> int:
         return self._execute("SELECT count(*) FROM submissions")[0][0]
+
+    def failure_counts(self) -> dict[int, int]:
+        """How many passes in a row each submission failed unexpectedly (only those that did)."""
+        return dict(self._execute("SELECT submission_id, passes FROM item_failures"))  # type: ignore[arg-type]
+
+    def record_failure(self, submission_id: int, failure: str) -> int:
+        """One more pass in a row in which the submission failed unexpectedly; how many now."""
+        self._execute(
+            "INSERT INTO item_failures (submission_id, passes, last_failure, last_failed_at) VALUES (?, 1, ?, ?) "
+            "ON CONFLICT(submission_id) DO UPDATE SET passes = passes + 1, last_failure = excluded.last_failure, "
+            "last_failed_at = excluded.last_failed_at", (submission_id, failure, time.time()))
+        return self._execute("SELECT passes FROM item_failures WHERE submission_id = ?", (submission_id,))[0][0]
+
+    def clear_failures(self, submission_id: int) -> None:
+        self._execute("DELETE FROM item_failures WHERE submission_id = ?", (submission_id,))
 
     def job_ids_of_others(self, submission_id: int) -> set[int]:
         """The Slurm jobs the journal holds for other submissions: never the job of this one."""
@@ -3713,6 +3751,7 @@ class PassContext:
         self.reported_now: set[int] = set()  # submissions this pass reported SUBMITTED (set.add is atomic)
         self.changes: Changes = DryRunChanges(self) if dry_run else LiveChanges(self)
         self.earlier = EarlierSubmit(self)
+        self.failing = journal.failure_counts()  # submissions that failed unexpectedly in the passes before
 
     def contain(self, action: Callable[[], None], what: str, submission_id: Optional[int] = None) -> None:
         """Run `action`; an outage, an item failure or an API refusal is logged and counted and the
@@ -3727,16 +3766,51 @@ class PassContext:
         except ApiConflict as exc:
             self.failed(f"{what}: the API refused a change: {exc}", submission_id)
 
-    def contain_item(self, submission_id: int, action: Callable[[], None]) -> None:
-        """Run one item's work; its failure is logged and counted, and the pass goes on."""
-        self.contain(action, f"submission {submission_id}", submission_id)
+    def contain_item(self, submission_id: int, action: Callable[[], None],
+                     reject: Optional[Callable[[int, str], None]] = None) -> None:
+        """Run one item's work; its failure is logged and counted, and the pass goes on. An unexpected
+        exception (a bug met on this item's input) is this item's failure too, logged with its
+        traceback; `reject` rejects a submission that failed so in FAILED_PASSES_TO_REJECT passes in a
+        row, so that it cannot fail every pass for ever. Only what ends the pass goes up."""
+        def settled() -> None:
+            action()
+            if self.failing.pop(submission_id, None) is not None:
+                self.journal.clear_failures(submission_id)
 
-    def for_each_item(self, items: list[dict[str, Any]], work: Callable[[dict[str, Any]], None]) -> None:
-        """Run `work` on each item, contained (contain_item), by `[run] workers` threads taking the
-        items in order; with one worker, in this thread. No item starts once the deadline has passed
-        or once an item raised what ends the pass (authentication, configuration, a bug): the items
-        under way finish, then that is raised here. What items print (a dry run's plan) comes out in
-        the items' order, each item's lines together."""
+        try:
+            self.contain(settled, f"submission {submission_id}", submission_id)
+        except (SyncError, DeadlineReached):
+            raise
+        except Exception as exc:
+            self.unexpected_failure(submission_id, exc, reject)
+
+    def unexpected_failure(self, submission_id: int, exc: Exception,
+                           reject: Optional[Callable[[int, str], None]]) -> None:
+        failure = REDACTOR.redact(f"{type(exc).__name__}: {exc}")[:300]
+        passes = self.journal.record_failure(submission_id, failure)
+        self.failing[submission_id] = passes
+        self.summary.count("errors")
+        log.error("submission %d: unexpected failure (%d pass(es) in a row), left for the next pass: %s; "
+                  "please report it with this traceback", submission_id, passes, failure, exc_info=True,
+                  **ctx(submission_id=submission_id))
+        if reject is not None and passes >= FAILED_PASSES_TO_REJECT:
+            message = (f"jobbergate-sync failed on this submission in {passes} passes in a row ({failure}); it is "
+                       "rejected so that it does not hold the cluster's queue. Its administrator has the details.")
+            self.contain(lambda: self.reject_failing(submission_id, message, reject),
+                         f"submission {submission_id}: rejecting it after {passes} failed passes", submission_id)
+
+    def reject_failing(self, submission_id: int, message: str, reject: Callable[[int, str], None]) -> None:
+        reject(submission_id, message)
+        self.failing.pop(submission_id, None)
+        self.journal.clear_failures(submission_id)
+
+    def for_each_item(self, items: list[dict[str, Any]], work: Callable[[dict[str, Any]], None],
+                      reject: Optional[Callable[[int, str], None]] = None) -> None:
+        """Run `work` on each item, contained (contain_item, which `reject` is given to), by `[run]
+        workers` threads taking the items in order; with one worker, in this thread. No item starts
+        once the deadline has passed or once an item raised what ends the pass (authentication,
+        configuration): the items under way finish, then that is raised here. What items print (a
+        dry run's plan) comes out in the items' order, each item's lines together."""
         upcoming = enumerate(items)
         lock = threading.Lock()
         stops: list[BaseException] = []  # why no further item may start
@@ -3753,7 +3827,7 @@ class PassContext:
                     return
                 CURRENT_ITEM.submission_id, CURRENT_ITEM.output = item["id"], []
                 try:
-                    self.contain_item(item["id"], lambda: work(item))
+                    self.contain_item(item["id"], lambda: work(item), reject)
                 except BaseException as exc:  # handed to the pass's thread, which raises it
                     with lock:
                         stops.append(exc)
@@ -3946,7 +4020,7 @@ class SubmitPhase(PassPart):
                                               self.config.submit.max_file_size)) as self.downloads:
             for item in pending:
                 self.downloads.expect(item)
-            self.context.for_each_item(pending, self.submit_one)
+            self.context.for_each_item(pending, self.submit_one, self.reject)
 
     def submit_one(self, item: Mapping[str, Any]) -> None:
         submission_id = item["id"]
@@ -4206,6 +4280,10 @@ class LiveChanges(PassPart):
                 log.warning("forgetting a day-old unreported record of submission %d (Slurm job %s)",
                             entry.submission_id, entry.slurm_job_id, **ctx(submission_id=entry.submission_id))
                 self.journal.forget(entry.submission_id)
+        if pending_ids is not None:  # failures of submissions no longer listed are no one's concern
+            for submission_id in set(self.context.failing) - active_ids - pending_ids:
+                self.context.failing.pop(submission_id, None)
+                self.journal.clear_failures(submission_id)
 
     def ping_health(self) -> None:
         self.api.ping_health(self.config.run.interval)
