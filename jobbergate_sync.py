@@ -1955,7 +1955,7 @@ class LdapDirectory:
             return None
         if self.cache is None:
             try:
-                loaded = json.loads(read_text_or_empty(self.cache_path) or "{}")
+                loaded = json.loads(read_private_file(self.cache_path) or "{}")
             except ValueError:
                 log.warning("LDAP cache %s is not JSON; starting it afresh", self.cache_path)
                 loaded = {}
@@ -2165,6 +2165,38 @@ def private_replacement(path: str, data: bytes) -> Iterator[None]:
         raise
 
 
+def open_private_file(path: str, flags: int, what: str = "state file") -> int:
+    """A descriptor of `path`, opened without following a symbolic link (created 0600 with O_CREAT),
+    refused (ConfigError naming it) unless it is a regular file of this process's user that no one
+    else may read or write: the state files and the lock decide what the tool does."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(f"{what} {path} is a symbolic link; remove it (a pass creates the file)") from None
+        raise ConfigError(f"{what} {path}: {exc.strerror}") from None
+    info = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(info.st_mode):
+        problem = "is not a regular file"
+    elif info.st_uid != os.geteuid():
+        problem = f"is owned by {account_name(info.st_uid)}, not by {account_name(os.geteuid())} who runs jobbergate-sync"
+    elif info.st_mode & 0o077:
+        problem = f"is accessible by group or others (mode {stat.S_IMODE(info.st_mode):04o})"
+    if problem:
+        os.close(fd)
+        raise ConfigError(f"{what} {path} {problem}; remove it (a pass creates the file) or chown/chmod 0600 it")
+    return fd
+
+
+def read_private_file(path: Optional[str]) -> Optional[str]:
+    """The text of a state file (open_private_file), None when there is none."""
+    if not path or not os.path.lexists(path):
+        return None
+    with os.fdopen(open_private_file(path, os.O_RDONLY), "rb") as handle:
+        return handle.read().decode("utf-8", "replace")
+
+
 def write_private_file(path: str, data: bytes) -> None:
     """Atomically replace `path` with a file created 0600 from its first byte."""
     with private_replacement(path, data):
@@ -2217,15 +2249,14 @@ class OidcToken:
 
     def _cached(self) -> Optional[str]:
         try:
-            with open(self.cache_path, encoding="utf-8") as handle:
-                cached = json.load(handle)
+            cached = json.loads(read_private_file(self.cache_path) or "{}")
             if cached.get("token_url") != self.token_url or cached.get("client_id") != self.client_id:
                 return None
             if float(cached["expires_at"]) - self.margin <= time.time():
                 log.debug("cached API token expired or about to; fetching a new one")
                 return None
             token = str(cached["access_token"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None
         REDACTOR.add(token)
         log.debug("reusing the cached API token")
@@ -2633,9 +2664,8 @@ def no_job_changes(status: int, body: Any) -> bool:
 def read_states_memory(path: Optional[str]) -> Optional[dict[str, Any]]:
     """The remembered answer for update_time, None when absent or not as written."""
     try:
-        with open(path or "", encoding="utf-8") as handle:
-            memory = json.load(handle)
-    except (OSError, ValueError):
+        memory = json.loads(read_private_file(path) or "null")
+    except ValueError:
         return None
     shapes = {"url": str, "version": str, "read_at": (int, float), "since": int, "asked": list, "held": dict}
     usable = isinstance(memory, dict) and all(isinstance(memory.get(key), kind) for key, kind in shapes.items())
@@ -2770,9 +2800,8 @@ class SlurmRest:
 
     def _remembered_choice(self) -> Optional[dict[str, Any]]:
         try:
-            with open(self.choice_path or "", encoding="utf-8") as handle:
-                choice = json.load(handle)
-        except (OSError, ValueError):
+            choice = json.loads(read_private_file(self.choice_path) or "null")
+        except ValueError:
             return None
         usable = (isinstance(choice, dict) and choice.get("url") == self.base and isinstance(choice.get("slurmdbd"), bool)
                   and isinstance(choice.get("state_query"), bool)
@@ -3583,13 +3612,9 @@ def migrate_journal(db: sqlite3.Connection) -> None:
 
 
 def create_private_file(path: str) -> None:
-    """Create an empty file 0600 if it does not exist; refuse an existing one others can read."""
-    try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
-    except FileExistsError:
-        mode = os.stat(path).st_mode
-        if mode & 0o077:
-            raise ConfigError(f"{path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); chmod 0600 it")
+    """Create an empty file 0600 if it does not exist; refuse an existing one that is not private
+    (open_private_file)."""
+    os.close(open_private_file(path, os.O_WRONLY | os.O_CREAT))
 
 
 class Journal:
@@ -5075,7 +5100,8 @@ class Check:
             with tempfile.TemporaryFile(dir=state_dir):  # unnamed on Linux, gone when closed
                 pass
         except ConfigError as exc:
-            self.lines.append(failed(what, str(exc), "a pass needs it owned by root with mode 0700", EX_CONFIG))
+            self.lines.append(failed(what, str(exc), "a pass needs it owned by root with mode 0700, below directories "
+                                     "only root can write to", EX_CONFIG))
             return
         except OSError as exc:
             self.lines.append(failed(what, f"[run] state_dir {state_dir}: not writable: {exc.strerror}",
@@ -5087,8 +5113,8 @@ class Check:
         except LockHeld:
             held = "held: a pass is running"
         except ConfigError as exc:
-            self.lines.append(failed(what, str(exc), "[run] lock_file must be a file root can create and lock",
-                                     EX_CONFIG))
+            self.lines.append(failed(what, str(exc), "[run] lock_file must be a file root can create and lock, "
+                                     "in a directory only root can write to", EX_CONFIG))
             return
         self.lines.append(passed(what, f"{state_dir} (0700, writable); lock {lock_file} {held}"))
 
@@ -5140,15 +5166,55 @@ class Check:
 # ---------------------------------------------------------------------------------------------
 
 
+def path_and_parents(path: str) -> list[str]:
+    """`path` (absolute), then each directory above it up to '/'."""
+    chain = [os.path.abspath(path)]
+    while chain[-1] != os.path.dirname(chain[-1]):
+        chain.append(os.path.dirname(chain[-1]))
+    return chain
+
+
+def check_own_directory(path: str, setting: str, closed_mask: int) -> None:
+    """Refuse (ConfigError naming the path) a directory another account could change: it must be this
+    process's user's with none of `closed_mask`'s mode bits, and every directory above it, as named and
+    as its symbolic links resolve, root's or this user's and writable by no one else, unless it is
+    sticky and root's (as /tmp is). What the state directory holds decides which account jobs run as."""
+    euid = os.geteuid()
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise ConfigError(f"{setting} {path}: {exc.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"{setting} {path} is not a directory")
+    if info.st_uid != euid:
+        raise ConfigError(f"{setting} {path} is owned by {account_name(info.st_uid)}, not by {account_name(euid)} "
+                          "who runs jobbergate-sync: whoever owns it decides which account jobs run as; remove it "
+                          "(a pass creates it)")
+    if info.st_mode & closed_mask:
+        raise ConfigError(f"{setting} {path} is open to group or others (mode {stat.S_IMODE(info.st_mode):04o}); "
+                          f"chmod {0o777 & ~closed_mask:04o} it")
+    parents = {parent for named in (path, os.path.realpath(path)) for parent in path_and_parents(named)[1:]}
+    for parent in sorted(parents, key=len):
+        info = os.stat(parent)
+        mode = stat.S_IMODE(info.st_mode)
+        if info.st_uid not in (0, euid):
+            raise ConfigError(f"{setting} {path}: the directory {parent} above it is owned by "
+                              f"{account_name(info.st_uid)}, who could replace it; use a directory whose parents "
+                              "are root's")
+        if mode & 0o022 and not (mode & stat.S_ISVTX and info.st_uid == 0):
+            raise ConfigError(f"{setting} {path}: the directory {parent} above it is writable by group or others "
+                              f"(mode {mode:04o}), who could replace it; use a directory whose parents only root "
+                              "can write to")
+
+
 def prepare_state_dir(path: str) -> None:
-    """The state directory holds the token cache and the journal: created 0700, refused if others can enter."""
+    """The state directory holds the token cache and the journal: created 0700; refused unless this
+    user's, closed to others, and below directories no one else can write to."""
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"[run] state_dir {path}: cannot create: {exc.strerror}") from None
-    mode = os.stat(path).st_mode
-    if mode & 0o077:
-        raise ConfigError(f"[run] state_dir {path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); chmod 0700 it")
+    check_own_directory(path, "[run] state_dir", 0o077)
 
 
 class RunLock:
@@ -5159,11 +5225,15 @@ class RunLock:
         self.fd: Optional[int] = None
 
     def __enter__(self) -> "RunLock":
+        """Whoever else could create or replace the lock file could hold it, and stop every pass: its
+        directory must be this user's and writable by no one else, and the file itself this user's."""
+        directory = os.path.dirname(os.path.abspath(self.path))
         try:
-            os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.makedirs(directory, mode=0o700, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"[run] lock_file {self.path}: {exc.strerror}") from None
+        check_own_directory(directory, f"[run] lock_file {self.path}: its directory", 0o022)
+        self.fd = open_private_file(self.path, os.O_RDWR | os.O_CREAT, "[run] lock_file")
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -5272,7 +5342,9 @@ def cli(context: click.Context, once: bool, config_path: str, dry_run: bool, che
         click.echo(f"{config_path}: configuration is valid")
         return EXIT_OK
     try:
-        if dry_run:
+        if dry_run:  # reads the state directory, when there is one, and creates nothing
+            if os.path.lexists(config.run.state_dir):
+                check_own_directory(config.run.state_dir, "[run] state_dir", 0o077)
             return run_once(config, dry_run=True)
         prepare_state_dir(config.run.state_dir)
         with RunLock(config.run.lock_file):

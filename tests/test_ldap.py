@@ -300,6 +300,7 @@ def test_no_cache_without_a_path_or_with_ttl_zero(directory: FakeDirectory, tmp_
 
 def test_a_damaged_cache_is_started_afresh(directory: FakeDirectory, tmp_path: Path) -> None:
     (tmp_path / "ldap-cache.json").write_text("{not json")
+    (tmp_path / "ldap-cache.json").chmod(0o600)
     assert make_mapper(tmp_path).username_for("alice@example.com") == "alice"
     assert json.loads((tmp_path / "ldap-cache.json").read_text())["alice@example.com"]["username"] == "alice"
 
