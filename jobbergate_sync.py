@@ -44,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+import unicodedata
 import urllib.parse
 import warnings
 from datetime import datetime, timezone
@@ -404,8 +405,10 @@ def load_config(path: str, environ: Mapping[str, str]) -> Config:
         raise ConfigError(f"configuration file {path} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"configuration file {path}: {exc.strerror}") from None
-    except (configparser.Error, UnicodeDecodeError) as exc:
-        raise ConfigError(f"configuration file {path}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"configuration file {path}: not UTF-8 text (byte {exc.start})") from None
+    except configparser.Error as exc:
+        raise config_syntax_error(path, exc) from None
 
     raw: dict[str, dict[str, str]] = {}
     for section in parser.sections():
@@ -463,6 +466,17 @@ def load_config(path: str, environ: Mapping[str, str]) -> Config:
         import_ldap3()
         check_ldap_ca_file(mapper["ldap_ca_file"])
     return Config(sections, client_secret, jwt_key, static_token, ldap_password)
+
+
+def config_syntax_error(path: str, exc: configparser.Error) -> ConfigError:
+    """The file and line numbers of a syntax error, never the lines: one may be a secret pasted on its
+    own line, and the error is logged before any secret is known to the redactor."""
+    numbers = [number for number, _ in getattr(exc, "errors", None) or []] or [getattr(exc, "lineno", None)]
+    where = ", ".join(f"line {number}" for number in numbers if number) or "an unknown line"
+    what = ("a section or key given twice" if isinstance(exc, (configparser.DuplicateSectionError,
+                                                              configparser.DuplicateOptionError))
+            else "not a [section] header, a 'key = value' line or a comment")
+    return ConfigError(f"configuration file {path}: {where}: {what}")
 
 
 def read_slurmrestd_secret(slurm: Mapping[str, Any]) -> tuple[Optional[bytes], Optional[str]]:
@@ -568,7 +582,17 @@ class SecretRedactor(logging.Filter):
 REDACTOR = SecretRedactor()
 
 
+def printable(text: str) -> str:
+    """`text` with each control, format (bidi overrides) and surrogate character written as its
+    escape (\\x1b, \\u202e): what a user wrote never moves an admin's terminal or forges a log line."""
+    return "".join(ascii(char)[1:-1] if unicodedata.category(char) in ("Cc", "Cf", "Cs") else char for char in text)
+
+
 class TextFormatter(logging.Formatter):
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        """The line, escaped (printable); a traceback after it keeps its line breaks. JSON escapes by itself."""
+        return printable(super().formatMessage(record))
+
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         context = " ".join(f"{field}={getattr(record, field)}" for field in CONTEXT_FIELDS if hasattr(record, field))
@@ -701,8 +725,9 @@ def check_filename(name: Any) -> str:
         raise Rejection(f"job script file name {name!r} contains a NUL byte")
     if "/" in name or name in (".", ".."):
         raise Rejection(f"job script file name {name!r} is not a plain file name (no '/', '.' or '..' allowed)")
-    if CONTROL_CHARACTER_RE.search(name):
-        raise Rejection(f"job script file name {name!r} contains a control character")
+    if any(unicodedata.category(char) in ("Cc", "Cf", "Cs") for char in name):
+        raise Rejection(f"job script file name {name!r} contains a control character (or a format character "
+                        "such as a bidi override, or a surrogate)")
     if len(name.encode("utf-8", "surrogateescape")) > MAX_FILENAME_BYTES:
         raise Rejection(f"job script file name {name[:40]!r}... is longer than {MAX_FILENAME_BYTES} bytes")
     return name
@@ -4057,7 +4082,7 @@ class SubmitPhase(PassPart):
         except SubmitUnsettled as exc:
             self.reject_unsettled(exc)
         except Rejection as exc:
-            self.reject(submission_id, str(exc))
+            self.reject(submission_id, printable(str(exc)))
         finally:
             self.downloads.release(item)
 

@@ -183,3 +183,49 @@ def test_a_pass_that_goes_well_clears_the_count(stack, config_file, email, capsy
     assert run_logged(config, capsys)[0] == 0
 
     assert stack.api.status(1) == "SUBMITTED" and failure_rows(tmp_path) == []
+
+
+# What a user wrote never reaches an admin's terminal raw, and a configuration error never echoes a line.
+
+@pytest.mark.parametrize("name", ["a\u202eb.sh", "a\x85b", "a\u200bb", "a\x9bb", "a\ud800b"])
+def test_a_file_name_with_a_control_or_format_character_is_refused(name):
+    with pytest.raises(Rejection, match="control character"):
+        jobbergate_sync.check_filename(name)
+
+
+def test_an_escape_sequence_in_an_option_reaches_neither_the_text_log_nor_the_owner_raw(stack, config_file, email,
+                                                                                        capsys):
+    stack.api.add_submission(1, {"job.sh": b"#!/bin/bash\n#SBATCH --fo\x1b[2J\x1b[31mo=1\necho hi\n"}, email=email)
+
+    assert main(["--once", "--config", config_file(), "--log-format", "text"]) == 0
+
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "--fo\\x1b[2J\\x1b[31mo" in err
+    assert stack.api.status(1) == "REJECTED"
+    assert "\x1b" not in stack.api.submissions[1]["report_message"]
+
+
+def test_a_log_line_cannot_be_forged_by_a_line_break():
+    formatter = jobbergate_sync.make_formatter("text")
+    record = jobbergate_sync.log.makeRecord("x", 20, __file__, 0, "rejecting: %s", ("a\n2026 ERROR forged\u202e",), None)
+    assert formatter.format(record).endswith("rejecting: a\\n2026 ERROR forged\\u202e")
+
+
+def test_a_configuration_syntax_error_names_the_line_never_its_content(tmp_path, capsys):
+    secret = "S3cr3t-Pasted-On-Its-Own-Line-0123456789"
+    config = tmp_path / "bad.ini"
+    config.write_text(f"[oidc]\nclient_id = c\n{secret}\n")
+    config.chmod(0o600)
+
+    assert main(["--once", "--config", str(config), "--log-format", "text"]) == jobbergate_sync.EX_CONFIG
+
+    err = capsys.readouterr().err
+    assert f"configuration file {config}: line 3:" in err and secret not in err
+
+
+def test_a_file_without_a_section_header_names_line_1_only(tmp_path):
+    config = tmp_path / "bad.ini"
+    config.write_text("client_secret = hunter2-hunter2\n")
+    with pytest.raises(jobbergate_sync.ConfigError) as refused:
+        jobbergate_sync.load_config(str(config), {})
+    assert "line 1" in str(refused.value) and "hunter2" not in str(refused.value)
