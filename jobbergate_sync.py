@@ -282,6 +282,9 @@ CONFIG_SCHEMA: dict[str, dict[str, Setting]] = {
     },
     "mapper": {
         "type": Setting("email-local-part"),
+        "domains": Setting("", help="The email domains whose addresses the email-local-part mapper maps (comma- or "
+                                    "space-separated, e.g. example.com); required by that mapper: the local part of "
+                                    "an address in any other domain names no one here."),
         "user": Setting(""),
         "map_file": Setting(""),
         "min_uid": Setting(1000, int),
@@ -535,6 +538,11 @@ def validate_config(sections: dict[str, dict[str, Any]]) -> None:
     need(mapper["type"] in MAPPER_TYPES, "mapper.type", f"must be one of {', '.join(MAPPER_TYPES)}")
     need(mapper["type"] != "single-user" or bool(mapper["user"]), "mapper.user", "required by the single-user mapper")
     need(mapper["type"] != "map-file" or bool(mapper["map_file"]), "mapper.map_file", "required by the map-file mapper")
+    need(mapper["type"] != "email-local-part" or bool(mapper_domains(mapper["domains"])), "mapper.domains",
+         "required by the email-local-part mapper: the email domains whose local part names the account "
+         "(e.g. domains = example.com); an address in any other domain is refused")
+    need(all(DOMAIN_RE.fullmatch(domain) for domain in mapper_domains(mapper["domains"])), "mapper.domains",
+         "must list domain names (letters, digits, '-' and '.'), separated by commas or spaces")
     need(mapper["min_uid"] >= 1, "mapper.min_uid", "must be at least 1: jobs never run as root")
     for where, message in ldap_settings_problems(mapper) if mapper["type"] == "ldap" else []:
         need(False, where, message)
@@ -1721,6 +1729,24 @@ class LocalUser:
 
 
 USERNAME_RE = re.compile(r"[a-z_][a-z0-9_.-]{0,31}\$?")
+# An owner email as every mapper takes it: printable ASCII without blanks, one '@' between two parts.
+EMAIL_RE = re.compile(r"[!-?A-~]+@[!-?A-~]+")
+DOMAIN_RE = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)*")
+
+
+def canonical_email(email: str) -> str:
+    """The one form of an owner email that every mapper and the LDAP cache use: ASCII, lowercased.
+    Anything else is refused, never normalised: Unicode case folding maps distinct characters onto
+    ASCII letters (the Kelvin sign onto k), which would make two identities one account."""
+    if not EMAIL_RE.fullmatch(email):
+        raise Rejection(f"owner email {email!r} is not a plain ASCII address (local-part@domain, without blanks or "
+                        "other characters); this cluster maps only such addresses to accounts")
+    return email.lower()
+
+
+def mapper_domains(text: str) -> tuple[str, ...]:
+    """[mapper] domains: the names, lowercased, in a comma- or space-separated list."""
+    return tuple(domain.lower() for domain in re.split(r"[\s,]+", text or "") if domain)
 
 
 def lookup_user(name: str) -> Optional[LocalUser]:
@@ -1732,7 +1758,8 @@ def lookup_user(name: str) -> Optional[LocalUser]:
 
 
 def read_map_file(path: str) -> dict[str, str]:
-    """Lines 'email username'; '#' starts a comment; emails compare case-insensitively."""
+    """Lines 'email username'; '#' starts a comment; emails compare in their canonical form
+    (canonical_email: ASCII, case-insensitively)."""
     mapping: dict[str, str] = {}
     try:
         with open(path, encoding="utf-8") as handle:
@@ -1745,7 +1772,11 @@ def read_map_file(path: str) -> dict[str, str]:
             continue
         if len(words) != 2 or "@" not in words[0]:
             raise ConfigError(f"[mapper] map_file {path} line {number}: expected 'email username'")
-        mapping[words[0].lower()] = words[1]
+        try:
+            mapping[canonical_email(words[0])] = words[1]
+        except Rejection:
+            raise ConfigError(f"[mapper] map_file {path} line {number}: {words[0]!r} is not a plain ASCII email "
+                              "address; non-ASCII addresses are never mapped") from None
     return mapping
 
 
@@ -1830,6 +1861,18 @@ def ldap_search_filter(template: str, email: str) -> str:
     return template.replace("{email}", ldap_filter_value(email))
 
 
+def ldap_matched_attributes(template: str) -> list[str]:
+    """The attributes the filter compares the email with, as in (mail={email}): an entry found must
+    hold the email in one of them, and they are what the cache keeps."""
+    return sorted({name.lower() for name in re.findall(r"\(([A-Za-z][A-Za-z0-9-]*)=\{email\}\)", template)})
+
+
+def ldap_matched_values(attributes: Mapping[str, Any], names: Iterable[str]) -> list[str]:
+    """The ASCII values, lowercased, of the matched attributes of an entry (canonical emails)."""
+    return sorted({value.lower() for name in names for value in ldap_attribute_values(attributes, name)
+                   if value.isascii()})
+
+
 def ldap_attribute_values(attributes: Mapping[str, Any], name: str) -> list[str]:
     """The values of attribute `name` (names compare case-insensitively), one or many, as text."""
     for key, value in attributes.items():
@@ -1907,13 +1950,23 @@ class LdapDirectory:
         self.cache: Optional[dict[str, Any]] = None
 
     def username_for(self, email: str) -> str:
-        key = email.strip().lower()
+        """The username of the one entry holding `email` (canonical_email) in an attribute the filter
+        compares it with; cached only then, with those values, so that a cached answer is one the
+        directory gave for this very address (ASCII, compared ignoring case)."""
+        key = canonical_email(email)
+        matched = ldap_matched_attributes(self.settings["ldap_filter"])
         with self.lock:
             username = self._cached(key)
             if username is None:
-                found = self._search(ldap_search_filter(self.settings["ldap_filter"], email), base_only=False)
+                found = self._search(ldap_search_filter(self.settings["ldap_filter"], key), base_only=False,
+                                     extra_attributes=matched)
                 username = username_from_entries(email, found, self.settings["ldap_attribute"])
-                self._remember(key, username)
+                values = ldap_matched_values(found[0][1], matched)
+                if matched and key not in values:
+                    raise Rejection(f"owner email {email!r}: LDAP entry {found[0][0]} matched it, but none of its "
+                                    f"{', '.join(matched)} values is that address")
+                if matched:
+                    self._remember(key, username, values)
             return username
 
     def probe(self) -> str:
@@ -1924,7 +1977,8 @@ class LdapDirectory:
         who = self.settings["ldap_bind_dn"] or "anonymous"
         return f"{self.settings['ldap_url']} ({how}), bound as {who}, base {self.settings['ldap_base_dn']} readable"
 
-    def _search(self, search_filter: str, base_only: bool) -> list[tuple[str, Mapping[str, Any]]]:
+    def _search(self, search_filter: str, base_only: bool,
+                extra_attributes: Iterable[str] = ()) -> list[tuple[str, Mapping[str, Any]]]:
         if self.down:
             raise PeerDown(f"the LDAP server is unreachable in this pass ({self.down}); not asked again")
         ldap3, settings = self.ldap3, self.settings
@@ -1932,7 +1986,7 @@ class LdapDirectory:
             connection = self.connection or self._connect()
             connection.search(settings["ldap_base_dn"], search_filter,
                               search_scope=ldap3.BASE if base_only else ldap3.SUBTREE,
-                              attributes=[settings["ldap_attribute"]], size_limit=LDAP_MATCHES_ASKED,
+                              attributes=[settings["ldap_attribute"], *extra_attributes], size_limit=LDAP_MATCHES_ASKED,
                               time_limit=whole_seconds(settings["ldap_timeout"]))
         except ldap3.core.exceptions.LDAPException as exc:
             self._drop_connection()
@@ -1987,12 +2041,12 @@ class LdapDirectory:
             self.cache = loaded if isinstance(loaded, dict) else {}
         entry = self.cache.get(key)
         if not (isinstance(entry, dict) and isinstance(entry.get("username"), str)
-                and isinstance(entry.get("at"), (int, float))):
+                and isinstance(entry.get("at"), (int, float)) and key in (entry.get("matched") or [])):
             return None
         age = self.clock() - entry["at"]
         return entry["username"] if 0 <= age < self.settings["ldap_cache_ttl"] else None
 
-    def _remember(self, key: str, username: str) -> None:
+    def _remember(self, key: str, username: str, matched: list[str]) -> None:
         """Only found usernames are kept: a 'no such user' rejects its submission for good anyway,
         and the next submission of that owner should see the directory as it is then."""
         if self.cache_path is None or self.cache is None:
@@ -2001,7 +2055,7 @@ class LdapDirectory:
         ttl = self.settings["ldap_cache_ttl"]
         self.cache = {k: v for k, v in self.cache.items()
                       if isinstance(v, dict) and isinstance(v.get("at"), (int, float)) and 0 <= now - v["at"] < ttl}
-        self.cache[key] = {"username": username, "at": now}
+        self.cache[key] = {"username": username, "at": now, "matched": matched}
         try:
             write_private_file(self.cache_path, json.dumps(self.cache, sort_keys=True).encode())
         except OSError as exc:  # a cache: the mapping stands without it
@@ -2015,6 +2069,7 @@ class UserMapper:
     def __init__(self, config: Config, lookup: Callable[[str], Optional[LocalUser]] = lookup_user,
                  ldap_cache: Optional[str] = None):
         self.kind = config.mapper.type
+        self.domains = mapper_domains(config.mapper.domains)
         self.single_user = config.mapper.user
         self.map_file = config.mapper.map_file
         self.min_uid = config.mapper.min_uid
@@ -2027,22 +2082,39 @@ class UserMapper:
             return self.single_user
         if self.directory is not None:
             return self.directory.username_for(email)
+        canonical = canonical_email(email)
         if self.kind == "email-local-part":
-            local_part = email.partition("@")[0].lower()
-            if "@" not in email or not USERNAME_RE.fullmatch(local_part):
+            local_part, _, domain = canonical.partition("@")
+            if domain not in self.domains:
+                raise Rejection(f"owner email {email!r} is not in a domain this cluster maps to its accounts "
+                                f"({', '.join(self.domains)})")
+            if not USERNAME_RE.fullmatch(local_part):
                 raise Rejection(f"owner email {email!r} has no local part usable as a user name on this cluster")
             return local_part
         if self._map is None:
             self._map = read_map_file(self.map_file)
-        username = self._map.get(email.lower())
+        username = self._map.get(canonical)
         if username is None:
             raise Rejection(f"owner email {email!r} is not in this cluster's user map")
         return username
 
+    def local_account(self, username: str) -> Optional[LocalUser]:
+        """The account a username names. The directory compares uids ignoring case, so a uid it gives
+        with capitals names the account of that name or of its lowercase form (Linux names are
+        lowercase): one of them, never two accounts it cannot tell apart."""
+        user = self.lookup(username)
+        if self.kind != "ldap" or username == username.lower():
+            return user
+        lowered = self.lookup(username.lower())
+        if user is not None and lowered is not None and user.name != lowered.name:
+            raise Rejection(f"the LDAP directory names user {username!r}, which matches two accounts here, "
+                            f"{user.name!r} and {lowered.name!r}; the directory cannot tell them apart")
+        return user or lowered
+
     def user_for(self, email: str) -> LocalUser:
         """The local account jobs of `email` run as; root and system accounts are refused."""
         username = self.username_for(email)
-        user = self.lookup(username)
+        user = self.local_account(username)
         if user is None:
             raise Rejection(f"owner email {email!r} maps to user {username!r}, which does not exist on this cluster")
         if user.uid < self.min_uid:
