@@ -1739,8 +1739,8 @@ def canonical_email(email: str) -> str:
     Anything else is refused, never normalised: Unicode case folding maps distinct characters onto
     ASCII letters (the Kelvin sign onto k), which would make two identities one account."""
     if not EMAIL_RE.fullmatch(email):
-        raise Rejection(f"owner email {email!r} is not a plain ASCII address (local-part@domain, without blanks or "
-                        "other characters); this cluster maps only such addresses to accounts")
+        raise Rejection(f"owner email {ascii(email)} is not a plain ASCII address (local-part@domain, without blanks "
+                        "or other characters); this cluster maps only such addresses to accounts")
     return email.lower()
 
 
@@ -5271,7 +5271,7 @@ def path_and_parents(path: str) -> list[str]:
     return chain
 
 
-def check_own_directory(path: str, setting: str, closed_mask: int) -> None:
+def check_own_directory(path: str, setting: str, closed_mask: int, fix: str) -> None:
     """Refuse (ConfigError naming the path) a directory another account could change: it must be this
     process's user's with none of `closed_mask`'s mode bits, and every directory above it, as named and
     as its symbolic links resolve, root's or this user's and writable by no one else, unless it is
@@ -5288,8 +5288,7 @@ def check_own_directory(path: str, setting: str, closed_mask: int) -> None:
                           "who runs jobbergate-sync: whoever owns it decides which account jobs run as; remove it "
                           "(a pass creates it)")
     if info.st_mode & closed_mask:
-        raise ConfigError(f"{setting} {path} is open to group or others (mode {stat.S_IMODE(info.st_mode):04o}); "
-                          f"chmod {0o777 & ~closed_mask:04o} it")
+        raise ConfigError(f"{setting} {path} is open to group or others (mode {stat.S_IMODE(info.st_mode):04o}); {fix}")
     parents = {parent for named in (path, os.path.realpath(path)) for parent in path_and_parents(named)[1:]}
     for parent in sorted(parents, key=len):
         info = os.stat(parent)
@@ -5311,7 +5310,7 @@ def prepare_state_dir(path: str) -> None:
         os.makedirs(path, mode=0o700, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"[run] state_dir {path}: cannot create: {exc.strerror}") from None
-    check_own_directory(path, "[run] state_dir", 0o077)
+    check_own_directory(path, "[run] state_dir", 0o077, "chmod 0700 it")
 
 
 class RunLock:
@@ -5329,7 +5328,9 @@ class RunLock:
             os.makedirs(directory, mode=0o700, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"[run] lock_file {self.path}: {exc.strerror}") from None
-        check_own_directory(directory, f"[run] lock_file {self.path}: its directory", 0o022)
+        check_own_directory(directory, f"[run] lock_file {self.path}: its directory", 0o022,
+                            "anyone there could hold the lock: use a directory of root's own, such as the default "
+                            "/run/jobbergate-sync")
         self.fd = open_private_file(self.path, os.O_RDWR | os.O_CREAT, "[run] lock_file")
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -5441,7 +5442,7 @@ def cli(context: click.Context, once: bool, config_path: str, dry_run: bool, che
     try:
         if dry_run:  # reads the state directory, when there is one, and creates nothing
             if os.path.lexists(config.run.state_dir):
-                check_own_directory(config.run.state_dir, "[run] state_dir", 0o077)
+                check_own_directory(config.run.state_dir, "[run] state_dir", 0o077, "chmod 0700 it")
             return run_once(config, dry_run=True)
         prepare_state_dir(config.run.state_dir)
         with RunLock(config.run.lock_file):
