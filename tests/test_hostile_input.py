@@ -158,6 +158,28 @@ def test_an_unexpected_failure_is_that_submissions_alone(stack, config_file, ema
     assert lines[-1]["errors"] == 1 and lines[-1]["submitted"] == 10
 
 
+def test_an_unexpected_failure_while_updating_one_submission_leaves_the_others_updated(stack, config_file, capsys,
+                                                                                        monkeypatch):
+    for submission_id, job_id in ((1, 100), (2, 200)):
+        stack.api.add_submission(submission_id, status="SUBMITTED", slurm_job_id=job_id)
+        stack.slurm.add_job(job_id, "COMPLETED")
+    real = jobbergate_sync.UpdatePhase.update_one
+
+    def update_one(self, item, jobs):
+        if item["id"] == 1:
+            raise KeyError("a bug met on this item")
+        real(self, item, jobs)
+
+    monkeypatch.setattr(jobbergate_sync.UpdatePhase, "update_one", update_one)
+
+    code, lines = run_logged(config_file(), capsys)
+
+    assert code == jobbergate_sync.EXIT_ITEMS_FAILED
+    assert stack.api.status(2) == "DONE" and stack.api.status(1) == "SUBMITTED" and stack.api.health == [90]
+    [error] = [line for line in lines if line["level"] == "ERROR"]
+    assert error["submission_id"] == 1 and "KeyError" in error["exc_info"]
+
+
 def test_a_submission_failing_unexpectedly_in_three_passes_in_a_row_is_rejected(stack, config_file, email,
                                                                                    capsys, poisoned, tmp_path):
     stack.api.add_submission(1, {"job.sh": POISON}, email=email)

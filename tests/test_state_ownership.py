@@ -98,6 +98,16 @@ def test_a_lock_directory_another_account_can_write_to_is_refused(stack, config_
     assert f"[run] lock_file {tmp_path / 'run' / 'lock'}: its directory {tmp_path / 'run'} is owned by nobody" in err
 
 
+def test_a_lock_in_a_directory_anyone_can_write_to_is_refused_even_when_sticky(stack, config_file, tmp_path, capsys):
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)  # as /tmp: anyone could create the lock there first, and hold it
+
+    err = run_refused(config_file(**{"run.lock_file": str(shared / "jobbergate-sync.lock")}), capsys)
+
+    assert f"its directory {shared} is open to group or others (mode 1777); anyone there could hold the lock" in err
+
+
 def test_a_lock_file_others_can_read_is_refused_as_they_could_hold_it(stack, config_file, tmp_path, capsys):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "lock").touch(mode=0o644)
