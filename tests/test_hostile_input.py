@@ -251,3 +251,24 @@ def test_a_file_without_a_section_header_names_line_1_only(tmp_path):
     with pytest.raises(jobbergate_sync.ConfigError) as refused:
         jobbergate_sync.load_config(str(config), {})
     assert "line 1" in str(refused.value) and "hunter2" not in str(refused.value)
+
+
+# Emails: one canonical form, and an account only for an address of a mapped domain.
+
+EMAIL_PARTS = ["alice", "Alice", "\u212aate", "al\u0130ce", "a b", "", "@", "example.com", "EXAMPLE.com",
+               "attacker.example", "\x00", "\u202e"]
+emails = st.one_of(st.text(max_size=40), st.builds("{}@{}".format, st.sampled_from(EMAIL_PARTS) | st.text(max_size=8),
+                                                   st.sampled_from(EMAIL_PARTS) | st.text(max_size=8)))
+
+
+@PROPERTY_SETTINGS
+@given(emails)
+def test_any_email_maps_only_as_its_ascii_lowercase_form_in_a_mapped_domain(email):
+    sections = {"mapper": {"type": "email-local-part", "domains": "example.com", "user": "", "map_file": "",
+                           "min_uid": 1000}}
+    mapper = jobbergate_sync.UserMapper(jobbergate_sync.Config(sections, "", None, None), lookup=lambda name: None)
+    try:
+        username = mapper.username_for(email)
+    except Rejection:
+        return
+    assert email.isascii() and email.lower() == f"{username}@example.com"
