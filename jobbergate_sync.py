@@ -3908,7 +3908,7 @@ class PassContext:
 
     def unexpected_failure(self, submission_id: int, exc: Exception,
                            reject: Optional[Callable[[int, str], None]]) -> None:
-        failure = REDACTOR.redact(f"{type(exc).__name__}: {exc}")[:300]
+        failure = printable(REDACTOR.redact(f"{type(exc).__name__}: {exc}"))[:300]  # for the owner too
         passes = self.journal.record_failure(submission_id, failure)
         self.failing[submission_id] = passes
         self.summary.count("errors")
