@@ -4,14 +4,17 @@ submission's failure alone (rejected once it has failed so in three passes in a 
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 
 import pytest
+import responses
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import jobbergate_sync
+from fakes import JWT_KEY, FakeIssuer, FakeJobbergate, FakeSlurm, run
 from jobbergate_sync import (NEWEST_API_MINOR, OLDEST_API_MINOR, OPTION_SPECS, SBATCH_COMMAND_SPECS, Rejection,
                              build_job_request, build_sbatch_request, main, parse_options)
 
@@ -109,6 +112,31 @@ def test_any_option_words_give_an_sbatch_command_or_a_rejection(words):
         build_sbatch_request(script, words[2:], "name", "/home/u", ENVIRONMENT, "tag")
     except Rejection:
         pass
+
+
+# Half the submissions of a pass carry a number or time of the kind that once ended every pass.
+poison_words = st.builds(lambda name, value, rest: [f"--{name}={value}", *rest], st.sampled_from(NUMERIC_OPTIONS + ("begin",)),
+                         st.sampled_from(["9" * 4400, "now-9999999999999days", "9" * 19, "1:" + "9" * 5000]), option_words)
+SUBMISSION_IDS = itertools.count(1)  # one journal serves every example: each submission is new to it
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.lists(option_words | poison_words, min_size=1, max_size=3))
+def test_whatever_submissions_hold_a_pass_ends_each_submitted_or_rejected(config_file, email, submissions):
+    config = config_file()  # the same file every example: config_file writes it anew
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        api = FakeJobbergate(rsps, FakeIssuer(rsps))
+        FakeSlurm(rsps, JWT_KEY)
+        ids = []
+        for words in submissions:
+            script = "#!/bin/bash\n" + "".join(f"#SBATCH {word}\n" for word in words[:2]) + "echo hi\n"
+            ids.append(next(SUBMISSION_IDS))
+            api.add_submission(ids[-1], {"job.sh": script.encode("utf-8", "surrogatepass")}, email=email,
+                               sbatch_arguments=words[2:])
+
+        assert run(config) == 0
+        assert {api.status(submission_id) for submission_id in ids} <= {"SUBMITTED", "REJECTED"}
 
 
 # A pass meeting a bug on one submission's input (stood for by a check that raises on it).
