@@ -4880,7 +4880,8 @@ SECRET_FILE_KEYS = (("oidc", "client_secret_file"), ("slurmrestd", "jwt_key_file
                     ("mapper", "ldap_password_file"))
 
 MAPPER_FIXES = {
-    "email-local-part": "create that account (useradd -m), or map the address with [mapper] type = map-file",
+    "email-local-part": "create that account (useradd -m), list the address's domain in [mapper] domains, or map "
+                        "the address with [mapper] type = map-file",
     "map-file": "add a line 'email username' for it to [mapper] map_file, naming an existing account",
     "single-user": "set [mapper] user to an existing regular account",
     "ldap": "give that address exactly one entry in the LDAP directory, whose [mapper] ldap_attribute names an "

@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
+from fakes import check_lines
 from jobbergate_sync import (
     Config,
     ConfigError,
@@ -322,3 +323,9 @@ def test_a_map_file_line_with_a_non_ascii_email_is_a_configuration_error(make, t
     path.write_text("\u212aate@example.com kate\n")
     with pytest.raises(ConfigError, match=r"line 1: '\u212aate@example.com' is not a plain ASCII email"):
         make(kind="map-file", map_file=str(path)).user_for("kate@example.com")
+
+
+def test_check_names_the_domains_setting_for_an_address_of_another_domain(stack, config_file, capsys) -> None:
+    code, lines = check_lines(capsys, config_file(), "--email", "someone@elsewhere.example")
+    status, detail = lines["user mapping of someone@elsewhere.example"]
+    assert status == "FAIL" and "is not in a domain this cluster maps" in detail and "[mapper] domains" in detail
