@@ -45,6 +45,7 @@ import tempfile
 import textwrap
 import threading
 import time
+import unicodedata
 import urllib.parse
 import warnings
 from datetime import datetime, timezone
@@ -136,7 +137,12 @@ ENV_CONFIG = "JOBBERGATE_SYNC_CONFIG"
 ENV_CRASH_AT = "JOBBERGATE_SYNC_CRASH_AT"
 
 # What the pass does with each exception; nothing else leaves a pass. Any other exception is a bug:
-# the pass ends with 70 and a traceback. Whatever ends it, its last log line is the summary.
+# inside one item's work, that item's failure (logged with its traceback, the pass goes on, and a
+# submission failing so in FAILED_PASSES_TO_REJECT passes in a row is rejected); elsewhere the
+# pass ends with 70 and a traceback. Whatever ends it, its last log line is the summary.
+
+
+FAILED_PASSES_TO_REJECT = 3
 
 
 class SyncError(Exception):
@@ -273,6 +279,7 @@ class Setting:
     maximum: Optional[float] = None
     choices: tuple[str, ...] = ()
     example: str = ""
+    example_set: bool = False  # config.example.ini sets the example value: the default configuration needs it
 
 
 MAPPER_TYPES = ("single-user", "email-local-part", "map-file", "ldap")
@@ -369,6 +376,12 @@ CONFIG_SCHEMA: dict[str, dict[str, Setting]] = {
         "type": Setting("email-local-part", choices=MAPPER_TYPES,
                         help="How a submission's owner email becomes a local user: email-local-part (alice@example.com "
                              "-> alice), single-user ([mapper] user), map-file (lines 'email username'), ldap."),
+        "domains": Setting("", example="example.com", example_set=True,
+                           help="The email domains whose addresses the email-local-part mapper maps (comma- or "
+                                "space-separated): alice@example.com -> alice, while an address in any other domain "
+                                "names no one here. Required by that mapper, the default type: the value set below is "
+                                "an example to replace. Every mapper takes plain ASCII addresses only, compared "
+                                "ignoring case."),
         "user": Setting("", example="jobs", help="The single-user mapper's account."),
         "map_file": Setting("", example="/etc/jobbergate-sync/users.map", help="The map-file mapper's file."),
         "min_uid": Setting(1000, int, minimum=1, help="Accounts with a smaller uid (root, system accounts) are refused."),
@@ -509,8 +522,10 @@ def load_config(path: str, environ: Mapping[str, str]) -> Config:
         raise ConfigError(f"configuration file {path} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"configuration file {path}: {exc.strerror}") from None
-    except (configparser.Error, UnicodeDecodeError) as exc:
-        raise ConfigError(f"configuration file {path}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"configuration file {path}: not UTF-8 text (byte {exc.start})") from None
+    except configparser.Error as exc:
+        raise config_syntax_error(path, exc) from None
 
     raw: dict[str, dict[str, str]] = {}
     for section in parser.sections():
@@ -573,6 +588,17 @@ def load_config(path: str, environ: Mapping[str, str]) -> Config:
     return Config(sections, client_secret, jwt_key, static_token, ldap_password, tuple(secret_files))
 
 
+def config_syntax_error(path: str, exc: configparser.Error) -> ConfigError:
+    """The file and line numbers of a syntax error, never the lines: one may be a secret pasted on its
+    own line, and the error is logged before any secret is known to the redactor."""
+    numbers = [number for number, _ in getattr(exc, "errors", None) or []] or [getattr(exc, "lineno", None)]
+    where = ", ".join(f"line {number}" for number in numbers if number) or "an unknown line"
+    what = ("a section or key given twice" if isinstance(exc, (configparser.DuplicateSectionError,
+                                                              configparser.DuplicateOptionError))
+            else "not a [section] header, a 'key = value' line or a comment")
+    return ConfigError(f"configuration file {path}: {where}: {what}")
+
+
 def read_slurmrestd_secret(slurm: Mapping[str, Any]) -> tuple[Optional[bytes], Optional[str]]:
     """The JWT key or the static token, from whichever of the two files is set (exactly one must be)."""
     if bool(slurm["jwt_key_file"]) == bool(slurm["token_file"]):
@@ -629,6 +655,11 @@ def validate_config(sections: dict[str, dict[str, Any]]) -> None:
     mapper = sections["mapper"]
     need(mapper["type"] != "single-user" or bool(mapper["user"]), "mapper.user", "required by the single-user mapper")
     need(mapper["type"] != "map-file" or bool(mapper["map_file"]), "mapper.map_file", "required by the map-file mapper")
+    need(mapper["type"] != "email-local-part" or bool(mapper_domains(mapper["domains"])), "mapper.domains",
+         "required by the email-local-part mapper: the email domains whose local part names the account "
+         "(e.g. domains = example.com); an address in any other domain is refused")
+    need(all(DOMAIN_RE.fullmatch(domain) for domain in mapper_domains(mapper["domains"])), "mapper.domains",
+         "must list domain names (letters, digits, '-' and '.'), separated by commas or spaces")
     for where, message in ldap_settings_problems(mapper) if mapper["type"] == "ldap" else []:
         need(False, where, message)
     for where, message in metrics_problems(sections["metrics"]):
@@ -662,7 +693,7 @@ def render_example_config() -> str:
                 setting.help, "Required." if setting.required else "", f"{bounds[0].upper()}{bounds[1:]}." if bounds else "",
             ) if part)
             lines += [f"# {line}" for line in textwrap.wrap(text, 98, break_on_hyphens=False)]
-            if setting.required:
+            if setting.required or setting.example_set:
                 lines.append(f"{key} = {setting.example}")
             elif setting.default in ("", None):
                 lines.append(f"#{key} = {setting.example}".rstrip())
@@ -709,7 +740,17 @@ class SecretRedactor(logging.Filter):
 REDACTOR = SecretRedactor()
 
 
+def printable(text: str) -> str:
+    """`text` with each control, format (bidi overrides) and surrogate character written as its
+    escape (\\x1b, \\u202e): what a user wrote never moves an admin's terminal or forges a log line."""
+    return "".join(ascii(char)[1:-1] if unicodedata.category(char) in ("Cc", "Cf", "Cs") else char for char in text)
+
+
 class TextFormatter(logging.Formatter):
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        """The line, escaped (printable); a traceback after it keeps its line breaks. JSON escapes by itself."""
+        return printable(super().formatMessage(record))
+
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         context = " ".join(f"{field}={getattr(record, field)}" for field in CONTEXT_FIELDS if hasattr(record, field))
@@ -842,8 +883,9 @@ def check_filename(name: Any) -> str:
         raise Rejection(f"job script file name {name!r} contains a NUL byte")
     if "/" in name or name in (".", ".."):
         raise Rejection(f"job script file name {name!r} is not a plain file name (no '/', '.' or '..' allowed)")
-    if CONTROL_CHARACTER_RE.search(name):
-        raise Rejection(f"job script file name {name!r} contains a control character")
+    if any(unicodedata.category(char) in ("Cc", "Cf", "Cs") for char in name):
+        raise Rejection(f"job script file name {name!r} contains a control character (or a format character "
+                        "such as a bidi override, or a surrogate)")
     if len(name.encode("utf-8", "surrogateescape")) > MAX_FILENAME_BYTES:
         raise Rejection(f"job script file name {name[:40]!r}... is longer than {MAX_FILENAME_BYTES} bytes")
     return name
@@ -965,8 +1007,13 @@ def _renamed_key(minor: int, old: str, new: str) -> str:
     return old if minor <= 38 else new
 
 
+# A number in an option: ASCII digits, at most 18 of them (any such number fits 64 bits, and int() never
+# meets Python's limit on digits, whose ValueError would not be a Rejection).
+DIGITS = "[0-9]{1,18}"
+
+
 def _positive_int(option: str, value: str) -> int:
-    if not re.fullmatch(r"\d+", value or "") or int(value) <= 0:
+    if not re.fullmatch(DIGITS, value or "") or int(value) <= 0:
         raise Rejection(f"--{option} expects a positive whole number, got {value!r}")
     return int(value)
 
@@ -976,7 +1023,7 @@ def parse_time_minutes(option: str, value: str) -> Optional[int]:
     text = (value or "").strip()
     if text.upper() in ("UNLIMITED", "INFINITE", "-1"):
         return None
-    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
+    match = re.fullmatch(rf"(?:({DIGITS})-)?({DIGITS})(?::({DIGITS}))?(?::({DIGITS}))?", text)
     if not match:
         raise Rejection(f"--{option}: {value!r} is not a Slurm time (minutes, MM:SS, HH:MM:SS, D-HH[:MM[:SS]])")
     days, first, second, third = match.groups()
@@ -997,7 +1044,7 @@ MEMORY_UNITS_KB = {"K": 1, "M": 1024, "G": 1024 ** 2, "T": 1024 ** 3}
 
 
 def parse_memory_mb(option: str, value: str) -> int:
-    match = re.fullmatch(r"(\d+)([KMGT]?)B?", (value or "").strip().upper())
+    match = re.fullmatch(rf"({DIGITS})([KMGT]?)B?", (value or "").strip().upper())
     if not match:
         raise Rejection(f"--{option}: {value!r} is not a memory size (e.g. 4000, 500M, 4G)")
     # 0 keeps its sbatch meaning (all of a node's memory); kilobytes round up as Slurm does.
@@ -1064,7 +1111,7 @@ def translate_no_requeue(value: Optional[str], minor: int) -> dict[str, Any]:
 
 
 def translate_nodes(value: Optional[str], minor: int) -> dict[str, Any]:
-    match = re.fullmatch(r"(\d+)(?:-(\d+))?", (value or "").strip())
+    match = re.fullmatch(rf"({DIGITS})(?:-({DIGITS}))?", (value or "").strip())
     if not match:
         raise Rejection(f"--nodes expects N or MIN-MAX, got {value!r}")
     low, high = int(match.group(1)), int(match.group(2) or match.group(1))
@@ -1085,7 +1132,7 @@ MAIL_TYPE_FLAGS = {
 
 
 def translate_nice(value: Optional[str], minor: int) -> dict[str, Any]:
-    if value is not None and not re.fullmatch(r"[+-]?\d+", value):
+    if value is not None and not re.fullmatch(rf"[+-]?{DIGITS}", value):
         raise Rejection(f"--nice expects a whole number, got {value!r}")
     return {"nice": int(value) if value is not None else 100}
 
@@ -1172,7 +1219,7 @@ def _delta_seconds(text: str) -> tuple[int, int]:
         if unit:
             count, index = count * unit[1], index + len(unit[0])
             break
-        if not text[index].isdigit():
+        if text[index] not in "0123456789" or digits == 18:
             raise ValueError(text)
         count, digits, index = count * 10 + int(text[index]), digits + 1, index + 1
     if not digits:
@@ -1185,7 +1232,7 @@ def parse_slurm_time(text: str, now: float) -> int:
     today, tomorrow, midnight, noon, fika, teatime, HH:MM[:SS] [AM|PM], MMDD[YY], MM/DD[/YY],
     MM.DD[.YY], YYYY-MM-DD[THH:MM[:SS]], uts<epoch>. ValueError when Slurm would refuse it."""
     if text[:3].lower() == "uts":
-        if not re.fullmatch(r"\d+", text[3:]) or int(text[3:]) < 1000000:
+        if not re.fullmatch(DIGITS, text[3:]) or int(text[3:]) < 1000000:
             raise ValueError(text)
         return int(text[3:])
     today = time.localtime(now)
@@ -1261,7 +1308,7 @@ def translate_begin(value: Optional[str], minor: int) -> dict[str, Any]:
     text = (value or "").strip()
     try:
         moment = parse_slurm_time(text, time.time())
-    except (ValueError, OverflowError):
+    except (ValueError, OverflowError, OSError):  # OSError: a time localtime() cannot represent
         raise Rejection(f"--begin: {value!r} is not a Slurm time (now[+N[seconds|minutes|hours|days|weeks]], today, "
                         "tomorrow, midnight, noon, teatime, HH:MM[:SS], MM/DD[/YY], YYYY-MM-DD[THH:MM[:SS]])") from None
     return {"begin_time": moment if minor == 39 else text}
@@ -1270,7 +1317,7 @@ def translate_begin(value: Optional[str], minor: int) -> dict[str, Any]:
 def translate_signal(value: Optional[str], minor: int) -> dict[str, Any]:
     if minor <= 38:
         return {"signal": value}
-    match = re.fullmatch(r"(?:([RB]{1,2}):)?([A-Za-z0-9]+)(?:@(\d+))?", (value or "").strip())
+    match = re.fullmatch(rf"(?:([RB]{{1,2}}):)?([A-Za-z0-9]+)(?:@({DIGITS}))?", (value or "").strip())
     if not match:
         raise Rejection(f"--signal: {value!r} is not [{{R|B}}:]SIGNAL[@SECONDS]")
     where = match.group(1) or ""
@@ -1832,6 +1879,24 @@ class LocalUser:
 
 
 USERNAME_RE = re.compile(r"[a-z_][a-z0-9_.-]{0,31}\$?")
+# An owner email as every mapper takes it: printable ASCII without blanks, one '@' between two parts.
+EMAIL_RE = re.compile(r"[!-?A-~]+@[!-?A-~]+")
+DOMAIN_RE = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)*")
+
+
+def canonical_email(email: str) -> str:
+    """The one form of an owner email that every mapper and the LDAP cache use: ASCII, lowercased.
+    Anything else is refused, never normalised: Unicode case folding maps distinct characters onto
+    ASCII letters (the Kelvin sign onto k), which would make two identities one account."""
+    if not EMAIL_RE.fullmatch(email):
+        raise Rejection(f"owner email {ascii(email)} is not a plain ASCII address (local-part@domain, without blanks "
+                        "or other characters); this cluster maps only such addresses to accounts")
+    return email.lower()
+
+
+def mapper_domains(text: str) -> tuple[str, ...]:
+    """[mapper] domains: the names, lowercased, in a comma- or space-separated list."""
+    return tuple(domain.lower() for domain in re.split(r"[\s,]+", text or "") if domain)
 
 
 def lookup_user(name: str) -> Optional[LocalUser]:
@@ -1843,7 +1908,8 @@ def lookup_user(name: str) -> Optional[LocalUser]:
 
 
 def read_map_file(path: str) -> dict[str, str]:
-    """Lines 'email username'; '#' starts a comment; emails compare case-insensitively."""
+    """Lines 'email username'; '#' starts a comment; emails compare in their canonical form
+    (canonical_email: ASCII, case-insensitively)."""
     mapping: dict[str, str] = {}
     try:
         with open(path, encoding="utf-8") as handle:
@@ -1856,7 +1922,11 @@ def read_map_file(path: str) -> dict[str, str]:
             continue
         if len(words) != 2 or "@" not in words[0]:
             raise ConfigError(f"[mapper] map_file {path} line {number}: expected 'email username'")
-        mapping[words[0].lower()] = words[1]
+        try:
+            mapping[canonical_email(words[0])] = words[1]
+        except Rejection:
+            raise ConfigError(f"[mapper] map_file {path} line {number}: {words[0]!r} is not a plain ASCII email "
+                              "address; non-ASCII addresses are never mapped") from None
     return mapping
 
 
@@ -1937,6 +2007,18 @@ def ldap_search_filter(template: str, email: str) -> str:
     return template.replace("{email}", ldap_filter_value(email))
 
 
+def ldap_matched_attributes(template: str) -> list[str]:
+    """The attributes the filter compares the email with, as in (mail={email}): an entry found must
+    hold the email in one of them, and they are what the cache keeps."""
+    return sorted({name.lower() for name in re.findall(r"\(([A-Za-z][A-Za-z0-9-]*)=\{email\}\)", template)})
+
+
+def ldap_matched_values(attributes: Mapping[str, Any], names: Iterable[str]) -> list[str]:
+    """The ASCII values, lowercased, of the matched attributes of an entry (canonical emails)."""
+    return sorted({value.lower() for name in names for value in ldap_attribute_values(attributes, name)
+                   if value.isascii()})
+
+
 def ldap_attribute_values(attributes: Mapping[str, Any], name: str) -> list[str]:
     """The values of attribute `name` (names compare case-insensitively), one or many, as text."""
     for key, value in attributes.items():
@@ -2014,13 +2096,23 @@ class LdapDirectory:
         self.cache: Optional[dict[str, Any]] = None
 
     def username_for(self, email: str) -> str:
-        key = email.strip().lower()
+        """The username of the one entry holding `email` (canonical_email) in an attribute the filter
+        compares it with; cached only then, with those values, so that a cached answer is one the
+        directory gave for this very address (ASCII, compared ignoring case)."""
+        key = canonical_email(email)
+        matched = ldap_matched_attributes(self.settings["ldap_filter"])
         with self.lock:
             username = self._cached(key)
             if username is None:
-                found = self._search(ldap_search_filter(self.settings["ldap_filter"], email), base_only=False)
+                found = self._search(ldap_search_filter(self.settings["ldap_filter"], key), base_only=False,
+                                     extra_attributes=matched)
                 username = username_from_entries(email, found, self.settings["ldap_attribute"])
-                self._remember(key, username)
+                values = ldap_matched_values(found[0][1], matched)
+                if matched and key not in values:
+                    raise Rejection(f"owner email {email!r}: LDAP entry {found[0][0]} matched it, but none of its "
+                                    f"{', '.join(matched)} values is that address")
+                if matched:
+                    self._remember(key, username, values)
             return username
 
     def probe(self) -> str:
@@ -2031,7 +2123,8 @@ class LdapDirectory:
         who = self.settings["ldap_bind_dn"] or "anonymous"
         return f"{self.settings['ldap_url']} ({how}), bound as {who}, base {self.settings['ldap_base_dn']} readable"
 
-    def _search(self, search_filter: str, base_only: bool) -> list[tuple[str, Mapping[str, Any]]]:
+    def _search(self, search_filter: str, base_only: bool,
+                extra_attributes: Iterable[str] = ()) -> list[tuple[str, Mapping[str, Any]]]:
         if self.down:
             raise PeerDown(f"the LDAP server is unreachable in this pass ({self.down}); not asked again")
         ldap3, settings = self.ldap3, self.settings
@@ -2039,7 +2132,7 @@ class LdapDirectory:
             connection = self.connection or self._connect()
             connection.search(settings["ldap_base_dn"], search_filter,
                               search_scope=ldap3.BASE if base_only else ldap3.SUBTREE,
-                              attributes=[settings["ldap_attribute"]], size_limit=LDAP_MATCHES_ASKED,
+                              attributes=[settings["ldap_attribute"], *extra_attributes], size_limit=LDAP_MATCHES_ASKED,
                               time_limit=whole_seconds(settings["ldap_timeout"]))
         except ldap3.core.exceptions.LDAPException as exc:
             self._drop_connection()
@@ -2087,19 +2180,19 @@ class LdapDirectory:
             return None
         if self.cache is None:
             try:
-                loaded = json.loads(read_text_or_empty(self.cache_path) or "{}")
+                loaded = json.loads(read_private_file(self.cache_path) or "{}")
             except ValueError:
                 log.warning("LDAP cache %s is not JSON; starting it afresh", self.cache_path)
                 loaded = {}
             self.cache = loaded if isinstance(loaded, dict) else {}
         entry = self.cache.get(key)
         if not (isinstance(entry, dict) and isinstance(entry.get("username"), str)
-                and isinstance(entry.get("at"), (int, float))):
+                and isinstance(entry.get("at"), (int, float)) and key in (entry.get("matched") or [])):
             return None
         age = self.clock() - entry["at"]
         return entry["username"] if 0 <= age < self.settings["ldap_cache_ttl"] else None
 
-    def _remember(self, key: str, username: str) -> None:
+    def _remember(self, key: str, username: str, matched: list[str]) -> None:
         """Only found usernames are kept: a 'no such user' rejects its submission for good anyway,
         and the next submission of that owner should see the directory as it is then."""
         if self.cache_path is None or self.cache is None:
@@ -2108,7 +2201,7 @@ class LdapDirectory:
         ttl = self.settings["ldap_cache_ttl"]
         self.cache = {k: v for k, v in self.cache.items()
                       if isinstance(v, dict) and isinstance(v.get("at"), (int, float)) and 0 <= now - v["at"] < ttl}
-        self.cache[key] = {"username": username, "at": now}
+        self.cache[key] = {"username": username, "at": now, "matched": matched}
         try:
             write_private_file(self.cache_path, json.dumps(self.cache, sort_keys=True).encode())
         except OSError as exc:  # a cache: the mapping stands without it
@@ -2122,6 +2215,7 @@ class UserMapper:
     def __init__(self, config: Config, lookup: Callable[[str], Optional[LocalUser]] = lookup_user,
                  ldap_cache: Optional[str] = None):
         self.kind = config.mapper.type
+        self.domains = mapper_domains(config.mapper.domains)
         self.single_user = config.mapper.user
         self.map_file = config.mapper.map_file
         self.min_uid = config.mapper.min_uid
@@ -2134,22 +2228,39 @@ class UserMapper:
             return self.single_user
         if self.directory is not None:
             return self.directory.username_for(email)
+        canonical = canonical_email(email)
         if self.kind == "email-local-part":
-            local_part = email.partition("@")[0].lower()
-            if "@" not in email or not USERNAME_RE.fullmatch(local_part):
+            local_part, _, domain = canonical.partition("@")
+            if domain not in self.domains:
+                raise Rejection(f"owner email {email!r} is not in a domain this cluster maps to its accounts "
+                                f"({', '.join(self.domains)})")
+            if not USERNAME_RE.fullmatch(local_part):
                 raise Rejection(f"owner email {email!r} has no local part usable as a user name on this cluster")
             return local_part
         if self._map is None:
             self._map = read_map_file(self.map_file)
-        username = self._map.get(email.lower())
+        username = self._map.get(canonical)
         if username is None:
             raise Rejection(f"owner email {email!r} is not in this cluster's user map")
         return username
 
+    def local_account(self, username: str) -> Optional[LocalUser]:
+        """The account a username names. The directory compares uids ignoring case, so a uid it gives
+        with capitals names the account of that name or of its lowercase form (Linux names are
+        lowercase): one of them, never two accounts it cannot tell apart."""
+        user = self.lookup(username)
+        if self.kind != "ldap" or username == username.lower():
+            return user
+        lowered = self.lookup(username.lower())
+        if user is not None and lowered is not None and user.name != lowered.name:
+            raise Rejection(f"the LDAP directory names user {username!r}, which matches two accounts here, "
+                            f"{user.name!r} and {lowered.name!r}; the directory cannot tell them apart")
+        return user or lowered
+
     def user_for(self, email: str) -> LocalUser:
         """The local account jobs of `email` run as; root and system accounts are refused."""
         username = self.username_for(email)
-        user = self.lookup(username)
+        user = self.local_account(username)
         if user is None:
             raise Rejection(f"owner email {email!r} maps to user {username!r}, which does not exist on this cluster")
         if user.uid < self.min_uid:
@@ -2293,6 +2404,38 @@ def private_replacement(path: str, data: bytes) -> Iterator[None]:
         raise
 
 
+def open_private_file(path: str, flags: int, what: str = "state file") -> int:
+    """A descriptor of `path`, opened without following a symbolic link (created 0600 with O_CREAT),
+    refused (ConfigError naming it) unless it is a regular file of this process's user that no one
+    else may read or write: the state files and the lock decide what the tool does."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(f"{what} {path} is a symbolic link; remove it (a pass creates the file)") from None
+        raise ConfigError(f"{what} {path}: {exc.strerror}") from None
+    info = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(info.st_mode):
+        problem = "is not a regular file"
+    elif info.st_uid != os.geteuid():
+        problem = f"is owned by {account_name(info.st_uid)}, not by {account_name(os.geteuid())} who runs jobbergate-sync"
+    elif info.st_mode & 0o077:
+        problem = f"is accessible by group or others (mode {stat.S_IMODE(info.st_mode):04o})"
+    if problem:
+        os.close(fd)
+        raise ConfigError(f"{what} {path} {problem}; remove it (a pass creates the file) or chown/chmod 0600 it")
+    return fd
+
+
+def read_private_file(path: Optional[str]) -> Optional[str]:
+    """The text of a state file (open_private_file), None when there is none."""
+    if not path or not os.path.lexists(path):
+        return None
+    with os.fdopen(open_private_file(path, os.O_RDONLY), "rb") as handle:
+        return handle.read().decode("utf-8", "replace")
+
+
 def write_private_file(path: str, data: bytes) -> None:
     """Atomically replace `path` with a file created 0600 from its first byte."""
     with private_replacement(path, data):
@@ -2345,15 +2488,14 @@ class OidcToken:
 
     def _cached(self) -> Optional[str]:
         try:
-            with open(self.cache_path, encoding="utf-8") as handle:
-                cached = json.load(handle)
+            cached = json.loads(read_private_file(self.cache_path) or "{}")
             if cached.get("token_url") != self.token_url or cached.get("client_id") != self.client_id:
                 return None
             if float(cached["expires_at"]) - self.margin <= time.time():
                 log.debug("cached API token expired or about to; fetching a new one")
                 return None
             token = str(cached["access_token"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None
         REDACTOR.add(token)
         log.debug("reusing the cached API token")
@@ -2761,9 +2903,8 @@ def no_job_changes(status: int, body: Any) -> bool:
 def read_states_memory(path: Optional[str]) -> Optional[dict[str, Any]]:
     """The remembered answer for update_time, None when absent or not as written."""
     try:
-        with open(path or "", encoding="utf-8") as handle:
-            memory = json.load(handle)
-    except (OSError, ValueError):
+        memory = json.loads(read_private_file(path) or "null")
+    except ValueError:
         return None
     shapes = {"url": str, "version": str, "read_at": (int, float), "since": int, "asked": list, "held": dict}
     usable = isinstance(memory, dict) and all(isinstance(memory.get(key), kind) for key, kind in shapes.items())
@@ -2898,9 +3039,8 @@ class SlurmRest:
 
     def _remembered_choice(self) -> Optional[dict[str, Any]]:
         try:
-            with open(self.choice_path or "", encoding="utf-8") as handle:
-                choice = json.load(handle)
-        except (OSError, ValueError):
+            choice = json.loads(read_private_file(self.choice_path) or "null")
+        except ValueError:
             return None
         usable = (isinstance(choice, dict) and choice.get("url") == self.base and isinstance(choice.get("slurmdbd"), bool)
                   and isinstance(choice.get("state_query"), bool)
@@ -3673,6 +3813,17 @@ JOURNAL_MIGRATIONS = {
 }
 
 
+# Submissions whose work failed unexpectedly (a bug met on their input), by passes in a row: its own
+# table, which a journal of any schema version gains without a migration (older versions ignore it).
+ITEM_FAILURES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS item_failures (
+    submission_id INTEGER PRIMARY KEY,
+    passes INTEGER NOT NULL,
+    last_failure TEXT NOT NULL,
+    last_failed_at REAL NOT NULL
+)"""
+
+
 def migrate_journal(db: sqlite3.Connection) -> None:
     """Bring a journal of any earlier version to JOURNAL_VERSION, in one transaction."""
     columns = {row[1] for row in db.execute("PRAGMA table_info(submissions)")}
@@ -3700,13 +3851,9 @@ def migrate_journal(db: sqlite3.Connection) -> None:
 
 
 def create_private_file(path: str) -> None:
-    """Create an empty file 0600 if it does not exist; refuse an existing one others can read."""
-    try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
-    except FileExistsError:
-        mode = os.stat(path).st_mode
-        if mode & 0o077:
-            raise ConfigError(f"{path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); chmod 0600 it") from None
+    """Create an empty file 0600 if it does not exist; refuse an existing one that is not private
+    (open_private_file)."""
+    os.close(open_private_file(path, os.O_WRONLY | os.O_CREAT))
 
 
 class Journal:
@@ -3724,6 +3871,7 @@ class Journal:
             self.db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
             self.db.execute("PRAGMA synchronous=FULL")
         migrate_journal(self.db)
+        self.db.execute(ITEM_FAILURES_SCHEMA)
 
     @classmethod
     def scratch_copy_of(cls, path: str) -> "Journal":
@@ -3733,6 +3881,7 @@ class Journal:
             source.backup(journal.db)
             source.close()
             migrate_journal(journal.db)
+            journal.db.execute(ITEM_FAILURES_SCHEMA)
         return journal
 
     def _execute(self, sql: str, parameters: tuple = ()) -> list[tuple]:
@@ -3771,6 +3920,21 @@ class Journal:
 
     def size(self) -> int:
         return self._execute("SELECT count(*) FROM submissions")[0][0]
+
+    def failure_counts(self) -> dict[int, int]:
+        """How many passes in a row each submission failed unexpectedly (only those that did)."""
+        return dict(self._execute("SELECT submission_id, passes FROM item_failures"))  # type: ignore[arg-type]
+
+    def record_failure(self, submission_id: int, failure: str) -> int:
+        """One more pass in a row in which the submission failed unexpectedly; how many now."""
+        self._execute(
+            "INSERT INTO item_failures (submission_id, passes, last_failure, last_failed_at) VALUES (?, 1, ?, ?) "
+            "ON CONFLICT(submission_id) DO UPDATE SET passes = passes + 1, last_failure = excluded.last_failure, "
+            "last_failed_at = excluded.last_failed_at", (submission_id, failure, time.time()))
+        return self._execute("SELECT passes FROM item_failures WHERE submission_id = ?", (submission_id,))[0][0]
+
+    def clear_failures(self, submission_id: int) -> None:
+        self._execute("DELETE FROM item_failures WHERE submission_id = ?", (submission_id,))
 
     def job_ids_of_others(self, submission_id: int) -> set[int]:
         """The Slurm jobs the journal holds for other submissions: never the job of this one."""
@@ -3851,6 +4015,7 @@ class PassContext:
         self.reported_now: set[int] = set()  # submissions this pass reported SUBMITTED (set.add is atomic)
         self.changes: Changes = DryRunChanges(self) if dry_run else LiveChanges(self)
         self.earlier = EarlierSubmit(self)
+        self.failing = journal.failure_counts()  # submissions that failed unexpectedly in the passes before
 
     def contain(self, action: Callable[[], None], what: str, submission_id: Optional[int] = None) -> None:
         """Run `action`; an outage, an item failure or an API refusal is logged and counted and the
@@ -3865,16 +4030,51 @@ class PassContext:
         except ApiConflict as exc:
             self.failed(f"{what}: the API refused a change: {exc}", submission_id)
 
-    def contain_item(self, submission_id: int, action: Callable[[], None]) -> None:
-        """Run one item's work; its failure is logged and counted, and the pass goes on."""
-        self.contain(action, f"submission {submission_id}", submission_id)
+    def contain_item(self, submission_id: int, action: Callable[[], None],
+                     reject: Optional[Callable[[int, str], None]] = None) -> None:
+        """Run one item's work; its failure is logged and counted, and the pass goes on. An unexpected
+        exception (a bug met on this item's input) is this item's failure too, logged with its
+        traceback; `reject` rejects a submission that failed so in FAILED_PASSES_TO_REJECT passes in a
+        row, so that it cannot fail every pass for ever. Only what ends the pass goes up."""
+        def settled() -> None:
+            action()
+            if self.failing.pop(submission_id, None) is not None:
+                self.journal.clear_failures(submission_id)
 
-    def for_each_item(self, items: list[dict[str, Any]], work: Callable[[dict[str, Any]], None]) -> None:
-        """Run `work` on each item, contained (contain_item), by `[run] workers` threads taking the
-        items in order; with one worker, in this thread. No item starts once the deadline has passed
-        or once an item raised what ends the pass (authentication, configuration, a bug): the items
-        under way finish, then that is raised here. What items print (a dry run's plan) comes out in
-        the items' order, each item's lines together."""
+        try:
+            self.contain(settled, f"submission {submission_id}", submission_id)
+        except (SyncError, DeadlineReached):
+            raise
+        except Exception as exc:
+            self.unexpected_failure(submission_id, exc, reject)
+
+    def unexpected_failure(self, submission_id: int, exc: Exception,
+                           reject: Optional[Callable[[int, str], None]]) -> None:
+        failure = printable(REDACTOR.redact(f"{type(exc).__name__}: {exc}"))[:300]  # for the owner too
+        passes = self.journal.record_failure(submission_id, failure)
+        self.failing[submission_id] = passes
+        self.summary.count("errors")
+        log.error("submission %d: unexpected failure (%d pass(es) in a row), left for the next pass: %s; "
+                  "please report it with this traceback", submission_id, passes, failure, exc_info=True,
+                  **ctx(submission_id=submission_id))
+        if reject is not None and passes >= FAILED_PASSES_TO_REJECT:
+            message = (f"jobbergate-sync failed on this submission in {passes} passes in a row ({failure}); it is "
+                       "rejected so that it does not hold the cluster's queue. Its administrator has the details.")
+            self.contain(lambda: self.reject_failing(submission_id, message, reject),
+                         f"submission {submission_id}: rejecting it after {passes} failed passes", submission_id)
+
+    def reject_failing(self, submission_id: int, message: str, reject: Callable[[int, str], None]) -> None:
+        reject(submission_id, message)
+        self.failing.pop(submission_id, None)
+        self.journal.clear_failures(submission_id)
+
+    def for_each_item(self, items: list[dict[str, Any]], work: Callable[[dict[str, Any]], None],
+                      reject: Optional[Callable[[int, str], None]] = None) -> None:
+        """Run `work` on each item, contained (contain_item, which `reject` is given to), by `[run]
+        workers` threads taking the items in order; with one worker, in this thread. No item starts
+        once the deadline has passed or once an item raised what ends the pass (authentication,
+        configuration): the items under way finish, then that is raised here. What items print (a
+        dry run's plan) comes out in the items' order, each item's lines together."""
         upcoming = enumerate(items)
         lock = threading.Lock()
         stops: list[BaseException] = []  # why no further item may start
@@ -3891,7 +4091,7 @@ class PassContext:
                     return
                 CURRENT_ITEM.submission_id, CURRENT_ITEM.output = item["id"], []
                 try:
-                    self.contain_item(item["id"], lambda item=item: work(item))
+                    self.contain_item(item["id"], lambda item=item: work(item), reject)
                 except BaseException as exc:  # handed to the pass's thread, which raises it
                     with lock:
                         stops.append(exc)
@@ -4084,7 +4284,7 @@ class SubmitPhase(PassPart):
                                               self.config.submit.max_file_size)) as self.downloads:
             for item in pending:
                 self.downloads.expect(item)
-            self.context.for_each_item(pending, self.submit_one)
+            self.context.for_each_item(pending, self.submit_one, self.reject)
 
     def submit_one(self, item: Mapping[str, Any]) -> None:
         submission_id = item["id"]
@@ -4096,7 +4296,7 @@ class SubmitPhase(PassPart):
         except SubmitUnsettled as exc:
             self.reject_unsettled(exc)
         except Rejection as exc:
-            self.reject(submission_id, str(exc))
+            self.reject(submission_id, printable(str(exc)))
         finally:
             self.downloads.release(item)
 
@@ -4344,6 +4544,10 @@ class LiveChanges(PassPart):
                 log.warning("forgetting a day-old unreported record of submission %d (Slurm job %s)",
                             entry.submission_id, entry.slurm_job_id, **ctx(submission_id=entry.submission_id))
                 self.journal.forget(entry.submission_id)
+        if pending_ids is not None:  # failures of submissions no longer listed are no one's concern
+            for submission_id in set(self.context.failing) - active_ids - pending_ids:
+                self.context.failing.pop(submission_id, None)
+                self.journal.clear_failures(submission_id)
 
     def ping_health(self) -> None:
         self.api.ping_health(self.config.run.interval)
@@ -4801,7 +5005,8 @@ ADMIN_PERMISSION = "jobbergate:admin"
 ADMIN_REFUSED = ("jobbergate:clusters:update",)
 
 MAPPER_FIXES = {
-    "email-local-part": "create that account (useradd -m), or map the address with [mapper] type = map-file",
+    "email-local-part": "create that account (useradd -m), list the address's domain in [mapper] domains, or map "
+                        "the address with [mapper] type = map-file",
     "map-file": "add a line 'email username' for it to [mapper] map_file, naming an existing account",
     "single-user": "set [mapper] user to an existing regular account",
     "ldap": "give that address exactly one entry in the LDAP directory, whose [mapper] ldap_attribute names an "
@@ -5116,7 +5321,8 @@ class Check:
             with tempfile.TemporaryFile(dir=state_dir):  # unnamed on Linux, gone when closed
                 pass
         except ConfigError as exc:
-            self.lines.append(failed(what, str(exc), "a pass needs it owned by root with mode 0700", EX_CONFIG))
+            self.lines.append(failed(what, str(exc), "a pass needs it owned by root with mode 0700, below directories "
+                                     "only root can write to", EX_CONFIG))
             return
         except OSError as exc:
             self.lines.append(failed(what, f"[run] state_dir {state_dir}: not writable: {exc.strerror}",
@@ -5128,8 +5334,8 @@ class Check:
         except LockHeld:
             held = "held: a pass is running"
         except ConfigError as exc:
-            self.lines.append(failed(what, str(exc), "[run] lock_file must be a file root can create and lock",
-                                     EX_CONFIG))
+            self.lines.append(failed(what, str(exc), "[run] lock_file must be a file root can create and lock, "
+                                     "in a directory only root can write to", EX_CONFIG))
             return
         self.lines.append(passed(what, f"{state_dir} (0700, writable); lock {lock_file} {held}"))
 
@@ -5181,15 +5387,54 @@ class Check:
 # ---------------------------------------------------------------------------------------------
 
 
+def path_and_parents(path: str) -> list[str]:
+    """`path` (absolute), then each directory above it up to '/'."""
+    chain = [os.path.abspath(path)]
+    while chain[-1] != os.path.dirname(chain[-1]):
+        chain.append(os.path.dirname(chain[-1]))
+    return chain
+
+
+def check_own_directory(path: str, setting: str, closed_mask: int, fix: str) -> None:
+    """Refuse (ConfigError naming the path) a directory another account could change: it must be this
+    process's user's with none of `closed_mask`'s mode bits, and every directory above it, as named and
+    as its symbolic links resolve, root's or this user's and writable by no one else, unless it is
+    sticky and root's (as /tmp is). What the state directory holds decides which account jobs run as."""
+    euid = os.geteuid()
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise ConfigError(f"{setting} {path}: {exc.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"{setting} {path} is not a directory")
+    if info.st_uid != euid:
+        raise ConfigError(f"{setting} {path} is owned by {account_name(info.st_uid)}, not by {account_name(euid)} "
+                          "who runs jobbergate-sync: whoever owns it decides which account jobs run as; remove it "
+                          "(a pass creates it)")
+    if info.st_mode & closed_mask:
+        raise ConfigError(f"{setting} {path} is open to group or others (mode {stat.S_IMODE(info.st_mode):04o}); {fix}")
+    parents = {parent for named in (path, os.path.realpath(path)) for parent in path_and_parents(named)[1:]}
+    for parent in sorted(parents, key=len):
+        info = os.stat(parent)
+        mode = stat.S_IMODE(info.st_mode)
+        if info.st_uid not in (0, euid):
+            raise ConfigError(f"{setting} {path}: the directory {parent} above it is owned by "
+                              f"{account_name(info.st_uid)}, who could replace it; use a directory whose parents "
+                              "are root's")
+        if mode & 0o022 and not (mode & stat.S_ISVTX and info.st_uid == 0):
+            raise ConfigError(f"{setting} {path}: the directory {parent} above it is writable by group or others "
+                              f"(mode {mode:04o}), who could replace it; use a directory whose parents only root "
+                              "can write to")
+
+
 def prepare_state_dir(path: str) -> None:
-    """The state directory holds the token cache and the journal: created 0700, refused if others can enter."""
+    """The state directory holds the token cache and the journal: created 0700; refused unless this
+    user's, closed to others, and below directories no one else can write to."""
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"[run] state_dir {path}: cannot create: {exc.strerror}") from None
-    mode = os.stat(path).st_mode
-    if mode & 0o077:
-        raise ConfigError(f"[run] state_dir {path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); chmod 0700 it")
+    check_own_directory(path, "[run] state_dir", 0o077, "chmod 0700 it")
 
 
 class RunLock:
@@ -5200,11 +5445,17 @@ class RunLock:
         self.fd: Optional[int] = None
 
     def __enter__(self) -> "RunLock":
+        """Whoever else could create or replace the lock file could hold it, and stop every pass: its
+        directory must be this user's and writable by no one else, and the file itself this user's."""
+        directory = os.path.dirname(os.path.abspath(self.path))
         try:
-            os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.makedirs(directory, mode=0o700, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"[run] lock_file {self.path}: {exc.strerror}") from None
+        check_own_directory(directory, f"[run] lock_file {self.path}: its directory", 0o022,
+                            "anyone there could hold the lock: use a directory of root's own, such as the default "
+                            "/run/jobbergate-sync")
+        self.fd = open_private_file(self.path, os.O_RDWR | os.O_CREAT, "[run] lock_file")
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -5313,7 +5564,9 @@ def cli(context: click.Context, once: bool, config_path: str, dry_run: bool, che
         click.echo(f"{config_path}: configuration is valid")
         return EXIT_OK
     try:
-        if dry_run:
+        if dry_run:  # reads the state directory, when there is one, and creates nothing
+            if os.path.lexists(config.run.state_dir):
+                check_own_directory(config.run.state_dir, "[run] state_dir", 0o077, "chmod 0700 it")
             return run_once(config, dry_run=True)
         prepare_state_dir(config.run.state_dir)
         with RunLock(config.run.lock_file):

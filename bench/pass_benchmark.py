@@ -67,6 +67,7 @@ jwt_key_file = {directory / 'key'}
 execution_directory = {exec_root}/{{username}}
 [mapper]
 min_uid = 1
+domains = example.com
 [run]
 state_dir = {directory / 'state'}
 lock_file = {directory / 'lock'}

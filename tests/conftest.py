@@ -54,6 +54,7 @@ def config_file(tmp_path: Path, job_user: pwd.struct_passwd, exec_root: Path, mo
             "slurmrestd.query_user": "slurm",
             "submit.execution_directory": f"{exec_root}/{{username}}",
             "mapper.min_uid": 1000 if job_user.pw_uid >= 1000 else 1,
+            "mapper.domains": "example.com",
             "run.state_dir": str(tmp_path / "state"),
             "run.lock_file": str(tmp_path / "run" / "lock"),
             "run.backoff": 0,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import pwd
 import re
@@ -219,9 +218,7 @@ def test_state_dir_not_writable(stack, config_file, tmp_path, capsys, monkeypatc
 
 def test_a_running_pass_is_not_a_failure_and_does_not_block(stack, config_file, tmp_path, capsys):
     config = config_file()
-    (tmp_path / "run").mkdir()
-    with open(tmp_path / "run" / "lock", "w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
+    with jobbergate_sync.RunLock(str(tmp_path / "run" / "lock")):  # as a running pass holds it
         code, lines, _, _ = check(capsys, config)
     assert code == 0
     assert lines["state directory and lock"][1].endswith("held: a pass is running")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import io
 import json
 import re
@@ -60,9 +59,7 @@ def test_state_dir_open_to_others_is_refused(config_file, tmp_path, capsys):
 
 def test_lock_held_exits_75_and_touches_nothing(stack, config_file, tmp_path):
     config = config_file()
-    (tmp_path / "run").mkdir()
-    with open(tmp_path / "run" / "lock", "w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
+    with jobbergate_sync.RunLock(str(tmp_path / "run" / "lock")):  # as a running pass holds it
         assert main(["--config", config]) == jobbergate_sync.EX_TEMPFAIL
     assert stack.api.calls == [] and stack.issuer.issued == []
 
@@ -73,7 +70,7 @@ def test_a_killed_lock_holder_does_not_block_the_next_run(stack, config_file, tm
     lock.parent.mkdir()
     holder = subprocess.Popen(
         [sys.executable, "-c", "import fcntl, os, sys, time\n"
-         f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)\nfcntl.flock(fd, fcntl.LOCK_EX)\n"
+         f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT, 0o600)\nfcntl.flock(fd, fcntl.LOCK_EX)\n"
          "print('locked', flush=True)\ntime.sleep(60)"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"

@@ -33,6 +33,7 @@ def minimal(tmp_path: Path) -> Dict[str, Optional[Any]]:
         "oidc.client_id": "my-cluster",
         "oidc.client_secret_file": write_secret(tmp_path / "client_secret", CLIENT_SECRET.encode() + b"\n"),
         "slurmrestd.jwt_key_file": write_secret(tmp_path / "jwt.key", JWT_KEY),
+        "mapper.domains": "example.com",  # required by the default mapper
     }
 
 
@@ -581,6 +582,7 @@ def test_validate_config_directly_on_the_defaults_plus_required() -> None:
     sections = {s: {k: v.default for k, v in keys.items()} for s, keys in jobbergate_sync.CONFIG_SCHEMA.items()}
     sections["jobbergate"]["api_url"] = "http://api"
     sections["oidc"]["issuer"] = "http://issuer"
+    sections["mapper"]["domains"] = "example.com"  # required by the default mapper
     jobbergate_sync.validate_config(sections)  # the defaults themselves are valid
     sections["mapper"]["min_uid"] = 0
     with pytest.raises(ConfigError, match=r"min_uid"):
@@ -634,9 +636,10 @@ def test_example_config_shows_the_defaults(example_environ: Dict[str, str]) -> N
     """The example says 'a key set without # shows its default': check it for the keys that have one."""
     config = load_config(str(EXAMPLE_INI), example_environ)
     for section, key in sorted(_example_keys(include_commented=False)):
-        default = jobbergate_sync.CONFIG_SCHEMA[section][key].default
-        if default is None:  # required key: no default to show
+        setting = jobbergate_sync.CONFIG_SCHEMA[section][key]
+        if setting.default is None or setting.example_set:  # an example to replace, not a default
             continue
+        default = setting.default
         assert getattr(getattr(config, section), key) == default, f"[{section}] {key}"
 
 
@@ -647,3 +650,19 @@ def test_example_config_shows_the_defaults(example_environ: Dict[str, str]) -> N
 ])
 def test_words_are_taken_in_any_case_and_kept_in_lower_case(load, overrides, section, key, expected) -> None:
     assert getattr(getattr(load(**overrides), section), key) == expected
+
+
+@pytest.mark.parametrize("domains", [None, "", " , "])
+def test_email_local_part_without_domains_is_a_configuration_error_naming_the_setting(load, domains) -> None:
+    with pytest.raises(ConfigError, match=r"\[mapper\] domains: required by the email-local-part mapper"):
+        load(mapper__domains=domains)
+
+
+def test_other_mappers_need_no_domains(load) -> None:
+    assert load(mapper__domains=None, mapper__type="single-user", mapper__user="alice").mapper.type == "single-user"
+
+
+@pytest.mark.parametrize("domains", ["example.com/x", "ex ample..com", "ex@mple.com"])
+def test_domains_must_be_domain_names(load, domains) -> None:
+    with pytest.raises(ConfigError, match=r"\[mapper\] domains: must list domain names"):
+        load(mapper__domains=domains)

@@ -153,10 +153,10 @@ def test_the_email_fills_every_placeholder_of_the_filter() -> None:
 
 def test_an_email_with_filter_syntax_matches_only_itself(directory: FakeDirectory, tmp_path: Path) -> None:
     mapper = make_mapper(tmp_path)
-    with pytest.raises(Rejection, match=r"owner email '\*' has no entry in this cluster's LDAP directory"):
-        mapper.username_for("*")
+    with pytest.raises(Rejection, match=r"owner email '\*@example.com' has no entry in this cluster's LDAP directory"):
+        mapper.username_for("*@example.com")
     with pytest.raises(Rejection, match="no entry"):
-        mapper.username_for("*)(uid=*")
+        mapper.username_for("*)(uid=*@example.com")
     assert mapper.username_for("a*b(c)@example.com") == "star"
     assert directory.searches[-1] == "(mail=a\\2ab\\28c\\29@example.com)"
 
@@ -269,7 +269,8 @@ def test_a_found_username_is_cached_for_the_ttl(directory: FakeDirectory, tmp_pa
     assert make_mapper(tmp_path, clock=lambda: now[0], ldap_cache_ttl=60).username_for("alice@example.com") == "alice"
     cache = tmp_path / "ldap-cache.json"
     assert stat.S_IMODE(cache.stat().st_mode) == 0o600
-    assert json.loads(cache.read_text()) == {"alice@example.com": {"username": "alice", "at": 1000.0}}
+    assert json.loads(cache.read_text()) == {"alice@example.com": {"username": "alice", "at": 1000.0,
+                                                                   "matched": ["alice@example.com"]}}
 
     now[0] = 1059.0  # a later pass, within the TTL: no search
     assert make_mapper(tmp_path, clock=lambda: now[0], ldap_cache_ttl=60).username_for("Alice@Example.com") == "alice"
@@ -300,6 +301,7 @@ def test_no_cache_without_a_path_or_with_ttl_zero(directory: FakeDirectory, tmp_
 
 def test_a_damaged_cache_is_started_afresh(directory: FakeDirectory, tmp_path: Path) -> None:
     (tmp_path / "ldap-cache.json").write_text("{not json")
+    (tmp_path / "ldap-cache.json").chmod(0o600)
     assert make_mapper(tmp_path).username_for("alice@example.com") == "alice"
     assert json.loads((tmp_path / "ldap-cache.json").read_text())["alice@example.com"]["username"] == "alice"
 
@@ -404,7 +406,7 @@ def test_without_the_ldap_extra_the_error_names_it(ldap_config: Callable[..., Co
                                           r"pip install 'jobbergate-sync\[ldap\]'"):
         ldap_config()
     monkeypatch.setitem(sys.modules, "ldap3", None)
-    config = ldap_config(mapper__type="email-local-part")  # only the ldap mapper needs it
+    config = ldap_config(mapper__type="email-local-part", mapper__domains="example.com")  # only ldap needs it
     assert UserMapper(config).directory is None
 
 
@@ -468,3 +470,50 @@ def test_a_pass_with_the_directory_down_leaves_the_submission_and_exits_69(
     assert stack.api.status(1) == stack.api.status(2) == "CREATED"
     assert directory.opened == 1  # the second submission did not wait for the directory again
     assert stack.slurm.submitted == []
+
+
+# ---------------------------------------------------------------------------------------------
+# One canonical email: the cache holds what the directory matched, uids compare as it compares them
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_lookalike_of_a_cached_email_is_refused_without_reaching_the_cache(directory: FakeDirectory,
+                                                                               tmp_path: Path) -> None:
+    assert make_mapper(tmp_path).username_for("alice@example.com") == "alice"  # alice's own submission, cached
+    searches = len(directory.searches)
+    for lookalike in ("a\u0301lice@example.com", "AL\u0130CE@example.com", " alice@example.com"):
+        with pytest.raises(Rejection, match="is not a plain ASCII address"):
+            make_mapper(tmp_path).username_for(lookalike)
+    assert len(directory.searches) == searches
+
+
+def test_the_kelvin_sign_never_becomes_a_k(directory: FakeDirectory, tmp_path: Path) -> None:
+    directory.entries[f"uid=kate,ou=people,{BASE}"] = {"objectClass": ["inetOrgPerson"], "uid": "kate",
+                                                        "mail": "kate@example.com", "sn": "k", "cn": "k"}
+    assert make_mapper(tmp_path).username_for("kate@example.com") == "kate"
+    with pytest.raises(Rejection, match="is not a plain ASCII address"):
+        make_mapper(tmp_path).username_for("\u212aate@example.com")
+
+
+@pytest.mark.parametrize("entry", [
+    {"username": "alice", "at": 1000.0},  # written before the cache kept what the directory matched
+    {"username": "alice", "at": 1000.0, "matched": ["alice@example.com"]},  # planted under another address
+])
+def test_a_cache_entry_not_matched_by_the_directory_for_that_address_is_not_used(directory: FakeDirectory,
+                                                                                  tmp_path: Path, entry) -> None:
+    cache = tmp_path / "ldap-cache.json"
+    cache.write_text(json.dumps({"ghost@example.com": entry}))
+    cache.chmod(0o600)
+    assert make_mapper(tmp_path).username_for("ghost@example.com") == "ghost"
+    assert directory.searches == ["(mail=ghost@example.com)"]
+
+
+def test_a_uid_with_capitals_names_the_lowercase_account(directory: FakeDirectory, tmp_path: Path) -> None:
+    directory.entries[f"uid=Alice2,ou=people,{BASE}"] = {"objectClass": ["inetOrgPerson"], "uid": "Alice2",
+                                                          "mail": "alice2@example.com", "sn": "a", "cn": "a"}
+    accounts = {**USERS, "alice2": LocalUser("alice2", 1002, 1002, "/home/alice2")}
+    config = Config(ldap_sections(), client_secret="", slurm_jwt_key=None, slurm_static_token=None, ldap_password=PASSWORD)
+    assert UserMapper(config, lookup=accounts.get).user_for("alice2@example.com") == accounts["alice2"]
+    accounts["Alice2"] = LocalUser("Alice2", 1003, 1003, "/home/Alice2")  # two accounts the directory calls one
+    with pytest.raises(Rejection, match="matches two accounts here, 'Alice2' and 'alice2'"):
+        UserMapper(config, lookup=accounts.get).user_for("alice2@example.com")

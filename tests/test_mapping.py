@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
+from fakes import check_lines
 from jobbergate_sync import (
     Config,
     ConfigError,
@@ -39,8 +40,9 @@ class FakeLookup:
         return self.users.get(name)
 
 
-def mapper_config(kind: str = "email-local-part", user: str = "", map_file: str = "", min_uid: int = 1000) -> Config:
-    sections = {"mapper": {"type": kind, "user": user, "map_file": map_file, "min_uid": min_uid}}
+def mapper_config(kind: str = "email-local-part", user: str = "", map_file: str = "", min_uid: int = 1000,
+                  domains: str = "example.com, jobbergate.local-mail") -> Config:
+    sections = {"mapper": {"type": kind, "user": user, "map_file": map_file, "min_uid": min_uid, "domains": domains}}
     return Config(sections, client_secret="", slurm_jwt_key=None, slurm_static_token=None)
 
 
@@ -121,13 +123,14 @@ def test_email_local_part_accepts_valid_user_names(make, email: str, username: s
     ],
 )
 def test_email_local_part_refuses_unusable_local_parts(make, lookup: FakeLookup, email: str) -> None:
-    with pytest.raises(Rejection, match=rf"owner email {re.escape(repr(email))} has no local part usable as a user name"):
+    with pytest.raises(Rejection, match=rf"owner email {re.escape(ascii(email))} (has no local part usable as a user "
+                                        "name|is not a plain ASCII address)"):
         make().user_for(email)
     assert lookup.calls == []  # refused before any account lookup
 
 
 def test_email_local_part_refuses_a_trailing_newline(make) -> None:
-    with pytest.raises(Rejection, match=r"has no local part usable as a user name"):
+    with pytest.raises(Rejection, match=r"is not a plain ASCII address"):
         make().username_for("alice\n@example.com")
 
 
@@ -164,7 +167,8 @@ def test_map_file(make, lookup: FakeLookup, map_file: str, email: str, username:
 
 @pytest.mark.parametrize("email", ["dave@example.com", "alice@example.org", "bob", "#@example.com"])
 def test_map_file_unknown_email_refused(make, map_file: str, email: str) -> None:
-    with pytest.raises(Rejection, match=rf"owner email {re.escape(repr(email))} is not in this cluster's user map"):
+    with pytest.raises(Rejection, match=rf"owner email {re.escape(ascii(email))} (is not in this cluster's user map|"
+                                        "is not a plain ASCII address)"):
         make(kind="map-file", map_file=map_file).user_for(email)
 
 
@@ -290,3 +294,38 @@ def test_control_characters_from_the_home_directory_refused() -> None:
 def test_del_character_in_execution_directory_refused() -> None:
     with pytest.raises(Rejection, match=r"contains a control character"):
         resolve_execution_directory("/data/a\x7fb", "/home/{username}", ALICE)
+
+
+# ---------------------------------------------------------------------------------------------
+# One canonical email for every mapper: ASCII, compared ignoring case; email-local-part's domains
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["email-local-part", "map-file"])
+@pytest.mark.parametrize("email", ["\u212aate@example.com", "bob\u0131@example.com", "bo\u0307b@example.com"])
+def test_a_non_ascii_email_is_refused_by_every_mapper(make, lookup: FakeLookup, map_file: str, kind: str,
+                                                      email: str) -> None:
+    with pytest.raises(Rejection, match=rf"owner email {re.escape(ascii(email))} is not a plain ASCII address"):
+        make(kind=kind, map_file=map_file).user_for(email)
+    assert lookup.calls == []
+
+
+@pytest.mark.parametrize("email", ["bob@attacker.example", "bob@example.com.attacker.example", "bob@sub.example.com"])
+def test_email_local_part_maps_only_its_domains(make, lookup: FakeLookup, email: str) -> None:
+    with pytest.raises(Rejection, match=r"is not in a domain this cluster maps to its accounts \(example.com, "
+                                        r"jobbergate.local-mail\)"):
+        make().user_for(email)
+    assert lookup.calls == []
+
+
+def test_a_map_file_line_with_a_non_ascii_email_is_a_configuration_error(make, tmp_path: Path) -> None:
+    path = tmp_path / "users.map"
+    path.write_text("\u212aate@example.com kate\n")
+    with pytest.raises(ConfigError, match=r"line 1: '\u212aate@example.com' is not a plain ASCII email"):
+        make(kind="map-file", map_file=str(path)).user_for("kate@example.com")
+
+
+def test_check_names_the_domains_setting_for_an_address_of_another_domain(stack, config_file, capsys) -> None:
+    code, lines = check_lines(capsys, config_file(), "--email", "someone@elsewhere.example")
+    status, detail = lines["user mapping of someone@elsewhere.example"]
+    assert status == "FAIL" and "is not in a domain this cluster maps" in detail and "[mapper] domains" in detail

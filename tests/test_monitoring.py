@@ -3,7 +3,6 @@ fail; neither ever changes a pass's exit code."""
 
 from __future__ import annotations
 
-import fcntl
 import http.server
 import json
 import os
@@ -122,9 +121,7 @@ def test_dry_run_and_a_held_lock_write_no_textfile(stack, config_file, textfile,
     config = config_file(**{"metrics.textfile": textfile})
     assert run(config, "--dry-run") == 0
     assert not textfile.exists()
-    (tmp_path / "run").mkdir()
-    with open(tmp_path / "run" / "lock", "w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
+    with jobbergate_sync.RunLock(str(tmp_path / "run" / "lock")):  # as a running pass holds it
         assert run(config) == EX_TEMPFAIL
     assert not textfile.exists()
 

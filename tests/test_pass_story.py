@@ -86,10 +86,10 @@ def test_an_unexpected_exception_is_70_with_a_traceback_and_the_summary_still_la
     stack.api.add_submission(2, status="SUBMITTED", slurm_job_id=200)
     stack.slurm.add_job(200, "RUNNING")
 
-    def broken(self, item, jobs):
+    def broken(self):  # outside any one item's work (inside one, it is that item's failure)
         raise KeyError("slurm_job_id")
 
-    monkeypatch.setattr(jobbergate_sync.UpdatePhase, "update_one", broken)
+    monkeypatch.setattr(jobbergate_sync.UpdatePhase, "run", broken)
 
     code, lines = run_logged(config_file(), capsys)
 

@@ -282,11 +282,11 @@ def test_update_passes_on_v38_read_no_job_while_nothing_changes(stack, config_fi
 LAZY_MODULES = ("jwt", "tenacity", "pythonjsonlogger", "logging.handlers")
 
 NO_OP_PASS = """
-import json, re, sys, time
+import json, os, re, sys, time
 import responses
 import jobbergate_sync
 api, config, state = sys.argv[1:4]
-with open(state + "/token.json", "w") as handle:
+with os.fdopen(os.open(state + "/token.json", os.O_WRONLY | os.O_CREAT, 0o600), "w") as handle:
     json.dump({"token_url": sys.argv[4], "client_id": sys.argv[5], "access_token": "cached-token",
                "expires_at": time.time() + 3600}, handle)
 empty = {"items": [], "pages": 0, "total": 0, "page": 1, "size": 100}

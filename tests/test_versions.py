@@ -333,6 +333,7 @@ def test_auto_looks_again_when_the_version_is_no_longer_served(stack, config_fil
     (tmp_path / "state" / "slurmrestd.json").write_text(json.dumps(
         {"url": "http://slurm.test:6820", "api_version": "v0.0.40", "slurmdbd": False, "state_query": True,
          "release": "24.11.5"}))
+    (tmp_path / "state" / "slurmrestd.json").chmod(0o600)
     slurm_of(stack, "v0.0.44")
     stack.api.add_submission(1, email=email)
     config = config_file()

@@ -79,6 +79,7 @@ class Tool:
             "slurmrestd.slurmdbd": "true",
             "slurmrestd.timeout": 5,
             "submit.execution_directory": "/home/{username}/jobbergate",
+            "mapper.domains": "example.com",
             "run.state_dir": str(directory / "state"),
             "run.lock_file": str(directory / "run" / "lock"),
             "run.backoff": 0.2,

@@ -39,6 +39,7 @@ def write_config(directory: Path) -> Path:
         "slurmrestd.url": leg.url,
         "slurmrestd.jwt_key_file": leg.jwt_key_path,
         "submit.execution_directory": "/home/{username}/jobbergate-demo",
+        "mapper.domains": "example.com",
         "run.state_dir": str(directory / "state"),
         "run.lock_file": str(directory / "state" / "lock"),
     }))
