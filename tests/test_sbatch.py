@@ -75,7 +75,12 @@ def number(family: int, value: int) -> Any:
         (r"--comment=back\\slash", [r"--comment=back\slash"]),
         ('a"b c"d', ["ab cd"]),
         ('--comment=""', ["--comment="]),
-        ('""', [""]),
+        # sbatch's get_argument gives nothing for a word with no character, and reads no further
+        ('""', []),
+        ("--job-name '' --time=5", ["--job-name"]),
+        # only ASCII whitespace separates words, as C's isspace(); an escaped tab ends the word
+        ("--comment=a\u00a0b\u2003c --time=5", ["--comment=a\u00a0b\u2003c", "--time=5"]),
+        ("--comment=a\\\tb", ["--comment=a", "b"]),
         ("--time=5 # a comment --partition=x", ["--time=5"]),
         ("--time=5 #--partition=x", ["--time=5"]),
         ("--job-name=a#b --partition=x", ["--job-name=a"]),
