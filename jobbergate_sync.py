@@ -1312,7 +1312,8 @@ def _sbatch_long_option(name: str, source: str) -> str:
     if len(candidates) == 1:
         return candidates[0]
     if candidates:
-        raise Rejection(f"option --{name} in {source} is ambiguous (--{', --'.join(candidates[:4])}...): sbatch refuses it")
+        shown = ", --".join(sorted(candidates)[:4]) + (", ..." if len(candidates) > 4 else "")
+        raise Rejection(f"option --{name} in {source} is ambiguous (--{shown}): sbatch refuses it")
     raise Rejection(f"unknown option --{name} in {source}: sbatch refuses it")
 
 

@@ -950,6 +950,26 @@ def test_parse_pending_refusals(overrides: Dict[str, Any], message: str) -> None
         parse_pending(pending_item(**overrides))
 
 
+# A name with "\n" and "\x1f" would be whole forged records in squeue's and sacct's text output.
+@pytest.mark.parametrize("name", ["a\nb", "analysis\n77\x1f0\x1fN/A\x1fRUNNING", "a\x1bb", "a\u202eb", "a\x85b",
+                                  "a\u2028b", "a\u200bb", "a\ud800b"])
+def test_parse_pending_refuses_a_name_with_a_control_character(name: str) -> None:
+    with pytest.raises(Rejection, match=r"submission 7: field 'name' contains a control character \(U\+[0-9A-F]{4}\)"):
+        parse_pending(pending_item(name=name))
+
+
+@pytest.mark.parametrize("value", ["a\u202eb", "a\x85b", "a\u2028b", "a\u2029b", "a\ufeffb"])
+def test_format_and_c1_characters_in_option_values_refused(value: str) -> None:
+    with pytest.raises(Rejection, match=r"the value of --comment in #SBATCH contains a newline, NUL or other control"):
+        build_job_request(f"#!/bin/bash\n#SBATCH --comment='{value}'\n", [], "n", WORKDIR, dict(BASE_ENV), TAG, 40)
+    with pytest.raises(Rejection, match=r"sbatch_arguments entry .* contains a newline, NUL or other control"):
+        job_of([f"--job-name={value}"], 40)
+
+
+def test_names_with_other_unicode_are_kept() -> None:
+    assert parse_pending(pending_item(name="analyse é 解析 \u00a0x")).name == "analyse é 解析 \u00a0x"
+
+
 # ---------------------------------------------------------------------------------------------
 # What each API version can carry (Slurm source, data_parser/v0.0.39 ... v0.0.44 parsers.c)
 # ---------------------------------------------------------------------------------------------

@@ -97,6 +97,92 @@ def test_control_characters_in_arguments_are_refused():
         request(arguments=("--comment=a\nb",))
 
 
+@pytest.mark.parametrize("script, arguments, named", [
+    # short options cluster as getopt clusters them, with sbatch's arities
+    ("#!/bin/bash\n", ("-vW",), "--wait"),
+    ("#!/bin/bash\n", ("-sW",), "--wait"),
+    ("#!/bin/bash\n", ("-vMother",), "--clusters"),
+    ("#!/bin/bash\n", ("-Qh",), "--help"),
+    ("#!/bin/bash\n", ("--cluster=other",), "--cluster"),
+    ("#!/bin/bash\n", ("--test",), "--test-only"),
+    ("#!/bin/bash\n", ("--usa",), "--usage"),
+    ("#!/bin/bash\n", ("--external",), "--external"),
+    ("#!/bin/bash\n", ("--autocomplete=--",), "--autocomplete"),
+    # sbatch reads '#SBATCH' with no space after it
+    ("#!/bin/bash\n#SBATCH--wait\n", (), "--wait"),
+    ("#!/bin/bash\n#SBATCH--test-only\n", (), "--test-only"),
+    ("#!/bin/bash\n#SBATCH--clusters=other\n", (), "--clusters"),
+    ("#!/bin/bash\n#SBATCH--uid=0 --export=ALL --get-user-env\n", (), "--uid"),
+    ("#!/bin/bash\n#SLURM-vW\n", (), "--wait"),
+    ("#!/bin/bash\n#SBATCH -vW\n", (), "--wait"),
+    # one argument list over the block's lines, as sbatch gathers it
+    ("#!/bin/bash\n#SBATCH -v\n#SBATCH -W\n", (), "--wait"),
+])
+def test_a_refused_option_is_refused_as_sbatch_would_read_it(script, arguments, named):
+    with pytest.raises(Rejection, match=f"{named} is not allowed"):
+        request(script, arguments)
+
+
+@pytest.mark.parametrize("script, arguments, message", [
+    ("#!/bin/bash\n#SBATCHfoo\n", (), "unexpected argument 'foo' in #SBATCH"),  # sbatch: "Invalid directive"
+    ("#!/bin/bash\n", ("--wa",), r"--wa in sbatch_arguments is ambiguous \(--wait, --wait-all-nodes"),
+    ("#!/bin/bash\n", ("--clu=x",), "ambiguous"),
+    ("#!/bin/bash\n", ("-u",), "unknown option -u"),
+    ("#!/bin/bash\n", ("-v-W",), "unknown option --"),
+    ("#!/bin/bash\n", ("--hold=1",), "--hold in sbatch_arguments takes no value"),
+    ("#!/bin/bash\n", ("--", "--wait"), "unexpected argument '--wait'"),
+    ("#!/bin/bash\n#SBATCH -t\n", (), "option -t \\(--time\\) in #SBATCH needs a value"),
+])
+def test_what_sbatch_would_refuse_is_refused_before_it_runs(script, arguments, message):
+    with pytest.raises(Rejection, match=message):
+        request(script, arguments)
+
+
+@pytest.mark.parametrize("script, arguments, directory", [
+    ("#!/bin/bash\n", ("-QD/tmp/elsewhere",), "/tmp/elsewhere"),
+    ("#!/bin/bash\n#SBATCH--chdir=/tmp/elsewhere\n", (), "/tmp/elsewhere"),
+    ("#!/bin/bash\n#SBATCH -QD sub\n", (), "/home/alice/jobs/sub"),
+    ("#!/bin/bash\n#SBATCH --ch\n#SBATCH /tmp/x\n", (), "/tmp/x"),
+    # sbatch reads nothing of a line after an empty word: the --chdir there is not the job's
+    ("#!/bin/bash\n#SBATCH -v '' --chdir=/tmp/x\n", (), "/home/alice/jobs"),
+    # only ASCII whitespace separates words: this is all one comment
+    ("#!/bin/bash\n#SBATCH --comment=x\u2003--chdir=/tmp/x\n", (), "/home/alice/jobs"),
+    # --ignore-pbs: sbatch never reads #PBS and #BSUB directives
+    ("#!/bin/bash\n#PBS -d /tmp/elsewhere\necho\n", (), "/home/alice/jobs"),
+    ("#!/bin/bash\necho\n#BSUB -cwd /tmp/elsewhere\n", (), "/home/alice/jobs"),
+])
+def test_the_journals_directory_is_the_one_sbatch_reads(script, arguments, directory):
+    made = request(script, arguments)
+    assert made.working_directory == directory
+    assert made.arguments[0] == "--ignore-pbs"
+
+
+def test_an_empty_word_ends_the_line_so_a_value_may_come_from_the_next_line():
+    """What sbatch 25.11 itself made of this block (`sbatch -v --test-only`): job-name "--output=o",
+    no --wait."""
+    made = request("#!/bin/bash\n#SBATCH --job-name \"\" --wait\n#SBATCH --output=o\necho\n")
+    assert made.name == "--output=o"
+    assert made.arguments[-2:] == ["--job-name=--output=o", f"--comment={TAG}"]
+
+
+def test_the_name_and_comment_come_from_the_same_parse_as_sbatchs():
+    made = request("#!/bin/bash\n#SBATCH -HJfrom-block\n", ("-vJ", "from-args", "--comm", "note"))
+    assert made.name == "from-args"
+    assert made.arguments == ["--ignore-pbs", "--verbose", "--job-name=from-args", "--comment=note", "--job-name=from-args",
+                              f"--comment={TAG} note"]
+
+
+@pytest.mark.parametrize("name", ["a\nb", "a\x1fb", "a\x1b[31mb", "a\u202eb", "a\x85b", "a\u2028b"])
+def test_a_job_name_with_a_control_character_is_refused(name):
+    with pytest.raises(Rejection, match=r"contains a control character \(U\+"):
+        request(name=name)
+    with pytest.raises(Rejection, match="control character"):
+        request(arguments=(f"--comment=x{name}",))
+    if "\n" not in name:  # a newline ends an #SBATCH line
+        with pytest.raises(Rejection, match="control character"):
+            request(f"#!/bin/bash\n#SBATCH --job-name='{name}'\n")
+
+
 # ---------------------------------------------------------------------------- a fake command runner
 
 class Runner:
@@ -504,6 +590,18 @@ def test_a_pass_refuses_a_forbidden_option_without_running_sbatch(stack, config_
     stack.api.add_submission(1, email=email, sbatch_arguments=["--uid=0"])
     assert run(config_file(**tools.settings())) == 0
     assert stack.api.status(1) == "REJECTED" and "--uid" in stack.api.called("rejected")[0]["report_message"]
+    assert tools.calls("sbatch") == []
+
+
+@pytest.mark.parametrize("fields, named", [
+    ({"sbatch_arguments": ["-vW"]}, "--wait is not allowed"),
+    ({"name": "analysis\n77\x1f0\x1fN/A\x1fRUNNING"}, "field 'name' contains a control character (U+000A)"),
+])
+def test_a_pass_rejects_a_hidden_refused_option_or_a_forged_name_without_running_sbatch(stack, config_file, tools, email,
+                                                                                        fields, named):
+    stack.api.add_submission(1, email=email, **fields)
+    assert run(config_file(**tools.settings())) == 0
+    assert stack.api.status(1) == "REJECTED" and named in stack.api.called("rejected")[0]["report_message"]
     assert tools.calls("sbatch") == []
 
 
