@@ -1435,8 +1435,9 @@ def sbatch_options(words: list[str], source: str) -> list[ParsedOption]:
     it in #SBATCH lines and would run it as the script on its command line."""
     options, rest = sbatch_getopt(words, source)
     if rest:
-        raise Rejection(f"unexpected argument {rest[0]!r} in {source}: only options are allowed "
-                        "(sbatch reads every line starting with '#SBATCH', with or without a space after it)")
+        why = ("sbatch refuses the script (it reads every line starting with '#SBATCH', with or without a space after it)"
+               if source == "#SBATCH" else "only options are allowed (sbatch would take it for the script)")
+        raise Rejection(f"unexpected argument {rest[0]!r} in {source}: {why}")
     return [ParsedOption(SBATCH_CHECKED_BY_LONG.get(name) or _passed_to_sbatch(name), value, source) for name, value in options]
 
 

@@ -4,11 +4,14 @@ sbatch targets are selected with ``-k sbatch``.)"""
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any, Callable
 
 import pytest
 
 import helpers
+from jobbergate_sync import build_sbatch_request
 from scenario import new_submission, status_of
 from tool import Tool
 
@@ -65,3 +68,33 @@ def test_slurmctld_stopped_exits_69_leaves_the_submission_created_then_submits_o
 
     helpers.wait_for(accounted, 60, 1, f"slurmdbd's record of job {job_id}")
     assert accounted() == [str(job_id)]  # submitted exactly once
+
+
+# Blocks and arguments that read one way to a naive parser and another to sbatch, all accepted by
+# the tool. Each runs through the leg's own sbatch with `-v --test-only`, which prints every option
+# it set and submits nothing: sbatch must have read exactly the name, comment and directory the
+# tool parsed (and put in its journal), and nothing #PBS or #BSUB lines say.
+READ_BACK_CASES = {
+    "no-space-after-sbatch": ("#!/bin/bash\n#SBATCH--job-name=nospace\n#SBATCH-vD/var\necho\n", ()),
+    "empty-word-ends-the-line": ("#!/bin/bash\n#SBATCH --job-name \"\" --chdir=/var\n#SBATCH --exclusive\necho\n", ()),
+    "pbs-and-bsub": ("#!/bin/bash\n#PBS -N pbsname\n#PBS -d /var\necho\n#BSUB -cwd /var\n", ()),
+    "short-clusters": ("#!/bin/bash\necho\n", ("-HJclustered", "-vD/var", "--comm", "'a note'")),
+    "unicode-space": ("#!/bin/bash\n#SBATCH --comment=x\u2003--chdir=/var\necho\n", ()),
+}
+
+
+@legs
+@pytest.mark.parametrize("case", sorted(READ_BACK_CASES))
+def test_sbatch_reads_exactly_the_options_the_tool_parsed(stack, leg, case):
+    if leg == "none":
+        pytest.fail(helpers.NOT_UP, pytrace=False)
+    script, arguments = READ_BACK_CASES[case]
+    made = build_sbatch_request(script, arguments, "sub-name", "/tmp", {}, "jobbergate-sync:read-back:1")
+    path = f"/tmp/jgs-read-back-{case}.sh"
+    (stack.leg(leg).root / path[1:]).write_text(script)
+    result = helpers.slurm_cli("sbatch", "-v", "--test-only", *made.arguments, path, leg=leg)
+    assert result.returncode == 0, result.stderr
+    read = dict(re.findall(r"^sbatch: ([a-z-]+) +: (.*)$", result.stderr, re.MULTILINE))
+    assert read["job-name"] == made.name and read["comment"] == made.arguments[-1].split("=", 1)[1]
+    assert os.path.join("/tmp", read.get("chdir", "")).rstrip("/") == made.working_directory
+    assert read["ignore-pbs"] == "set" and "pbsname" not in result.stderr
