@@ -708,8 +708,9 @@ def check_filename(name: Any) -> str:
         raise Rejection(f"job script file name {name!r} contains a NUL byte")
     if "/" in name or name in (".", ".."):
         raise Rejection(f"job script file name {name!r} is not a plain file name (no '/', '.' or '..' allowed)")
-    if control_character(name):
-        raise Rejection(f"job script file name {name!r} contains a control character ({control_character(name)})")
+    refused = control_character(name)
+    if refused:
+        raise Rejection(f"job script file name {name!r} contains a control character ({refused})")
     if len(name.encode("utf-8", "surrogateescape")) > MAX_FILENAME_BYTES:
         raise Rejection(f"job script file name {name[:40]!r}... is longer than {MAX_FILENAME_BYTES} bytes")
     return name
@@ -728,8 +729,9 @@ def parse_pending(item: Mapping[str, Any]) -> PendingSubmission:
         return value
 
     name = field("name", str)
-    if control_character(name):  # it becomes the job's name, which squeue and sacct print raw
-        raise Rejection(f"submission {submission_id}: field 'name' contains a control character ({control_character(name)})")
+    refused = control_character(name)
+    if refused:  # it becomes the job's name, which squeue and sacct print raw
+        raise Rejection(f"submission {submission_id}: field 'name' contains a control character ({refused})")
     owner_email = field("owner_email", str)
     execution_directory = field("execution_directory", str, required=False)
     arguments = field("sbatch_arguments", list, required=False) or []
@@ -3491,8 +3493,9 @@ PERMANENT_FILE_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ELOOP, 
 
 def resolve_execution_directory(requested: Optional[str], template: str, user: LocalUser) -> str:
     directory = requested if requested else template.format(username=user.name, home=user.home)
-    if control_character(directory):
-        raise Rejection(f"execution directory {directory!r} contains a control character ({control_character(directory)})")
+    refused = control_character(directory)
+    if refused:
+        raise Rejection(f"execution directory {directory!r} contains a control character ({refused})")
     if not directory.startswith("/"):
         raise Rejection(f"execution directory {directory!r} is not an absolute path")
     return os.path.normpath(directory)
