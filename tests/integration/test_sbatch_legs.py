@@ -9,9 +9,11 @@ import re
 from typing import Any, Callable
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import helpers
-from jobbergate_sync import build_sbatch_request
+from jobbergate_sync import Rejection, build_sbatch_request
 from scenario import new_submission, status_of
 from tool import Tool
 
@@ -83,18 +85,43 @@ READ_BACK_CASES = {
 }
 
 
-@legs
-@pytest.mark.parametrize("case", sorted(READ_BACK_CASES))
-def test_sbatch_reads_exactly_the_options_the_tool_parsed(stack, leg, case):
+def assert_sbatch_reads_what_the_tool_parsed(stack: Any, leg: str, name: str, script: str, arguments: tuple[str, ...]) -> None:
+    """The leg's sbatch, given the tool's arguments and `script`, sets the name, comment and directory
+    the tool parsed (and put in its journal), and reads no #PBS/#BSUB line."""
     if leg == "none":
         pytest.fail(helpers.NOT_UP, pytrace=False)
-    script, arguments = READ_BACK_CASES[case]
-    made = build_sbatch_request(script, arguments, "sub-name", "/tmp", {}, "jobbergate-sync:read-back:1")
-    path = f"/tmp/jgs-read-back-{case}.sh"
+    made = build_sbatch_request(script, arguments, "sub-name", "/", {}, "jobbergate-sync:read-back:1")  # sbatch runs in /
+    path = f"/tmp/jgs-read-back-{name}.sh"
     (stack.leg(leg).root / path[1:]).write_text(script)
     result = helpers.slurm_cli("sbatch", "-v", "--test-only", *made.arguments, path, leg=leg)
     assert result.returncode == 0, result.stderr
     read = dict(re.findall(r"^sbatch: ([a-z-]+) +: (.*)$", result.stderr, re.MULTILINE))
     assert read["job-name"] == made.name and read["comment"] == made.arguments[-1].split("=", 1)[1]
-    assert os.path.join("/tmp", read.get("chdir", "")).rstrip("/") == made.working_directory
+    assert os.path.normpath("/" + read.get("chdir", "/").lstrip("/")) == made.working_directory  # sbatch prefixes its cwd
     assert read["ignore-pbs"] == "set" and "pbsname" not in result.stderr
+
+
+@legs
+@pytest.mark.parametrize("case", sorted(READ_BACK_CASES))
+def test_sbatch_reads_exactly_the_options_the_tool_parsed(stack, leg, case):
+    assert_sbatch_reads_what_the_tool_parsed(stack, leg, case, *READ_BACK_CASES[case])
+
+
+# Lines made of the pieces where a reader of #SBATCH lines can go wrong: the prefix with and
+# without a space, quotes, backslashes, comments, empty words, non-ASCII spaces.
+BLOCK_PIECES = st.sampled_from(["--job-name", "=", "-J", "x", "y z", "-v", "-D", "--chdir=/var", "/tmp", "--comment",
+                                "--comm=", '"', "'", "\\", " ", "\t", "#", "\u2003", '""', "\\ ", "\r"])
+BLOCK_LINES = st.lists(st.tuples(st.sampled_from(["#SBATCH", "#SBATCH ", "#SLURM", "# ", ""]),
+                                 st.lists(BLOCK_PIECES, max_size=6).map("".join)).map("".join), min_size=1, max_size=4)
+
+
+@legs
+@settings(max_examples=100, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=BLOCK_LINES)
+def test_sbatch_reads_any_block_the_tool_accepts_as_the_tool_does(stack, leg, lines):
+    script = "#!/bin/bash\n" + "\n".join(lines) + "\necho\n"
+    try:
+        build_sbatch_request(script, (), "sub-name", "/", {}, "jobbergate-sync:read-back:1")
+    except Rejection:
+        return
+    assert_sbatch_reads_what_the_tool_parsed(stack, leg, "generated", script, ())
