@@ -136,6 +136,12 @@ def test_split_sbatch_words_unterminated_quote(text: str, quote: str) -> None:
         ("", []),
         # a shebang carrying what looks like options is skipped
         ("#!/bin/bash --time=5\n#SBATCH -p debug\n", ["-p", "debug"]),
+        # sbatch compares the first 7 (or 6) characters only: no space is needed after the prefix
+        ("#!/bin/bash\n#SBATCH--time=5\n#SLURM-p debug\n#SBATCHfoo\n", ["--time=5", "-p", "debug", "foo"]),
+        # a line whose first non-blank character is not '#' ends the block, whatever follows
+        ("#!/bin/bash\n \t#x\n\v\n#SBATCH -t 5\n\u00a0#SBATCH -p x\n#SBATCH -p y\n", ["-t", "5"]),
+        # an empty word ends its line; the next line goes on with the same argument list
+        ("#!/bin/bash\n#SBATCH -J '' -W\n#SBATCH x\n", ["-J", "x"]),
         # quoting inside the block follows split_sbatch_words
         ("#!/bin/bash\n#SBATCH --job-name='a b' --comment=\"x # y\"\n", ["--job-name=a b", "--comment=x # y"]),
     ],
@@ -144,7 +150,8 @@ def test_sbatch_block_arguments(script: str, arguments: List[str]) -> None:
     assert sbatch_block_arguments(script) == arguments
 
 
-@pytest.mark.parametrize("line", ["#SBATCH hetjob", "#SBATCH packjob", "#SBATCH HETJOB", "#SBATCH   hetjob # second"])
+@pytest.mark.parametrize("line", ["#SBATCH hetjob", "#SBATCH packjob", "#SBATCH HETJOB", "#SBATCH   hetjob # second",
+                                  "#SBATCHhetjob", "#SBATCH -n 1 hetjob"])
 def test_hetjob_separator_refused(line: str) -> None:
     script = f"#!/bin/bash\n#SBATCH -n 1\n{line}\n#SBATCH -n 2\nsrun x\n"
     with pytest.raises(Rejection, match=r"heterogeneous jobs \(#SBATCH hetjob\) are not supported"):
