@@ -1315,8 +1315,8 @@ def _sbatch_long_option(name: str, source: str) -> str:
         return candidates[0]
     if candidates:
         shown = ", --".join(sorted(candidates)[:4]) + (", ..." if len(candidates) > 4 else "")
-        raise Rejection(f"option --{name} in {source} is ambiguous (--{shown}): sbatch refuses it")
-    raise Rejection(f"unknown option --{name} in {source}: sbatch refuses it")
+        raise Rejection(f"option {'--' + name!r} in {source} is ambiguous (--{shown}): sbatch refuses it")
+    raise Rejection(f"unknown option {'--' + name!r} in {source}: sbatch refuses it")
 
 
 def sbatch_getopt(words: list[str], source: str) -> tuple[list[tuple[str, Optional[str]]], list[str]]:
@@ -1352,7 +1352,7 @@ def sbatch_getopt(words: list[str], source: str) -> tuple[list[tuple[str, Option
             letter = word[position]
             position += 1
             if letter not in SBATCH_SHORT_OPTIONS:
-                raise Rejection(f"unknown option -{letter} in {source} (in {word!r}): sbatch refuses it")
+                raise Rejection(f"unknown option {'-' + letter!r} in {source} (in {word!r}): sbatch refuses it")
             option = SBATCH_SHORT_OPTIONS[letter]
             kind = SBATCH_LONG_OPTIONS[option]
             if kind == "none":

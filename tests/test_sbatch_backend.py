@@ -125,10 +125,11 @@ def test_a_refused_option_is_refused_as_sbatch_would_read_it(script, arguments, 
 
 @pytest.mark.parametrize("script, arguments, message", [
     ("#!/bin/bash\n#SBATCHfoo\n", (), "unexpected argument 'foo' in #SBATCH"),  # sbatch: "Invalid directive"
-    ("#!/bin/bash\n", ("--wa",), r"--wa in sbatch_arguments is ambiguous \(--wait, --wait-all-nodes"),
+    ("#!/bin/bash\n", ("--wa",), r"'--wa' in sbatch_arguments is ambiguous \(--wait, --wait-all-nodes"),
     ("#!/bin/bash\n", ("--clu=x",), "ambiguous"),
-    ("#!/bin/bash\n", ("-u",), "unknown option -u"),
-    ("#!/bin/bash\n", ("-v-W",), "unknown option --"),
+    ("#!/bin/bash\n", ("-u",), "unknown option '-u'"),
+    ("#!/bin/bash\n", ("-v-W",), "unknown option '--'"),
+    ("#!/bin/bash\n#SBATCH --\x1b[31m\n", (), r"unknown option '--\\x1b\[31m'"),  # never raw in a log
     ("#!/bin/bash\n", ("--hold=1",), "--hold in sbatch_arguments takes no value"),
     ("#!/bin/bash\n", ("--", "--wait"), "unexpected argument '--wait'"),
     ("#!/bin/bash\n#SBATCH -t\n", (), "option -t \\(--time\\) in #SBATCH needs a value"),
