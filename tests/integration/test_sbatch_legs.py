@@ -92,8 +92,12 @@ def assert_sbatch_reads_what_the_tool_parsed(stack: Any, leg: str, name: str, sc
         pytest.fail(helpers.NOT_UP, pytrace=False)
     made = build_sbatch_request(script, arguments, "sub-name", "/", {}, "jobbergate-sync:read-back:1")  # sbatch runs in /
     path = f"/tmp/jgs-read-back-{name}.sh"
-    (stack.leg(leg).root / path[1:]).write_text(script)
-    result = helpers.slurm_cli("sbatch", "-v", "--test-only", *made.arguments, path, leg=leg)
+    script_file = stack.leg(leg).root / path[1:]
+    script_file.write_text(script)
+    try:
+        result = helpers.slurm_cli("sbatch", "-v", "--test-only", *made.arguments, path, leg=leg)
+    finally:
+        script_file.unlink()
     assert result.returncode == 0, result.stderr
     read = dict(re.findall(r"^sbatch: ([a-z-]+) +: (.*)$", result.stderr, re.MULTILINE))
     assert read["job-name"] == made.name and read["comment"] == made.arguments[-1].split("=", 1)[1]
