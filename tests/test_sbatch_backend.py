@@ -117,6 +117,8 @@ def test_control_characters_in_arguments_are_refused():
     ("#!/bin/bash\n#SBATCH -vW\n", (), "--wait"),
     # one argument list over the block's lines, as sbatch gathers it
     ("#!/bin/bash\n#SBATCH -v\n#SBATCH -W\n", (), "--wait"),
+    ("#!/bin/bash\n#SBATCH--export=all\n", (), "--export=ALL"),
+    ("#!/bin/bash\n#SBATCH --export\n#SBATCH FOO=1,ALL\n", (), "--export=ALL"),
 ])
 def test_a_refused_option_is_refused_as_sbatch_would_read_it(script, arguments, named):
     with pytest.raises(Rejection, match=f"{named} is not allowed"):
