@@ -741,9 +741,11 @@ REDACTOR = SecretRedactor()
 
 
 def printable(text: str) -> str:
-    """`text` with each control, format (bidi overrides) and surrogate character written as its
-    escape (\\x1b, \\u202e): what a user wrote never moves an admin's terminal or forges a log line."""
-    return "".join(ascii(char)[1:-1] if unicodedata.category(char) in ("Cc", "Cf", "Cs") else char for char in text)
+    """`text` with each refused character (REFUSED_CHARACTER_CATEGORIES: controls, bidi overrides,
+    surrogates, line separators) written as its escape (\\x1b, \\u202e): what a user wrote never moves
+    an admin's terminal or forges a log line."""
+    return "".join(ascii(char)[1:-1] if unicodedata.category(char) in REFUSED_CHARACTER_CATEGORIES else char
+                   for char in text)
 
 
 class TextFormatter(logging.Formatter):
@@ -872,7 +874,18 @@ class PendingSubmission:
 
 
 MAX_FILENAME_BYTES = 255
-CONTROL_CHARACTER_RE = re.compile(r"[\x00-\x1f\x7f]")  # refused in file names, directories and option values
+# Refused in every text that becomes a job field, a file name or a directory: C0 and C1 controls (Cc),
+# invisible format characters such as U+202E (Cf), lone surrogates (Cs), and the line and paragraph
+# separators (Zl, Zp), on which the squeue/sacct text fallbacks (str.splitlines) would split a record.
+REFUSED_CHARACTER_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def control_character(text: str) -> Optional[str]:
+    """The first refused character of `text`, as U+XXXX, or None."""
+    for character in text:
+        if unicodedata.category(character) in REFUSED_CHARACTER_CATEGORIES:
+            return f"U+{ord(character):04X}"
+    return None
 
 
 def check_filename(name: Any) -> str:
@@ -883,9 +896,9 @@ def check_filename(name: Any) -> str:
         raise Rejection(f"job script file name {name!r} contains a NUL byte")
     if "/" in name or name in (".", ".."):
         raise Rejection(f"job script file name {name!r} is not a plain file name (no '/', '.' or '..' allowed)")
-    if any(unicodedata.category(char) in ("Cc", "Cf", "Cs") for char in name):
-        raise Rejection(f"job script file name {name!r} contains a control character (or a format character "
-                        "such as a bidi override, or a surrogate)")
+    refused = control_character(name)
+    if refused:
+        raise Rejection(f"job script file name {name!r} contains a control character ({refused})")
     if len(name.encode("utf-8", "surrogateescape")) > MAX_FILENAME_BYTES:
         raise Rejection(f"job script file name {name[:40]!r}... is longer than {MAX_FILENAME_BYTES} bytes")
     return name
@@ -904,6 +917,9 @@ def parse_pending(item: Mapping[str, Any]) -> PendingSubmission:
         return value
 
     name = field("name", str)
+    refused = control_character(name)
+    if refused:  # it becomes the job's name, which squeue and sacct print raw
+        raise Rejection(f"submission {submission_id}: field 'name' contains a control character ({refused})")
     owner_email = field("owner_email", str)
     execution_directory = field("execution_directory", str, required=False)
     arguments = field("sbatch_arguments", list, required=False) or []
@@ -933,62 +949,79 @@ def parse_pending(item: Mapping[str, Any]) -> PendingSubmission:
 # ---------------------------------------------------------------------------------------------
 
 
-def split_sbatch_words(text: str) -> list[str]:
-    """Split the text after '#SBATCH' as sbatch does: whitespace separates, quotes group,
-    a backslash escapes the next character, an unquoted '#' starts a comment."""
-    words: list[str] = []
-    current: list[str] = []
-    in_word = escaped = False
+C_WHITESPACE = " \t\n\v\f\r"  # isspace() in sbatch's C locale: no other character separates words
+HETJOB_WORD_RE = re.compile(r"(?:hetjob|packjob)(?=[ \t\n\v\f\r]|\Z)", re.IGNORECASE | re.ASCII)
+
+
+def _sbatch_word(text: str, position: int) -> tuple[Optional[str], int]:
+    """One word from `position`, exactly as sbatch's get_argument (src/sbatch/opt.c) reads it, and
+    where it ends: None when it holds no character (an empty "" or '', or a '#' comment)."""
+    characters: list[str] = []
+    has_word = escaped = False
     quote = ""
-    for ch in text:
+    while position < len(text) and (quote or text[position] not in C_WHITESPACE):
+        character = text[position]
         if escaped:
-            current.append(ch)
             escaped = False
-        elif ch == "\\":
-            escaped = in_word = True
-        elif quote:
-            if ch == quote:
-                quote = ""
+        elif character == "\\":
+            position += 1
+            if text.startswith(" ", position):  # an escaped space is kept; any other escaped character is read as itself
+                characters.append(" ")
+                has_word, position = True, position + 1
             else:
-                current.append(ch)
-        elif ch in "\"'":
-            quote, in_word = ch, True
-        elif ch == "#":
+                escaped = True
+            continue
+        elif quote:
+            if character == quote:
+                quote, position = "", position + 1
+                continue
+        elif character in "\"'":
+            quote, position = character, position + 1
+            continue
+        elif character == "#":
             break
-        elif ch.isspace():
-            if in_word:
-                words.append("".join(current))
-                current, in_word = [], False
-        else:
-            current.append(ch)
-            in_word = True
+        characters.append(character)
+        has_word, position = True, position + 1
     if quote:
         raise Rejection(f"unterminated {quote} quote in {text.strip()!r}")
-    if in_word:
-        words.append("".join(current))
-    return words
+    return ("".join(characters) if has_word else None), position
 
 
-SBATCH_LINE_RE = re.compile(r"^#(SBATCH|SLURM)(\s|$)")
+def split_sbatch_words(text: str) -> list[str]:
+    """Split the text after '#SBATCH' exactly as sbatch does: ASCII whitespace separates, quotes
+    group, a backslash takes the next character as it is, an unquoted '#' starts a comment, and a
+    word with no character in it ("" or '') ends the line: sbatch reads nothing after it."""
+    words: list[str] = []
+    position = 0
+    while True:
+        while position < len(text) and text[position] in C_WHITESPACE:
+            position += 1
+        if HETJOB_WORD_RE.match(text, position):  # sbatch ends the job's options at such a word
+            raise Rejection("heterogeneous jobs (#SBATCH hetjob) are not supported")
+        if text.startswith(":", position):
+            raise Rejection(f"a word starting with ':' in {text.strip()!r}: sbatch refuses it")
+        word, position = _sbatch_word(text, position)
+        if word is None:
+            return words
+        words.append(word)
+
+
+SBATCH_PREFIXES = ("#SBATCH", "#SLURM")
 
 
 def sbatch_block_arguments(script: str) -> list[str]:
-    """The arguments of the leading #SBATCH block: it ends at the first line that is neither
-    blank nor a comment, exactly where sbatch stops reading."""
+    """The arguments of the script's #SBATCH block, read as sbatch reads them (_opt_batch_script):
+    every line starting '#SBATCH' or '#SLURM', with or without a space after it, up to the first
+    line that is neither blank nor a comment. sbatch gathers the words of all these lines into one
+    argument list."""
     arguments: list[str] = []
     # sbatch reads lines ending in "\n" only; str.splitlines() would also split on \r, \v, \x1c...
-    for number, line in enumerate(script.split("\n")):
-        if number == 0 and line.startswith("#!"):
-            continue
-        stripped = line.strip()
-        if stripped and not stripped.startswith("#"):
+    for line in script.split("\n"):
+        prefix = next((prefix for prefix in SBATCH_PREFIXES if line.startswith(prefix)), None)
+        if prefix:
+            arguments.extend(split_sbatch_words(line[len(prefix):]))
+        elif line.lstrip(C_WHITESPACE)[:1] not in ("", "#"):
             break
-        match = SBATCH_LINE_RE.match(line)
-        if match:
-            words = split_sbatch_words(line[match.end(1):])
-            if words and words[0].lower() in ("hetjob", "packjob"):
-                raise Rejection("heterogeneous jobs (#SBATCH hetjob) are not supported")
-            arguments.extend(words)
     return arguments
 
 
@@ -1424,14 +1457,108 @@ SBATCH_COMMAND_SPECS: tuple[OptionSpec, ...] = (
     OptionSpec("test-only", None, "none", refuse("--test-only is not allowed: it submits nothing")),
     OptionSpec("clusters", "M", "required", refuse(
         "--clusters is not allowed: the job runs on this cluster, where the agent follows it")),
+    OptionSpec("cluster", None, "required", refuse(
+        "--cluster is not allowed: the job runs on this cluster, where the agent follows it")),
+    OptionSpec("external", None, "none", refuse("--external is not allowed: it runs no job script")),
     OptionSpec("help", "h", "none", refuse("--help is not allowed: it submits nothing")),
-    OptionSpec("usage", "u", "none", refuse("--usage is not allowed: it submits nothing")),
+    OptionSpec("usage", None, "none", refuse("--usage is not allowed: it submits nothing")),
     OptionSpec("version", "V", "none", refuse("--version is not allowed: it submits nothing")),
+    OptionSpec("autocomplete", None, "required", refuse("--autocomplete is not allowed: it submits nothing")),
 )
 SBATCH_CHECKED_OPTIONS = ("uid", "gid", "export-file", "get-user-env", "wrap", "export",
                           *(spec.name for spec in SBATCH_COMMAND_SPECS))
 SBATCH_CHECKED_BY_LONG = {**OPTIONS_BY_LONG, **{spec.name: spec for spec in SBATCH_COMMAND_SPECS}}
-SBATCH_CHECKED_BY_SHORT = {**OPTIONS_BY_SHORT, **{spec.short: spec for spec in SBATCH_COMMAND_SPECS if spec.short}}
+
+# sbatch's getopt_long table (src/common/slurm_opt.c): every long option of sbatch 22.05 ... 25.11
+# and Slurm's development head, by what it takes. --requeue (25.11 on) and --get-user-env (up to
+# 24.11) may carry a value on some releases and take none on others: either way getopt never
+# gives them the next word. Checked against each release's own sbatch (tests/test_sbatch_getopt.py).
+SBATCH_LONG_OPTIONS: dict[str, str] = {name: kind for kind, names in (
+    ("required", "account acctg-freq array autocomplete batch bb bbf begin chdir cluster cluster-constraint clusters comment "
+                 "constraint container container-id context core-spec cores-per-socket cpu-freq cpus-per-gpu cpus-per-task "
+                 "deadline delay-boot dependency distribution error exclude export export-file extra extra-node-info gid "
+                 "gpu-bind gpu-freq gpus gpus-per-node gpus-per-socket gpus-per-task gres gres-flags hint input job-name "
+                 "kill-on-invalid-dep licenses mail-type mail-user mcs-label mem mem-bind mem-per-cpu mem-per-gpu mem-update "
+                 "mincpus network nodefile nodelist nodes ntasks ntasks-per-core ntasks-per-gpu ntasks-per-node "
+                 "ntasks-per-socket ntasks-per-tres open-mode output partition power prefer priority profile qos reservation "
+                 "resources runtime segment signal sockets-per-node switches tasks-per-node thread-spec threads-per-core time "
+                 "time-min tmp tres-bind tres-per-task uid wait-all-nodes wckey wrap"),
+    ("none", "consolidate-segments contiguous external help hold ignore-pbs no-requeue overcommit oversubscribe parsable "
+             "quiet reboot spread-job spread-segments stepmgr test-only usage use-min-nodes verbose version wait"),
+    ("optional", "exclusive get-user-env nice no-kill oom-kill-step propagate requeue resv-ports"),
+) for name in names.split()}
+# sbatch's short options (its getopt string "+A:B:C:D:F:G:HJ:L:M:N:OQS:VWa:b:c:d:e:hi:k::m:n:o:p:q:st:vw:x:"),
+# each the same as its long option.
+SBATCH_SHORT_OPTIONS: dict[str, str] = {
+    "A": "account", "B": "extra-node-info", "C": "constraint", "D": "chdir", "F": "nodefile", "G": "gpus", "H": "hold",
+    "J": "job-name", "L": "licenses", "M": "clusters", "N": "nodes", "O": "overcommit", "Q": "quiet", "S": "core-spec",
+    "V": "version", "W": "wait", "a": "array", "b": "begin", "c": "cpus-per-task", "d": "dependency", "e": "error",
+    "h": "help", "i": "input", "k": "no-kill", "m": "distribution", "n": "ntasks", "o": "output", "p": "partition",
+    "q": "qos", "s": "oversubscribe", "t": "time", "v": "verbose", "w": "nodelist", "x": "exclude",
+}
+
+
+def _sbatch_long_option(name: str, source: str) -> str:
+    """The option getopt_long takes `name` for: itself, else the one option it begins (sbatch's
+    table gives every option its own value, so two or more is ambiguous)."""
+    if name in SBATCH_LONG_OPTIONS:
+        return name
+    candidates = [option for option in SBATCH_LONG_OPTIONS if option.startswith(name)]
+    if len(candidates) == 1:
+        return candidates[0]
+    if candidates:
+        shown = ", --".join(sorted(candidates)[:4]) + (", ..." if len(candidates) > 4 else "")
+        raise Rejection(f"option {'--' + name!r} in {source} is ambiguous (--{shown}): sbatch refuses it")
+    raise Rejection(f"unknown option {'--' + name!r} in {source}: sbatch refuses it")
+
+
+def sbatch_getopt(words: list[str], source: str) -> tuple[list[tuple[str, Optional[str]]], list[str]]:
+    """What sbatch's glibc getopt_long makes of `words`: the options in order, as (long name, value)
+    pairs, and the words after them (options end at the first word that is not one, and after
+    "--"). Short options cluster (-vW is --verbose --wait; -vMother is --verbose --clusters=other);
+    a required value is the rest of the word, else the next word whatever it is; an optional one
+    only the rest of the word or what follows '='. What getopt reports as an error is a Rejection."""
+    options: list[tuple[str, Optional[str]]] = []
+    index = 0
+    while index < len(words):
+        word = words[index]
+        index += 1
+        if word == "--":
+            break
+        if not word.startswith("-") or word == "-":
+            index -= 1
+            break
+        if word.startswith("--"):
+            name, equals, value = word[2:].partition("=")
+            option = _sbatch_long_option(name, source)
+            kind = SBATCH_LONG_OPTIONS[option]
+            if kind == "none" and equals:
+                raise Rejection(f"option --{option} in {source} takes no value: sbatch refuses it")
+            if kind == "required" and not equals:
+                if index == len(words):
+                    raise Rejection(f"option --{option} in {source} needs a value")
+                value, index = words[index], index + 1
+            options.append((option, value if equals or kind == "required" else None))
+            continue
+        position = 1
+        while position < len(word):
+            letter = word[position]
+            position += 1
+            if letter not in SBATCH_SHORT_OPTIONS:
+                raise Rejection(f"unknown option {'-' + letter!r} in {source} (in {word!r}): sbatch refuses it")
+            option = SBATCH_SHORT_OPTIONS[letter]
+            kind = SBATCH_LONG_OPTIONS[option]
+            if kind == "none":
+                options.append((option, None))
+                continue
+            value: Optional[str] = word[position:] or None
+            if value is None and kind == "required":
+                if index == len(words):
+                    raise Rejection(f"option -{letter} (--{option}) in {source} needs a value")
+                value, index = words[index], index + 1
+            options.append((option, value))
+            break
+    return options, words[index:]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1441,11 +1568,11 @@ class ParsedOption:
     source: str  # "#SBATCH" or "sbatch_arguments"
 
 
-def _find_long_option(name: str, source: str, table: Mapping[str, OptionSpec] = OPTIONS_BY_LONG) -> OptionSpec:
+def _find_long_option(name: str, source: str) -> OptionSpec:
     """Exact long name, else a unique prefix (sbatch uses getopt_long, which accepts one)."""
-    if name in table:
-        return table[name]
-    candidates = [spec for long_name, spec in table.items() if long_name.startswith(name)]
+    if name in OPTIONS_BY_LONG:
+        return OPTIONS_BY_LONG[name]
+    candidates = [spec for long_name, spec in OPTIONS_BY_LONG.items() if long_name.startswith(name)]
     if len(candidates) == 1 and name:
         return candidates[0]
     raise Rejection(f"unsupported option --{name} in {source}: this cluster cannot translate it for slurmrestd")
@@ -1456,14 +1583,9 @@ def _passed_to_sbatch(name: str) -> OptionSpec:
     return OptionSpec(name, None, "optional", refuse(f"--{name} cannot be translated for slurmrestd"))
 
 
-def parse_options(words: list[str], source: str, for_sbatch: bool = False) -> list[ParsedOption]:
-    """getopt_long-style parsing of sbatch options: --opt=value, --opt value, -o value, -ovalue.
-    `for_sbatch`: the words go to sbatch itself, which judges the options this tool does not know
-    (they are returned with their attached value). Their values must then be attached (--opt=value,
-    -Xvalue) on the command line, where a loose word would become sbatch's script file; in #SBATCH
-    lines sbatch reads each line on its own, so a loose word there is an unknown option's value."""
-    long_table = SBATCH_CHECKED_BY_LONG if for_sbatch else OPTIONS_BY_LONG
-    short_table = SBATCH_CHECKED_BY_SHORT if for_sbatch else OPTIONS_BY_SHORT
+def parse_options(words: list[str], source: str) -> list[ParsedOption]:
+    """getopt_long-style parsing of the options this tool translates for slurmrestd: --opt=value,
+    --opt value, -o value, -ovalue."""
     parsed: list[ParsedOption] = []
     index = 0
     while index < len(words):
@@ -1471,16 +1593,7 @@ def parse_options(words: list[str], source: str, for_sbatch: bool = False) -> li
         index += 1
         if word.startswith("--"):
             name, equals, value = word[2:].partition("=")
-            try:
-                spec = _find_long_option(name, source, long_table)
-            except Rejection:
-                if not for_sbatch or not name:
-                    raise
-                meant = sorted(checked for checked in SBATCH_CHECKED_OPTIONS if checked.startswith(name))
-                if meant:  # getopt_long would take an abbreviation: never let one hide a refused option
-                    raise Rejection(f"option --{name} in {source} may abbreviate --{', --'.join(meant)}; "
-                                    "write the option out") from None
-                spec = _passed_to_sbatch(name)
+            spec = _find_long_option(name, source)
             if spec.arg == "none" and equals:
                 raise Rejection(f"option --{spec.name} takes no value (in {source})")
             if spec.arg == "required" and not equals:
@@ -1489,7 +1602,7 @@ def parse_options(words: list[str], source: str, for_sbatch: bool = False) -> li
                 value, index = words[index], index + 1
             parsed.append(ParsedOption(spec, value if (equals or spec.arg == "required") else None, source))
         elif word.startswith("-") and len(word) > 1:
-            spec = short_table.get(word[1]) or (_passed_to_sbatch(word[1]) if for_sbatch else None)
+            spec = OPTIONS_BY_SHORT.get(word[1])
             if spec is None:
                 raise Rejection(f"unsupported option {word[:2]} in {source}: this cluster cannot translate it for slurmrestd")
             value = word[2:] or None
@@ -1500,16 +1613,32 @@ def parse_options(words: list[str], source: str, for_sbatch: bool = False) -> li
             elif spec.arg == "none" and value is not None:
                 raise Rejection(f"option -{spec.short} takes no value (in {source})")
             parsed.append(ParsedOption(spec, value, source))
-        elif not (for_sbatch and source == "#SBATCH"):
-            hint = (": give the value of an option this tool does not know attached, as --option=value"
-                    if for_sbatch else ": only options are allowed")
-            raise Rejection(f"unexpected argument {word!r} in {source}{hint}")
+        else:
+            raise Rejection(f"unexpected argument {word!r} in {source}: only options are allowed")
     return parsed
 
 
 def check_option_value(option: ParsedOption) -> None:
-    if option.value is not None and CONTROL_CHARACTER_RE.search(option.value):
-        raise Rejection(f"the value of --{option.spec.name} in {option.source} contains a newline, NUL or other control character")
+    refused = control_character(option.value or "")
+    if refused:
+        raise Rejection(f"the value of --{option.spec.name} in {option.source} contains a newline, NUL or other "
+                        f"control character ({refused})")
+
+
+def sbatch_options(words: list[str], source: str) -> list[ParsedOption]:
+    """The options sbatch reads from `words`; a word left after them is refused, as sbatch refuses
+    it in #SBATCH lines and would run it as the script on its command line."""
+    options, rest = sbatch_getopt(words, source)
+    if rest:
+        why = ("sbatch refuses the script (it reads every line starting with '#SBATCH', with or without a space after it)"
+               if source == "#SBATCH" else "only options are allowed (sbatch would take it for the script)")
+        raise Rejection(f"unexpected argument {rest[0]!r} in {source}: {why}")
+    return [ParsedOption(SBATCH_CHECKED_BY_LONG.get(name) or _passed_to_sbatch(name), value, source) for name, value in options]
+
+
+def canonical_sbatch_word(option: ParsedOption) -> str:
+    """One --option or --option=value word, which sbatch reads back as exactly that option and value."""
+    return f"--{option.spec.name}" if option.value is None else f"--{option.spec.name}={option.value}"
 
 
 def api_minor(api_version: str) -> int:
@@ -1641,33 +1770,38 @@ def sbatch_argument_words(sbatch_arguments: Iterable[str]) -> list[str]:
     """One word list, as on a command line: ["--nodes", "2"] and ["--nodes 2"] mean the same."""
     words: list[str] = []
     for argument in sbatch_arguments:
-        if CONTROL_CHARACTER_RE.search(argument):
-            raise Rejection(f"sbatch_arguments entry {argument!r} contains a newline, NUL or other control character")
+        refused = control_character(argument)
+        if refused:
+            raise Rejection(f"sbatch_arguments entry {argument!r} contains a newline, NUL or other control character ({refused})")
         words += split_sbatch_words(argument)
     return words
 
 
 def build_sbatch_request(script: str, sbatch_arguments: Iterable[str], default_name: str, directory: str,
                          environment: dict[str, str], tag: str) -> SbatchRequest:
-    """The sbatch command of a submission: the #SBATCH block stays in the script and
-    sbatch_arguments go on the command line, for sbatch to judge by its own rules. This tool only
+    """The sbatch command of a submission. sbatch reads the script's #SBATCH block itself, the way
+    sbatch_block_arguments reads it here; sbatch_arguments are parsed as sbatch's getopt_long parses
+    them and handed to sbatch re-written from that parse, one --option[=value] word each, never as
+    the user wrote them. --ignore-pbs keeps sbatch from reading #PBS and #BSUB lines. This tool
     refuses, by name, the options a job may not carry (as on the slurmrestd path, and those that
     change what sbatch itself does), and sets the job name and the comment led by the tag, last, as
-    the options give them."""
-    argument_words = sbatch_argument_words(sbatch_arguments)
-    options = parse_options(sbatch_block_arguments(script), "#SBATCH", for_sbatch=True)
-    options += parse_options(argument_words, "sbatch_arguments", for_sbatch=True)
+    the options give them; the job's name and directory in the journal come from the same parse."""
+    block = sbatch_options(sbatch_block_arguments(script), "#SBATCH")
+    given = sbatch_options(sbatch_argument_words(sbatch_arguments), "sbatch_arguments")
     last: dict[str, Optional[str]] = {}
-    for option in options:
+    for option in block + given:
         check_option_value(option)
         if option.spec.name in SBATCH_CHECKED_OPTIONS:
             option.spec.translate(option.value, NEWEST_API_MINOR)  # a refusal, or --export's checks
         last[option.spec.name] = option.value
     name = last.get("job-name") or default_name
+    refused = control_character(name)
+    if refused:
+        raise Rejection(f"the job name {name!r} contains a control character ({refused})")
     comment = tagged_comment(tag, last.get("comment"))
     working_directory = os.path.normpath(os.path.join(directory, last.get("chdir") or directory))
-    return SbatchRequest(name, directory, working_directory, [*argument_words, f"--job-name={name}", f"--comment={comment}"],
-                         environment, script)
+    arguments = ["--ignore-pbs", *map(canonical_sbatch_word, given), f"--job-name={name}", f"--comment={comment}"]
+    return SbatchRequest(name, directory, working_directory, arguments, environment, script)
 
 
 def check_script(script_bytes: bytes, filename: str) -> str:
@@ -3525,7 +3659,7 @@ class SlurmCommands:
         failure = command_failure(result)
         if isinstance(failure, Unavailable):
             raise failure
-        given = [word for word in request.arguments if not word.startswith(("--job-name=", "--comment="))]
+        given = [word for word in request.arguments if not word.startswith(("--ignore-pbs", "--job-name=", "--comment="))]
         raise Rejection(f"sbatch refused the job: {result.message()}"
                         + (f" (sbatch_arguments: {shlex.join(given)})" if given else ""))
 
@@ -3637,8 +3771,9 @@ PERMANENT_FILE_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ELOOP, 
 
 def resolve_execution_directory(requested: Optional[str], template: str, user: LocalUser) -> str:
     directory = requested if requested else template.format(username=user.name, home=user.home)
-    if CONTROL_CHARACTER_RE.search(directory):
-        raise Rejection(f"execution directory {directory!r} contains a control character")
+    refused = control_character(directory)
+    if refused:
+        raise Rejection(f"execution directory {directory!r} contains a control character ({refused})")
     if not directory.startswith("/"):
         raise Rejection(f"execution directory {directory!r} is not an absolute path")
     return os.path.normpath(directory)

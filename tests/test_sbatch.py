@@ -75,7 +75,12 @@ def number(family: int, value: int) -> Any:
         (r"--comment=back\\slash", [r"--comment=back\slash"]),
         ('a"b c"d', ["ab cd"]),
         ('--comment=""', ["--comment="]),
-        ('""', [""]),
+        # sbatch's get_argument gives nothing for a word with no character, and reads no further
+        ('""', []),
+        ("--job-name '' --time=5", ["--job-name"]),
+        # only ASCII whitespace separates words, as C's isspace(); an escaped tab ends the word
+        ("--comment=a\u00a0b\u2003c --time=5", ["--comment=a\u00a0b\u2003c", "--time=5"]),
+        ("--comment=a\\\tb", ["--comment=a", "b"]),
         ("--time=5 # a comment --partition=x", ["--time=5"]),
         ("--time=5 #--partition=x", ["--time=5"]),
         ("--job-name=a#b --partition=x", ["--job-name=a"]),
@@ -131,6 +136,12 @@ def test_split_sbatch_words_unterminated_quote(text: str, quote: str) -> None:
         ("", []),
         # a shebang carrying what looks like options is skipped
         ("#!/bin/bash --time=5\n#SBATCH -p debug\n", ["-p", "debug"]),
+        # sbatch compares the first 7 (or 6) characters only: no space is needed after the prefix
+        ("#!/bin/bash\n#SBATCH--time=5\n#SLURM-p debug\n#SBATCHfoo\n", ["--time=5", "-p", "debug", "foo"]),
+        # a line whose first non-blank character is not '#' ends the block, whatever follows
+        ("#!/bin/bash\n \t#x\n\v\n#SBATCH -t 5\n\u00a0#SBATCH -p x\n#SBATCH -p y\n", ["-t", "5"]),
+        # an empty word ends its line; the next line goes on with the same argument list
+        ("#!/bin/bash\n#SBATCH -J '' -W\n#SBATCH x\n", ["-J", "x"]),
         # quoting inside the block follows split_sbatch_words
         ("#!/bin/bash\n#SBATCH --job-name='a b' --comment=\"x # y\"\n", ["--job-name=a b", "--comment=x # y"]),
     ],
@@ -139,7 +150,8 @@ def test_sbatch_block_arguments(script: str, arguments: List[str]) -> None:
     assert sbatch_block_arguments(script) == arguments
 
 
-@pytest.mark.parametrize("line", ["#SBATCH hetjob", "#SBATCH packjob", "#SBATCH HETJOB", "#SBATCH   hetjob # second"])
+@pytest.mark.parametrize("line", ["#SBATCH hetjob", "#SBATCH packjob", "#SBATCH HETJOB", "#SBATCH   hetjob # second",
+                                  "#SBATCHhetjob", "#SBATCH -n 1 hetjob"])
 def test_hetjob_separator_refused(line: str) -> None:
     script = f"#!/bin/bash\n#SBATCH -n 1\n{line}\n#SBATCH -n 2\nsrun x\n"
     with pytest.raises(Rejection, match=r"heterogeneous jobs \(#SBATCH hetjob\) are not supported"):
@@ -943,6 +955,26 @@ def test_parse_pending_optional_fields_may_be_null() -> None:
 def test_parse_pending_refusals(overrides: Dict[str, Any], message: str) -> None:
     with pytest.raises(Rejection, match=message):
         parse_pending(pending_item(**overrides))
+
+
+# A name with "\n" and "\x1f" would be whole forged records in squeue's and sacct's text output.
+@pytest.mark.parametrize("name", ["a\nb", "analysis\n77\x1f0\x1fN/A\x1fRUNNING", "a\x1bb", "a\u202eb", "a\x85b",
+                                  "a\u2028b", "a\u200bb", "a\ud800b"])
+def test_parse_pending_refuses_a_name_with_a_control_character(name: str) -> None:
+    with pytest.raises(Rejection, match=r"submission 7: field 'name' contains a control character \(U\+[0-9A-F]{4}\)"):
+        parse_pending(pending_item(name=name))
+
+
+@pytest.mark.parametrize("value", ["a\u202eb", "a\x85b", "a\u2028b", "a\u2029b", "a\ufeffb"])
+def test_format_and_c1_characters_in_option_values_refused(value: str) -> None:
+    with pytest.raises(Rejection, match=r"the value of --comment in #SBATCH contains a newline, NUL or other control"):
+        build_job_request(f"#!/bin/bash\n#SBATCH --comment='{value}'\n", [], "n", WORKDIR, dict(BASE_ENV), TAG, 40)
+    with pytest.raises(Rejection, match=r"sbatch_arguments entry .* contains a newline, NUL or other control"):
+        job_of([f"--job-name={value}"], 40)
+
+
+def test_names_with_other_unicode_are_kept() -> None:
+    assert parse_pending(pending_item(name="analyse é 解析 \u00a0x")).name == "analyse é 解析 \u00a0x"
 
 
 # ---------------------------------------------------------------------------------------------

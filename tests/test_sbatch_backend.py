@@ -49,9 +49,10 @@ def request(script: str = "#!/bin/bash\ntrue\n", arguments: tuple[str, ...] = ()
 
 # ------------------------------------------------------------------------------ the sbatch command
 
-def test_arguments_go_to_sbatch_as_given_then_the_name_and_the_tagged_comment():
-    made = request("#!/bin/bash\n#SBATCH --time=5 --spread-job\necho\n", ("--nodes 2", "--exclusive"))
-    assert made.arguments == ["--nodes", "2", "--exclusive", "--job-name=sub-name", f"--comment={TAG}"]
+def test_arguments_go_to_sbatch_rewritten_from_the_parse_then_the_name_and_the_tagged_comment():
+    made = request("#!/bin/bash\n#SBATCH --time=5 --spread-job\necho\n", ("--nodes 2", "--exclusive", "-HJx", "--part", "debug"))
+    assert made.arguments == ["--ignore-pbs", "--nodes=2", "--exclusive", "--hold", "--job-name=x", "--partition=debug",
+                              "--job-name=x", f"--comment={TAG}"]
     assert made.script.startswith("#!/bin/bash\n#SBATCH --time=5")  # sbatch reads the block itself
     assert made.environment == ENVIRONMENT and made.directory == "/home/alice/jobs"
 
@@ -84,7 +85,7 @@ def test_working_directory_follows_chdir_relative_to_the_execution_directory():
     ("#!/bin/bash\n", ("-W",), "--wait"),
     ("#!/bin/bash\n", ("-M", "other"), "--clusters"),
     ("#!/bin/bash\n", ("--test-only",), "--test-only"),
-    ("#!/bin/bash\n#SBATCH --some-option --uid=0\n", (), "--uid"),  # even where it might be a value
+    ("#!/bin/bash\n#SBATCH --spread-job --uid=0\n", (), "--uid"),
 ])
 def test_forbidden_options_are_refused_by_name_before_sbatch_runs(script, arguments, named):
     with pytest.raises(Rejection) as refused:
@@ -92,17 +93,106 @@ def test_forbidden_options_are_refused_by_name_before_sbatch_runs(script, argume
     assert named in str(refused.value)
 
 
-def test_an_unknown_option_is_left_to_sbatch_but_its_value_must_be_attached_on_the_command_line():
-    assert request(arguments=("--spread-job", "--gres-flags=enforce-binding")).arguments[:2] == [
+def test_an_option_this_tool_does_not_translate_is_left_to_sbatch_with_its_value_attached():
+    assert request(arguments=("--spread-job", "--gres-flags", "enforce-binding")).arguments[1:3] == [
         "--spread-job", "--gres-flags=enforce-binding"]
-    request("#!/bin/bash\n#SBATCH --gres-flags enforce-binding\n")  # sbatch reads a directive line on its own
-    with pytest.raises(Rejection, match="'enforce-binding' in sbatch_arguments: give the value .* attached"):
-        request(arguments=("--gres-flags", "enforce-binding"))  # sbatch would run a file of that name
+    request("#!/bin/bash\n#SBATCH --gres-flags\n#SBATCH enforce-binding\n")  # one argument list over the lines
+    with pytest.raises(Rejection, match="unexpected argument 'enforce-binding' in sbatch_arguments"):
+        request(arguments=("--exclusive", "enforce-binding"))  # sbatch would run a file of that name
 
 
 def test_control_characters_in_arguments_are_refused():
     with pytest.raises(Rejection, match="control character"):
         request(arguments=("--comment=a\nb",))
+
+
+@pytest.mark.parametrize("script, arguments, named", [
+    # short options cluster as getopt clusters them, with sbatch's arities
+    ("#!/bin/bash\n", ("-vW",), "--wait"),
+    ("#!/bin/bash\n", ("-sW",), "--wait"),
+    ("#!/bin/bash\n", ("-vMother",), "--clusters"),
+    ("#!/bin/bash\n", ("-Qh",), "--help"),
+    ("#!/bin/bash\n", ("--cluster=other",), "--cluster"),
+    ("#!/bin/bash\n", ("--test",), "--test-only"),
+    ("#!/bin/bash\n", ("--usa",), "--usage"),
+    ("#!/bin/bash\n", ("--external",), "--external"),
+    ("#!/bin/bash\n", ("--autocomplete=--",), "--autocomplete"),
+    # sbatch reads '#SBATCH' with no space after it
+    ("#!/bin/bash\n#SBATCH--wait\n", (), "--wait"),
+    ("#!/bin/bash\n#SBATCH--test-only\n", (), "--test-only"),
+    ("#!/bin/bash\n#SBATCH--clusters=other\n", (), "--clusters"),
+    ("#!/bin/bash\n#SBATCH--uid=0 --export=ALL --get-user-env\n", (), "--uid"),
+    ("#!/bin/bash\n#SLURM-vW\n", (), "--wait"),
+    ("#!/bin/bash\n#SBATCH -vW\n", (), "--wait"),
+    # one argument list over the block's lines, as sbatch gathers it
+    ("#!/bin/bash\n#SBATCH -v\n#SBATCH -W\n", (), "--wait"),
+    ("#!/bin/bash\n#SBATCH--export=all\n", (), "--export=ALL"),
+    ("#!/bin/bash\n#SBATCH --export\n#SBATCH FOO=1,ALL\n", (), "--export=ALL"),
+])
+def test_a_refused_option_is_refused_as_sbatch_would_read_it(script, arguments, named):
+    with pytest.raises(Rejection, match=f"{named} is not allowed"):
+        request(script, arguments)
+
+
+@pytest.mark.parametrize("script, arguments, message", [
+    ("#!/bin/bash\n#SBATCHfoo\n", (), "unexpected argument 'foo' in #SBATCH"),  # sbatch: "Invalid directive"
+    ("#!/bin/bash\n", ("--wa",), r"'--wa' in sbatch_arguments is ambiguous \(--wait, --wait-all-nodes"),
+    ("#!/bin/bash\n", ("--clu=x",), "ambiguous"),
+    ("#!/bin/bash\n", ("-u",), "unknown option '-u'"),
+    ("#!/bin/bash\n", ("-v-W",), "unknown option '--'"),
+    ("#!/bin/bash\n#SBATCH --\x1b[31m\n", (), r"unknown option '--\\x1b\[31m'"),  # never raw in a log
+    ("#!/bin/bash\n", ("--hold=1",), "--hold in sbatch_arguments takes no value"),
+    ("#!/bin/bash\n", ("--", "--wait"), "unexpected argument '--wait'"),
+    ("#!/bin/bash\n#SBATCH -t\n", (), "option -t \\(--time\\) in #SBATCH needs a value"),
+])
+def test_what_sbatch_would_refuse_is_refused_before_it_runs(script, arguments, message):
+    with pytest.raises(Rejection, match=message):
+        request(script, arguments)
+
+
+@pytest.mark.parametrize("script, arguments, directory", [
+    ("#!/bin/bash\n", ("-QD/tmp/elsewhere",), "/tmp/elsewhere"),
+    ("#!/bin/bash\n#SBATCH--chdir=/tmp/elsewhere\n", (), "/tmp/elsewhere"),
+    ("#!/bin/bash\n#SBATCH -QD sub\n", (), "/home/alice/jobs/sub"),
+    ("#!/bin/bash\n#SBATCH --ch\n#SBATCH /tmp/x\n", (), "/tmp/x"),
+    # sbatch reads nothing of a line after an empty word: the --chdir there is not the job's
+    ("#!/bin/bash\n#SBATCH -v '' --chdir=/tmp/x\n", (), "/home/alice/jobs"),
+    # only ASCII whitespace separates words: this is all one comment
+    ("#!/bin/bash\n#SBATCH --comment=x\u2003--chdir=/tmp/x\n", (), "/home/alice/jobs"),
+    # --ignore-pbs: sbatch never reads #PBS and #BSUB directives
+    ("#!/bin/bash\n#PBS -d /tmp/elsewhere\necho\n", (), "/home/alice/jobs"),
+    ("#!/bin/bash\necho\n#BSUB -cwd /tmp/elsewhere\n", (), "/home/alice/jobs"),
+])
+def test_the_journals_directory_is_the_one_sbatch_reads(script, arguments, directory):
+    made = request(script, arguments)
+    assert made.working_directory == directory
+    assert made.arguments[0] == "--ignore-pbs"
+
+
+def test_an_empty_word_ends_the_line_so_a_value_may_come_from_the_next_line():
+    """What sbatch 25.11 itself made of this block (`sbatch -v --test-only`): job-name "--output=o",
+    no --wait."""
+    made = request("#!/bin/bash\n#SBATCH --job-name \"\" --wait\n#SBATCH --output=o\necho\n")
+    assert made.name == "--output=o"
+    assert made.arguments[-2:] == ["--job-name=--output=o", f"--comment={TAG}"]
+
+
+def test_the_name_and_comment_come_from_the_same_parse_as_sbatchs():
+    made = request("#!/bin/bash\n#SBATCH -HJfrom-block\n", ("-vJ", "from-args", "--comm", "note"))
+    assert made.name == "from-args"
+    assert made.arguments == ["--ignore-pbs", "--verbose", "--job-name=from-args", "--comment=note", "--job-name=from-args",
+                              f"--comment={TAG} note"]
+
+
+@pytest.mark.parametrize("name", ["a\nb", "a\x1fb", "a\x1b[31mb", "a\u202eb", "a\x85b", "a\u2028b"])
+def test_a_job_name_with_a_control_character_is_refused(name):
+    with pytest.raises(Rejection, match=r"contains a control character \(U\+"):
+        request(name=name)
+    with pytest.raises(Rejection, match="control character"):
+        request(arguments=(f"--comment=x{name}",))
+    if "\n" not in name:  # a newline ends an #SBATCH line
+        with pytest.raises(Rejection, match="control character"):
+            request(f"#!/bin/bash\n#SBATCH --job-name='{name}'\n")
 
 
 # ---------------------------------------------------------------------------- a fake command runner
@@ -149,7 +239,8 @@ def test_submit_runs_sbatch_parsable_as_the_user_in_the_directory_with_the_scrip
     made = request(arguments=("--time=5",))
     assert slurm.submit(made, "alice") == 1
     [call] = runner.calls
-    assert call["argv"] == ["/usr/bin/sbatch", "--parsable", "--time=5", "--job-name=sub-name", f"--comment={TAG}"]
+    assert call["argv"] == ["/usr/bin/sbatch", "--parsable", "--ignore-pbs", "--time=5", "--job-name=sub-name",
+                            f"--comment={TAG}"]
     assert call["user"] == ALICE and call["directory"] == "/home/alice/jobs"
     assert call["environment"] == ENVIRONMENT and call["stdin"] == made.script
     assert call["timeout"] == 30.0
@@ -482,7 +573,8 @@ def test_a_pass_submits_through_sbatch_as_the_user_and_reports(stack, config_fil
 
     [sbatch] = tools.calls("sbatch")
     directory = str(exec_root / job_user.pw_name)
-    assert sbatch["argv"] == ["--parsable", "--nodes=1", "--job-name=my-sub", "--comment=jobbergate-sync:test-cluster:1"]
+    assert sbatch["argv"] == ["--parsable", "--ignore-pbs", "--nodes=1", "--job-name=my-sub",
+                              "--comment=jobbergate-sync:test-cluster:1"]
     assert sbatch["uid"] == job_user.pw_uid and sbatch["gid"] == job_user.pw_gid
     assert sbatch["groups"] == sorted(set(os.getgrouplist(job_user.pw_name, job_user.pw_gid)))
     assert sbatch["cwd"] == directory and sbatch["stdin"] == script.decode()
@@ -513,6 +605,18 @@ def test_a_pass_refuses_a_forbidden_option_without_running_sbatch(stack, config_
     assert tools.calls("sbatch") == []
 
 
+@pytest.mark.parametrize("fields, named", [
+    ({"sbatch_arguments": ["-vW"]}, "--wait is not allowed"),
+    ({"name": "analysis\n77\x1f0\x1fN/A\x1fRUNNING"}, "field 'name' contains a control character (U+000A)"),
+])
+def test_a_pass_rejects_a_hidden_refused_option_or_a_forged_name_without_running_sbatch(stack, config_file, tools, email,
+                                                                                        fields, named):
+    stack.api.add_submission(1, email=email, **fields)
+    assert run(config_file(**tools.settings())) == 0
+    assert stack.api.status(1) == "REJECTED" and named in stack.api.called("rejected")[0]["report_message"]
+    assert tools.calls("sbatch") == []
+
+
 def test_a_pass_with_slurmctld_down_exits_69_and_leaves_the_submission_created(stack, config_file, tools, email):
     stack.api.add_submission(1, email=email)
     tools.answer(sbatch=recorded("24.11", "down_sbatch"))
@@ -532,7 +636,7 @@ def test_dry_run_prints_the_sbatch_command_and_runs_none(stack, config_file, too
     stack.api.add_submission(1, email=email, sbatch_arguments=["--time=5"], name="dry")
     assert run(config_file(**tools.settings()), "--dry-run") == 0
     out = capsys.readouterr().out
-    assert "sbatch --parsable --time=5 --job-name=dry --comment=jobbergate-sync:test-cluster:1" in out
+    assert "sbatch --parsable --ignore-pbs --time=5 --job-name=dry --comment=jobbergate-sync:test-cluster:1" in out
     assert tools.calls("sbatch") == []
 
 

@@ -4,11 +4,16 @@ sbatch targets are selected with ``-k sbatch``.)"""
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any, Callable
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import helpers
+from jobbergate_sync import Rejection, build_sbatch_request
 from scenario import new_submission, status_of
 from tool import Tool
 
@@ -65,3 +70,62 @@ def test_slurmctld_stopped_exits_69_leaves_the_submission_created_then_submits_o
 
     helpers.wait_for(accounted, 60, 1, f"slurmdbd's record of job {job_id}")
     assert accounted() == [str(job_id)]  # submitted exactly once
+
+
+# Blocks and arguments that read one way to a naive parser and another to sbatch, all accepted by
+# the tool. Each runs through the leg's own sbatch with `-v --test-only`, which prints every option
+# it set and submits nothing: sbatch must have read exactly the name, comment and directory the
+# tool parsed (and put in its journal), and nothing #PBS or #BSUB lines say.
+READ_BACK_CASES = {
+    "no-space-after-sbatch": ("#!/bin/bash\n#SBATCH--job-name=nospace\n#SBATCH-vD/var\necho\n", ()),
+    "empty-word-ends-the-line": ("#!/bin/bash\n#SBATCH --job-name \"\" --chdir=/var\n#SBATCH --exclusive\necho\n", ()),
+    "pbs-and-bsub": ("#!/bin/bash\n#PBS -N pbsname\n#PBS -d /var\necho\n#BSUB -cwd /var\n", ()),
+    "short-clusters": ("#!/bin/bash\necho\n", ("-HJclustered", "-vD/var", "--comm", "'a note'")),
+    "unicode-space": ("#!/bin/bash\n#SBATCH --comment=x\u2003--chdir=/var\necho\n", ()),
+}
+
+
+def assert_sbatch_reads_what_the_tool_parsed(stack: Any, leg: str, name: str, script: str, arguments: tuple[str, ...]) -> None:
+    """The leg's sbatch, given the tool's arguments and `script`, sets the name, comment and directory
+    the tool parsed (and put in its journal), and reads no #PBS/#BSUB line."""
+    if leg == "none":
+        pytest.fail(helpers.NOT_UP, pytrace=False)
+    made = build_sbatch_request(script, arguments, "sub-name", "/", {}, "jobbergate-sync:read-back:1")  # sbatch runs in /
+    path = f"/tmp/jgs-read-back-{name}.sh"
+    script_file = stack.leg(leg).root / path[1:]
+    script_file.write_text(script)
+    try:
+        result = helpers.slurm_cli("sbatch", "-v", "--test-only", *made.arguments, path, leg=leg)
+    finally:
+        script_file.unlink()
+    assert result.returncode == 0, result.stderr
+    read = dict(re.findall(r"^sbatch: ([a-z-]+) +: (.*)$", result.stderr, re.MULTILINE))
+    assert read["job-name"] == made.name and read["comment"] == made.arguments[-1].split("=", 1)[1]
+    assert os.path.normpath("/" + read.get("chdir", "/").lstrip("/")) == made.working_directory  # sbatch prefixes its cwd
+    assert read["ignore-pbs"] == "set" and "pbsname" not in result.stderr
+
+
+@legs
+@pytest.mark.parametrize("case", sorted(READ_BACK_CASES))
+def test_sbatch_reads_exactly_the_options_the_tool_parsed(stack, leg, case):
+    assert_sbatch_reads_what_the_tool_parsed(stack, leg, case, *READ_BACK_CASES[case])
+
+
+# Lines made of the pieces where a reader of #SBATCH lines can go wrong: the prefix with and
+# without a space, quotes, backslashes, comments, empty words, non-ASCII spaces.
+BLOCK_PIECES = st.sampled_from(["--job-name", "=", "-J", "x", "y z", "-v", "-D", "--chdir=/var", "/tmp", "--comment",
+                                "--comm=", '"', "'", "\\", " ", "\t", "#", "\u2003", '""', "\\ ", "\r"])
+BLOCK_LINES = st.lists(st.tuples(st.sampled_from(["#SBATCH", "#SBATCH ", "#SLURM", "# ", ""]),
+                                 st.lists(BLOCK_PIECES, max_size=6).map("".join)).map("".join), min_size=1, max_size=4)
+
+
+@legs
+@settings(max_examples=100, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=BLOCK_LINES)
+def test_sbatch_reads_any_block_the_tool_accepts_as_the_tool_does(stack, leg, lines):
+    script = "#!/bin/bash\n" + "\n".join(lines) + "\necho\n"
+    try:
+        build_sbatch_request(script, (), "sub-name", "/", {}, "jobbergate-sync:read-back:1")
+    except Rejection:
+        return
+    assert_sbatch_reads_what_the_tool_parsed(stack, leg, "generated", script, ())
