@@ -34,6 +34,7 @@ import logging
 import os
 import pwd
 import re
+import select
 import shlex
 import signal
 import sqlite3
@@ -45,7 +46,6 @@ import tempfile
 import threading
 import time
 import urllib.parse
-import warnings
 from datetime import datetime, timezone
 from typing import IO, Any, Callable, Collection, Iterable, Iterator, Mapping, Optional, Protocol, Union
 
@@ -272,6 +272,15 @@ CONFIG_SCHEMA: dict[str, dict[str, Setting]] = {
         "execution_directory": Setting("/home/{username}"),
         "write_files": Setting(True, bool),
         "max_file_size": Setting(10 * 1024 * 1024, int),
+        "max_total_size": Setting(64 * 1024 * 1024, int, minimum=1, help=(
+            "Largest total, in bytes, of one submission's files: a submission over it is rejected. The pass holds at "
+            "most [run] workers times this on the state directory's file system, plus its download cache.")),
+        "file_mode": Setting("0600", help=(
+            "Mode (octal) of the files written into execution directories; directories created get it plus the "
+            "matching x bits (0600 gives 0700). The owner's login umask is not known to the tool.")),
+        "replace_files": Setting(False, bool, help=(
+            "Replace an existing file of the same name that jobbergate-sync did not write itself (or that was "
+            "changed since). false: such a submission is rejected and the file left alone.")),
         "job_path": Setting("/usr/local/bin:/usr/bin:/bin"),
     },
     "mapper": {
@@ -492,7 +501,8 @@ def validate_config(sections: dict[str, dict[str, Any]]) -> None:
     )
     need(1 <= sections["jobbergate"]["page_size"] <= 100, "jobbergate.page_size", "must be 1 to 100")
     for where in ("jobbergate.max_pages", "run.interval", "run.deadline", "run.retries",
-                  "slurmrestd.token_lifespan", "slurmrestd.purge_horizon", "slurm.purge_horizon", "submit.max_file_size"):
+                  "slurmrestd.token_lifespan", "slurmrestd.purge_horizon", "slurm.purge_horizon", "submit.max_file_size",
+                  "submit.max_total_size"):
         section, key = where.split(".")
         need(sections[section][key] > 0, where, "must be positive")
     for where in ("jobbergate.timeout", "oidc.timeout", "slurmrestd.timeout", "slurm.timeout"):
@@ -512,6 +522,9 @@ def validate_config(sections: dict[str, dict[str, Any]]) -> None:
     except (KeyError, IndexError, ValueError) as exc:
         raise ConfigError(f"[submit] execution_directory: bad template ({exc}); use {{username}} or {{home}}") from None
     need(example.startswith("/"), "submit.execution_directory", "must be an absolute path template")
+    need(re.fullmatch(r"0?[0-7]{3}", sections["submit"]["file_mode"]) is not None
+         and int(sections["submit"]["file_mode"], 8) & 0o600 == 0o600, "submit.file_mode",
+         "must be an octal mode such as 0600 or 0640 that lets the owner read and write")
     mapper = sections["mapper"]
     need(mapper["type"] in MAPPER_TYPES, "mapper.type", f"must be one of {', '.join(MAPPER_TYPES)}")
     need(mapper["type"] != "single-user" or bool(mapper["user"]), "mapper.user", "required by the single-user mapper")
@@ -3350,11 +3363,8 @@ class SlurmCommands:
 
 
 # ---------------------------------------------------------------------------------------------
-# Files as the user: execution directory and job files, written by a child that became the user
+# Files as the user: execution directory and job files, written by a program exec'd as the user
 # ---------------------------------------------------------------------------------------------
-
-PERMANENT_FILE_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ELOOP, errno.EISDIR,
-                         errno.ENAMETOOLONG, errno.EROFS, errno.EEXIST, errno.ENOENT, errno.ENXIO}
 
 
 def resolve_execution_directory(requested: Optional[str], template: str, user: LocalUser) -> str:
@@ -3377,113 +3387,269 @@ def read_whole(fd: int) -> bytes:
         offset += len(chunk)
 
 
-def stage_in_directory(directory: str, files: list[tuple[str, int]]) -> None:
-    """Create `directory` if missing, check it is a real writable directory, and write each
-    (name, source fd) into it without following symbolic links. Runs as the user. Sources are
-    read with pread: other submissions of the same job script read them at the same time."""
+# The program that writes a submission's files, exec'd as the user by write_files_as_user. It knows only
+# its request (on stdin: the directory, each file's name and inherited source descriptor, the mode, whether
+# to replace files it did not write) and answers one JSON object on stdout: {}, {"rejection": message} (the
+# owner's to fix) or {"error": message} (retried next pass). Every file goes to a temporary name and is
+# renamed into place, so a failed write leaves the old file whole; the names and signatures of the files
+# it wrote are kept in MANIFEST in the directory, and only those are replaced unless told otherwise.
+FILE_WRITER_SOURCE = r'''
+import ctypes, errno, json, os, stat, sys
+
+ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0, as soon as may be: no tracing, no /proc/<pid>/mem
+PERMANENT = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ELOOP, errno.EISDIR, errno.ENAMETOOLONG, errno.EROFS,
+             errno.EEXIST, errno.ENOENT, errno.ENXIO}
+MANIFEST = ".jobbergate-sync-files"
+
+
+class Refused(Exception):
+    """The files cannot be written as the submission asks: its owner is told."""
+
+
+class Transient(Exception):
+    """The files could not be written this time (a full disk, a quota): tried again next pass."""
+
+
+def failure(exc, what):
+    return (Refused if exc.errno in PERMANENT else Transient)(f"{what}: {exc.strerror}")
+
+
+def signature(info):
+    return [info.st_ino, info.st_size, info.st_mtime_ns]
+
+
+def existing(name, directory_fd):
+    try:
+        return os.stat(name, dir_fd=directory_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def open_directory(directory, mode):
     try:
         info = os.lstat(directory)
     except FileNotFoundError:
         try:
-            os.makedirs(directory, mode=0o755, exist_ok=True)
+            os.makedirs(directory, mode, exist_ok=True)
             info = os.lstat(directory)
         except OSError as exc:
-            raise _file_error(exc, f"cannot create execution directory {directory}") from None
+            raise failure(exc, f"cannot create execution directory {directory}") from None
     except OSError as exc:
-        raise _file_error(exc, f"cannot reach execution directory {directory}") from None
+        raise failure(exc, f"cannot reach execution directory {directory}") from None
     if stat.S_ISLNK(info.st_mode):
-        raise Rejection(f"execution directory {directory} is a symbolic link; give the real directory")
+        raise Refused(f"execution directory {directory} is a symbolic link; give the real directory")
     if not stat.S_ISDIR(info.st_mode):
-        raise Rejection(f"execution directory {directory} is not a directory")
+        raise Refused(f"execution directory {directory} is not a directory")
     if not os.access(directory, os.W_OK | os.X_OK):
-        raise Rejection(f"execution directory {directory} is not writable by the job's user")
-    directory_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        raise Refused(f"execution directory {directory} is not writable by the job's user")
+    return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def read_manifest(directory_fd):
     try:
-        for name, source_fd in files:
+        fd = os.open(MANIFEST, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=directory_fd)
+        with os.fdopen(fd, "rb") as handle:
+            manifest = json.loads(handle.read(1 << 20)) if stat.S_ISREG(os.fstat(fd).st_mode) else {}
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def write_file(directory_fd, name, write, mode, path):
+    """Call write(out) on a new temporary file, then rename it to `name`; the signature of what is there."""
+    temporary = f".jobbergate-sync-{os.getpid()}.tmp"  # one file at a time: renamed or removed before the next
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
+                     dir_fd=directory_fd)
+    except OSError as exc:
+        raise failure(exc, f"cannot write {path}") from None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            write(out)
+            out.flush()
+            info = os.fstat(fd)
+        os.rename(temporary, name, src_dir_fd=directory_fd, dst_dir_fd=directory_fd)
+    except OSError as exc:
+        try:
+            os.unlink(temporary, dir_fd=directory_fd)
+        except OSError:
+            pass
+        raise failure(exc, f"cannot write {path}") from None
+    return signature(info)
+
+
+def copy_from(source):
+    def write(out):
+        offset = 0
+        while True:
+            chunk = os.pread(source, 1 << 20, offset)
+            if not chunk:
+                return
+            out.write(chunk)
+            offset += len(chunk)
+    return write
+
+
+def stage(directory, files, mode, replace):
+    directory_mode = mode | (mode & 0o444) >> 2  # x where r: 0600 -> 0700, 0640 -> 0750
+    os.umask(0o777 & ~directory_mode)  # also the mode of the parent directories makedirs creates
+    directory_fd = open_directory(directory, directory_mode)
+    manifest = read_manifest(directory_fd)
+    for name, _ in files:  # every file checked before any is written
+        try:
+            info = existing(name, directory_fd)
+        except OSError as exc:
+            raise failure(exc, f"cannot write {directory}/{name}") from None
+        if info is None:
+            continue
+        if stat.S_ISLNK(info.st_mode):
+            raise Refused(f"{directory}/{name} is a symbolic link; refusing to write through it")
+        if not stat.S_ISREG(info.st_mode):
+            raise Refused(f"{directory}/{name} exists and is not a regular file")
+        if not replace and manifest.get(name) != signature(info):
+            raise Refused(f"{directory}/{name} exists and jobbergate-sync did not write it (or it changed since): "
+                          "it is left alone; move it away or choose another execution directory")
+    for name, source in files:
+        manifest[name] = write_file(directory_fd, name, copy_from(source), mode, f"{directory}/{name}")
+    if files:
+        current = {name: mark for name, mark in manifest.items() if still_there(name, mark, directory_fd)}
+        write_file(directory_fd, MANIFEST, lambda out: out.write(json.dumps(current).encode()), 0o600,
+                   f"{directory}/{MANIFEST}")
+
+
+def still_there(name, mark, directory_fd):
+    info = existing(name, directory_fd)
+    return info is not None and signature(info) == mark
+
+
+try:
+    request = json.loads(sys.stdin.buffer.read())
+    stage(request["directory"], request["files"], request["file_mode"], request["replace"])
+    outcome = {}
+except Refused as exc:
+    outcome = {"rejection": str(exc)}
+except Transient as exc:
+    outcome = {"error": str(exc)}
+except BaseException as exc:
+    outcome = {"error": f"{type(exc).__name__}: {exc}"}
+sys.stdout.buffer.write(json.dumps(outcome).encode())
+'''
+
+
+# The writer needs only the standard library, run by an interpreter every user can reach: this one's real
+# file (not a virtual environment's link to it), unless it sits where only root can enter (a pyenv in
+# /root), then the system's.
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def runnable_by_anyone(path: str) -> bool:
+    """Whether others may execute `path` and enter every directory on the way to it."""
+    steps = [path] + [os.path.dirname(path)]
+    while steps[-1] != os.path.dirname(steps[-1]):
+        steps.append(os.path.dirname(steps[-1]))
+    try:
+        return all(os.stat(step).st_mode & stat.S_IXOTH for step in steps)
+    except OSError:
+        return False
+
+
+def writer_python() -> str:
+    real = os.path.realpath(sys.executable)
+    return real if runnable_by_anyone(real) else SYSTEM_PYTHON
+
+
+# A writer's answer is a line or two; more is not an answer (only a process tracing it could write that much).
+WRITER_REPORT_BYTES = 65536
+# A writer's time limit: a start-up allowance plus its bytes at this rate (a slow NFS still writes 1 MiB/s),
+# never past the deadline (plus DEADLINE_GRACE_TIMEOUT, as HTTP calls).
+WRITER_START_SECONDS = 10.0
+WRITER_BYTES_PER_SECOND = 1024 * 1024
+# How long to wait for a killed process to be gone: one stuck in the kernel (a hung NFS) is left to end later.
+KILLED_PROCESS_WAIT = 5.0
+
+
+def writer_timeout(total_bytes: int, remaining: float) -> float:
+    return min(WRITER_START_SECONDS + total_bytes / WRITER_BYTES_PER_SECOND, max(remaining, DEADLINE_GRACE_TIMEOUT))
+
+
+# Writers into one directory take turns: each rewrites the directory's manifest of the files it wrote.
+DIRECTORY_LOCKS: dict[tuple[int, str], threading.Lock] = {}
+DIRECTORY_LOCKS_LOCK = threading.Lock()
+
+
+def directory_lock(uid: int, directory: str) -> threading.Lock:
+    with DIRECTORY_LOCKS_LOCK:
+        return DIRECTORY_LOCKS.setdefault((uid, directory), threading.Lock())
+
+
+def write_files_as_user(user: LocalUser, directory: str, files: list[tuple[str, int]], file_mode: int, replace: bool,
+                        timeout: float) -> None:
+    """Create `directory` if missing and write each (name, source descriptor) into it as the user, by a
+    freshly exec'd writer (FILE_WRITER_SOURCE) that has the user's uid, gid and groups and nothing of this
+    process but the sources and its request: no memory, secrets or other descriptors. A writer that does
+    not answer within `timeout` s (the user may stop it: it runs as them) is killed and the item fails."""
+    identity: dict[str, Any] = {}
+    if os.geteuid() == 0:
+        identity = {"user": user.uid, "group": user.gid, "extra_groups": os.getgrouplist(user.name, user.gid)}
+    elif os.geteuid() != user.uid:
+        raise ItemError(f"jobbergate-sync runs as uid {os.geteuid()} and cannot act as {user.name}; run it as root")
+    request = {"directory": directory, "files": files, "file_mode": file_mode, "replace": replace}
+    what = f"writing files to {directory} as {user.name}"
+    with directory_lock(user.uid, directory), os.fdopen(os.memfd_create("request", os.MFD_CLOEXEC), "w+b") as stdin:
+        stdin.write(json.dumps(request).encode())
+        stdin.seek(0)
+        try:
+            writer = subprocess.Popen([writer_python(), "-I", "-S", "-c", FILE_WRITER_SOURCE], stdin=stdin,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, close_fds=True,
+                                      pass_fds=[source for _, source in files], env={}, cwd="/", **identity)
+        except OSError as exc:
+            raise ItemError(f"{what}: cannot start the writer: {exc.strerror}") from None
+        with writer.stdout:
             try:
-                target = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                                 0o644, dir_fd=directory_fd)
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    raise Rejection(f"{directory}/{name} is a symbolic link; refusing to write through it") from None
-                raise _file_error(exc, f"cannot write {directory}/{name}") from None
-            with os.fdopen(target, "wb") as out:
-                if not stat.S_ISREG(os.fstat(out.fileno()).st_mode):
-                    raise Rejection(f"{directory}/{name} exists and is not a regular file")
-                out.truncate()
-                offset = 0
-                while True:
-                    chunk = os.pread(source_fd, 65536, offset)
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                    offset += len(chunk)
-    finally:
-        os.close(directory_fd)
-
-
-def _file_error(exc: OSError, what: str) -> Exception:
-    message = f"{what}: {exc.strerror}"
-    return Rejection(message) if exc.errno in PERMANENT_FILE_ERRNOS else ItemError(message)
-
-
-# One fork at a time: a child inherits every descriptor open at its fork, so a pipe made for
-# another child at the same moment would not see its end of file until this child exits too.
-FORK_LOCK = threading.Lock()
-
-
-def run_as_user(user: LocalUser, work: Callable[[], None]) -> None:
-    """Run `work` with the user's identity. As root: in a forked child that set the user's own
-    supplementary groups, gid and uid, so no root access reaches a path the user controls.
-
-    The pass forks while its other workers run. A child of a threaded process inherits locks held by
-    threads that do not exist in it; this one never waits on such a lock: its group list is looked up
-    here, before the fork (NSS may lock, and a worker may be inside getpwnam), and `work` makes
-    system calls and plain Python objects only (no logging, journal, HTTP or NSS; CPython resets its
-    own locks in a child, glibc its malloc locks). It reports through a pipe and leaves with
-    os._exit, never returning into the parent's code. So Python's warning about forking a
-    threaded process, meant for children that go on running arbitrary code, is silenced here."""
-    if os.geteuid() != 0:
-        if os.geteuid() != user.uid:
-            raise ItemError(f"jobbergate-sync runs as uid {os.geteuid()} and cannot act as {user.name}; run it as root")
-        work()
-        return
-    groups = os.getgrouplist(user.name, user.gid)
-    with FORK_LOCK:
-        warnings.filterwarnings("ignore", message=r".*multi-threaded, use of fork\(\) may lead to deadlocks",
-                                category=DeprecationWarning, module=__name__)
-        reader, writer = os.pipe()
-        pid = os.fork()
-        if pid != 0:
-            os.close(writer)
-    if pid == 0:  # child
-        outcome: dict[str, str] = {}
-        try:
-            os.close(reader)
-            os.setgroups(groups)
-            os.setresgid(user.gid, user.gid, user.gid)
-            os.setresuid(user.uid, user.uid, user.uid)
-            os.umask(0o022)
-            os.chdir("/")
-            work()
-        except Rejection as exc:
-            outcome = {"rejection": str(exc)}
-        except BaseException as exc:  # report everything to the parent, never unwind into its code
-            outcome = {"error": f"{type(exc).__name__}: {exc}"}
-        try:
-            os.write(writer, json.dumps(outcome).encode())
-        finally:
-            os._exit(0)
-    with os.fdopen(reader, "rb") as pipe:
-        data = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    if not data:
-        raise ItemError(f"the file-writing process for {user.name} died (wait status {status})")
-    outcome = json.loads(data)
+                answer = read_answer(writer, timeout, WRITER_REPORT_BYTES)
+            except subprocess.TimeoutExpired:
+                stop_process(writer, what)
+                raise ItemError(f"{what}: the writer did not finish within {timeout:g} s; it was killed") from None
+    try:
+        outcome = json.loads(answer)
+    except ValueError:
+        raise ItemError(f"{what}: the writer failed (exit status {writer.returncode}): "
+                        f"{answer.decode(errors='replace').strip()[-300:]}") from None
     if "rejection" in outcome:
         raise Rejection(outcome["rejection"])
     if "error" in outcome:
-        raise ItemError(f"writing files as {user.name}: {outcome['error']}")
+        raise ItemError(f"{what}: {outcome['error']}")
+
+
+def read_answer(process: subprocess.Popen, timeout: float, limit: int) -> bytes:
+    """What the process writes to stdout until it exits, within `timeout` s; subprocess.TimeoutExpired past
+    it, or past `limit` bytes (an answer that long is no answer)."""
+    ends = time.monotonic() + timeout
+    poller = select.poll()
+    poller.register(process.stdout, select.POLLIN)
+    answer = bytearray()
+    while len(answer) <= limit:
+        remaining = ends - time.monotonic()
+        if remaining <= 0 or not poller.poll(remaining * 1000):
+            break
+        chunk = os.read(process.stdout.fileno(), 65536)
+        if not chunk:
+            process.wait(max(ends - time.monotonic(), 0))
+            return bytes(answer)
+        answer += chunk
+    raise subprocess.TimeoutExpired(process.args, timeout)
+
+
+def stop_process(process: subprocess.Popen, what: str) -> None:
+    """SIGKILL a process that overran, and reap it. A process of another uid can be killed only with
+    CAP_KILL: without it the item fails now, and the process is left running rather than waited for."""
+    try:
+        process.kill()
+    except PermissionError:
+        raise ItemError(f"{what}: it overran and cannot be stopped (Operation not permitted: the service needs "
+                        "CAP_KILL); it is left running") from None
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(KILLED_PROCESS_WAIT)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -4095,7 +4261,9 @@ class LiveChanges(PassPart):
 
     def write_files(self, job: PreparedJob) -> None:
         files = list(job.files.items()) if self.config.submit.write_files else []
-        run_as_user(job.user, lambda: stage_in_directory(job.directory, files))
+        total_bytes = sum(os.fstat(source).st_size for _, source in files)
+        write_files_as_user(job.user, job.directory, files, int(self.config.submit.file_mode, 8),
+                            self.config.submit.replace_files, writer_timeout(total_bytes, self.deadline.remaining()))
         log.info("wrote %d file(s) to %s as %s", len(files), job.directory, job.user.name,
                  **ctx(submission_id=job.submission_id, user=job.user.name))
 
