@@ -151,6 +151,10 @@ class Rejection(Exception):
     message, which is for its owner; the pass goes on."""
 
 
+class TooLarge(Rejection):
+    """A downloaded file went past the size it was allowed: the submission is rejected, naming the limit."""
+
+
 class SubmitUnsettled(Rejection):
     """An interrupted submit that neither slurmctld nor slurmdbd can settle: rejected like any
     Rejection (never submitted again; the owner is told it may have run and since when), and logged
@@ -2387,7 +2391,7 @@ class JobbergateApi:
                 for chunk in response.iter_content(chunk_size=65536):
                     size += len(chunk)
                     if size > max_bytes:
-                        raise Rejection(
+                        raise TooLarge(
                             f"file {filename!r} of job script {parent_id} is larger than the "
                             f"{max_bytes}-byte limit of this cluster"
                         )
@@ -3120,18 +3124,23 @@ def run_command(argv: list[str], timeout: float, user: Optional[LocalUser] = Non
     launched = [ENV_COMMAND, f"--chdir={directory}", "--", *argv] if directory else argv
     not_runnable = f"[slurm] {os.path.basename(argv[0])} = {argv[0]}: cannot run it"
     try:
-        completed = subprocess.run(launched, input=stdin, capture_output=True, text=True, errors="replace",
-                                   timeout=timeout, env=dict(environment or QUERY_ENVIRONMENT), cwd="/", umask=0o022,
-                                   **identity)
-    except subprocess.TimeoutExpired:
-        raise Unavailable(f"{shlex.join(argv)}: no answer within {timeout:g} s") from None
+        process = subprocess.Popen(launched, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, errors="replace", env=dict(environment or QUERY_ENVIRONMENT), cwd="/",
+                                   umask=0o022, **identity)
     except OSError as exc:
         raise ConfigError(f"{not_runnable}: {exc.strerror}") from None
-    result = CommandResult(argv, completed.returncode, completed.stdout, completed.stderr)
-    if directory and completed.stderr.startswith((f"{ENV_COMMAND}: ", "env: ")):  # env names itself as it was run
-        if completed.returncode == ENV_CANNOT_ENTER:
+    try:
+        stdout, stderr = process.communicate(stdin, timeout=timeout)
+    except subprocess.TimeoutExpired:  # not subprocess.run: it waits for a command it could not kill
+        process.stdout.close()  # type: ignore[union-attr]
+        process.stderr.close()  # type: ignore[union-attr]
+        stop_process(process, shlex.join(argv))
+        raise Unavailable(f"{shlex.join(argv)}: no answer within {timeout:g} s") from None
+    result = CommandResult(argv, process.returncode, stdout, stderr)
+    if directory and stderr.startswith((f"{ENV_COMMAND}: ", "env: ")):  # env names itself as it was run
+        if process.returncode == ENV_CANNOT_ENTER:
             raise ItemError(f"{argv[0]}: cannot enter {directory} as {user.name if user else 'root'}: {result.message()}")
-        if completed.returncode in ENV_CANNOT_RUN:
+        if process.returncode in ENV_CANNOT_RUN:
             raise ConfigError(f"{not_runnable}: {result.message()}")
     return result
 
@@ -4029,6 +4038,19 @@ def script_file_keys(item: Mapping[str, Any]) -> list[FileKey]:
             ] if isinstance(files, list) else []
 
 
+# What a download must leave free on the file system of the state directory (root's /var, often Slurm's
+# StateSaveLocation too), beyond the most it may write.
+FREE_SPACE_RESERVE = 64 * 1024 * 1024
+
+
+def check_free_space(directory: str, needed: int, submission_id: int) -> None:
+    info = os.statvfs(directory)
+    free = info.f_bavail * info.f_frsize
+    if free < needed + FREE_SPACE_RESERVE:
+        raise ItemError(f"{directory} has {free} bytes free, less than the {needed} bytes the next file of submission "
+                        f"{submission_id} may take plus a reserve of {FREE_SPACE_RESERVE}; left for the next pass")
+
+
 class DownloadCache:
     """The job script files of one pass, each downloaded once however many submissions share it (a
     sweep submits one job script hundreds of times), into an unlinked private temporary file in
@@ -4062,8 +4084,9 @@ class DownloadCache:
                 if self.users[key] <= 0:
                     self._let_go(key)
 
-    def open_file(self, script_file: ScriptFile, submission_id: int) -> int:
-        """A new descriptor of the file's content, downloaded unless this pass has it already."""
+    def open_file(self, script_file: ScriptFile, submission_id: int, max_bytes: Optional[int] = None) -> int:
+        """A new descriptor of the file's content, downloaded unless this pass has it already: at most
+        `max_bytes` (and max_file_size), and only while the file system keeps FREE_SPACE_RESERVE beyond that."""
         key = (script_file.parent_id, script_file.filename)
         with self.lock:
             downloading = self.downloading.setdefault(key, threading.Lock())
@@ -4071,9 +4094,11 @@ class DownloadCache:
             with self.lock:
                 if key in self.kept:
                     return os.dup(self.kept[key][0].fileno())
+            limit = self.max_file_size if max_bytes is None else min(max_bytes, self.max_file_size)
+            check_free_space(self.directory or tempfile.gettempdir(), limit, submission_id)
             handle = tempfile.TemporaryFile(dir=self.directory)
             try:
-                size = self.api.download(script_file.parent_id, script_file.filename, handle, self.max_file_size)
+                size = self.api.download(script_file.parent_id, script_file.filename, handle, limit)
             except BaseException:  # nothing half-written is kept: the next submission asks again
                 handle.close()
                 raise
@@ -4139,6 +4164,10 @@ class SubmitPhase(PassPart):
         if support and not self.config.submit.write_files:
             raise Rejection(f"this cluster does not write supporting files (write_files = false) and the job script "
                             f"has {len(support)}: {', '.join(f.filename for f in support)}")
+        hidden = [f.filename for f in submission.files if f.filename.startswith(".")]
+        if hidden:
+            raise Rejection(f"jobbergate-sync does not write files whose names start with '.' ({', '.join(hidden)}): "
+                            "they could replace the user's own start-up files, such as .bashrc")
         files = self.download_files(submission)
         try:
             script = check_script(read_whole(files[submission.entrypoint.filename]), submission.entrypoint.filename)
@@ -4152,11 +4181,22 @@ class SubmitPhase(PassPart):
         return PreparedJob(submission.id, user, directory, request, tag, files)
 
     def download_files(self, submission: PendingSubmission) -> dict[str, int]:
-        """A descriptor of each file's content (the entrypoint first), from the pass's download cache."""
+        """A descriptor of each file's content (the entrypoint first), from the pass's download cache;
+        no more than `[submit] max_total_size` bytes in all, counting the files under way."""
         files: dict[str, int] = {}
+        limit, total = self.config.submit.max_total_size, 0
         try:
             for script_file in sorted(submission.files, key=lambda f: not f.is_entrypoint):
-                files[script_file.filename] = self.downloads.open_file(script_file, submission.id)
+                try:
+                    files[script_file.filename] = self.downloads.open_file(script_file, submission.id, limit - total)
+                except TooLarge:
+                    if limit - total >= self.config.submit.max_file_size:
+                        raise  # past the file's own limit, which its message names
+                    raise over_total_size(limit, total, script_file.filename) from None
+                size = os.fstat(files[script_file.filename]).st_size
+                if total + size > limit:
+                    raise over_total_size(limit, total, script_file.filename)
+                total += size
         except BaseException:
             close_all(files)
             raise
@@ -4173,6 +4213,11 @@ class SubmitPhase(PassPart):
                   utc_text(entry.intent_at), exc.reason, **ctx(submission_id=entry.submission_id))
         self.reject(entry.submission_id, str(exc))
         self.context.changes.forget(entry.submission_id)
+
+
+def over_total_size(limit: int, held: int, filename: str) -> Rejection:
+    return Rejection(f"the job script's files total more than the {limit}-byte limit of this cluster "
+                     f"([submit] max_total_size): {filename} goes past it after {held} bytes of other files")
 
 
 @dataclasses.dataclass
