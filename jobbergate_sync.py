@@ -79,7 +79,8 @@ Exit codes:
   0   the pass completed and every item went well
   1   the pass completed but some items failed (see the log)
   64  bad command-line usage
-  69  the Jobbergate API, the OIDC issuer, slurmrestd, slurmdbd or LDAP was unreachable
+  69  the Jobbergate API, the OIDC issuer, slurmrestd, slurmdbd or LDAP was unreachable,
+      or the pass ran far past [run] deadline and its watchdog ended it
   70  internal error (a bug: please report it with the log)
   75  another run holds the lock; nothing was done
   77  authentication or permission failure (OIDC, API, slurmrestd or LDAP bind)
@@ -2053,6 +2054,9 @@ class Deadline:
 
 
 DEADLINE_GRACE_TIMEOUT = 5.0
+# How long past [run] deadline a pass may still run (finishing the items under way, which are bounded by
+# their own time limits) before the watchdog ends the process and so releases the lock.
+WATCHDOG_GRACE_SECONDS = 60.0
 
 
 # The peers a pass talks to (the API, the OIDC issuer, slurmrestd, the monitoring ping): one
@@ -5317,11 +5321,41 @@ def summary_line(summary: PassSummary, exit_code: int, duration: float, dry_run:
             f"errors={summary.errors} duration={duration:.2f}s")
 
 
+def pass_summary_record(summary: PassSummary, exit_code: int, duration: float, dry_run: bool,
+                        entries: Optional[int]) -> logging.LogRecord:
+    return log.makeRecord(
+        log.name, logging.INFO if exit_code == EXIT_OK else logging.WARNING,  # -q still shows how a failed pass ended
+        __file__, 0, "%s", (summary_line(summary, exit_code, duration, dry_run),), None,
+        extra={"exit_code": exit_code, "submitted": summary.submitted, "rejected": summary.rejected,
+               "updated": summary.updated, "cancelled": summary.cancelled, "errors": summary.errors,
+               "journal_entries": entries, "duration_s": round(duration, 3), "dry_run": dry_run},
+    )
+
+
+def start_watchdog(config: Config, started: float, dry_run: bool, summary: Callable[[], PassSummary]) -> threading.Timer:
+    """End the process WATCHDOG_GRACE_SECONDS after the deadline, whatever it is waiting for, so that the lock
+    is never held longer: the summary line is logged and the exit code is EX_UNAVAILABLE (something did not
+    answer). The monitoring outputs are not written (they could be what hangs): a missing ping alerts."""
+    limit = config.run.deadline + WATCHDOG_GRACE_SECONDS
+
+    def end_the_pass() -> None:
+        log.error("the pass is still running %g s after it started, %g s past its %d s deadline; the watchdog ends it",
+                  limit, WATCHDOG_GRACE_SECONDS, config.run.deadline)
+        log.handle(pass_summary_record(summary(), EX_UNAVAILABLE, time.monotonic() - started, dry_run, None))
+        os._exit(EX_UNAVAILABLE)
+
+    watchdog = threading.Timer(limit - (time.monotonic() - started), end_the_pass)
+    watchdog.name, watchdog.daemon = "watchdog", True
+    watchdog.start()
+    return watchdog
+
+
 def run_once(config: Config, dry_run: bool) -> int:
     """One pass. Whatever happens in it, its last log line is the summary, with the exit code;
     the monitoring outputs (textfile, ping) are written just before it, never in a dry run."""
     started = time.monotonic()
     summary, journal = PassSummary(), None
+    watchdog = start_watchdog(config, started, dry_run, lambda: summary)
     monitor, tail = Monitor(config.metrics, enabled=not dry_run), LogTail.attach(PING_TAIL_LINES)
     monitor.start()
     try:
@@ -5349,13 +5383,7 @@ def run_once(config: Config, dry_run: bool) -> int:
     with contextlib.suppress(sqlite3.Error, AttributeError):
         entries = journal.size()  # type: ignore[union-attr]
     duration = time.monotonic() - started
-    summary_record = log.makeRecord(
-        log.name, logging.INFO if exit_code == EXIT_OK else logging.WARNING,  # -q still shows how a failed pass ended
-        __file__, 0, "%s", (summary_line(summary, exit_code, duration, dry_run),), None,
-        extra={"exit_code": exit_code, "submitted": summary.submitted, "rejected": summary.rejected,
-               "updated": summary.updated, "cancelled": summary.cancelled, "errors": summary.errors,
-               "journal_entries": entries, "duration_s": round(duration, 3), "dry_run": dry_run},
-    )
+    summary_record = pass_summary_record(summary, exit_code, duration, dry_run, entries)
     try:
         monitor.finish(PassRecord(exit_code, summary, time.time(), duration, entries),
                        [*tail.lines, tail.format(summary_record)])
@@ -5363,6 +5391,7 @@ def run_once(config: Config, dry_run: bool) -> int:
         log.warning("monitoring failed; the pass is not affected", exc_info=True)
     finally:
         tail.detach()
+    watchdog.cancel()
     if log.isEnabledFor(summary_record.levelno):
         log.handle(summary_record)
     return exit_code
