@@ -219,3 +219,18 @@ def test_console_script_entry_point_runs(tmp_path):
                              "--config", str(tmp_path / "none.ini")], capture_output=True, text=True)
     assert result.returncode == jobbergate_sync.EX_CONFIG
     assert "does not exist" in result.stderr
+
+
+def test_the_watchdog_ends_a_pass_stuck_past_its_deadline(config_file):
+    """Whatever a pass waits for, it ends soon after its deadline with its summary line and 69, and so
+    releases the lock: here every phase blocks for ever."""
+    hangs = ("import sys, threading, jobbergate_sync as j\n"
+             "j.WATCHDOG_GRACE_SECONDS = 0.5\n"
+             "j.SyncPass.run = lambda self: threading.Event().wait()\n"
+             "sys.exit(j.main(sys.argv[1:]))\n")
+    result = subprocess.run([sys.executable, "-c", hangs, "--once", "--log-format", "text", "--config",
+                             config_file(**{"run.deadline": 1})], capture_output=True, text=True, timeout=60)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == jobbergate_sync.EX_UNAVAILABLE
+    assert "past its 1 s deadline; the watchdog ends it" in lines[-2]
+    assert "pass finished: exit_code=69" in lines[-1]
