@@ -35,9 +35,9 @@ import marshal
 import os
 import pwd
 import re
-import select
 import shlex
 import signal
+import socket
 import sqlite3
 import ssl
 import stat
@@ -3401,15 +3401,16 @@ def read_whole(fd: int) -> bytes:
         offset += len(chunk)
 
 
-# The program that writes a submission's files, exec'd as the user by write_files_as_user. It knows only
-# its request (on stdin, marshalled: the directory, each file's name and inherited source descriptor, the
-# mode, whether to replace files it did not write) and answers on stdout "ok", or "rejection" (the owner's
-# to fix) or "error" (retried next pass), each followed by a line with the message. Standard library
-# modules that load fast only: it starts once per submission. Every file goes to a temporary name and is
-# renamed into place, so a failed write leaves the old file whole; the names and signatures of the files
-# it wrote are kept in MANIFEST in the directory, and only those are replaced unless told otherwise.
+# The program that writes the files of one user's submissions, exec'd as that user (UserWriter). It knows
+# only its requests: each a message on the socket that is its stdin, marshalled (the directory, the files'
+# names, the mode, whether to replace files it did not write), with the files' sources as descriptors
+# (SCM_RIGHTS). It answers each with a message "ok", "rejection" (the owner's to fix) or "error" (retried
+# next pass), the latter two followed by a line with the message, and ends when the socket closes.
+# Every file goes to a temporary name and is renamed into place, so a failed write leaves the old file
+# whole; the names and signatures of the files it wrote are kept in MANIFEST in the directory, and only
+# those are replaced unless told otherwise. Only modules that load fast: it starts once per user and pass.
 FILE_WRITER_SOURCE = r'''
-import errno, marshal, os, stat, sys
+import errno, marshal, os, socket, stat
 
 
 def not_dumpable():
@@ -3554,17 +3555,27 @@ def still_there(name, mark, directory_fd):
     return info is not None and signature(info) == mark
 
 
-try:
-    request = marshal.loads(sys.stdin.buffer.read())
-    stage(request["directory"], request["files"], request["file_mode"], request["replace"])
-    answer = "ok\n"
-except Refused as exc:
-    answer = f"rejection\n{exc}"
-except Transient as exc:
-    answer = f"error\n{exc}"
-except BaseException as exc:
-    answer = f"error\n{type(exc).__name__}: {exc}"
-sys.stdout.buffer.write(answer.encode(errors="surrogateescape"))
+def answer(request, sources):
+    try:
+        stage(request["directory"], list(zip(request["names"], sources)), request["file_mode"], request["replace"])
+        return "ok\n"
+    except Refused as exc:
+        return f"rejection\n{exc}"
+    except Transient as exc:
+        return f"error\n{exc}"
+    except Exception as exc:
+        return f"error\n{type(exc).__name__}: {exc}"
+    finally:
+        for source in sources:
+            os.close(source)
+
+
+channel = socket.socket(fileno=0)
+while True:
+    message, sources, _, _ = socket.recv_fds(channel, 1 << 20, 253)  # SCM_MAX_FD: descriptors in one message
+    if not message:
+        break
+    channel.send(answer(marshal.loads(message), sources).encode(errors="surrogateescape"))
 '''
 
 
@@ -3590,7 +3601,7 @@ def writer_python() -> str:
     return real if runnable_by_anyone(real) else SYSTEM_PYTHON
 
 
-# A writer's answer is a line or two; more is not an answer (only a process tracing it could write that much).
+# The most of a writer's answer read (a line or two; only a process tracing it could send more).
 WRITER_REPORT_BYTES = 65536
 # A writer's time limit: a start-up allowance plus its bytes at this rate (a slow NFS still writes 1 MiB/s),
 # never past the deadline (plus DEADLINE_GRACE_TIMEOUT, as HTTP calls).
@@ -3604,71 +3615,108 @@ def writer_timeout(total_bytes: int, remaining: float) -> float:
     return min(WRITER_START_SECONDS + total_bytes / WRITER_BYTES_PER_SECOND, max(remaining, DEADLINE_GRACE_TIMEOUT))
 
 
-# Writers into one directory take turns: each rewrites the directory's manifest of the files it wrote.
-DIRECTORY_LOCKS: dict[tuple[int, str], threading.Lock] = {}
-DIRECTORY_LOCKS_LOCK = threading.Lock()
+# Descriptors one message can carry (the kernel's SCM_MAX_FD): the most files a submission may have.
+MAX_SUBMISSION_FILES = 253
 
 
-def directory_lock(uid: int, directory: str) -> threading.Lock:
-    with DIRECTORY_LOCKS_LOCK:
-        return DIRECTORY_LOCKS.setdefault((uid, directory), threading.Lock())
+class FileWriters:
+    """The pass's file writers: one per user, started when that user's first submission is written and
+    ended with the submit phase (close)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.writers: dict[int, UserWriter] = {}
+
+    def write(self, user: LocalUser, directory: str, files: list[tuple[str, int]], file_mode: int, replace: bool,
+              timeout: float) -> None:
+        with self.lock:
+            writer = self.writers.setdefault(user.uid, UserWriter(user))
+        writer.write(directory, files, file_mode, replace, timeout)
+
+    def close(self) -> None:
+        with self.lock:
+            writers, self.writers = list(self.writers.values()), {}
+        for writer in writers:
+            writer.close()
 
 
-def write_files_as_user(user: LocalUser, directory: str, files: list[tuple[str, int]], file_mode: int, replace: bool,
-                        timeout: float) -> None:
-    """Create `directory` if missing and write each (name, source descriptor) into it as the user, by a
-    freshly exec'd writer (FILE_WRITER_SOURCE) that has the user's uid, gid and groups and nothing of this
-    process but the sources and its request: no memory, secrets or other descriptors. A writer that does
-    not answer within `timeout` s (the user may stop it: it runs as them) is killed and the item fails."""
-    identity: dict[str, Any] = {}
-    if os.geteuid() == 0:
-        identity = {"user": user.uid, "group": user.gid, "extra_groups": os.getgrouplist(user.name, user.gid)}
-    elif os.geteuid() != user.uid:
-        raise ItemError(f"jobbergate-sync runs as uid {os.geteuid()} and cannot act as {user.name}; run it as root")
-    request = {"directory": directory, "files": files, "file_mode": file_mode, "replace": replace}
-    what = f"writing files to {directory} as {user.name}"
-    with directory_lock(user.uid, directory), os.fdopen(os.memfd_create("request", os.MFD_CLOEXEC), "w+b") as stdin:
-        stdin.write(marshal.dumps(request))
-        stdin.seek(0)
-        try:
-            writer = subprocess.Popen([writer_python(), "-I", "-S", "-c", FILE_WRITER_SOURCE], stdin=stdin,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, close_fds=True,
-                                      pass_fds=[source for _, source in files], env={}, cwd="/", **identity)
-        except OSError as exc:
-            raise ItemError(f"{what}: cannot start the writer: {exc.strerror}") from None
-        with writer.stdout:
+class UserWriter:
+    """Writes a user's files into execution directories through a freshly exec'd program (FILE_WRITER_SOURCE)
+    with the user's uid, gid and groups and nothing of this process but what each request hands it (no
+    memory, secrets or other descriptors), one request at a time. A writer that does not answer within
+    the request's time limit (the user may stop it: it runs as them) is killed, and only that item fails;
+    the user's next request starts a new one."""
+
+    def __init__(self, user: LocalUser):
+        self.user = user
+        self.lock = threading.Lock()
+        self.process: Optional[subprocess.Popen] = None
+        self.channel: Optional[socket.socket] = None
+
+    def write(self, directory: str, files: list[tuple[str, int]], file_mode: int, replace: bool,
+              timeout: float) -> None:
+        """Create `directory` if missing and write each (name, source descriptor) into it as the user."""
+        what = f"writing files to {directory} as {self.user.name}"
+        request = marshal.dumps({"directory": directory, "names": [name for name, _ in files],
+                                 "file_mode": file_mode, "replace": replace})
+        with self.lock:
+            channel = self.channel or self.start(what)
             try:
-                answer = read_answer(writer, timeout, WRITER_REPORT_BYTES)
-            except subprocess.TimeoutExpired:
-                stop_process(writer, what)
+                channel.settimeout(timeout)
+                socket.send_fds(channel, [request], [source for _, source in files])
+                answer = channel.recv(WRITER_REPORT_BYTES)
+            except socket.timeout:
+                self.end(kill=True)
                 raise ItemError(f"{what}: the writer did not finish within {timeout:g} s; it was killed") from None
-    text = answer.decode(errors="replace")
-    outcome, _, message = text.partition("\n")
-    if outcome == "rejection":
-        raise Rejection(message)
-    if outcome == "error":
-        raise ItemError(f"{what}: {message}")
-    if outcome != "ok" or writer.returncode != 0:
-        raise ItemError(f"{what}: the writer failed (exit status {writer.returncode}): {text.strip()[-300:]}")
+            except ConnectionError:  # the writer is gone
+                answer = b""
+            if not answer:
+                status = self.end(kill=True)
+                raise ItemError(f"{what}: the writer ended without answering (exit status {status})")
+        outcome, _, message = answer.decode(errors="replace").partition("\n")
+        if outcome == "rejection":
+            raise Rejection(message)
+        if outcome != "ok":
+            raise ItemError(f"{what}: {message}")
 
+    def start(self, what: str) -> socket.socket:
+        identity: dict[str, Any] = {}
+        if os.geteuid() == 0:
+            identity = {"user": self.user.uid, "group": self.user.gid,
+                        "extra_groups": os.getgrouplist(self.user.name, self.user.gid)}
+        elif os.geteuid() != self.user.uid:
+            raise ItemError(f"jobbergate-sync runs as uid {os.geteuid()} and cannot act as {self.user.name}; "
+                            "run it as root")
+        channel, writers_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with writers_end:
+            try:
+                self.process = subprocess.Popen([writer_python(), "-I", "-S", "-c", FILE_WRITER_SOURCE],
+                                                stdin=writers_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                                close_fds=True, env={}, cwd="/", **identity)
+            except OSError as exc:
+                channel.close()
+                raise ItemError(f"{what}: cannot start the writer: {exc.strerror}") from None
+        self.channel = channel
+        return channel
 
-def read_answer(process: subprocess.Popen, timeout: float, limit: int) -> bytes:
-    """What the process writes to stdout until it exits, within `timeout` s; subprocess.TimeoutExpired past
-    it, or past `limit` bytes (an answer that long is no answer)."""
-    ends = time.monotonic() + timeout
-    poller = select.poll()
-    poller.register(process.stdout, select.POLLIN)
-    answer = bytearray()
-    while len(answer) <= limit:
-        remaining = ends - time.monotonic()
-        if remaining <= 0 or not poller.poll(remaining * 1000):
-            break
-        chunk = os.read(process.stdout.fileno(), 65536)
-        if not chunk:
-            process.wait(max(ends - time.monotonic(), 0))
-            return bytes(answer)
-        answer += chunk
-    raise subprocess.TimeoutExpired(process.args, timeout)
+    def end(self, kill: bool) -> Optional[int]:
+        """Close the writer's socket, where it ends, or kill it; its exit status once it is gone (None: not yet)."""
+        process, channel, self.process, self.channel = self.process, self.channel, None, None
+        if channel is not None:
+            channel.close()
+        if process is None:
+            return None
+        if not kill:
+            try:
+                return process.wait(KILLED_PROCESS_WAIT)
+            except subprocess.TimeoutExpired:
+                pass  # stopped by its user between requests: killed
+        stop_process(process, f"the file writer of {self.user.name}")
+        return process.returncode
+
+    def close(self) -> None:
+        with self.lock, contextlib.suppress(ItemError):
+            self.end(kill=False)
 
 
 def stop_process(process: subprocess.Popen, what: str) -> None:
@@ -3908,6 +3956,7 @@ class PassContext:
         self.summary = PassSummary()
         self.pending_ids: Optional[set[int]] = None  # every pending submission, once fully listed
         self.reported_now: set[int] = set()  # submissions this pass reported SUBMITTED (set.add is atomic)
+        self.writers = FileWriters()  # what writes job files as their users, one writer per user
         self.changes: Changes = DryRunChanges(self) if dry_run else LiveChanges(self)
         self.earlier = EarlierSubmit(self)
 
@@ -4156,7 +4205,8 @@ class SubmitPhase(PassPart):
         self.context.pending_ids = {item["id"] for item in pending} if complete else None
         log.info("%d pending submission(s) for cluster %s", len(pending), self.cluster)
         with contextlib.closing(DownloadCache(self.api, self.context.changes.download_dir,
-                                              self.config.submit.max_file_size)) as self.downloads:
+                                              self.config.submit.max_file_size)) as self.downloads, \
+                contextlib.closing(self.context.writers):
             for item in pending:
                 self.downloads.expect(item)
             self.context.for_each_item(pending, self.submit_one)
@@ -4186,6 +4236,9 @@ class SubmitPhase(PassPart):
         if support and not self.config.submit.write_files:
             raise Rejection(f"this cluster does not write supporting files (write_files = false) and the job script "
                             f"has {len(support)}: {', '.join(f.filename for f in support)}")
+        if len(submission.files) > MAX_SUBMISSION_FILES:
+            raise Rejection(f"the job script has {len(submission.files)} files; jobbergate-sync writes at most "
+                            f"{MAX_SUBMISSION_FILES} for a submission")
         hidden = [f.filename for f in submission.files if f.filename.startswith(".")]
         if hidden:
             raise Rejection(f"jobbergate-sync does not write files whose names start with '.' ({', '.join(hidden)}): "
@@ -4329,8 +4382,8 @@ class LiveChanges(PassPart):
     def write_files(self, job: PreparedJob) -> None:
         files = list(job.files.items()) if self.config.submit.write_files else []
         total_bytes = sum(os.fstat(source).st_size for _, source in files)
-        write_files_as_user(job.user, job.directory, files, int(self.config.submit.file_mode, 8),
-                            self.config.submit.replace_files, writer_timeout(total_bytes, self.deadline.remaining()))
+        self.context.writers.write(job.user, job.directory, files, int(self.config.submit.file_mode, 8),
+                                   self.config.submit.replace_files, writer_timeout(total_bytes, self.deadline.remaining()))
         log.info("wrote %d file(s) to %s as %s", len(files), job.directory, job.user.name,
                  **ctx(submission_id=job.submission_id, user=job.user.name))
 

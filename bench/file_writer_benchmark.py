@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""What writing a submission's files as its user costs: this checkout's exec'd writer against the
-forked child of an earlier commit (default e28f58b), both writing a job script and a supporting file
-into a fresh directory per submission as an unprivileged user, one at a time and on 4 threads.
+"""What writing a submission's files as its user costs: this checkout's exec'd writer (kept for all of a
+user's submissions in a pass; and, the worst case, started for each submission as a new user's would
+be) against the forked child of an earlier commit (default e28f58b), all writing a job script and a
+supporting file into a fresh directory per submission as an unprivileged user, one at a time and on
+4 threads.
 Prints wall time and CPU (this process and its children) per submission; figures, not asserts.
 
     .venv/bin/python bench/file_writer_benchmark.py [--count 200] [--user nobody] [--before e28f58b]
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import importlib.util
 import os
 import pwd
@@ -49,16 +52,22 @@ def source(content: bytes) -> Any:
     return handle
 
 
-def measure(write_one: Callable[[str], None], root: Path, count: int, threads: int) -> tuple[float, float]:
-    """Milliseconds of wall time and of CPU (user + system, with children) per submission."""
+def measure(write_all: Callable[[list[str]], None], directories: list[str]) -> tuple[float, float]:
+    """Milliseconds of wall time and of CPU (user + system, with the children, all reaped) per submission."""
     before_cpu = os.times()
     started = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        list(pool.map(write_one, [str(root / f"sub-{threads}-{n}") for n in range(count)]))
+    write_all(directories)
     wall = time.perf_counter() - started
     after_cpu = os.times()
     cpu = sum(after_cpu[i] - before_cpu[i] for i in range(4))
-    return 1000 * wall / count, 1000 * cpu / count
+    return 1000 * wall / len(directories), 1000 * cpu / len(directories)
+
+
+def on_threads(threads: int, write_one: Callable[[str], None]) -> Callable[[list[str]], None]:
+    def write_all(directories: list[str]) -> None:
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            list(pool.map(write_one, directories))
+    return write_all
 
 
 def main() -> None:
@@ -72,27 +81,39 @@ def main() -> None:
     before = earlier_module(options.before)
     script, data = source(b"#!/bin/bash\n#SBATCH --time=5\necho hello\n"), source(os.urandom(64 * 1024))
     files = [("job.sh", script.fileno()), ("data.bin", data.fileno())]
+    def forked(directory: str) -> None:
+        before.run_as_user(user, lambda: before.stage_in_directory(directory, files))
+
+    def own_writer(directory: str) -> None:
+        with contextlib.closing(jobbergate_sync.FileWriters()) as writers:
+            writers.write(user, directory, files, 0o600, False, 60)
+
+    def one_writer_for_all(threads: int) -> Callable[[list[str]], None]:
+        def write_all(directories: list[str]) -> None:
+            with contextlib.closing(jobbergate_sync.FileWriters()) as writers:  # ends (and is reaped) inside
+                on_threads(threads, lambda directory: writers.write(user, directory, files, 0o600, False, 60))(
+                    directories)
+        return write_all
+
     contenders = {
-        f"forked child ({options.before})": lambda directory: before.run_as_user(
-            user, lambda: before.stage_in_directory(directory, files)),
-        "exec'd writer (this checkout)": lambda directory: jobbergate_sync.write_files_as_user(
-            user, directory, files, 0o600, False, 60),
+        f"forked child ({options.before})": lambda threads: on_threads(threads, forked),
+        "exec'd writer, one per user and pass (this checkout)": one_writer_for_all,
+        "exec'd writer, each submission a new user's (this checkout)": lambda threads: on_threads(threads, own_writer),
     }
     print(f"{options.count} submissions, a 40-byte script and a 64 KiB supporting file each, as {options.user}")
     print("| writer | threads | wall per submission | CPU per submission |")
     print("|---|---|---|---|")
     for threads in (1, 4):
-        for name, write_one in contenders.items():
+        for name, contender in contenders.items():
             root = Path(tempfile.mkdtemp(prefix="jgs-bench-"))
             root.chmod(0o755)
             os.chown(root, user.uid, user.gid)
             try:
-                write_one(str(root / "warm-up"))
-                wall, cpu = measure(write_one, root, options.count, threads)
+                contender(1)([str(root / "warm-up")])
+                wall, cpu = measure(contender(threads), [str(root / f"sub-{n}") for n in range(options.count)])
             finally:
                 shutil.rmtree(root)
             print(f"| {name} | {threads} | {wall:.1f} ms | {cpu:.1f} ms |")
-
 
 if __name__ == "__main__":
     main()

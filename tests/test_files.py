@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import pwd
@@ -16,16 +17,29 @@ from typing import Any, Callable
 import pytest
 
 import jobbergate_sync
-from jobbergate_sync import ItemError, LocalUser, Rejection, write_files_as_user
+from jobbergate_sync import FileWriters, ItemError, LocalUser, Rejection
 from fakes import CLIENT_SECRET, run
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the privilege boundary exists only when running as root")
 
 MANIFEST = ".jobbergate-sync-files"
-# Put before the writer's own code: it stops itself when its request names a directory containing "stuck",
-# as a user who SIGSTOPs the writer (it runs as them) would.
-STOPS_WHEN_STUCK = ("import os, signal\nif b'stuck' in os.read(0, 1 << 20):\n    os.kill(os.getpid(), signal.SIGSTOP)\n"
-                    "os.lseek(0, 0, os.SEEK_SET)\n")
+# Put before the writer's loop: it stops itself when a request names a directory containing "stuck", as a
+# user who SIGSTOPs the writer (it runs as them) would.
+STOPS_WHEN_STUCK = """
+real_stage = stage
+
+
+def stage(directory, *rest):
+    if "stuck" in directory:
+        os.kill(os.getpid(), __import__("signal").SIGSTOP)
+    return real_stage(directory, *rest)
+"""
+
+
+def writer_source(before_loop: str) -> str:
+    loop = "\nchannel = socket.socket(fileno=0)\n"
+    assert loop in jobbergate_sync.FILE_WRITER_SOURCE
+    return jobbergate_sync.FILE_WRITER_SOURCE.replace(loop, before_loop + loop)
 
 
 @pytest.fixture
@@ -43,8 +57,9 @@ def staged(content: bytes) -> Any:
 
 def write(user: LocalUser, directory: Path, files: list[tuple[str, Any]], file_mode: int = 0o600,
           replace: bool = False, timeout: float = 30) -> None:
-    write_files_as_user(user, str(directory), [(name, handle.fileno()) for name, handle in files], file_mode, replace,
-                        timeout)
+    with contextlib.closing(FileWriters()) as writers:
+        writers.write(user, str(directory), [(name, handle.fileno()) for name, handle in files], file_mode, replace,
+                      timeout)
 
 
 def children_of_this_process() -> dict[int, dict[str, str]]:
@@ -96,7 +111,8 @@ def memory_holds(pid: int, needle: bytes) -> bool:
 
 def test_the_writer_has_the_users_identity_and_nothing_of_the_root_process(nobody, exec_root, monkeypatch):
     """The writer is exec'd: none of this process's memory (where the secrets are), descriptors or
-    environment; the user's uid, gid and own groups only; not dumpable."""
+    environment (it gets each request's sources with the request); the user's uid, gid and own groups
+    only; not dumpable."""
     secret = ("never-in-the-writer-" + CLIENT_SECRET).encode()  # in this process's memory
     monkeypatch.setenv("JOBBERGATE_SYNC_OIDC_CLIENT_SECRET", secret.decode())
     monkeypatch.setattr(jobbergate_sync, "FILE_WRITER_SOURCE", jobbergate_sync.FILE_WRITER_SOURCE.replace(
@@ -106,7 +122,6 @@ def test_the_writer_has_the_users_identity_and_nothing_of_the_root_process(nobod
     os.setgroups([0, grp.getgrnam("adm").gr_gid])  # root's extra groups must not reach the writer
     failures: list[BaseException] = []
     with staged(b"#!/bin/sh\n") as script, kept_open:
-        source = script.fileno()
         writing = threading.Thread(target=lambda: failures.extend(failure_of(
             lambda: write(nobody, exec_root, [("job.sh", script)]))))
         writing.start()
@@ -125,7 +140,8 @@ def test_the_writer_has_the_users_identity_and_nothing_of_the_root_process(nobod
     assert status["Gid"].split() == [str(nobody.gid)] * 4
     assert sorted(map(int, status["Groups"].split())) == sorted(set(os.getgrouplist("nobody", nobody.gid)))
     assert int(status["CapEff"], 16) == int(status["CapPrm"], 16) == 0
-    assert set(descriptors) == {0, 1, 2, source}, descriptors  # stdin request, stdout answer, the source
+    assert set(descriptors) == {0, 1, 2}, descriptors
+    assert descriptors[0].startswith("socket:") and descriptors[1] == descriptors[2] == "/dev/null"
     assert environment == b""
     assert not in_memory
     assert proc_owner == 0  # /proc/<pid> of a process that is not dumpable belongs to root
@@ -227,12 +243,12 @@ def test_a_fifo_in_place_of_a_file_is_refused_without_blocking(nobody, exec_root
 def test_a_crashing_writer_is_an_item_error_not_a_rejection(nobody, exec_root, monkeypatch):
     monkeypatch.setattr(jobbergate_sync, "FILE_WRITER_SOURCE", "import sys\nsys.exit('the writer broke')\n")
     with staged(b"x") as data:
-        with pytest.raises(ItemError, match=r"the writer failed \(exit status 1\): the writer broke"):
+        with pytest.raises(ItemError, match=r"the writer ended without answering \(exit status 1\)"):
             write(nobody, exec_root, [("job.sh", data)])
 
 
 def test_a_stopped_writer_is_killed_at_its_time_limit(nobody, exec_root, monkeypatch):
-    monkeypatch.setattr(jobbergate_sync, "FILE_WRITER_SOURCE", STOPS_WHEN_STUCK + jobbergate_sync.FILE_WRITER_SOURCE)
+    monkeypatch.setattr(jobbergate_sync, "FILE_WRITER_SOURCE", writer_source(STOPS_WHEN_STUCK))
     with staged(b"x") as data:
         with pytest.raises(ItemError, match=r"writing files to .*/stuck as nobody: the writer did not finish within 0.5 s; "
                                             "it was killed"):
@@ -243,7 +259,7 @@ def test_a_stopped_writer_is_killed_at_its_time_limit(nobody, exec_root, monkeyp
 def test_a_stopped_writer_fails_only_its_own_submission(stack, config_file, email, exec_root, monkeypatch, capsys):
     """A user who stops the writer (it runs as them) holds nothing: it is killed at its time limit, their
     submission is left for the next pass, and the next user's submission goes on."""
-    monkeypatch.setattr(jobbergate_sync, "FILE_WRITER_SOURCE", STOPS_WHEN_STUCK + jobbergate_sync.FILE_WRITER_SOURCE)
+    monkeypatch.setattr(jobbergate_sync, "FILE_WRITER_SOURCE", writer_source(STOPS_WHEN_STUCK))
     monkeypatch.setattr(jobbergate_sync, "writer_timeout", lambda total_bytes, remaining: 0.5)
     stack.api.add_submission(1, email=email, execution_directory=str(exec_root / "stuck"))
     stack.api.add_submission(2, email=email, execution_directory=str(exec_root / "fine"))
@@ -251,6 +267,25 @@ def test_a_stopped_writer_fails_only_its_own_submission(stack, config_file, emai
     assert [stack.api.status(1), stack.api.status(2)] == ["CREATED", "SUBMITTED"]
     assert "the writer did not finish within 0.5 s; it was killed" in capsys.readouterr().err
     assert children_of_this_process() == {}
+
+
+def test_one_writer_serves_all_of_a_users_submissions_in_a_pass(stack, config_file, email, exec_root, monkeypatch):
+    started = []
+    real_popen = jobbergate_sync.subprocess.Popen
+
+    def counting_popen(argv, *args, **kwargs):
+        started.append(argv)
+        return real_popen(argv, *args, **kwargs)
+
+    monkeypatch.setattr(jobbergate_sync.subprocess, "Popen", counting_popen)
+    for number in (1, 2, 3):
+        stack.api.add_submission(number, {"job.sh": b"#!/bin/sh\n", "in.dat": b"%d" % number}, email=email,
+                                 execution_directory=str(exec_root / f"run-{number}"), script_id=7)
+    assert run(config_file()) == 0
+    assert [stack.api.status(number) for number in (1, 2, 3)] == ["SUBMITTED"] * 3
+    assert len(started) == 1 and started[0][1:4] == ["-I", "-S", "-c"]
+    assert all((exec_root / f"run-{number}" / "in.dat").exists() for number in (1, 2, 3))
+    assert children_of_this_process() == {}  # ended with the submit phase
 
 
 def test_the_writer_time_limit_grows_with_the_bytes_and_stops_at_the_deadline():
