@@ -3625,12 +3625,12 @@ class FileWriters:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.writers: dict[int, UserWriter] = {}
+        self.writers: dict[tuple[int, int, str], UserWriter] = {}
 
     def write(self, user: LocalUser, directory: str, files: list[tuple[str, int]], file_mode: int, replace: bool,
               timeout: float) -> None:
         with self.lock:
-            writer = self.writers.setdefault(user.uid, UserWriter(user))
+            writer = self.writers.setdefault((user.uid, user.gid, user.name), UserWriter(user))
         writer.write(directory, files, file_mode, replace, timeout)
 
     def close(self) -> None:
@@ -3670,6 +3670,9 @@ class UserWriter:
                 raise ItemError(f"{what}: the writer did not finish within {timeout:g} s; it was killed") from None
             except ConnectionError:  # the writer is gone
                 answer = b""
+            except OSError as exc:
+                self.end(kill=True)
+                raise ItemError(f"{what}: cannot reach the writer: {exc}") from None
             if not answer:
                 status = self.end(kill=True)
                 raise ItemError(f"{what}: the writer ended without answering (exit status {status})")
