@@ -3527,6 +3527,13 @@ def stage(directory, files, mode, replace):
     directory_mode = mode | (mode & 0o444) >> 2  # x where r: 0600 -> 0700, 0640 -> 0750
     os.umask(0o777 & ~directory_mode)  # also the mode of the parent directories makedirs creates
     directory_fd = open_directory(directory, directory_mode)
+    try:
+        write_all(directory, directory_fd, files, mode, replace)
+    finally:
+        os.close(directory_fd)
+
+
+def write_all(directory, directory_fd, files, mode, replace):
     manifest = read_manifest(directory_fd)
     for name, _ in files:  # every file checked before any is written
         try:

@@ -288,6 +288,14 @@ def test_one_writer_serves_all_of_a_users_submissions_in_a_pass(stack, config_fi
     assert children_of_this_process() == {}  # ended with the submit phase
 
 
+def test_the_writer_keeps_no_descriptor_between_requests(nobody, exec_root):
+    with contextlib.closing(FileWriters()) as writers, staged(b"x") as data:
+        for number in range(3):
+            writers.write(nobody, str(exec_root / f"run-{number}"), [("job.sh", data.fileno())], 0o600, False, 30)
+        (writer,) = writers.writers.values()
+        assert sorted(map(int, os.listdir(f"/proc/{writer.process.pid}/fd"))) == [0, 1, 2]
+
+
 def test_the_writer_time_limit_grows_with_the_bytes_and_stops_at_the_deadline():
     small, large = jobbergate_sync.writer_timeout(0, 1000), jobbergate_sync.writer_timeout(100 << 20, 1000)
     assert small < large <= 1000
