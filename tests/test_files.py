@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import jobbergate_sync
 from jobbergate_sync import FileWriters, ItemError, LocalUser, Rejection
@@ -294,6 +296,34 @@ def test_the_writer_keeps_no_descriptor_between_requests(nobody, exec_root):
             writers.write(nobody, str(exec_root / f"run-{number}"), [("job.sh", data.fileno())], 0o600, False, 30)
         (writer,) = writers.writers.values()
         assert sorted(map(int, os.listdir(f"/proc/{writer.process.pid}/fd"))) == [0, 1, 2]
+
+
+def accepted(name: str) -> bool:
+    """A name a submission may give a file (parse_pending's check, and not hidden)."""
+    try:
+        jobbergate_sync.check_filename(name)
+    except Rejection:
+        return False
+    return not name.startswith(".")
+
+
+FILE_NAMES = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40).filter(accepted)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(files=st.dictionaries(FILE_NAMES, st.binary(max_size=3000), min_size=1, max_size=5))
+def test_any_accepted_names_are_written_as_given_and_nothing_else_anywhere(nobody, exec_root, files):
+    directory = exec_root / f"run-{len(os.listdir(exec_root))}"
+    before = set(os.listdir(exec_root))
+    handles = {name: staged(content) for name, content in files.items()}
+    try:
+        write(nobody, directory, list(handles.items()))
+    finally:
+        for handle in handles.values():
+            handle.close()
+    assert set(os.listdir(exec_root)) == before | {directory.name}
+    assert sorted(os.listdir(directory)) == sorted([*files, MANIFEST])
+    assert {name: (directory / name).read_bytes() for name in files} == files
 
 
 def test_the_writer_time_limit_grows_with_the_bytes_and_stops_at_the_deadline():
