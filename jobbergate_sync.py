@@ -5460,6 +5460,9 @@ def run_once(config: Config, dry_run: bool) -> int:
     except Exception:
         log.exception("internal error; please report it with this log")
         exit_code = EX_SOFTWARE
+    except BaseException:  # an interrupt (or a test's stand-in for SIGKILL): the watchdog goes with the pass
+        watchdog.cancel()
+        raise
     entries = None
     with contextlib.suppress(sqlite3.Error, AttributeError):
         entries = journal.size()  # type: ignore[union-attr]

@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -234,3 +235,18 @@ def test_the_watchdog_ends_a_pass_stuck_past_its_deadline(config_file):
     assert result.returncode == jobbergate_sync.EX_UNAVAILABLE
     assert "past its 1 s deadline; the watchdog ends it" in lines[-2]
     assert "pass finished: exit_code=69" in lines[-1]
+
+
+def test_a_pass_that_ends_by_an_interrupt_leaves_no_watchdog_behind(stack, config_file, monkeypatch):
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jobbergate_sync.SyncPass, "run", interrupted)
+    config = jobbergate_sync.load_config(config_file(), {})
+    jobbergate_sync.prepare_state_dir(config.run.state_dir)
+    with pytest.raises(KeyboardInterrupt):
+        jobbergate_sync.run_once(config, dry_run=False)
+    watchdogs = [thread for thread in threading.enumerate() if thread.name == "watchdog"]
+    for thread in watchdogs:
+        thread.join(5)  # a cancelled one ends at once; a live one would wait for the deadline plus its grace
+    assert not any(thread.is_alive() for thread in watchdogs)
