@@ -27,7 +27,6 @@ import configparser
 import contextlib
 import dataclasses
 import enum
-import errno
 import fcntl
 import json
 import logging
