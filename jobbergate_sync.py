@@ -31,11 +31,13 @@ import errno
 import fcntl
 import json
 import logging
+import marshal
 import os
 import pwd
 import re
 import shlex
 import signal
+import socket
 import sqlite3
 import ssl
 import stat
@@ -47,7 +49,6 @@ import threading
 import time
 import unicodedata
 import urllib.parse
-import warnings
 from datetime import datetime, timezone
 from typing import IO, Any, Callable, Collection, Iterable, Iterator, Mapping, Optional, Protocol, Union
 
@@ -99,7 +100,8 @@ EXIT_CODES = (
     ExitCode(EX_UNAVAILABLE, "a peer unreachable",
              "the Jobbergate API, the OIDC issuer, slurmrestd, Slurm's commands, slurmdbd or the LDAP server was "
              "unreachable (timeouts, refused connections, 5xx, 429, garbage answers), or slurmdbd was behind while "
-             "settling an interrupted submit; the work waits for the next pass",
+             "settling an interrupted submit; the work waits for the next pass. Also: the pass ran far past [run] "
+             "deadline and its watchdog ended it",
              "a peer is unreachable: the OIDC issuer, the API, slurmrestd or slurmctld behind it, slurmdbd or the LDAP "
              "server (before Slurm 25.11 a token refused for a wrong JWT key looks the same)"),
     ExitCode(EX_SOFTWARE, "internal error", "internal error (a bug: please report it with the log, which has the "
@@ -197,6 +199,10 @@ class ItemError(SyncError):
 class Rejection(Exception):
     """The submission can never be submitted as it is: it is rejected (REJECTED in the API) with this
     message, which is for its owner; the pass goes on."""
+
+
+class TooLarge(Rejection):
+    """A downloaded file went past the size it was allowed: the submission is rejected, naming the limit."""
 
 
 class SubmitUnsettled(Rejection):
@@ -368,6 +374,15 @@ CONFIG_SCHEMA: dict[str, dict[str, Setting]] = {
                                                 "with supporting files."),
         "max_file_size": Setting(10 * 1024 * 1024, int, minimum=1,
                                  help="Largest file accepted, in bytes (files are streamed, never held whole in memory)."),
+        "max_total_size": Setting(64 * 1024 * 1024, int, minimum=1, help=(
+            "Largest total, in bytes, of one submission's files: a submission over it is rejected. The pass holds at "
+            "most [run] workers times this on the state directory's file system, plus its download cache.")),
+        "file_mode": Setting("0600", help=(
+            "Mode (octal) of the files written into execution directories; directories created get it plus the "
+            "matching x bits (0600 gives 0700). The owner's login umask is not known to the tool.")),
+        "replace_files": Setting(False, bool, help=(
+            "Replace an existing file of the same name that jobbergate-sync did not write itself (or that was "
+            "changed since). false: such a submission is rejected and the file left alone.")),
         "job_path": Setting("/usr/local/bin:/usr/bin:/bin",
                             help="PATH of the job's environment, which holds PATH, HOME, USER, LOGNAME and the job's "
                                  "--export=NAME=value variables, never the agent's environment."),
@@ -652,6 +667,9 @@ def validate_config(sections: dict[str, dict[str, Any]]) -> None:
     except (KeyError, IndexError, ValueError) as exc:
         raise ConfigError(f"[submit] execution_directory: bad template ({exc}); use {{username}} or {{home}}") from None
     need(example.startswith("/"), "submit.execution_directory", "must be an absolute path template")
+    need(re.fullmatch(r"0?[0-7]{3}", sections["submit"]["file_mode"]) is not None
+         and int(sections["submit"]["file_mode"], 8) & 0o600 == 0o600, "submit.file_mode",
+         "must be an octal mode such as 0600 or 0640 that lets the owner read and write")
     mapper = sections["mapper"]
     need(mapper["type"] != "single-user" or bool(mapper["user"]), "mapper.user", "required by the single-user mapper")
     need(mapper["type"] != "map-file" or bool(mapper["map_file"]), "mapper.map_file", "required by the map-file mapper")
@@ -2419,6 +2437,9 @@ class Deadline:
 
 
 DEADLINE_GRACE_TIMEOUT = 5.0
+# How long past [run] deadline a pass may still run (finishing the items under way, which are bounded by
+# their own time limits) before the watchdog ends the process and so releases the lock.
+WATCHDOG_GRACE_SECONDS = 60.0
 
 
 # The peers a pass talks to (the API, the OIDC issuer, slurmrestd, the monitoring ping): one
@@ -2788,7 +2809,7 @@ class JobbergateApi:
                 for chunk in response.iter_content(chunk_size=65536):
                     size += len(chunk)
                     if size > max_bytes:
-                        raise Rejection(
+                        raise TooLarge(
                             f"file {filename!r} of job script {parent_id} is larger than the "
                             f"{max_bytes}-byte limit of this cluster"
                         )
@@ -3519,18 +3540,23 @@ def run_command(argv: list[str], timeout: float, user: Optional[LocalUser] = Non
     launched = [ENV_COMMAND, f"--chdir={directory}", "--", *argv] if directory else argv
     not_runnable = f"[slurm] {os.path.basename(argv[0])} = {argv[0]}: cannot run it"
     try:
-        completed = subprocess.run(launched, input=stdin, capture_output=True, text=True, errors="replace",
-                                   timeout=timeout, env=dict(environment or QUERY_ENVIRONMENT), cwd="/", umask=0o022,
-                                   **identity)
-    except subprocess.TimeoutExpired:
-        raise Unavailable(f"{shlex.join(argv)}: no answer within {timeout:g} s") from None
+        process = subprocess.Popen(launched, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, errors="replace", env=dict(environment or QUERY_ENVIRONMENT), cwd="/",
+                                   umask=0o022, **identity)
     except OSError as exc:
         raise ConfigError(f"{not_runnable}: {exc.strerror}") from None
-    result = CommandResult(argv, completed.returncode, completed.stdout, completed.stderr)
-    if directory and completed.stderr.startswith((f"{ENV_COMMAND}: ", "env: ")):  # env names itself as it was run
-        if completed.returncode == ENV_CANNOT_ENTER:
+    try:
+        stdout, stderr = process.communicate(stdin, timeout=timeout)
+    except subprocess.TimeoutExpired:  # not subprocess.run: it waits for a command it could not kill
+        process.stdout.close()  # type: ignore[union-attr]
+        process.stderr.close()  # type: ignore[union-attr]
+        stop_process(process, shlex.join(argv))
+        raise Unavailable(f"{shlex.join(argv)}: no answer within {timeout:g} s") from None
+    result = CommandResult(argv, process.returncode, stdout, stderr)
+    if directory and stderr.startswith((f"{ENV_COMMAND}: ", "env: ")):  # env names itself as it was run
+        if process.returncode == ENV_CANNOT_ENTER:
             raise ItemError(f"{argv[0]}: cannot enter {directory} as {user.name if user else 'root'}: {result.message()}")
-        if completed.returncode in ENV_CANNOT_RUN:
+        if process.returncode in ENV_CANNOT_RUN:
             raise ConfigError(f"{not_runnable}: {result.message()}")
     return result
 
@@ -3762,11 +3788,8 @@ class SlurmCommands:
 
 
 # ---------------------------------------------------------------------------------------------
-# Files as the user: execution directory and job files, written by a child that became the user
+# Files as the user: execution directory and job files, written by a program exec'd as the user
 # ---------------------------------------------------------------------------------------------
-
-PERMANENT_FILE_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ELOOP, errno.EISDIR,
-                         errno.ENAMETOOLONG, errno.EROFS, errno.EEXIST, errno.ENOENT, errno.ENXIO}
 
 
 def resolve_execution_directory(requested: Optional[str], template: str, user: LocalUser) -> str:
@@ -3790,113 +3813,344 @@ def read_whole(fd: int) -> bytes:
         offset += len(chunk)
 
 
-def stage_in_directory(directory: str, files: list[tuple[str, int]]) -> None:
-    """Create `directory` if missing, check it is a real writable directory, and write each
-    (name, source fd) into it without following symbolic links. Runs as the user. Sources are
-    read with pread: other submissions of the same job script read them at the same time."""
+# The program that writes the files of one user's submissions, exec'd as that user (UserWriter). It knows
+# only its requests: each a message on the socket that is its stdin, marshalled (the directory, the files'
+# names, the mode, whether to replace files it did not write), with the files' sources as descriptors
+# (SCM_RIGHTS). It answers each with a message "ok", "rejection" (the owner's to fix) or "error" (retried
+# next pass), the latter two followed by a line with the message, and ends when the socket closes.
+# Every file goes to a temporary name and is renamed into place, so a failed write leaves the old file
+# whole; the names and signatures of the files it wrote are kept in MANIFEST in the directory, and only
+# those are replaced unless told otherwise. Only modules that load fast: it starts once per user and pass.
+FILE_WRITER_SOURCE = r'''
+import errno, marshal, os, socket, stat
+
+
+def not_dumpable():
+    """PR_SET_DUMPABLE 0, as soon as may be: no tracing, no /proc/<pid>/mem. Through _ctypes, which loads
+    in a millisecond where the ctypes package takes ten."""
+    try:
+        import _ctypes
+        _ctypes.call_function(_ctypes.dlsym(_ctypes.dlopen(None), "prctl"), (4, 0, 0, 0, 0))
+    except AttributeError:
+        import ctypes
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)
+
+
+not_dumpable()
+PERMANENT = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ELOOP, errno.EISDIR, errno.ENAMETOOLONG, errno.EROFS,
+             errno.EEXIST, errno.ENOENT, errno.ENXIO}
+MANIFEST = ".jobbergate-sync-files"
+
+
+class Refused(Exception):
+    """The files cannot be written as the submission asks: its owner is told."""
+
+
+class Transient(Exception):
+    """The files could not be written this time (a full disk, a quota): tried again next pass."""
+
+
+def failure(exc, what):
+    return (Refused if exc.errno in PERMANENT else Transient)(f"{what}: {exc.strerror}")
+
+
+def signature(info):
+    return [info.st_ino, info.st_size, info.st_mtime_ns]
+
+
+def existing(name, directory_fd):
+    try:
+        return os.stat(name, dir_fd=directory_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def open_directory(directory, mode):
     try:
         info = os.lstat(directory)
     except FileNotFoundError:
         try:
-            os.makedirs(directory, mode=0o755, exist_ok=True)
+            os.makedirs(directory, mode, exist_ok=True)
             info = os.lstat(directory)
         except OSError as exc:
-            raise _file_error(exc, f"cannot create execution directory {directory}") from None
+            raise failure(exc, f"cannot create execution directory {directory}") from None
     except OSError as exc:
-        raise _file_error(exc, f"cannot reach execution directory {directory}") from None
+        raise failure(exc, f"cannot reach execution directory {directory}") from None
     if stat.S_ISLNK(info.st_mode):
-        raise Rejection(f"execution directory {directory} is a symbolic link; give the real directory")
+        raise Refused(f"execution directory {directory} is a symbolic link; give the real directory")
     if not stat.S_ISDIR(info.st_mode):
-        raise Rejection(f"execution directory {directory} is not a directory")
+        raise Refused(f"execution directory {directory} is not a directory")
     if not os.access(directory, os.W_OK | os.X_OK):
-        raise Rejection(f"execution directory {directory} is not writable by the job's user")
-    directory_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        raise Refused(f"execution directory {directory} is not writable by the job's user")
+    return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def read_manifest(directory_fd):
+    """The files written here before: lines "inode size mtime_ns name" (names never hold a newline)."""
+    manifest = {}
     try:
-        for name, source_fd in files:
-            try:
-                target = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                                 0o644, dir_fd=directory_fd)
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    raise Rejection(f"{directory}/{name} is a symbolic link; refusing to write through it") from None
-                raise _file_error(exc, f"cannot write {directory}/{name}") from None
-            with os.fdopen(target, "wb") as out:
-                if not stat.S_ISREG(os.fstat(out.fileno()).st_mode):
-                    raise Rejection(f"{directory}/{name} exists and is not a regular file")
-                out.truncate()
-                offset = 0
-                while True:
-                    chunk = os.pread(source_fd, 65536, offset)
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                    offset += len(chunk)
+        fd = os.open(MANIFEST, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=directory_fd)
+        with os.fdopen(fd, "rb") as handle:
+            text = handle.read(1 << 20).decode() if stat.S_ISREG(os.fstat(fd).st_mode) else ""
+        for line in text.splitlines():
+            inode, size, mtime, name = line.split(" ", 3)
+            manifest[name] = [int(inode), int(size), int(mtime)]
+    except (OSError, ValueError):
+        return {}
+    return manifest
+
+
+def write_file(directory_fd, name, write, mode, path):
+    """Call write(out) on a new temporary file, then rename it to `name`; the signature of what is there."""
+    temporary = f".jobbergate-sync-{os.getpid()}.tmp"  # one file at a time: renamed or removed before the next
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
+                     dir_fd=directory_fd)
+    except OSError as exc:
+        raise failure(exc, f"cannot write {path}") from None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            write(out)
+            out.flush()
+            info = os.fstat(fd)
+        os.rename(temporary, name, src_dir_fd=directory_fd, dst_dir_fd=directory_fd)
+    except OSError as exc:
+        try:
+            os.unlink(temporary, dir_fd=directory_fd)
+        except OSError:
+            pass
+        raise failure(exc, f"cannot write {path}") from None
+    return signature(info)
+
+
+def copy_from(source):
+    def write(out):
+        offset = 0
+        while True:
+            chunk = os.pread(source, 1 << 20, offset)
+            if not chunk:
+                return
+            out.write(chunk)
+            offset += len(chunk)
+    return write
+
+
+def stage(directory, files, mode, replace):
+    directory_mode = mode | (mode & 0o444) >> 2  # x where r: 0600 -> 0700, 0640 -> 0750
+    os.umask(0o777 & ~directory_mode)  # also the mode of the parent directories makedirs creates
+    directory_fd = open_directory(directory, directory_mode)
+    try:
+        write_all(directory, directory_fd, files, mode, replace)
     finally:
         os.close(directory_fd)
 
 
-def _file_error(exc: OSError, what: str) -> Exception:
-    message = f"{what}: {exc.strerror}"
-    return Rejection(message) if exc.errno in PERMANENT_FILE_ERRNOS else ItemError(message)
-
-
-# One fork at a time: a child inherits every descriptor open at its fork, so a pipe made for
-# another child at the same moment would not see its end of file until this child exits too.
-FORK_LOCK = threading.Lock()
-
-
-def run_as_user(user: LocalUser, work: Callable[[], None]) -> None:
-    """Run `work` with the user's identity. As root: in a forked child that set the user's own
-    supplementary groups, gid and uid, so no root access reaches a path the user controls.
-
-    The pass forks while its other workers run. A child of a threaded process inherits locks held by
-    threads that do not exist in it; this one never waits on such a lock: its group list is looked up
-    here, before the fork (NSS may lock, and a worker may be inside getpwnam), and `work` makes
-    system calls and plain Python objects only (no logging, journal, HTTP or NSS; CPython resets its
-    own locks in a child, glibc its malloc locks). It reports through a pipe and leaves with
-    os._exit, never returning into the parent's code. So Python's warning about forking a
-    threaded process, meant for children that go on running arbitrary code, is silenced here."""
-    if os.geteuid() != 0:
-        if os.geteuid() != user.uid:
-            raise ItemError(f"jobbergate-sync runs as uid {os.geteuid()} and cannot act as {user.name}; run it as root")
-        work()
-        return
-    groups = os.getgrouplist(user.name, user.gid)
-    with FORK_LOCK:
-        warnings.filterwarnings("ignore", message=r".*multi-threaded, use of fork\(\) may lead to deadlocks",
-                                category=DeprecationWarning, module=__name__)
-        reader, writer = os.pipe()
-        pid = os.fork()
-        if pid != 0:
-            os.close(writer)
-    if pid == 0:  # child
-        outcome: dict[str, str] = {}
+def write_all(directory, directory_fd, files, mode, replace):
+    manifest = read_manifest(directory_fd)
+    for name, _ in files:  # every file checked before any is written
         try:
-            os.close(reader)
-            os.setgroups(groups)
-            os.setresgid(user.gid, user.gid, user.gid)
-            os.setresuid(user.uid, user.uid, user.uid)
-            os.umask(0o022)
-            os.chdir("/")
-            work()
-        except Rejection as exc:
-            outcome = {"rejection": str(exc)}
-        except BaseException as exc:  # report everything to the parent, never unwind into its code
-            outcome = {"error": f"{type(exc).__name__}: {exc}"}
-        try:
-            os.write(writer, json.dumps(outcome).encode())
-        finally:
-            os._exit(0)
-    with os.fdopen(reader, "rb") as pipe:
-        data = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    if not data:
-        raise ItemError(f"the file-writing process for {user.name} died (wait status {status})")
-    outcome = json.loads(data)
-    if "rejection" in outcome:
-        raise Rejection(outcome["rejection"])
-    if "error" in outcome:
-        raise ItemError(f"writing files as {user.name}: {outcome['error']}")
+            info = existing(name, directory_fd)
+        except OSError as exc:
+            raise failure(exc, f"cannot write {directory}/{name}") from None
+        if info is None:
+            continue
+        if stat.S_ISLNK(info.st_mode):
+            raise Refused(f"{directory}/{name} is a symbolic link; refusing to write through it")
+        if not stat.S_ISREG(info.st_mode):
+            raise Refused(f"{directory}/{name} exists and is not a regular file")
+        if not replace and manifest.get(name) != signature(info):
+            raise Refused(f"{directory}/{name} exists and jobbergate-sync did not write it (or it changed since): "
+                          "it is left alone; move it away or choose another execution directory")
+    for name, source in files:
+        manifest[name] = write_file(directory_fd, name, copy_from(source), mode, f"{directory}/{name}")
+    if files:
+        current = {name: mark for name, mark in manifest.items() if still_there(name, mark, directory_fd)}
+        text = "".join(f"{inode} {size} {mtime} {name}\n" for name, (inode, size, mtime) in current.items())
+        write_file(directory_fd, MANIFEST, lambda out: out.write(text.encode()), 0o600, f"{directory}/{MANIFEST}")
+
+
+def still_there(name, mark, directory_fd):
+    info = existing(name, directory_fd)
+    return info is not None and signature(info) == mark
+
+
+def answer(request, sources):
+    try:
+        stage(request["directory"], list(zip(request["names"], sources)), request["file_mode"], request["replace"])
+        return "ok\n"
+    except Refused as exc:
+        return f"rejection\n{exc}"
+    except Transient as exc:
+        return f"error\n{exc}"
+    except Exception as exc:
+        return f"error\n{type(exc).__name__}: {exc}"
+    finally:
+        for source in sources:
+            os.close(source)
+
+
+channel = socket.socket(fileno=0)
+while True:
+    message, sources, _, _ = socket.recv_fds(channel, 1 << 20, 253)  # SCM_MAX_FD: descriptors in one message
+    if not message:
+        break
+    channel.send(answer(marshal.loads(message), sources).encode(errors="surrogateescape"))
+'''
+
+
+# The writer needs only the standard library, run by an interpreter every user can reach: this one's real
+# file (not a virtual environment's link to it), unless it sits where only root can enter (a pyenv in
+# /root), then the system's.
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def runnable_by_anyone(path: str) -> bool:
+    """Whether others may execute `path` and enter every directory on the way to it."""
+    steps = [path] + [os.path.dirname(path)]
+    while steps[-1] != os.path.dirname(steps[-1]):
+        steps.append(os.path.dirname(steps[-1]))
+    try:
+        return all(os.stat(step).st_mode & stat.S_IXOTH for step in steps)
+    except OSError:
+        return False
+
+
+def writer_python() -> str:
+    real = os.path.realpath(sys.executable)
+    return real if runnable_by_anyone(real) else SYSTEM_PYTHON
+
+
+# The most of a writer's answer read (a line or two; only a process tracing it could send more).
+WRITER_REPORT_BYTES = 65536
+# A writer's time limit: a start-up allowance plus its bytes at this rate (a slow NFS still writes 1 MiB/s),
+# never past the deadline (plus DEADLINE_GRACE_TIMEOUT, as HTTP calls).
+WRITER_START_SECONDS = 10.0
+WRITER_BYTES_PER_SECOND = 1024 * 1024
+# How long to wait for a killed process to be gone: one stuck in the kernel (a hung NFS) is left to end later.
+KILLED_PROCESS_WAIT = 5.0
+
+
+def writer_timeout(total_bytes: int, remaining: float) -> float:
+    return min(WRITER_START_SECONDS + total_bytes / WRITER_BYTES_PER_SECOND, max(remaining, DEADLINE_GRACE_TIMEOUT))
+
+
+# Descriptors one message can carry (the kernel's SCM_MAX_FD): the most files a submission may have.
+MAX_SUBMISSION_FILES = 253
+
+
+class FileWriters:
+    """The pass's file writers: one per user, started when that user's first submission is written and
+    ended with the submit phase (close)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.writers: dict[tuple[int, int, str], UserWriter] = {}
+
+    def write(self, user: LocalUser, directory: str, files: list[tuple[str, int]], file_mode: int, replace: bool,
+              timeout: float) -> None:
+        with self.lock:
+            writer = self.writers.setdefault((user.uid, user.gid, user.name), UserWriter(user))
+        writer.write(directory, files, file_mode, replace, timeout)
+
+    def close(self) -> None:
+        with self.lock:
+            writers, self.writers = list(self.writers.values()), {}
+        for writer in writers:
+            writer.close()
+
+
+class UserWriter:
+    """Writes a user's files into execution directories through a freshly exec'd program (FILE_WRITER_SOURCE)
+    with the user's uid, gid and groups and nothing of this process but what each request hands it (no
+    memory, secrets or other descriptors), one request at a time. A writer that does not answer within
+    the request's time limit (the user may stop it: it runs as them) is killed, and only that item fails;
+    the user's next request starts a new one."""
+
+    def __init__(self, user: LocalUser):
+        self.user = user
+        self.lock = threading.Lock()
+        self.process: Optional[subprocess.Popen] = None
+        self.channel: Optional[socket.socket] = None
+
+    def write(self, directory: str, files: list[tuple[str, int]], file_mode: int, replace: bool,
+              timeout: float) -> None:
+        """Create `directory` if missing and write each (name, source descriptor) into it as the user."""
+        what = f"writing files to {directory} as {self.user.name}"
+        request = marshal.dumps({"directory": directory, "names": [name for name, _ in files],
+                                 "file_mode": file_mode, "replace": replace})
+        with self.lock:
+            channel = self.channel or self.start(what)
+            try:
+                channel.settimeout(timeout)
+                socket.send_fds(channel, [request], [source for _, source in files])
+                answer = channel.recv(WRITER_REPORT_BYTES)
+            except socket.timeout:
+                self.end(kill=True)
+                raise ItemError(f"{what}: the writer did not finish within {timeout:g} s; it was killed") from None
+            except ConnectionError:  # the writer is gone
+                answer = b""
+            except OSError as exc:
+                self.end(kill=True)
+                raise ItemError(f"{what}: cannot reach the writer: {exc}") from None
+            if not answer:
+                status = self.end(kill=True)
+                raise ItemError(f"{what}: the writer ended without answering (exit status {status})")
+        outcome, _, message = answer.decode(errors="replace").partition("\n")
+        if outcome == "rejection":
+            raise Rejection(message)
+        if outcome != "ok":
+            raise ItemError(f"{what}: {message}")
+
+    def start(self, what: str) -> socket.socket:
+        identity: dict[str, Any] = {}
+        if os.geteuid() == 0:
+            identity = {"user": self.user.uid, "group": self.user.gid,
+                        "extra_groups": os.getgrouplist(self.user.name, self.user.gid)}
+        elif os.geteuid() != self.user.uid:
+            raise ItemError(f"jobbergate-sync runs as uid {os.geteuid()} and cannot act as {self.user.name}; "
+                            "run it as root")
+        channel, writers_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with writers_end:
+            try:
+                self.process = subprocess.Popen([writer_python(), "-I", "-S", "-c", FILE_WRITER_SOURCE],
+                                                stdin=writers_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                                close_fds=True, env={}, cwd="/", **identity)
+            except OSError as exc:
+                channel.close()
+                raise ItemError(f"{what}: cannot start the writer: {exc.strerror}") from None
+        self.channel = channel
+        return channel
+
+    def end(self, kill: bool) -> Optional[int]:
+        """Close the writer's socket, where it ends, or kill it; its exit status once it is gone (None: not yet)."""
+        process, channel, self.process, self.channel = self.process, self.channel, None, None
+        if channel is not None:
+            channel.close()
+        if process is None:
+            return None
+        if not kill:
+            try:
+                return process.wait(KILLED_PROCESS_WAIT)
+            except subprocess.TimeoutExpired:
+                pass  # stopped by its user between requests: killed
+        stop_process(process, f"the file writer of {self.user.name}")
+        return process.returncode
+
+    def close(self) -> None:
+        with self.lock, contextlib.suppress(ItemError):
+            self.end(kill=False)
+
+
+def stop_process(process: subprocess.Popen, what: str) -> None:
+    """SIGKILL a process that overran, and reap it. A process of another uid can be killed only with
+    CAP_KILL: without it the item fails now, and the process is left running rather than waited for."""
+    try:
+        process.kill()
+    except PermissionError:
+        raise ItemError(f"{what}: it overran and cannot be stopped (Operation not permitted: the service needs "
+                        "CAP_KILL); it is left running") from None
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(KILLED_PROCESS_WAIT)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -4148,6 +4402,7 @@ class PassContext:
         self.summary = PassSummary()
         self.pending_ids: Optional[set[int]] = None  # every pending submission, once fully listed
         self.reported_now: set[int] = set()  # submissions this pass reported SUBMITTED (set.add is atomic)
+        self.writers = FileWriters()  # what writes job files as their users, one writer per user
         self.changes: Changes = DryRunChanges(self) if dry_run else LiveChanges(self)
         self.earlier = EarlierSubmit(self)
         self.failing = journal.failure_counts()  # submissions that failed unexpectedly in the passes before
@@ -4336,6 +4591,19 @@ def script_file_keys(item: Mapping[str, Any]) -> list[FileKey]:
             ] if isinstance(files, list) else []
 
 
+# What a download must leave free on the file system of the state directory (root's /var, often Slurm's
+# StateSaveLocation too), beyond the most it may write.
+FREE_SPACE_RESERVE = 64 * 1024 * 1024
+
+
+def check_free_space(directory: str, needed: int, submission_id: int) -> None:
+    info = os.statvfs(directory)
+    free = info.f_bavail * info.f_frsize
+    if free < needed + FREE_SPACE_RESERVE:
+        raise ItemError(f"{directory} has {free} bytes free, less than the {needed} bytes the next file of submission "
+                        f"{submission_id} may take plus a reserve of {FREE_SPACE_RESERVE}; left for the next pass")
+
+
 class DownloadCache:
     """The job script files of one pass, each downloaded once however many submissions share it (a
     sweep submits one job script hundreds of times), into an unlinked private temporary file in
@@ -4369,8 +4637,9 @@ class DownloadCache:
                 if self.users[key] <= 0:
                     self._let_go(key)
 
-    def open_file(self, script_file: ScriptFile, submission_id: int) -> int:
-        """A new descriptor of the file's content, downloaded unless this pass has it already."""
+    def open_file(self, script_file: ScriptFile, submission_id: int, max_bytes: Optional[int] = None) -> int:
+        """A new descriptor of the file's content, downloaded unless this pass has it already: at most
+        `max_bytes` (and max_file_size), and only while the file system keeps FREE_SPACE_RESERVE beyond that."""
         key = (script_file.parent_id, script_file.filename)
         with self.lock:
             downloading = self.downloading.setdefault(key, threading.Lock())
@@ -4378,9 +4647,11 @@ class DownloadCache:
             with self.lock:
                 if key in self.kept:
                     return os.dup(self.kept[key][0].fileno())
+            limit = self.max_file_size if max_bytes is None else min(max_bytes, self.max_file_size)
+            check_free_space(self.directory or tempfile.gettempdir(), limit, submission_id)
             handle = tempfile.TemporaryFile(dir=self.directory)
             try:
-                size = self.api.download(script_file.parent_id, script_file.filename, handle, self.max_file_size)
+                size = self.api.download(script_file.parent_id, script_file.filename, handle, limit)
             except BaseException:  # nothing half-written is kept: the next submission asks again
                 handle.close()
                 raise
@@ -4416,7 +4687,8 @@ class SubmitPhase(PassPart):
         self.context.pending_ids = {item["id"] for item in pending} if complete else None
         log.info("%d pending submission(s) for cluster %s", len(pending), self.cluster)
         with contextlib.closing(DownloadCache(self.api, self.context.changes.download_dir,
-                                              self.config.submit.max_file_size)) as self.downloads:
+                                              self.config.submit.max_file_size)) as self.downloads, \
+                contextlib.closing(self.context.writers):
             for item in pending:
                 self.downloads.expect(item)
             self.context.for_each_item(pending, self.submit_one, self.reject)
@@ -4446,6 +4718,13 @@ class SubmitPhase(PassPart):
         if support and not self.config.submit.write_files:
             raise Rejection(f"this cluster does not write supporting files (write_files = false) and the job script "
                             f"has {len(support)}: {', '.join(f.filename for f in support)}")
+        if len(submission.files) > MAX_SUBMISSION_FILES:
+            raise Rejection(f"the job script has {len(submission.files)} files; jobbergate-sync writes at most "
+                            f"{MAX_SUBMISSION_FILES} for a submission")
+        hidden = [f.filename for f in submission.files if f.filename.startswith(".")]
+        if hidden:
+            raise Rejection(f"jobbergate-sync does not write files whose names start with '.' ({', '.join(hidden)}): "
+                            "they could replace the user's own start-up files, such as .bashrc")
         files = self.download_files(submission)
         try:
             script = check_script(read_whole(files[submission.entrypoint.filename]), submission.entrypoint.filename)
@@ -4459,11 +4738,22 @@ class SubmitPhase(PassPart):
         return PreparedJob(submission.id, user, directory, request, tag, files)
 
     def download_files(self, submission: PendingSubmission) -> dict[str, int]:
-        """A descriptor of each file's content (the entrypoint first), from the pass's download cache."""
+        """A descriptor of each file's content (the entrypoint first), from the pass's download cache;
+        no more than `[submit] max_total_size` bytes in all, counting the files under way."""
         files: dict[str, int] = {}
+        limit, total = self.config.submit.max_total_size, 0
         try:
             for script_file in sorted(submission.files, key=lambda f: not f.is_entrypoint):
-                files[script_file.filename] = self.downloads.open_file(script_file, submission.id)
+                try:
+                    files[script_file.filename] = self.downloads.open_file(script_file, submission.id, limit - total)
+                except TooLarge:
+                    if limit - total >= self.config.submit.max_file_size:
+                        raise  # past the file's own limit, which its message names
+                    raise over_total_size(limit, total, script_file.filename) from None
+                size = os.fstat(files[script_file.filename]).st_size
+                if total + size > limit:
+                    raise over_total_size(limit, total, script_file.filename)
+                total += size
         except BaseException:
             close_all(files)
             raise
@@ -4480,6 +4770,11 @@ class SubmitPhase(PassPart):
                   utc_text(entry.intent_at), exc.reason, **ctx(submission_id=entry.submission_id))
         self.reject(entry.submission_id, str(exc))
         self.context.changes.forget(entry.submission_id)
+
+
+def over_total_size(limit: int, held: int, filename: str) -> Rejection:
+    return Rejection(f"the job script's files total more than the {limit}-byte limit of this cluster "
+                     f"([submit] max_total_size): {filename} goes past it after {held} bytes of other files")
 
 
 @dataclasses.dataclass
@@ -4568,7 +4863,9 @@ class LiveChanges(PassPart):
 
     def write_files(self, job: PreparedJob) -> None:
         files = list(job.files.items()) if self.config.submit.write_files else []
-        run_as_user(job.user, lambda: stage_in_directory(job.directory, files))
+        total_bytes = sum(os.fstat(source).st_size for _, source in files)
+        self.context.writers.write(job.user, job.directory, files, int(self.config.submit.file_mode, 8),
+                                   self.config.submit.replace_files, writer_timeout(total_bytes, self.deadline.remaining()))
         log.info("wrote %d file(s) to %s as %s", len(files), job.directory, job.user.name,
                  **ctx(submission_id=job.submission_id, user=job.user.name))
 
@@ -5609,11 +5906,41 @@ def summary_line(summary: PassSummary, exit_code: int, duration: float, dry_run:
             f"errors={summary.errors} duration={duration:.2f}s")
 
 
+def pass_summary_record(summary: PassSummary, exit_code: int, duration: float, dry_run: bool,
+                        entries: Optional[int]) -> logging.LogRecord:
+    return log.makeRecord(
+        log.name, logging.INFO if exit_code == EXIT_OK else logging.WARNING,  # -q still shows how a failed pass ended
+        __file__, 0, "%s", (summary_line(summary, exit_code, duration, dry_run),), None,
+        extra={"exit_code": exit_code, "submitted": summary.submitted, "rejected": summary.rejected,
+               "updated": summary.updated, "cancelled": summary.cancelled, "errors": summary.errors,
+               "journal_entries": entries, "duration_s": round(duration, 3), "dry_run": dry_run},
+    )
+
+
+def start_watchdog(config: Config, started: float, dry_run: bool, summary: Callable[[], PassSummary]) -> threading.Timer:
+    """End the process WATCHDOG_GRACE_SECONDS after the deadline, whatever it is waiting for, so that the lock
+    is never held longer: the summary line is logged and the exit code is EX_UNAVAILABLE (something did not
+    answer). The monitoring outputs are not written (they could be what hangs): a missing ping alerts."""
+    limit = config.run.deadline + WATCHDOG_GRACE_SECONDS
+
+    def end_the_pass() -> None:
+        log.error("the pass is still running %g s after it started, %g s past its %d s deadline; the watchdog ends it",
+                  limit, WATCHDOG_GRACE_SECONDS, config.run.deadline)
+        log.handle(pass_summary_record(summary(), EX_UNAVAILABLE, time.monotonic() - started, dry_run, None))
+        os._exit(EX_UNAVAILABLE)
+
+    watchdog = threading.Timer(limit - (time.monotonic() - started), end_the_pass)
+    watchdog.name, watchdog.daemon = "watchdog", True
+    watchdog.start()
+    return watchdog
+
+
 def run_once(config: Config, dry_run: bool) -> int:
     """One pass. Whatever happens in it, its last log line is the summary, with the exit code;
     the monitoring outputs (textfile, ping) are written just before it, never in a dry run."""
     started = time.monotonic()
     summary, journal = PassSummary(), None
+    watchdog = start_watchdog(config, started, dry_run, lambda: summary)
     monitor, tail = Monitor(config.metrics, enabled=not dry_run), LogTail.attach(PING_TAIL_LINES)
     monitor.start()
     try:
@@ -5637,17 +5964,14 @@ def run_once(config: Config, dry_run: bool) -> int:
     except Exception:
         log.exception("internal error; please report it with this log")
         exit_code = EX_SOFTWARE
+    except BaseException:  # an interrupt (or a test's stand-in for SIGKILL): the watchdog goes with the pass
+        watchdog.cancel()
+        raise
     entries = None
     with contextlib.suppress(sqlite3.Error, AttributeError):
         entries = journal.size()  # type: ignore[union-attr]
     duration = time.monotonic() - started
-    summary_record = log.makeRecord(
-        log.name, logging.INFO if exit_code == EXIT_OK else logging.WARNING,  # -q still shows how a failed pass ended
-        __file__, 0, "%s", (summary_line(summary, exit_code, duration, dry_run),), None,
-        extra={"exit_code": exit_code, "submitted": summary.submitted, "rejected": summary.rejected,
-               "updated": summary.updated, "cancelled": summary.cancelled, "errors": summary.errors,
-               "journal_entries": entries, "duration_s": round(duration, 3), "dry_run": dry_run},
-    )
+    summary_record = pass_summary_record(summary, exit_code, duration, dry_run, entries)
     try:
         monitor.finish(PassRecord(exit_code, summary, time.time(), duration, entries),
                        [*tail.lines, tail.format(summary_record)])
@@ -5655,6 +5979,7 @@ def run_once(config: Config, dry_run: bool) -> int:
         log.warning("monitoring failed; the pass is not affected", exc_info=True)
     finally:
         tail.detach()
+    watchdog.cancel()
     if log.isEnabledFor(summary_record.levelno):
         log.handle(summary_record)
     return exit_code

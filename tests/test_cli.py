@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -216,3 +217,33 @@ def test_console_script_entry_point_runs(tmp_path):
                              "--config", str(tmp_path / "none.ini")], capture_output=True, text=True)
     assert result.returncode == jobbergate_sync.EX_CONFIG
     assert "does not exist" in result.stderr
+
+
+def test_the_watchdog_ends_a_pass_stuck_past_its_deadline(config_file):
+    """Whatever a pass waits for, it ends soon after its deadline with its summary line and 69, and so
+    releases the lock: here every phase blocks for ever."""
+    hangs = ("import sys, threading, jobbergate_sync as j\n"
+             "j.WATCHDOG_GRACE_SECONDS = 0.5\n"
+             "j.SyncPass.run = lambda self: threading.Event().wait()\n"
+             "sys.exit(j.main(sys.argv[1:]))\n")
+    result = subprocess.run([sys.executable, "-c", hangs, "--once", "--log-format", "text", "--config",
+                             config_file(**{"run.deadline": 1})], capture_output=True, text=True, timeout=60)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == jobbergate_sync.EX_UNAVAILABLE
+    assert "past its 1 s deadline; the watchdog ends it" in lines[-2]
+    assert "pass finished: exit_code=69" in lines[-1]
+
+
+def test_a_pass_that_ends_by_an_interrupt_leaves_no_watchdog_behind(stack, config_file, monkeypatch):
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jobbergate_sync.SyncPass, "run", interrupted)
+    config = jobbergate_sync.load_config(config_file(), {})
+    jobbergate_sync.prepare_state_dir(config.run.state_dir)
+    with pytest.raises(KeyboardInterrupt):
+        jobbergate_sync.run_once(config, dry_run=False)
+    watchdogs = [thread for thread in threading.enumerate() if thread.name == "watchdog"]
+    for thread in watchdogs:
+        thread.join(5)  # a cancelled one ends at once; a live one would wait for the deadline plus its grace
+    assert not any(thread.is_alive() for thread in watchdogs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from urllib.parse import urlparse
 
 import pytest
@@ -155,6 +156,42 @@ def test_file_larger_than_the_cap_is_rejected(stack, config_file, email):
     stack.api.add_submission(1, {"job.sh": b"#!/bin/sh\n", "big.dat": b"x" * 5000}, email=email)
     assert run(config_file(**{"submit.max_file_size": 4096})) == 0
     assert "'big.dat' of job script 1001 is larger than the 4096-byte limit" in stack.api.submissions[1]["report_message"]
+
+
+def test_files_over_the_total_limit_are_rejected_naming_the_total_and_the_limit(stack, config_file, email, exec_root):
+    files = {"job.sh": b"#!/bin/sh\n", **{f"part{i}.dat": b"x" * 3000 for i in range(3)}}  # each under max_file_size
+    stack.api.add_submission(1, files, email=email)
+    assert run(config_file(**{"submit.max_file_size": 4096, "submit.max_total_size": 8000})) == 0
+    assert stack.api.status(1) == "REJECTED"
+    assert stack.api.submissions[1]["report_message"] == (
+        "the job script's files total more than the 8000-byte limit of this cluster ([submit] max_total_size): "
+        "part2.dat goes past it after 6010 bytes of other files")
+    assert stack.slurm.submitted == [] and not any(exec_root.rglob("*.dat"))
+
+
+def test_a_file_shared_through_the_download_cache_counts_towards_the_total(stack, config_file, email):
+    files = {"job.sh": b"#!/bin/sh\n", "big.dat": b"x" * 5000}
+    stack.api.add_submission(1, files, email=email, script_id=7)
+    stack.api.add_submission(2, files, email=email, script_id=7)
+    assert run(config_file(**{"submit.max_total_size": 4000, "run.workers": 1})) == 0
+    assert [stack.api.status(1), stack.api.status(2)] == ["REJECTED", "REJECTED"]
+    assert "big.dat goes past it after 10 bytes" in stack.api.submissions[2]["report_message"]
+
+
+def test_too_little_free_space_in_the_state_directory_leaves_the_submission_for_the_next_pass(
+        stack, config_file, email, monkeypatch, capsys):
+    real_statvfs = os.statvfs
+
+    def nearly_full(path):
+        info = real_statvfs(path)
+        return os.statvfs_result((info.f_bsize, 4096, info.f_blocks, 100, 100, *info[5:]))  # 400 KiB free
+
+    stack.api.add_submission(1, email=email)
+    monkeypatch.setattr(os, "statvfs", nearly_full)
+    assert run(config_file()) == 1
+    assert stack.api.status(1) == "CREATED"
+    assert stack.slurm.submitted == []
+    assert "has 409600 bytes free, less than the" in capsys.readouterr().err
 
 
 def test_slurm_refusal_rejects_with_slurms_message(stack, config_file, email, tmp_path):

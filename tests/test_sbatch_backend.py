@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -657,6 +659,25 @@ def test_the_real_runner_kills_a_command_at_its_timeout(tools):
     (tools.directory / "sbatch").write_text("#!/bin/sh\nexec sleep 30\n")
     with pytest.raises(Unavailable, match="no answer within 0.5 s"):
         jobbergate_sync.run_command([str(tools.directory / "sbatch")], 0.5)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_a_command_that_cannot_be_killed_fails_its_item_at_the_timeout(tools, job_user):
+    """Without CAP_KILL (a unit that lacks it) root cannot signal a command running as the user: the
+    timeout still ends the wait, as the item's failure, never as a configuration error after the command."""
+    (tools.directory / "sbatch").write_text("#!/bin/sh\necho 4242\nexec sleep 5\n")
+    (tools.directory / "sbatch").chmod(0o755)
+    tools.directory.chmod(0o755)
+    attempt = ("import sys, jobbergate_sync as j\n"
+               f"user = j.LocalUser({job_user.pw_name!r}, {job_user.pw_uid}, {job_user.pw_gid}, '/')\n"
+               "try:\n"
+               f"    j.run_command([{str(tools.directory / 'sbatch')!r}], 0.5, user=user)\n"
+               "except j.SyncError as exc:\n"
+               "    print(type(exc).__name__, exc)\n")
+    result = subprocess.run(["setpriv", "--bounding-set=-kill", "--inh-caps=-kill", sys.executable, "-c", attempt],
+                            capture_output=True, text=True, timeout=60)
+    assert result.stdout.startswith("ItemError "), result
+    assert "overran and cannot be stopped (Operation not permitted: the service needs CAP_KILL)" in result.stdout
 
 
 def test_a_missing_command_is_a_configuration_error():
