@@ -2451,8 +2451,10 @@ class SlurmBackend(Protocol):
         id); an id missing means slurmctld does not hold the job. Records may hold only the state
         (is_full_record tells)."""
 
-    def jobs_with_tag(self, tag: str) -> list[int]:
-        """The ids of the jobs slurmctld holds whose comment leads with `tag`."""
+    def jobs_with_tag(self, tag: str, user: str) -> SlurmRecords:
+        """The records of the jobs slurmctld holds whose comment leads with `tag`: only `user`'s
+        where Slurm can select them (a comment is anyone's to write, so the caller checks each
+        record's user and submit time)."""
 
     def accounting_job(self, job_id: int) -> Optional[list[dict[str, Any]]]:
         """The job's slurmdbd records (the newest of each array task); None when slurmdbd has none."""
@@ -2478,8 +2480,9 @@ def records_by_job(records: Iterable[Any]) -> SlurmRecords:
     return grouped
 
 
-def tagged_job_ids(jobs: SlurmRecords, tag: str) -> list[int]:
-    return sorted(job_id for job_id, records in jobs.items() if any(comment_has_tag(job.get("comment"), tag) for job in records))
+def tagged_jobs(jobs: SlurmRecords, tag: str) -> SlurmRecords:
+    return {job_id: records for job_id, records in sorted(jobs.items())
+            if any(comment_has_tag(job.get("comment"), tag) for job in records)}
 
 
 def newest_accounting_records(records: Iterable[Any], job_id: int) -> Optional[list[dict[str, Any]]]:
@@ -2983,8 +2986,8 @@ class SlurmRest:
             return None
         raise ItemError(f"GET {self.base}/slurmdb/{self.version}/job/{job_id}: HTTP {response.status_code} {describe_errors(errors)}")
 
-    def jobs_with_tag(self, tag: str) -> list[int]:
-        return tagged_job_ids(self.jobs(), tag)
+    def jobs_with_tag(self, tag: str, user: str) -> SlurmRecords:
+        return tagged_jobs(self.jobs(), tag)  # GET jobs cannot select a user's
 
     def accounting_jobs_since(self, user: str, since: float) -> list[dict[str, Any]]:
         """slurmdbd's records of jobs active at or after `since`: the user's own from v0.0.39 on
@@ -3293,8 +3296,8 @@ class SlurmCommands:
     def job(self, job_id: int) -> Optional[list[dict[str, Any]]]:
         return self.states([job_id]).get(job_id)
 
-    def jobs_with_tag(self, tag: str) -> list[int]:
-        return tagged_job_ids(self.jobs(), tag)
+    def jobs_with_tag(self, tag: str, user: str) -> SlurmRecords:
+        return tagged_jobs(records_by_job(self._squeue([f"--user={user}"])), tag)
 
     def _sacct(self, selection: list[str]) -> list[dict[str, Any]]:
         """slurmdbd's records of the selected jobs (allocations, not steps); Unavailable while
@@ -3828,18 +3831,40 @@ class PassPart:
         self.cluster = context.cluster
 
 
-def owner_of(journal: Journal, slurm: SlurmBackend, submission_id: int, job_id: int,
-             records: Optional[list[dict[str, Any]]] = None) -> str:
-    """Who may cancel the job: the user the journal says submitted it, else the job record's
-    owner. Never anyone else: a DELETE as a non-owner hangs slurmctld 24.11.5."""
+def owner_of(journal: Journal, submission_id: int, job_id: int) -> str:
+    """Who this tool submitted the job as: the user of its own submit of that job, from the journal.
+    Never anyone else (a DELETE as a non-owner hangs slurmctld 24.11.5), and never Slurm's record of
+    the job: any Jobbergate user may name any job id."""
     entry = journal.get(submission_id)
-    if entry and entry.username:
+    if entry and entry.username and entry.slurm_job_id == job_id:
         return entry.username
-    for record in records or slurm.job(job_id) or []:
-        if isinstance(record.get("user_name"), str) and record["user_name"]:
-            return record["user_name"]
-    raise ItemError(f"cannot tell who owns Slurm job {job_id} of submission {submission_id}; "
-                    "not cancelling it as anyone else")
+    raise ItemError(f"the journal does not say who submitted Slurm job {job_id} of submission {submission_id}; "
+                    "not cancelling it as anyone")
+
+
+class ForeignJob(Exception):
+    """An active submission names a Slurm job its owner does not own: logged at ERROR for the admin
+    (`detail`, both users) and the submission ended (ABORTED) with `message` for its owner, which
+    names no one else; the job is neither reported nor cancelled."""
+
+    def __init__(self, detail: str, message: str):
+        super().__init__(detail)
+        self.message = message
+
+
+def job_users(records: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The users a job's records name: user_name in slurmctld's, user in slurmdbd's ("" for none)."""
+    return {str(record.get("user_name") or record.get("user") or "") for record in records}
+
+
+def check_job_owner(job_id: int, records: list[dict[str, Any]], owner: str) -> None:
+    """ForeignJob unless every record of the job (every task of an array) is `owner`'s."""
+    others = job_users(records) - {owner}
+    if others:
+        users = ", ".join(sorted(user or "(none)" for user in others))
+        raise ForeignJob(f"Slurm job {job_id} belongs to {users}, not to the submission's owner {owner}",
+                         f"Slurm job {job_id} is not a job of this submission's owner: jobbergate-sync neither "
+                         "reports nor cancels it")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -4123,7 +4148,7 @@ class LiveChanges(PassPart):
             self.api.report_submitted(submission_id, report)
         except ApiConflict as exc:
             if exc.status == 404:
-                self.slurm.cancel(job_id, owner_of(self.journal, self.slurm, submission_id, job_id))
+                self.slurm.cancel(job_id, owner_of(self.journal, submission_id, job_id))
                 self.journal.forget(submission_id)
                 raise ItemError(f"submission {submission_id} no longer exists; cancelled its Slurm job {job_id}") from None
             if exc.status != 400:
@@ -4144,7 +4169,7 @@ class LiveChanges(PassPart):
         if standing == "waiting":
             self.api.report_submitted(submission_id, report)
         elif standing == "taken":
-            self.slurm.cancel(job_id, owner_of(self.journal, self.slurm, submission_id, job_id))
+            self.slurm.cancel(job_id, owner_of(self.journal, submission_id, job_id))
             self.journal.forget(submission_id)
             raise ItemError(f"submission {submission_id} is {current.get('status')} with Slurm job "
                             f"{current.get('slurm_job_id')}, not ours ({job_id}): cancelled Slurm job {job_id} as a "
@@ -4162,9 +4187,6 @@ class LiveChanges(PassPart):
     def forget(self, submission_id: int) -> None:
         self.journal.forget(submission_id)
 
-    def cancel_duplicate(self, submission_id: int, job_id: int, owner: str) -> None:
-        self.slurm.cancel(job_id, owner)
-
     def cancel_job(self, submission_id: int, job_id: int, owner: str) -> Optional[StateReport]:
         """Cancel the Slurm job of a cancelled submission as its owner; the state after the cancel,
         or None when nothing was done. Counted only when Slurm cancelled it."""
@@ -4173,7 +4195,7 @@ class LiveChanges(PassPart):
         if outcome is False:
             log.info("Slurm job %d of cancelled submission %d had already ended", job_id, submission_id, **fields)
             return None
-        after = state_for_update(self.slurm, job_id, self.slurm.job(job_id))
+        after = state_for_update(self.slurm, job_id, self.slurm.job(job_id), owner)
         # A job being killed reads COMPLETING until its processes are gone (KillWait): on v0.0.38 that
         # is all a re-read right after the DELETE shows; its end state comes with a later update.
         if outcome is None and after.state not in ("CANCELLED", "COMPLETING"):
@@ -4231,9 +4253,6 @@ class DryRunChanges(PassPart):
     def forget(self, submission_id: int) -> None:
         pass
 
-    def cancel_duplicate(self, submission_id: int, job_id: int, owner: str) -> None:
-        self.context.say(f"would cancel Slurm job {job_id}, a duplicate of submission {submission_id}, as {owner}")
-
     def cancel_job(self, submission_id: int, job_id: int, owner: str) -> Optional[StateReport]:
         self.context.say(f"would cancel Slurm job {job_id} of cancelled submission {submission_id} as {owner}")
         return None
@@ -4276,17 +4295,48 @@ def _accounting_comment(record: Mapping[str, Any]) -> str:
     return comment if isinstance(comment, str) else ""
 
 
+def accounting_submit_time(record: Mapping[str, Any]) -> Optional[int]:
+    times = record.get("time")
+    return unwrap_number(times.get("submission")) if isinstance(times, dict) else None
+
+
 def _same_directory(recorded: Any, wanted: str) -> bool:
     return isinstance(recorded, str) and os.path.normpath(recorded or "/") == os.path.normpath(wanted)
+
+
+def intent_window(entry: JournalEntry, timeout: float) -> tuple[float, float]:
+    """When the job of an interrupted submit can have been submitted: from its intent to the end
+    of the submit's exchange, with CLOCK_SLACK_SECONDS either side."""
+    intent_at = entry.intent_at or 0.0
+    return intent_at - CLOCK_SLACK_SECONDS, intent_at + timeout + CLOCK_SLACK_SECONDS
+
+
+def tagged_job_standing(users: set[str], submitted: list[Optional[int]], entry: JournalEntry,
+                        window: tuple[float, float]) -> tuple[Optional[bool], str]:
+    """Whether a job carrying an interrupted submit's tag is that submit's job, from its records'
+    users and submit times: (False, why) when it is another user's (a comment is anyone's to write)
+    or was submitted outside the intent's window, (None, why) when Slurm does not say when it was
+    submitted, (True, "") when it is the journal user's, submitted within the window."""
+    others = users - {entry.username or ""}
+    if others:
+        return False, f"it belongs to {', '.join(sorted(user or '(no user)' for user in others))}"
+    if not submitted or None in submitted:
+        return None, "Slurm does not say when it was submitted"
+    outside = [when for when in submitted if when is not None and not window[0] <= when <= window[1]]
+    if outside:
+        return False, (f"it was submitted at {utc_text(min(outside))}, outside the submit's window "
+                       f"({utc_text(window[0])} to {utc_text(window[1])})")
+    return True, ""
 
 
 def accounting_candidates(records: Iterable[Mapping[str, Any]], entry: JournalEntry, window: tuple[float, float],
                           excluded: set[int]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The slurmdbd records that may be the job an interrupted submit created, one per job, oldest
-    first: (those carrying its tag, those that could be it without a comment: same owner, name and
-    directory, submitted within `window`). A record whose comment lacks the tag is never ours: the
-    tag leads every comment this tool sends. Matching leans to "could be it": a false match only
-    withholds a submit, a missed one would run the job twice."""
+    first: (those carrying its tag, whoever they belong to: the caller proves them, those that could
+    be it without a comment: the journal user's, same name and directory, submitted within
+    `window`). A record whose comment lacks the tag is never ours: the tag leads every comment this
+    tool sends. Matching leans to "could be it": a false match only withholds a submit, a missed
+    one would run the job twice."""
     tagged: dict[int, dict[str, Any]] = {}
     alike: dict[int, dict[str, Any]] = {}
     for record in records:
@@ -4299,9 +4349,8 @@ def accounting_candidates(records: Iterable[Mapping[str, Any]], entry: JournalEn
             continue
         if entry.job_name is None or entry.working_directory is None:
             continue
-        times = record.get("time") if isinstance(record.get("time"), dict) else {}
-        submitted = unwrap_number(times.get("submission"))
-        if (record.get("user") in (None, entry.username)
+        submitted = accounting_submit_time(record)
+        if (record.get("user") == entry.username
                 and record.get("name") in (entry.job_name, ACCOUNTING_PLACEHOLDER_NAME)
                 and _same_directory(record.get("working_directory"), entry.working_directory)
                 and (submitted is None or window[0] <= submitted <= window[1])):
@@ -4329,25 +4378,30 @@ class EarlierSubmit(PassPart):
 
     def recover_intent(self, entry: JournalEntry) -> bool:
         """An earlier pass stopped between recording its intent and recording the job id: find its
-        job in slurmctld by its tag, else in slurmdbd."""
+        job in slurmctld by its tag, else in slurmdbd (whatever the intent's age: a job may end and be
+        purged from slurmctld within MinJobAge), else, without slurmdbd, trust slurmctld only while
+        the intent is younger than the purge horizon. Only a job of the journal's user submitted
+        within the submit's window is adopted; SubmitUnsettled where that is not proven."""
         fields = ctx(submission_id=entry.submission_id)
-        found = self.slurm.jobs_with_tag(entry.tag)
-        if found:
-            if len(found) > 1:
-                log.error("submission %d has %d Slurm jobs %s; keeping %d, cancelling the others", entry.submission_id,
-                          len(found), found, found[0], **fields)
-                for duplicate in found[1:]:
-                    self.context.changes.cancel_duplicate(
-                        entry.submission_id, duplicate, owner_of(self.journal, self.slurm, entry.submission_id, duplicate))
-            self.adopt_job(entry, found[0], "slurmctld")
+        window = intent_window(entry, self.slurm.timeout)
+        found = self.slurm.jobs_with_tag(entry.tag, entry.username or "")
+        proven = self.proven_job(entry, window, "slurmctld", {
+            job_id: (job_users(records), [unwrap_number(job.get("submit_time")) for job in records])
+            for job_id, records in found.items()})
+        if proven is not None:
+            self.adopt_job(entry, proven, "slurmctld")
             return True
-        age = time.time() - (entry.intent_at or 0)
-        if age < self.slurm.purge_horizon:
-            # A job submitted after the intent cannot have ended and been purged yet.
+        if not self.slurm.use_slurmdbd:
+            age = time.time() - (entry.intent_at or 0)
+            if age >= self.slurm.purge_horizon:
+                raise SubmitUnsettled(entry, "slurmctld purges finished jobs after the purge horizon and no slurmdbd "
+                                             "is configured to remember them")
+            # A job submitted after the intent cannot have ended and been purged yet (check compares
+            # the purge horizon with slurmctld's MinJobAge).
             log.info("submission %d: the submit interrupted %d s ago left no job in slurmctld, which purges none "
                      "that young; submitting", entry.submission_id, age, **fields)
             return False
-        record = self.find_in_accounting(entry)
+        record = self.find_in_accounting(entry, window)
         if record is None:
             log.info("submission %d: neither slurmctld nor slurmdbd has a job from the submit interrupted at %s; "
                      "submitting", entry.submission_id, utc_text(entry.intent_at), **fields)
@@ -4356,24 +4410,46 @@ class EarlierSubmit(PassPart):
         self.adopt_job(entry, job_id, "slurmdbd", report_from_slurmdbd({**record, "job_id": job_id}))
         return True
 
+    @staticmethod
+    def proven_job(entry: JournalEntry, window: tuple[float, float], where: str,
+                   tagged: Mapping[int, tuple[set[str], list[Optional[int]]]]) -> Optional[int]:
+        """The one job carrying the entry's tag that is its submit's (tagged: job id -> the users and
+        submit times of its records), None when there is none. The others' jobs and those submitted
+        outside the window are ignored with a warning; a doubt (several, or one with no submit time)
+        is SubmitUnsettled: nothing is adopted or cancelled unless it is proven."""
+        ours, unsure = [], []
+        for job_id, (users, submitted) in tagged.items():
+            standing, why = tagged_job_standing(users, submitted, entry, window)
+            if standing is False:
+                log.warning("submission %d: ignoring Slurm job %d of user %s in %s, which carries the tag %s: %s",
+                            entry.submission_id, job_id, ", ".join(sorted(users)), where, entry.tag, why,
+                            **ctx(submission_id=entry.submission_id, slurm_job_id=job_id))
+            else:
+                (ours if standing else unsure).append(job_id)
+        if len(ours) + len(unsure) > 1 or unsure:
+            raise SubmitUnsettled(entry, f"{where} holds {len(ours) + len(unsure)} job(s) of {entry.username} with its "
+                                         f"tag ({', '.join(map(str, sorted(ours + unsure)))})"
+                                  + (": Slurm does not say when they were submitted" if unsure else ""))
+        return ours[0] if ours else None
+
     def adopt_job(self, entry: JournalEntry, job_id: int, where: str, report: Optional[StateReport] = None) -> None:
         log.info("submission %d: found Slurm job %d from an interrupted pass in %s", entry.submission_id, job_id,
                  where, **ctx(submission_id=entry.submission_id, slurm_job_id=job_id))
         self.journal.record_job(entry.submission_id, job_id)
         self.context.report_submitted(entry.submission_id, job_id, report)
 
-    def find_in_accounting(self, entry: JournalEntry) -> Optional[dict[str, Any]]:
+    def find_in_accounting(self, entry: JournalEntry, window: tuple[float, float]) -> Optional[dict[str, Any]]:
         """The slurmdbd record of the job an interrupted submit created, None when slurmdbd proves
         there is none; SubmitUnsettled when it cannot tell."""
-        if not self.slurm.use_slurmdbd:
-            raise SubmitUnsettled(entry, "slurmctld purges finished jobs after the purge horizon and no slurmdbd "
-                                         "is configured to remember them")
         intent_at = entry.intent_at or 0.0
-        window = (intent_at - CLOCK_SLACK_SECONDS, intent_at + self.slurm.timeout + CLOCK_SLACK_SECONDS)
         records = self.slurm.accounting_jobs_since(entry.username or "", window[0])
         tagged, alike = accounting_candidates(records, entry, window, self.journal.job_ids_of_others(entry.submission_id))
-        if tagged or len(alike) == 1:
-            return (tagged or alike)[0]
+        proven = self.proven_job(entry, window, "slurmdbd", {
+            accounting_job_id(record): (job_users([record]), [accounting_submit_time(record)]) for record in tagged})
+        if proven is not None:
+            return next(record for record in tagged if accounting_job_id(record) == proven)
+        if len(alike) == 1:
+            return alike[0]
         if alike:
             raise SubmitUnsettled(entry, f"slurmdbd holds {len(alike)} jobs that could be it "
                                          f"({', '.join(str(accounting_job_id(r)) for r in alike)})")
@@ -4394,9 +4470,12 @@ class EarlierSubmit(PassPart):
 # ---------------------------------------------------------------------------------------------
 
 
-def state_for_update(slurm: SlurmBackend, job_id: int, records: Optional[list[dict[str, Any]]]) -> StateReport:
+def state_for_update(slurm: SlurmBackend, job_id: int, records: Optional[list[dict[str, Any]]], owner: str) -> StateReport:
     """The state an update reports for a job being followed (every task of an array): from
-    slurmctld's full `records` of it (None: slurmctld does not hold it), else slurmdbd, else UNKNOWN."""
+    slurmctld's full `records` of it (None: slurmctld does not hold it), else slurmdbd, else UNKNOWN.
+    ForeignJob when the records it would report are not all `owner`'s."""
+    if records:
+        check_job_owner(job_id, records, owner)
     report = report_from_records(job_id, records, report_from_slurmctld) if records else None
     finished_array = bool(records) and report is not None and report.state in SLURM_FINAL_STATES and any(
         array_job_id_of(job) for job in records or [])
@@ -4404,6 +4483,7 @@ def state_for_update(slurm: SlurmBackend, job_id: int, records: Optional[list[di
         # slurmdbd also knows the tasks slurmctld has already purged
         accounted = slurm.accounting_job(job_id)
         if accounted:
+            check_job_owner(job_id, accounted, owner)
             records, report = accounted, report_from_records(job_id, accounted, report_from_slurmdbd)
     if records is None:
         return StateReport(job_id, "UNKNOWN", f"Slurm has no record of job {job_id}",
@@ -4444,11 +4524,43 @@ class UpdatePhase(PassPart):
             # A changed state needs the reason, exit code and details; a job not listed is gone only
             # when Slurm says so for it (a list missing it is no proof).
             records = self.slurm.job(job_id)
-        report = state_for_update(self.slurm, job_id, records)
+        try:
+            owner = self.owner(submission_id, job_id)
+            report = state_for_update(self.slurm, job_id, records, owner)
+        except ForeignJob as exc:
+            self.end_foreign(submission_id, job_id, exc)
+            return
         if status == "CANCELLED" and report.state not in SLURM_FINAL_STATES:
-            owner = owner_of(self.journal, self.slurm, submission_id, job_id, records)
             report = self.context.changes.cancel_job(submission_id, job_id, owner) or report
         self.send_update(submission_id, report)
+
+    def owner(self, submission_id: int, job_id: int) -> str:
+        """The local account of the submission's owner, the only one whose job it may report or
+        cancel: the user of this tool's own submit of that job (its journal row), else the API's
+        owner_email mapped as a submit maps it (min_uid and all). One GET per submission and pass,
+        and only for those the journal does not cover (submitted by another agent, or by their
+        owner naming a job id). ForeignJob when the owner maps to no usable account."""
+        entry = self.journal.get(submission_id)
+        if entry and entry.username and entry.slurm_job_id == job_id:
+            return entry.username
+        email = self.api.get_submission(submission_id).get("owner_email")
+        if not isinstance(email, str) or not email:
+            raise ItemError(f"submission {submission_id} has no owner_email; not following Slurm job {job_id}")
+        try:
+            return self.mapper.user_for(email).name
+        except Rejection as exc:
+            raise ForeignJob(f"the submission's owner maps to no usable account here: {exc}",
+                             f"this submission's owner maps to no usable account on this cluster ({exc}): "
+                             f"jobbergate-sync neither reports nor cancels Slurm job {job_id}") from None
+
+    def end_foreign(self, submission_id: int, job_id: int, exc: ForeignJob) -> None:
+        """A submission naming a job that is not its owner's: an error for the admin, and the
+        submission ended (ABORTED, as UNKNOWN with the reason) with nothing of the job in it."""
+        self.summary.count("errors")
+        log.error("submission %d names Slurm job %d: %s; neither reporting nor cancelling that job, ending the "
+                  "submission", submission_id, job_id, exc, **ctx(submission_id=submission_id, slurm_job_id=job_id))
+        self.context.changes.update(submission_id, StateReport(job_id, "UNKNOWN", exc.message,
+                                                               json.dumps({"job_id": job_id, "error": exc.message})))
 
     def close_cancelled_without_job(self, submission_id: int) -> None:
         """Cancelled before it reached Slurm, unless an interrupted pass did submit it: then record

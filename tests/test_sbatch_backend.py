@@ -247,7 +247,7 @@ def test_without_json_squeue_is_read_in_its_fixed_text_format_from_then_on(backe
     assert report_from_records(1, states[1], report_from_slurmctld).state == "FAILED"
     assert report_from_records(2, states[2], report_from_slurmctld).state == "RUNNING"
     assert states[9][0]["array_task_string"] == "2-5"
-    assert slurm.jobs_with_tag(TAG) == [1, 2]
+    assert list(slurm.jobs_with_tag(TAG, "alice")) == [1, 2]
     assert "--json" not in runner.calls[2]["argv"]  # remembered: no second try
 
 
@@ -284,10 +284,10 @@ def test_the_release_comes_from_version(backend_config, version):
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_jobs_with_tag_finds_the_tagged_jobs_among_all(backend_config, version):
+def test_jobs_with_tag_finds_the_tagged_jobs_among_the_users_own(backend_config, version):
     slurm, runner = backend(backend_config(), recorded(version, "squeue_json"))
-    assert slurm.jobs_with_tag("jobbergate-sync:cap:2") == [2]
-    assert runner.calls[0]["argv"] == ["/usr/bin/squeue", "--json", "--states=all"]
+    assert list(slurm.jobs_with_tag("jobbergate-sync:cap:2", "alice")) == [2]
+    assert runner.calls[0]["argv"] == ["/usr/bin/squeue", "--json", "--states=all", "--user=alice"]
 
 
 # ------------------------------------------------------------------------------------------ sacct
