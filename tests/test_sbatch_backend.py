@@ -519,6 +519,14 @@ def test_a_pass_updates_and_cancels_as_the_owner(stack, config_file, tools, emai
     assert scancel["argv"] == ["77"] and scancel["uid"] == job_user.pw_uid
 
 
+def test_a_pass_never_runs_scancel_for_a_job_of_another_user(stack, config_file, tools, email):
+    stack.api.add_submission(1, email=email, status="CANCELLED", slurm_job_id=77)
+    tools.answer(squeue=squeue_answer(77, "RUNNING", "", "root"))
+    assert run(config_file(**tools.settings())) == 1
+    assert tools.calls("scancel") == [] and stack.api.status(1) == "ABORTED"
+    assert "Slurm job 77 is not a job of this submission's owner" in stack.api.submissions[1]["report_message"]
+
+
 def test_dry_run_prints_the_sbatch_command_and_runs_none(stack, config_file, tools, email, capsys):
     stack.api.add_submission(1, email=email, sbatch_arguments=["--time=5"], name="dry")
     assert run(config_file(**tools.settings()), "--dry-run") == 0
