@@ -295,6 +295,9 @@ CONFIG_SCHEMA: dict[str, dict[str, Setting]] = {
         "lock_file": Setting("/run/jobbergate-sync/lock"),
         "interval": Setting(90, int),
         "deadline": Setting(50, int),
+        "submit_share": Setting(0.6, float, help="The share of deadline the submit phase may use; the update phase "
+                                "and the health ping always get the rest, however large the backlog.",
+                                minimum=0.1, maximum=0.9),
         "retries": Setting(3, int),
         "backoff": Setting(1.0, float),
         "resend_after": Setting(3600, int),
@@ -499,6 +502,7 @@ def validate_config(sections: dict[str, dict[str, Any]]) -> None:
         section, key = where.split(".")
         need(sections[section][key] > 0, where, "must be positive")
     need(sections["run"]["backoff"] >= 0, "run.backoff", "must not be negative")
+    need(0.1 <= sections["run"]["submit_share"] <= 0.9, "run.submit_share", "must be 0.1 to 0.9")
     need(1 <= sections["run"]["workers"] <= MAX_WORKERS, "run.workers",
          f"must be 1 (one submission at a time) to {MAX_WORKERS}")
     need(sections["slurmrestd"]["query_url_bytes"] >= 1024, "slurmrestd.query_url_bytes", "must be at least 1024")
@@ -2033,6 +2037,10 @@ class Deadline:
     def check(self) -> None:
         if self.remaining() <= 0:
             raise DeadlineReached()
+
+    def share(self, fraction: float) -> "Deadline":
+        """A deadline `fraction` of the time that remains from now."""
+        return Deadline(max(self.remaining(), 0) * fraction)
 
 
 DEADLINE_GRACE_TIMEOUT = 5.0
@@ -3656,21 +3664,37 @@ class SyncPass:
         self.summary = self.context.summary
 
     def run(self) -> PassSummary:
-        """Submit, update, ping health: a phase that cannot get its work (its list failed, its peer
-        is down) ends, and the next phase still runs. The deadline ends the pass's work;
-        authentication and configuration failures (and bugs) end the pass."""
+        """Submit, update, ping health. The submit phase gets at most `[run] submit_share` of the
+        deadline, so that a backlog never keeps the update phase (and the cancels it makes) or the
+        ping from running. Whatever ends a phase (its time, a peer down, a bug), the next still runs
+        and the health ping is always sent; a bug is raised after the ping (the pass exits 70).
+        Authentication and configuration failures end the pass at once: the next phases would meet
+        them again."""
         context = self.context
-        phases: list[tuple[str, Callable[[], None]]] = [("submit phase", SubmitPhase(context).run),
+        run_settings = context.config.run
+        submit_deadline = context.deadline.share(run_settings.submit_share)
+        phases: list[tuple[str, Callable[[], None]]] = [("submit phase", lambda: SubmitPhase(context).run(submit_deadline)),
                                                          ("update phase", UpdatePhase(context).run),
                                                          ("health ping", context.changes.ping_health)]
-        try:
-            for name, phase in phases:
+        ending: Optional[Exception] = None
+        for name, phase in phases:
+            try:
                 context.contain(phase, f"{name} ended")
-        except DeadlineReached:
-            self.summary.deadline_reached = True
-            log.warning("the pass reached its %d s deadline; the remaining work waits for the next pass",
-                        context.config.run.deadline)
+            except DeadlineReached:
+                self.summary.deadline_reached = True
+                log.warning("the %s reached the %s; its remaining work waits for the next pass", name,
+                            f"submit share of the deadline ({run_settings.deadline * run_settings.submit_share:g} s)"
+                            if name == "submit phase" else f"{run_settings.deadline} s deadline")
+            except SyncError:
+                raise
+            except Exception as exc:  # a bug: the pass exits 70 once the phases after it have run
+                if ending is None:
+                    ending = exc
+                else:
+                    log.exception("%s ended by an internal error", name)
         self.summary.count("errors", context.api.malformed_items)
+        if ending is not None:
+            raise ending
         return self.summary
 
 
@@ -3734,13 +3758,16 @@ class PassContext:
         """Run one item's work; its failure is logged and counted, and the pass goes on."""
         self.contain(action, f"submission {submission_id}", submission_id)
 
-    def for_each_item(self, items: list[dict[str, Any]], work: Callable[[dict[str, Any]], None]) -> None:
+    def for_each_item(self, items: list[dict[str, Any]], work: Callable[[dict[str, Any]], None],
+                      deadline: Optional[Deadline] = None) -> None:
         """Run `work` on each item, contained (contain_item), by `[run] workers` threads taking the
-        items in order; with one worker, in this thread. No item starts once the deadline has passed
+        items in order; with one worker, in this thread. No item starts once the deadline (the pass's
+        unless `deadline` is given) has passed
         or once an item raised what ends the pass (authentication, configuration, a bug): the items
         under way finish, then that is raised here. What items print (a dry run's plan) comes out in
         the items' order, each item's lines together."""
         upcoming = enumerate(items)
+        deadline = deadline or self.deadline
         lock = threading.Lock()
         stops: list[BaseException] = []  # why no further item may start
         output = OrderedOutput()
@@ -3749,7 +3776,7 @@ class PassContext:
             while True:
                 with lock:
                     position, item = next(upcoming, (None, None)) if not stops else (None, None)
-                    if item is not None and self.deadline.remaining() <= 0:
+                    if item is not None and deadline.remaining() <= 0:
                         stops.append(DeadlineReached())
                         return
                 if item is None:
@@ -3962,7 +3989,8 @@ class SubmitPhase(PassPart):
     """Each pending submission once: an earlier pass's submit resumed, else the job prepared (where
     it can be rejected) and submitted exactly once; `[run] workers` of them side by side."""
 
-    def run(self) -> None:
+    def run(self, deadline: Deadline) -> None:
+        """Submit what is pending until `deadline` (the submit phase's share of the pass's)."""
         pending, complete = self.api.list_pending()
         self.summary.pending = len(pending)
         self.context.pending_ids = {item["id"] for item in pending} if complete else None
@@ -3971,7 +3999,7 @@ class SubmitPhase(PassPart):
                                               self.config.submit.max_file_size)) as self.downloads:
             for item in pending:
                 self.downloads.expect(item)
-            self.context.for_each_item(pending, self.submit_one)
+            self.context.for_each_item(pending, self.submit_one, deadline)
 
     def submit_one(self, item: Mapping[str, Any]) -> None:
         submission_id = item["id"]
