@@ -264,6 +264,8 @@ CONFIG_SCHEMA: dict[str, dict[str, Setting]] = {
         "sacct": Setting("/usr/bin/sacct"),
         "scancel": Setting("/usr/bin/scancel"),
         "sdiag": Setting("/usr/bin/sdiag"),
+        "scontrol": Setting("/usr/bin/scontrol", help="scontrol, run by the check alone (scontrol show config), to "
+                            "compare purge_horizon with slurmctld's MinJobAge where no slurmdbd is used."),
         "slurmdbd": Setting(True, bool),
         "purge_horizon": Setting(300, int),
         "timeout": Setting(30.0, float),
@@ -317,7 +319,7 @@ CONFIG_SCHEMA: dict[str, dict[str, Setting]] = {
 
 MAPPER_TYPES = ("single-user", "email-local-part", "map-file", "ldap")
 SLURM_BACKENDS = ("slurmrestd", "sbatch")
-SLURM_TOOLS = ("sbatch", "squeue", "sacct", "scancel", "sdiag")
+SLURM_TOOLS = ("sbatch", "squeue", "sacct", "scancel", "sdiag", "scontrol")
 LOG_FORMATS = ("auto", "json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 API_VERSION_RE = re.compile(r"^v0\.0\.(\d+)$")
@@ -3075,6 +3077,7 @@ SQUEUE_FIELDS = (("job_id", "%A"), ("array_job_id", "%F"), ("array_task", "%K"),
                  ("current_working_directory", "%Z"), ("comment", "%k"))
 SACCT_FIELDS = ("JobID", "JobIDRaw", "State", "Reason", "ExitCode", "User", "JobName", "WorkDir", "Submit", "Comment")
 DBD_QUEUE_RE = re.compile(r"^\s*DBD Agent queue size:\s*(\d+)\s*$", re.MULTILINE)
+MIN_JOB_AGE_RE = re.compile(r"^MinJobAge\s*=\s*(\d+) sec\s*$", re.MULTILINE)  # scontrol show config
 VERSION_RE = re.compile(r"(\d+\.\d+\.\d+)")
 
 
@@ -3350,6 +3353,15 @@ class SlurmCommands:
         if SLURM_JOB_DONE_RE.search(result.stderr):
             return False
         raise command_failure(result)
+
+    def min_job_age(self) -> Optional[int]:
+        """slurmctld's MinJobAge (seconds a finished job stays before it is purged), from `scontrol
+        show config`; None when it does not say."""
+        result = self._run("scontrol", ["show", "config"])
+        if result.returncode != 0:
+            raise command_failure(result)
+        found = MIN_JOB_AGE_RE.search(result.stdout)
+        return int(found.group(1)) if found else None
 
     def tool_release(self, tool: str) -> str:
         """`TOOL --version`: the Slurm release of that command (for the check)."""
@@ -5074,7 +5086,9 @@ class Check:
             return failed(what, f"{where} served, but slurmdbd = true", "start slurmrestd with its slurmdbd plugin "
                           "(and slurmdbd), or set [slurmrestd] slurmdbd = auto", EX_CONFIG)
         uses = ("used for the jobs slurmctld has forgotten" if slurm.use_slurmdbd
-                else "not used (a job slurmctld has forgotten is reported UNKNOWN)")
+                else f"not used (a job slurmctld has forgotten is reported UNKNOWN; an interrupted submit is trusted "
+                     f"to slurmctld for purge_horizon = {slurm.purge_horizon} s, which must not exceed slurmctld's "
+                     "MinJobAge: slurmrestd does not serve it, compare with scontrol show config)")
         return passed(what, f"{where} served; slurmdbd = {str(setting).lower()}: {uses}")
 
     @staticmethod
@@ -5120,6 +5134,7 @@ class Check:
         if not slurm.use_slurmdbd:
             self.lines.append(passed("slurmdbd", "not used ([slurm] slurmdbd = false): a job slurmctld has "
                                                  "forgotten is reported UNKNOWN"))
+            self.lines.append(self.purge_horizon_line(slurm))
             return
         try:
             slurm.accounting_jobs_since("root", time.time())
@@ -5128,6 +5143,24 @@ class Check:
                 Unavailable: "check that slurmdbd runs, or set [slurm] slurmdbd = false"}), exc.exit_code))
         else:
             self.lines.append(passed("slurmdbd", "sacct answered: used for the jobs slurmctld has forgotten"))
+
+    @staticmethod
+    def purge_horizon_line(slurm: SlurmCommands) -> CheckLine:
+        """Without slurmdbd, an interrupted submit younger than purge_horizon that slurmctld does not
+        hold is taken as never submitted: true only while slurmctld keeps a finished job that long."""
+        what = "purge horizon"
+        try:
+            min_job_age = slurm.min_job_age()
+        except SyncError as exc:
+            return failed(what, str(exc), "check that scontrol runs ([slurm] scontrol)", exc.exit_code)
+        if min_job_age is None:
+            return failed(what, "scontrol show config does not give MinJobAge", "check [slurm] scontrol", EX_CONFIG)
+        if slurm.purge_horizon > min_job_age:
+            return failed(what, f"[slurm] purge_horizon = {slurm.purge_horizon} s exceeds slurmctld's MinJobAge "
+                                f"({min_job_age} s): a job ending and purged before the next pass could run twice",
+                          f"set [slurm] purge_horizon to at most {min_job_age}, or use slurmdbd", EX_CONFIG)
+        return passed(what, f"[slurm] purge_horizon = {slurm.purge_horizon} s, within slurmctld's MinJobAge "
+                            f"({min_job_age} s)")
 
     def state_directory(self, config: Config) -> None:
         what = "state directory and lock"

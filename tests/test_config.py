@@ -102,6 +102,7 @@ EXPECTED_DEFAULTS = {
     ("slurm", "sacct"): "/usr/bin/sacct",
     ("slurm", "scancel"): "/usr/bin/scancel",
     ("slurm", "sdiag"): "/usr/bin/sdiag",
+    ("slurm", "scontrol"): "/usr/bin/scontrol",
     ("slurm", "slurmdbd"): True,
     ("slurm", "purge_horizon"): 300,
     ("slurm", "timeout"): 30.0,

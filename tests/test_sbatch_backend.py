@@ -572,6 +572,26 @@ def test_check_covers_the_commands_slurmctld_and_slurmdbd(stack, config_file, to
     assert code == 0
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_min_job_age_is_read_from_scontrol_show_config(backend_config, version):
+    slurm, runner = backend(backend_config(), recorded(version, "scontrol_show_config"))
+    assert slurm.min_job_age() == 30  # the integration stack's slurm.conf
+    assert runner.calls[0]["argv"] == ["/usr/bin/scontrol", "show", "config"]
+
+
+@pytest.mark.parametrize("horizon, status, says", [
+    (300, "FAIL", "purge_horizon = 300 s exceeds slurmctld's MinJobAge (30 s)"),
+    (30, "ok", "purge_horizon = 30 s, within slurmctld's MinJobAge (30 s)"),
+])
+def test_check_without_slurmdbd_compares_the_purge_horizon_with_min_job_age(stack, config_file, tools, capsys,
+                                                                            horizon, status, says):
+    tools.answer(squeue=recorded("24.11", "squeue_json"), scontrol=recorded("24.11", "scontrol_show_config"))
+    code, lines = check_lines(capsys, config_file(**tools.settings(), **{"slurm.slurmdbd": "false",
+                                                                         "slurm.purge_horizon": horizon}))
+    assert lines["purge horizon"][0] == status and says in lines["purge horizon"][1]
+    assert code == (jobbergate_sync.EX_CONFIG if status == "FAIL" else 0)
+
+
 def test_check_names_a_missing_command_and_a_controller_that_does_not_answer(stack, config_file, tools, capsys):
     settings = tools.settings()
     os.chmod(settings["slurm.sdiag"], 0o644)
