@@ -183,8 +183,8 @@ def utc_text(epoch: Optional[float]) -> str:
 
 
 class DeadlineReached(Exception):
-    """The pass ran out of time: the remaining work waits for the next pass; the exit code is that of
-    the work done (0 or 1)."""
+    """The pass (or the submit phase, its share of it) ran out of time: the remaining work waits for
+    the next pass; the exit code is that of the work done (0 or 1)."""
 
 
 class CrashPoint(str, enum.Enum):
@@ -3773,10 +3773,9 @@ class PassContext:
     def for_each_item(self, items: list[dict[str, Any]], work: Callable[[dict[str, Any]], None],
                       deadline: Optional[Deadline] = None) -> None:
         """Run `work` on each item, contained (contain_item), by `[run] workers` threads taking the
-        items in order; with one worker, in this thread. No item starts once the deadline (the pass's
-        unless `deadline` is given) has passed
-        or once an item raised what ends the pass (authentication, configuration, a bug): the items
-        under way finish, then that is raised here. What items print (a dry run's plan) comes out in
+        items in order; with one worker, in this thread. No item starts once `deadline` (the pass's
+        by default) has passed or once an item raised what ends the pass (authentication,
+        configuration, a bug): the items under way finish, then that is raised here. What items print (a dry run's plan) comes out in
         the items' order, each item's lines together."""
         upcoming = enumerate(items)
         deadline = deadline or self.deadline
@@ -4360,9 +4359,10 @@ def tagged_job_standing(users: set[str], submitted: list[Optional[int]], entry: 
     others = users - {entry.username or ""}
     if others:
         return False, f"it belongs to {', '.join(sorted(user or '(no user)' for user in others))}"
-    if not submitted or None in submitted:
+    known = [when for when in submitted if when is not None]
+    if not known or len(known) < len(submitted):
         return None, "Slurm does not say when it was submitted"
-    outside = [when for when in submitted if when is not None and not window[0] <= when <= window[1]]
+    outside = [when for when in known if not window[0] <= when <= window[1]]
     if outside:
         return False, (f"it was submitted at {utc_text(min(outside))}, outside the submit's window "
                        f"({utc_text(window[0])} to {utc_text(window[1])})")
@@ -4466,7 +4466,7 @@ class EarlierSubmit(PassPart):
                             **ctx(submission_id=entry.submission_id, slurm_job_id=job_id))
             else:
                 (ours if standing else unsure).append(job_id)
-        if len(ours) + len(unsure) > 1 or unsure:
+        if unsure or len(ours) > 1:
             raise SubmitUnsettled(entry, f"{where} holds {len(ours) + len(unsure)} job(s) of {entry.username} with its "
                                          f"tag ({', '.join(map(str, sorted(ours + unsure)))})"
                                   + (": Slurm does not say when they were submitted" if unsure else ""))
