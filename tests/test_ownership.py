@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fakes import run
+from jobbergate_sync import ForeignJob, JournalEntry, check_job_owner, intent_window, tagged_job_standing
 
 
 def deletes(stack) -> list[tuple[str, dict]]:
@@ -99,3 +102,40 @@ def test_an_array_with_one_task_of_another_user_is_not_followed(stack, config_fi
     assert run(config_file()) == 1
 
     assert deletes(stack) == [] and stack.api.status(900) == "ABORTED"
+
+
+# ---------------------------------------------------------------------------------------------
+# The pure checks
+# ---------------------------------------------------------------------------------------------
+
+USERS = st.sampled_from(["alice", "bob", "root", ""])
+
+
+@given(owner=USERS.filter(bool), users=st.lists(USERS, min_size=1, max_size=5),
+       key=st.sampled_from(["user_name", "user"]))
+def test_a_job_is_the_owners_only_when_every_record_names_the_owner(owner, users, key):
+    records = [{"job_id": 5, key: user} for user in users]
+    if set(users) == {owner}:
+        check_job_owner(5, records, owner)
+    else:
+        with pytest.raises(ForeignJob) as refused:
+            check_job_owner(5, records, owner)
+        assert not any(user and user in refused.value.message for user in users)  # the owner is told no name
+
+
+def entry_at(intent_at: float, username: str = "alice") -> JournalEntry:
+    return JournalEntry(7, "jobbergate-sync:c:7", username, None, False, None, None, None, intent_at, intent_at)
+
+
+@given(users=st.sets(USERS, min_size=1, max_size=3),
+       submitted=st.lists(st.one_of(st.none(), st.integers(0, 4000)), min_size=1, max_size=3))
+def test_a_tagged_job_is_adopted_only_when_the_journal_users_and_submitted_in_the_window(users, submitted):
+    entry = entry_at(2000.0)
+    window = intent_window(entry, 30)
+    standing, why = tagged_job_standing(users, submitted, entry, window)
+    if users != {"alice"}:
+        assert standing is False and "belongs to" in why
+    elif None in submitted:
+        assert standing is None
+    else:
+        assert standing is all(window[0] <= when <= window[1] for when in submitted)
