@@ -237,8 +237,8 @@ def utc_text(epoch: Optional[float]) -> str:
 
 
 class DeadlineReached(Exception):
-    """The pass ran out of time: the remaining work waits for the next pass; the exit code is that of
-    the work done (0 or 1)."""
+    """The pass (or the submit phase, its share of it) ran out of time: the remaining work waits for
+    the next pass; the exit code is that of the work done (0 or 1)."""
 
 
 class CrashPoint(str, enum.Enum):
@@ -290,7 +290,7 @@ class Setting:
 
 MAPPER_TYPES = ("single-user", "email-local-part", "map-file", "ldap")
 SLURM_BACKENDS = ("slurmrestd", "sbatch")
-SLURM_TOOLS = ("sbatch", "squeue", "sacct", "scancel", "sdiag")
+SLURM_TOOLS = ("sbatch", "squeue", "sacct", "scancel", "sdiag", "scontrol")
 LOG_FORMATS = ("auto", "json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 API_VERSION_RE = re.compile(r"^v0\.0\.(\d+)$")
@@ -358,6 +358,9 @@ CONFIG_SCHEMA: dict[str, dict[str, Setting]] = {
         "sacct": Setting("/usr/bin/sacct", help="sbatch backend: absolute path of sacct."),
         "scancel": Setting("/usr/bin/scancel", help="sbatch backend: absolute path of scancel."),
         "sdiag": Setting("/usr/bin/sdiag", help="sbatch backend: absolute path of sdiag."),
+        "scontrol": Setting("/usr/bin/scontrol", help="sbatch backend: absolute path of scontrol, run by the check "
+                                                      "alone (scontrol show config) to compare purge_horizon with "
+                                                      "slurmctld's MinJobAge where no slurmdbd is used."),
         "slurmdbd": Setting(True, bool, help="sbatch backend: read jobs slurmctld has purged from slurmdbd (sacct); "
                                              "false without slurmdbd."),
         "purge_horizon": Setting(300, int, minimum=1, help="sbatch backend: as [slurmrestd] purge_horizon."),
@@ -429,6 +432,9 @@ CONFIG_SCHEMA: dict[str, dict[str, Setting]] = {
                                  "(90 for a run every minute)."),
         "deadline": Setting(50, int, minimum=1,
                             help="Seconds after which a pass stops starting new work (keep it below the timer period)."),
+        "submit_share": Setting(0.6, float, minimum=0.1, maximum=0.9,
+                                help="The share of deadline the submit phase may use; the update phase and the health "
+                                     "ping always get the rest, however large the backlog."),
         "retries": Setting(3, int, minimum=1,
                            help="Attempts for idempotent requests (lists, downloads, state updates, health, token)."),
         "backoff": Setting(1.0, float, minimum=0,
@@ -2435,6 +2441,9 @@ class Deadline:
     def remaining(self) -> float:
         return self.ends_at - time.monotonic()
 
+    def share(self, fraction: float) -> "Deadline":
+        """A deadline `fraction` of the time that remains from now."""
+        return Deadline(max(self.remaining(), 0) * fraction)
 
 DEADLINE_GRACE_TIMEOUT = 5.0
 # How long past [run] deadline a pass may still run (finishing the items under way, which are bounded by
@@ -2886,8 +2895,10 @@ class SlurmBackend(Protocol):
         id); an id missing means slurmctld does not hold the job. Records may hold only the state
         (is_full_record tells)."""
 
-    def jobs_with_tag(self, tag: str) -> list[int]:
-        """The ids of the jobs slurmctld holds whose comment leads with `tag`."""
+    def jobs_with_tag(self, tag: str, user: str) -> SlurmRecords:
+        """The records of the jobs slurmctld holds whose comment leads with `tag`: only `user`'s
+        where Slurm can select them (a comment is anyone's to write, so the caller checks each
+        record's user and submit time)."""
 
     def accounting_job(self, job_id: int) -> Optional[list[dict[str, Any]]]:
         """The job's slurmdbd records (the newest of each array task); None when slurmdbd has none."""
@@ -2913,8 +2924,9 @@ def records_by_job(records: Iterable[Any]) -> SlurmRecords:
     return grouped
 
 
-def tagged_job_ids(jobs: SlurmRecords, tag: str) -> list[int]:
-    return sorted(job_id for job_id, records in jobs.items() if any(comment_has_tag(job.get("comment"), tag) for job in records))
+def tagged_jobs(jobs: SlurmRecords, tag: str) -> SlurmRecords:
+    return {job_id: records for job_id, records in sorted(jobs.items())
+            if any(comment_has_tag(job.get("comment"), tag) for job in records)}
 
 
 def newest_accounting_records(records: Iterable[Any], job_id: int) -> Optional[list[dict[str, Any]]]:
@@ -3416,8 +3428,8 @@ class SlurmRest:
             return None
         raise ItemError(f"GET {self.base}/slurmdb/{self.version}/job/{job_id}: HTTP {response.status_code} {describe_errors(errors)}")
 
-    def jobs_with_tag(self, tag: str) -> list[int]:
-        return tagged_job_ids(self.jobs(), tag)
+    def jobs_with_tag(self, tag: str, user: str) -> SlurmRecords:
+        return tagged_jobs(self.jobs(), tag)  # GET jobs cannot select a user's
 
     def accounting_jobs_since(self, user: str, since: float) -> list[dict[str, Any]]:
         """slurmdbd's records of jobs active at or after `since`: the user's own from v0.0.39 on
@@ -3497,6 +3509,7 @@ SQUEUE_FIELDS = (("job_id", "%A"), ("array_job_id", "%F"), ("array_task", "%K"),
                  ("current_working_directory", "%Z"), ("comment", "%k"))
 SACCT_FIELDS = ("JobID", "JobIDRaw", "State", "Reason", "ExitCode", "User", "JobName", "WorkDir", "Submit", "Comment")
 DBD_QUEUE_RE = re.compile(r"^\s*DBD Agent queue size:\s*(\d+)\s*$", re.MULTILINE)
+MIN_JOB_AGE_RE = re.compile(r"^MinJobAge\s*=\s*(\d+) sec\s*$", re.MULTILINE)  # scontrol show config
 VERSION_RE = re.compile(r"(\d+\.\d+\.\d+)")
 
 
@@ -3731,8 +3744,8 @@ class SlurmCommands:
     def job(self, job_id: int) -> Optional[list[dict[str, Any]]]:
         return self.states([job_id]).get(job_id)
 
-    def jobs_with_tag(self, tag: str) -> list[int]:
-        return tagged_job_ids(self.jobs(), tag)
+    def jobs_with_tag(self, tag: str, user: str) -> SlurmRecords:
+        return tagged_jobs(records_by_job(self._squeue([f"--user={user}"])), tag)
 
     def _sacct(self, selection: list[str]) -> list[dict[str, Any]]:
         """slurmdbd's records of the selected jobs (allocations, not steps); Unavailable while
@@ -3777,6 +3790,15 @@ class SlurmCommands:
         if SLURM_JOB_DONE_RE.search(result.stderr):
             return False
         raise command_failure(result)
+
+    def min_job_age(self) -> Optional[int]:
+        """slurmctld's MinJobAge (seconds a finished job stays before it is purged), from `scontrol
+        show config`; None when it does not say."""
+        result = self._run("scontrol", ["show", "config"])
+        if result.returncode != 0:
+            raise command_failure(result)
+        found = MIN_JOB_AGE_RE.search(result.stdout)
+        return int(found.group(1)) if found else None
 
     def tool_release(self, tool: str) -> str:
         """`TOOL --version`: the Slurm release of that command (for the check)."""
@@ -4344,21 +4366,37 @@ class SyncPass:
         self.summary = self.context.summary
 
     def run(self) -> PassSummary:
-        """Submit, update, ping health: a phase that cannot get its work (its list failed, its peer
-        is down) ends, and the next phase still runs. The deadline ends the pass's work;
-        authentication and configuration failures (and bugs) end the pass."""
+        """Submit, update, ping health. The submit phase gets at most `[run] submit_share` of the
+        deadline, so that a backlog never keeps the update phase (and the cancels it makes) or the
+        ping from running. Whatever ends a phase (its time, a peer down, a bug), the next still runs
+        and the health ping is always sent; a bug is raised after the ping (the pass exits 70).
+        Authentication and configuration failures end the pass at once: the next phases would meet
+        them again."""
         context = self.context
-        phases: list[tuple[str, Callable[[], None]]] = [("submit phase", SubmitPhase(context).run),
+        run_settings = context.config.run
+        submit_deadline = context.deadline.share(run_settings.submit_share)
+        phases: list[tuple[str, Callable[[], None]]] = [("submit phase", lambda: SubmitPhase(context).run(submit_deadline)),
                                                          ("update phase", UpdatePhase(context).run),
                                                          ("health ping", context.changes.ping_health)]
-        try:
-            for name, phase in phases:
+        ending: Optional[Exception] = None
+        for name, phase in phases:
+            try:
                 context.contain(phase, f"{name} ended")
-        except DeadlineReached:
-            self.summary.deadline_reached = True
-            log.warning("the pass reached its %d s deadline; the remaining work waits for the next pass",
-                        context.config.run.deadline)
+            except DeadlineReached:
+                self.summary.deadline_reached = True
+                log.warning("the %s reached the %s; its remaining work waits for the next pass", name,
+                            f"submit share of the deadline ({run_settings.deadline * run_settings.submit_share:g} s)"
+                            if name == "submit phase" else f"{run_settings.deadline} s deadline")
+            except SyncError:
+                raise
+            except Exception as exc:  # a bug: the pass exits 70 once the phases after it have run
+                if ending is None:
+                    ending = exc
+                else:
+                    log.exception("%s ended by an internal error", name)
         self.summary.count("errors", context.api.malformed_items)
+        if ending is not None:
+            raise ending
         return self.summary
 
 
@@ -4459,13 +4497,14 @@ class PassContext:
         self.journal.clear_failures(submission_id)
 
     def for_each_item(self, items: list[dict[str, Any]], work: Callable[[dict[str, Any]], None],
-                      reject: Optional[Callable[[int, str], None]] = None) -> None:
+                      reject: Optional[Callable[[int, str], None]] = None, deadline: Optional[Deadline] = None) -> None:
         """Run `work` on each item, contained (contain_item, which `reject` is given to), by `[run]
         workers` threads taking the items in order; with one worker, in this thread. No item starts
-        once the deadline has passed or once an item raised what ends the pass (authentication,
-        configuration): the items under way finish, then that is raised here. What items print (a
-        dry run's plan) comes out in the items' order, each item's lines together."""
+        once `deadline` (the pass's by default) has passed or once an item raised what ends the pass
+        (authentication, configuration): the items under way finish, then that is raised here. What
+        items print (a dry run's plan) comes out in the items' order, each item's lines together."""
         upcoming = enumerate(items)
+        deadline = deadline or self.deadline
         lock = threading.Lock()
         stops: list[BaseException] = []  # why no further item may start
         output = OrderedOutput()
@@ -4474,7 +4513,7 @@ class PassContext:
             while True:
                 with lock:
                     position, item = next(upcoming, (None, None)) if not stops else (None, None)
-                    if item is not None and self.deadline.remaining() <= 0:
+                    if item is not None and deadline.remaining() <= 0:
                         stops.append(DeadlineReached())
                         return
                 if item is None:
@@ -4556,18 +4595,40 @@ class PassPart:
         self.cluster = context.cluster
 
 
-def owner_of(journal: Journal, slurm: SlurmBackend, submission_id: int, job_id: int,
-             records: Optional[list[dict[str, Any]]] = None) -> str:
-    """Who may cancel the job: the user the journal says submitted it, else the job record's
-    owner. Never anyone else: a DELETE as a non-owner hangs slurmctld 24.11.5."""
+def owner_of(journal: Journal, submission_id: int, job_id: int) -> str:
+    """Who this tool submitted the job as: the user of its own submit of that job, from the journal.
+    Never anyone else (a DELETE as a non-owner hangs slurmctld 24.11.5), and never Slurm's record of
+    the job: any Jobbergate user may name any job id."""
     entry = journal.get(submission_id)
-    if entry and entry.username:
+    if entry and entry.username and entry.slurm_job_id == job_id:
         return entry.username
-    for record in records or slurm.job(job_id) or []:
-        if isinstance(record.get("user_name"), str) and record["user_name"]:
-            return record["user_name"]
-    raise ItemError(f"cannot tell who owns Slurm job {job_id} of submission {submission_id}; "
-                    "not cancelling it as anyone else")
+    raise ItemError(f"the journal does not say who submitted Slurm job {job_id} of submission {submission_id}; "
+                    "not cancelling it as anyone")
+
+
+class ForeignJob(Exception):
+    """An active submission names a Slurm job its owner does not own: logged at ERROR for the admin
+    (`detail`, both users) and the submission ended (ABORTED) with `message` for its owner, which
+    names no one else; the job is neither reported nor cancelled."""
+
+    def __init__(self, detail: str, message: str):
+        super().__init__(detail)
+        self.message = message
+
+
+def job_users(records: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The users a job's records name: user_name in slurmctld's, user in slurmdbd's ("" for none)."""
+    return {str(record.get("user_name") or record.get("user") or "") for record in records}
+
+
+def check_job_owner(job_id: int, records: list[dict[str, Any]], owner: str) -> None:
+    """ForeignJob unless every record of the job (every task of an array) is `owner`'s."""
+    others = job_users(records) - {owner}
+    if others:
+        users = ", ".join(sorted(user or "(none)" for user in others))
+        raise ForeignJob(f"Slurm job {job_id} belongs to {users}, not to the submission's owner {owner}",
+                         f"Slurm job {job_id} is not a job of this submission's owner: jobbergate-sync neither "
+                         "reports nor cancels it")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -4681,7 +4742,8 @@ class SubmitPhase(PassPart):
     """Each pending submission once: an earlier pass's submit resumed, else the job prepared (where
     it can be rejected) and submitted exactly once; `[run] workers` of them side by side."""
 
-    def run(self) -> None:
+    def run(self, deadline: Deadline) -> None:
+        """Submit what is pending until `deadline` (the submit phase's share of the pass's)."""
         pending, complete = self.api.list_pending()
         self.summary.pending = len(pending)
         self.context.pending_ids = {item["id"] for item in pending} if complete else None
@@ -4691,7 +4753,7 @@ class SubmitPhase(PassPart):
                 contextlib.closing(self.context.writers):
             for item in pending:
                 self.downloads.expect(item)
-            self.context.for_each_item(pending, self.submit_one, self.reject)
+            self.context.for_each_item(pending, self.submit_one, self.reject, deadline)
 
     def submit_one(self, item: Mapping[str, Any]) -> None:
         submission_id = item["id"]
@@ -4893,7 +4955,7 @@ class LiveChanges(PassPart):
             self.api.report_submitted(submission_id, report)
         except ApiConflict as exc:
             if exc.status == 404:
-                self.slurm.cancel(job_id, owner_of(self.journal, self.slurm, submission_id, job_id))
+                self.slurm.cancel(job_id, owner_of(self.journal, submission_id, job_id))
                 self.journal.forget(submission_id)
                 raise ItemError(f"submission {submission_id} no longer exists; cancelled its Slurm job {job_id}") from None
             if exc.status != 400:
@@ -4914,7 +4976,7 @@ class LiveChanges(PassPart):
         if standing == "waiting":
             self.api.report_submitted(submission_id, report)
         elif standing == "taken":
-            self.slurm.cancel(job_id, owner_of(self.journal, self.slurm, submission_id, job_id))
+            self.slurm.cancel(job_id, owner_of(self.journal, submission_id, job_id))
             self.journal.forget(submission_id)
             raise ItemError(f"submission {submission_id} is {current.get('status')} with Slurm job "
                             f"{current.get('slurm_job_id')}, not ours ({job_id}): cancelled Slurm job {job_id} as a "
@@ -4932,9 +4994,6 @@ class LiveChanges(PassPart):
     def forget(self, submission_id: int) -> None:
         self.journal.forget(submission_id)
 
-    def cancel_duplicate(self, submission_id: int, job_id: int, owner: str) -> None:
-        self.slurm.cancel(job_id, owner)
-
     def cancel_job(self, submission_id: int, job_id: int, owner: str) -> Optional[StateReport]:
         """Cancel the Slurm job of a cancelled submission as its owner; the state after the cancel,
         or None when nothing was done. Counted only when Slurm cancelled it."""
@@ -4943,7 +5002,7 @@ class LiveChanges(PassPart):
         if outcome is False:
             log.info("Slurm job %d of cancelled submission %d had already ended", job_id, submission_id, **fields)
             return None
-        after = state_for_update(self.slurm, job_id, self.slurm.job(job_id))
+        after = state_for_update(self.slurm, job_id, self.slurm.job(job_id), owner)
         # A job being killed reads COMPLETING until its processes are gone (KillWait): on v0.0.38 that
         # is all a re-read right after the DELETE shows; its end state comes with a later update.
         if outcome is None and after.state not in ("CANCELLED", "COMPLETING"):
@@ -5005,9 +5064,6 @@ class DryRunChanges(PassPart):
     def forget(self, submission_id: int) -> None:
         pass
 
-    def cancel_duplicate(self, submission_id: int, job_id: int, owner: str) -> None:
-        self.context.say(f"would cancel Slurm job {job_id}, a duplicate of submission {submission_id}, as {owner}")
-
     def cancel_job(self, submission_id: int, job_id: int, owner: str) -> Optional[StateReport]:
         self.context.say(f"would cancel Slurm job {job_id} of cancelled submission {submission_id} as {owner}")
         return None
@@ -5050,17 +5106,49 @@ def _accounting_comment(record: Mapping[str, Any]) -> str:
     return comment if isinstance(comment, str) else ""
 
 
+def accounting_submit_time(record: Mapping[str, Any]) -> Optional[int]:
+    times = record.get("time")
+    return unwrap_number(times.get("submission")) if isinstance(times, dict) else None
+
+
 def _same_directory(recorded: Any, wanted: str) -> bool:
     return isinstance(recorded, str) and os.path.normpath(recorded or "/") == os.path.normpath(wanted)
+
+
+def intent_window(entry: JournalEntry, timeout: float) -> tuple[float, float]:
+    """When the job of an interrupted submit can have been submitted: from its intent to the end
+    of the submit's exchange, with CLOCK_SLACK_SECONDS either side."""
+    intent_at = entry.intent_at or 0.0
+    return intent_at - CLOCK_SLACK_SECONDS, intent_at + timeout + CLOCK_SLACK_SECONDS
+
+
+def tagged_job_standing(users: set[str], submitted: list[Optional[int]], entry: JournalEntry,
+                        window: tuple[float, float]) -> tuple[Optional[bool], str]:
+    """Whether a job carrying an interrupted submit's tag is that submit's job, from its records'
+    users and submit times: (False, why) when it is another user's (a comment is anyone's to write)
+    or was submitted outside the intent's window, (None, why) when Slurm does not say when it was
+    submitted, (True, "") when it is the journal user's, submitted within the window."""
+    others = users - {entry.username or ""}
+    if others:
+        return False, f"it belongs to {', '.join(sorted(user or '(no user)' for user in others))}"
+    known = [when for when in submitted if when is not None]
+    if not known or len(known) < len(submitted):
+        return None, "Slurm does not say when it was submitted"
+    outside = [when for when in known if not window[0] <= when <= window[1]]
+    if outside:
+        return False, (f"it was submitted at {utc_text(min(outside))}, outside the submit's window "
+                       f"({utc_text(window[0])} to {utc_text(window[1])})")
+    return True, ""
 
 
 def accounting_candidates(records: Iterable[Mapping[str, Any]], entry: JournalEntry, window: tuple[float, float],
                           excluded: set[int]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The slurmdbd records that may be the job an interrupted submit created, one per job, oldest
-    first: (those carrying its tag, those that could be it without a comment: same owner, name and
-    directory, submitted within `window`). A record whose comment lacks the tag is never ours: the
-    tag leads every comment this tool sends. Matching leans to "could be it": a false match only
-    withholds a submit, a missed one would run the job twice."""
+    first: (those carrying its tag, whoever they belong to: the caller proves them, those that could
+    be it without a comment: the journal user's, same name and directory, submitted within
+    `window`). A record whose comment lacks the tag is never ours: the tag leads every comment this
+    tool sends. Matching leans to "could be it": a false match only withholds a submit, a missed
+    one would run the job twice."""
     tagged: dict[int, dict[str, Any]] = {}
     alike: dict[int, dict[str, Any]] = {}
     for record in records:
@@ -5073,9 +5161,8 @@ def accounting_candidates(records: Iterable[Mapping[str, Any]], entry: JournalEn
             continue
         if entry.job_name is None or entry.working_directory is None:
             continue
-        times = record.get("time") if isinstance(record.get("time"), dict) else {}
-        submitted = unwrap_number(times.get("submission"))
-        if (record.get("user") in (None, entry.username)
+        submitted = accounting_submit_time(record)
+        if (record.get("user") == entry.username
                 and record.get("name") in (entry.job_name, ACCOUNTING_PLACEHOLDER_NAME)
                 and _same_directory(record.get("working_directory"), entry.working_directory)
                 and (submitted is None or window[0] <= submitted <= window[1])):
@@ -5103,25 +5190,30 @@ class EarlierSubmit(PassPart):
 
     def recover_intent(self, entry: JournalEntry) -> bool:
         """An earlier pass stopped between recording its intent and recording the job id: find its
-        job in slurmctld by its tag, else in slurmdbd."""
+        job in slurmctld by its tag, else in slurmdbd (whatever the intent's age: a job may end and be
+        purged from slurmctld within MinJobAge), else, without slurmdbd, trust slurmctld only while
+        the intent is younger than the purge horizon. Only a job of the journal's user submitted
+        within the submit's window is adopted; SubmitUnsettled where that is not proven."""
         fields = ctx(submission_id=entry.submission_id)
-        found = self.slurm.jobs_with_tag(entry.tag)
-        if found:
-            if len(found) > 1:
-                log.error("submission %d has %d Slurm jobs %s; keeping %d, cancelling the others", entry.submission_id,
-                          len(found), found, found[0], **fields)
-                for duplicate in found[1:]:
-                    self.context.changes.cancel_duplicate(
-                        entry.submission_id, duplicate, owner_of(self.journal, self.slurm, entry.submission_id, duplicate))
-            self.adopt_job(entry, found[0], "slurmctld")
+        window = intent_window(entry, self.slurm.timeout)
+        found = self.slurm.jobs_with_tag(entry.tag, entry.username or "")
+        proven = self.proven_job(entry, window, "slurmctld", {
+            job_id: (job_users(records), [unwrap_number(job.get("submit_time")) for job in records])
+            for job_id, records in found.items()})
+        if proven is not None:
+            self.adopt_job(entry, proven, "slurmctld")
             return True
-        age = time.time() - (entry.intent_at or 0)
-        if age < self.slurm.purge_horizon:
-            # A job submitted after the intent cannot have ended and been purged yet.
+        if not self.slurm.use_slurmdbd:
+            age = time.time() - (entry.intent_at or 0)
+            if age >= self.slurm.purge_horizon:
+                raise SubmitUnsettled(entry, "slurmctld purges finished jobs after the purge horizon and no slurmdbd "
+                                             "is configured to remember them")
+            # A job submitted after the intent cannot have ended and been purged yet (check compares
+            # the purge horizon with slurmctld's MinJobAge).
             log.info("submission %d: the submit interrupted %d s ago left no job in slurmctld, which purges none "
                      "that young; submitting", entry.submission_id, age, **fields)
             return False
-        record = self.find_in_accounting(entry)
+        record = self.find_in_accounting(entry, window)
         if record is None:
             log.info("submission %d: neither slurmctld nor slurmdbd has a job from the submit interrupted at %s; "
                      "submitting", entry.submission_id, utc_text(entry.intent_at), **fields)
@@ -5130,24 +5222,46 @@ class EarlierSubmit(PassPart):
         self.adopt_job(entry, job_id, "slurmdbd", report_from_slurmdbd({**record, "job_id": job_id}))
         return True
 
+    @staticmethod
+    def proven_job(entry: JournalEntry, window: tuple[float, float], where: str,
+                   tagged: Mapping[int, tuple[set[str], list[Optional[int]]]]) -> Optional[int]:
+        """The one job carrying the entry's tag that is its submit's (tagged: job id -> the users and
+        submit times of its records), None when there is none. The others' jobs and those submitted
+        outside the window are ignored with a warning; a doubt (several, or one with no submit time)
+        is SubmitUnsettled: nothing is adopted or cancelled unless it is proven."""
+        ours, unsure = [], []
+        for job_id, (users, submitted) in tagged.items():
+            standing, why = tagged_job_standing(users, submitted, entry, window)
+            if standing is False:
+                log.warning("submission %d: ignoring Slurm job %d of user %s in %s, which carries the tag %s: %s",
+                            entry.submission_id, job_id, ", ".join(sorted(users)), where, entry.tag, why,
+                            **ctx(submission_id=entry.submission_id, slurm_job_id=job_id))
+            else:
+                (ours if standing else unsure).append(job_id)
+        if unsure or len(ours) > 1:
+            raise SubmitUnsettled(entry, f"{where} holds {len(ours) + len(unsure)} job(s) of {entry.username} with its "
+                                         f"tag ({', '.join(map(str, sorted(ours + unsure)))})"
+                                  + (": Slurm does not say when they were submitted" if unsure else ""))
+        return ours[0] if ours else None
+
     def adopt_job(self, entry: JournalEntry, job_id: int, where: str, report: Optional[StateReport] = None) -> None:
         log.info("submission %d: found Slurm job %d from an interrupted pass in %s", entry.submission_id, job_id,
                  where, **ctx(submission_id=entry.submission_id, slurm_job_id=job_id))
         self.journal.record_job(entry.submission_id, job_id)
         self.context.report_submitted(entry.submission_id, job_id, report)
 
-    def find_in_accounting(self, entry: JournalEntry) -> Optional[dict[str, Any]]:
+    def find_in_accounting(self, entry: JournalEntry, window: tuple[float, float]) -> Optional[dict[str, Any]]:
         """The slurmdbd record of the job an interrupted submit created, None when slurmdbd proves
         there is none; SubmitUnsettled when it cannot tell."""
-        if not self.slurm.use_slurmdbd:
-            raise SubmitUnsettled(entry, "slurmctld purges finished jobs after the purge horizon and no slurmdbd "
-                                         "is configured to remember them")
         intent_at = entry.intent_at or 0.0
-        window = (intent_at - CLOCK_SLACK_SECONDS, intent_at + self.slurm.timeout + CLOCK_SLACK_SECONDS)
         records = self.slurm.accounting_jobs_since(entry.username or "", window[0])
         tagged, alike = accounting_candidates(records, entry, window, self.journal.job_ids_of_others(entry.submission_id))
-        if tagged or len(alike) == 1:
-            return (tagged or alike)[0]
+        proven = self.proven_job(entry, window, "slurmdbd", {
+            accounting_job_id(record): (job_users([record]), [accounting_submit_time(record)]) for record in tagged})
+        if proven is not None:
+            return next(record for record in tagged if accounting_job_id(record) == proven)
+        if len(alike) == 1:
+            return alike[0]
         if alike:
             raise SubmitUnsettled(entry, f"slurmdbd holds {len(alike)} jobs that could be it "
                                          f"({', '.join(str(accounting_job_id(r)) for r in alike)})")
@@ -5168,9 +5282,12 @@ class EarlierSubmit(PassPart):
 # ---------------------------------------------------------------------------------------------
 
 
-def state_for_update(slurm: SlurmBackend, job_id: int, records: Optional[list[dict[str, Any]]]) -> StateReport:
+def state_for_update(slurm: SlurmBackend, job_id: int, records: Optional[list[dict[str, Any]]], owner: str) -> StateReport:
     """The state an update reports for a job being followed (every task of an array): from
-    slurmctld's full `records` of it (None: slurmctld does not hold it), else slurmdbd, else UNKNOWN."""
+    slurmctld's full `records` of it (None: slurmctld does not hold it), else slurmdbd, else UNKNOWN.
+    ForeignJob when the records it would report are not all `owner`'s."""
+    if records:
+        check_job_owner(job_id, records, owner)
     report = report_from_records(job_id, records, report_from_slurmctld) if records else None
     finished_array = bool(records) and report is not None and report.state in SLURM_FINAL_STATES and any(
         array_job_id_of(job) for job in records or [])
@@ -5178,6 +5295,7 @@ def state_for_update(slurm: SlurmBackend, job_id: int, records: Optional[list[di
         # slurmdbd also knows the tasks slurmctld has already purged
         accounted = slurm.accounting_job(job_id)
         if accounted:
+            check_job_owner(job_id, accounted, owner)
             records, report = accounted, report_from_records(job_id, accounted, report_from_slurmdbd)
     if records is None:
         return StateReport(job_id, "UNKNOWN", f"Slurm has no record of job {job_id}",
@@ -5218,11 +5336,43 @@ class UpdatePhase(PassPart):
             # A changed state needs the reason, exit code and details; a job not listed is gone only
             # when Slurm says so for it (a list missing it is no proof).
             records = self.slurm.job(job_id)
-        report = state_for_update(self.slurm, job_id, records)
+        try:
+            owner = self.owner(submission_id, job_id)
+            report = state_for_update(self.slurm, job_id, records, owner)
+        except ForeignJob as exc:
+            self.end_foreign(submission_id, job_id, exc)
+            return
         if status == "CANCELLED" and report.state not in SLURM_FINAL_STATES:
-            owner = owner_of(self.journal, self.slurm, submission_id, job_id, records)
             report = self.context.changes.cancel_job(submission_id, job_id, owner) or report
         self.send_update(submission_id, report)
+
+    def owner(self, submission_id: int, job_id: int) -> str:
+        """The local account of the submission's owner, the only one whose job it may report or
+        cancel: the user of this tool's own submit of that job (its journal row), else the API's
+        owner_email mapped as a submit maps it (min_uid and all). One GET per submission and pass,
+        and only for those the journal does not cover (submitted by another agent, or by their
+        owner naming a job id). ForeignJob when the owner maps to no usable account."""
+        entry = self.journal.get(submission_id)
+        if entry and entry.username and entry.slurm_job_id == job_id:
+            return entry.username
+        email = self.api.get_submission(submission_id).get("owner_email")
+        if not isinstance(email, str) or not email:
+            raise ItemError(f"submission {submission_id} has no owner_email; not following Slurm job {job_id}")
+        try:
+            return self.mapper.user_for(email).name
+        except Rejection as exc:
+            raise ForeignJob(f"the submission's owner maps to no usable account here: {exc}",
+                             f"this submission's owner maps to no usable account on this cluster ({exc}): "
+                             f"jobbergate-sync neither reports nor cancels Slurm job {job_id}") from None
+
+    def end_foreign(self, submission_id: int, job_id: int, exc: ForeignJob) -> None:
+        """A submission naming a job that is not its owner's: an error for the admin, and the
+        submission ended (ABORTED, as UNKNOWN with the reason) with nothing of the job in it."""
+        self.summary.count("errors")
+        log.error("submission %d names Slurm job %d: %s; neither reporting nor cancelling that job, ending the "
+                  "submission", submission_id, job_id, exc, **ctx(submission_id=submission_id, slurm_job_id=job_id))
+        self.context.changes.update(submission_id, StateReport(job_id, "UNKNOWN", exc.message,
+                                                               json.dumps({"job_id": job_id, "error": exc.message})))
 
     def close_cancelled_without_job(self, submission_id: int) -> None:
         """Cancelled before it reached Slurm, unless an interrupted pass did submit it: then record
@@ -5690,7 +5840,9 @@ class Check:
             return failed(what, f"{where} served, but slurmdbd = true", "start slurmrestd with its slurmdbd plugin "
                           "(and slurmdbd), or set [slurmrestd] slurmdbd = auto", EX_CONFIG)
         uses = ("used for the jobs slurmctld has forgotten" if slurm.use_slurmdbd
-                else "not used (a job slurmctld has forgotten is reported UNKNOWN)")
+                else f"not used (a job slurmctld has forgotten is reported UNKNOWN; an interrupted submit is trusted "
+                     f"to slurmctld for purge_horizon = {slurm.purge_horizon} s, which must not exceed slurmctld's "
+                     "MinJobAge: slurmrestd does not serve it, compare with scontrol show config)")
         return passed(what, f"{where} served; slurmdbd = {str(setting).lower()}: {uses}")
 
     @staticmethod
@@ -5736,6 +5888,7 @@ class Check:
         if not slurm.use_slurmdbd:
             self.lines.append(passed("slurmdbd", "not used ([slurm] slurmdbd = false): a job slurmctld has "
                                                  "forgotten is reported UNKNOWN"))
+            self.lines.append(self.purge_horizon_line(slurm))
             return
         try:
             slurm.accounting_jobs_since("root", time.time())
@@ -5744,6 +5897,24 @@ class Check:
                 Unavailable: "check that slurmdbd runs, or set [slurm] slurmdbd = false"}), exc.exit_code))
         else:
             self.lines.append(passed("slurmdbd", "sacct answered: used for the jobs slurmctld has forgotten"))
+
+    @staticmethod
+    def purge_horizon_line(slurm: SlurmCommands) -> CheckLine:
+        """Without slurmdbd, an interrupted submit younger than purge_horizon that slurmctld does not
+        hold is taken as never submitted: true only while slurmctld keeps a finished job that long."""
+        what = "purge horizon"
+        try:
+            min_job_age = slurm.min_job_age()
+        except SyncError as exc:
+            return failed(what, str(exc), "check that scontrol runs ([slurm] scontrol)", exc.exit_code)
+        if min_job_age is None:
+            return failed(what, "scontrol show config does not give MinJobAge", "check [slurm] scontrol", EX_CONFIG)
+        if slurm.purge_horizon > min_job_age:
+            return failed(what, f"[slurm] purge_horizon = {slurm.purge_horizon} s exceeds slurmctld's MinJobAge "
+                                f"({min_job_age} s): a job ending and purged before the next pass could run twice",
+                          f"set [slurm] purge_horizon to at most {min_job_age}, or use slurmdbd", EX_CONFIG)
+        return passed(what, f"[slurm] purge_horizon = {slurm.purge_horizon} s, within slurmctld's MinJobAge "
+                            f"({min_job_age} s)")
 
     def state_directory(self, config: Config) -> None:
         what = "state directory and lock"

@@ -67,17 +67,22 @@ def config_file(tmp_path: Path, job_user: pwd.struct_passwd, exec_root: Path, mo
 
 
 class Stack:
-    def __init__(self, rsps: responses.RequestsMock):
+    """The fakes; a submission and a job added without an owner are the job user's (the one the
+    mapper maps a submission's owner to), so that the job is its submission's owner's."""
+
+    def __init__(self, rsps: responses.RequestsMock, owner: pwd.struct_passwd):
         self.rsps = rsps
         self.issuer = FakeIssuer(rsps)
         self.api = FakeJobbergate(rsps, self.issuer)
+        self.api.default_email = f"{owner.pw_name}@example.com"
         self.slurm = FakeSlurm(rsps, JWT_KEY)
+        self.slurm.default_user = owner.pw_name
 
 
 @pytest.fixture
-def stack() -> Iterator[Stack]:
+def stack(job_user: pwd.struct_passwd) -> Iterator[Stack]:
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        yield Stack(rsps)
+        yield Stack(rsps, job_user)
 
 
 @pytest.fixture

@@ -134,6 +134,7 @@ class FakeJobbergate:
 
     def __init__(self, rsps: responses.RequestsMock, issuer: FakeIssuer):
         self.issuer = issuer
+        self.default_email = "user@example.com"  # the owner of a submission added without one
         self.submissions: dict[int, dict[str, Any]] = {}
         self.files: dict[tuple[int, str], bytes] = {}
         self.calls: list[tuple[str, str, Any]] = []
@@ -161,13 +162,14 @@ class FakeJobbergate:
             rsps.add_callback(method, outside_mount, callback=lambda request: _json(404, {"detail": "Not Found"}))
 
     def add_submission(self, submission_id: int, files: Optional[dict[str, bytes]] = None, *,
-                       entrypoint: str = "job.sh", email: str = "user@example.com", name: Optional[str] = None,
+                       entrypoint: str = "job.sh", email: Optional[str] = None, name: Optional[str] = None,
                        status: str = "CREATED", sbatch_arguments: Optional[list[str]] = None,
                        execution_directory: Optional[str] = None, slurm_job_id: Optional[int] = None,
                        script_id: Optional[int] = None) -> dict:
         """script_id: the job script's id (default: one script per submission); submissions given
         the same id share that script's files, as a sweep of one job script does."""
         files = files if files is not None else {"job.sh": b"#!/bin/bash\necho hello\n"}
+        email = email or self.default_email
         script_id = script_id if script_id is not None else 1000 + submission_id
         for filename, content in files.items():
             self.files[(script_id, filename)] = content
@@ -295,6 +297,7 @@ class FakeSlurm:
     def __init__(self, rsps: responses.RequestsMock, jwt_key: bytes, version: str = "v0.0.38"):
         self.jwt_key = jwt_key
         self.version = version
+        self.default_user = "alice"  # the owner of a job added without one
         self.jobs: dict[int, dict[str, Any]] = {}
         self.accounting: dict[int, dict[str, Any]] = {}
         self.submitted: list[dict[str, Any]] = []
@@ -353,10 +356,10 @@ class FakeSlurm:
 
         return callback
 
-    def add_job(self, job_id: int, state: Any = "RUNNING", reason: str = "None", user: str = "alice",
+    def add_job(self, job_id: int, state: Any = "RUNNING", reason: str = "None", user: Optional[str] = None,
                 comment: str = "", exit_code: Any = 0) -> dict:
-        job = {"job_id": job_id, "job_state": state, "state_reason": reason, "user_name": user, "comment": comment,
-               "exit_code": exit_code, "name": f"job-{job_id}"}
+        job = {"job_id": job_id, "job_state": state, "state_reason": reason, "user_name": user or self.default_user,
+               "comment": comment, "exit_code": exit_code, "name": f"job-{job_id}", "submit_time": int(time.time())}
         self.jobs[job_id] = job
         return job
 
@@ -491,7 +494,9 @@ def slurm_of(stack: Any, version: str) -> FakeSlurm:
     """A fake slurmrestd serving `version` in place of the stack's v0.0.38 one; other versions'
     paths answer 404 text as slurmrestd does."""
     stack.rsps.remove(responses.GET, f"{SLURM}/openapi/v3")
+    default_user = stack.slurm.default_user
     stack.slurm = FakeSlurm(stack.rsps, JWT_KEY, version)
+    stack.slurm.default_user = default_user
     for method in (responses.GET, responses.POST, responses.DELETE):
         stack.rsps.add(method, re.compile(re.escape(SLURM) + r"/slurm(db)?/v0\.0\.(?!" + version[-2:] + r")\d+/.*"),
                        status=404, content_type="text/plain",

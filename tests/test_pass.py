@@ -294,7 +294,7 @@ def test_someone_else_submitted_it_so_our_job_is_cancelled(stack, config_file, e
     assert journal_rows(tmp_path) == [(1, 555, 1, "RUNNING")]  # tracks the other agent's job, not ours
 
 
-def submitted(stack, submission_id: int, job_id: int, state="RUNNING", reason="None", user="alice", **job):
+def submitted(stack, submission_id: int, job_id: int, state="RUNNING", reason="None", user=None, **job):
     stack.api.add_submission(submission_id, status="SUBMITTED", slurm_job_id=job_id)
     return stack.slurm.add_job(job_id, state, reason, user, **job)
 
@@ -341,9 +341,9 @@ def test_state_shapes_are_normalised(stack, config_file, state, reported, status
     assert stack.api.status(1) == status
 
 
-def test_purged_job_is_looked_up_in_slurmdbd(stack, config_file):
+def test_purged_job_is_looked_up_in_slurmdbd(stack, config_file, job_user):
     stack.api.add_submission(1, status="SUBMITTED", slurm_job_id=100)
-    stack.slurm.accounting[100] = {"job_id": 100, "state": {"current": "FAILED", "reason": "None"},
+    stack.slurm.accounting[100] = {"job_id": 100, "user": job_user.pw_name, "state": {"current": "FAILED", "reason": "None"},
                                    "exit_code": {"status": "SUCCESS", "return_code": 0}}
     assert run(config_file(**{"slurmrestd.slurmdbd": "true"})) == 0
     [update] = stack.api.called("update")
@@ -375,12 +375,12 @@ def test_bad_token_answer_for_one_job_is_not_unknown(stack, config_file):
     assert stack.api.called("update") == []
 
 
-def test_cancelled_submission_with_a_job_is_cancelled_as_its_owner(stack, config_file):
+def test_cancelled_submission_with_a_job_is_cancelled_as_its_owner(stack, config_file, job_user):
     stack.api.add_submission(1, status="CANCELLED", slurm_job_id=100)
-    stack.slurm.add_job(100, "RUNNING", "None", "alice")
+    stack.slurm.add_job(100, "RUNNING", "None")
     config = config_file()
     assert run(config) == 0
-    assert stack.slurm.cancelled == [(100, "alice")]
+    assert stack.slurm.cancelled == [(100, job_user.pw_name)]
     assert stack.api.status(1) == "ABORTED"
 
 
@@ -423,7 +423,7 @@ def test_dry_run_changes_nothing(stack, config_file, email, tmp_path, exec_root,
     stack.api.add_submission(2, email="root@example.com")
     submitted(stack, 3, 300, "COMPLETED")
     stack.api.add_submission(4, status="CANCELLED", slurm_job_id=400)
-    stack.slurm.add_job(400, "RUNNING", "None", "alice")
+    stack.slurm.add_job(400, "RUNNING", "None")
 
     assert run(config_file(), "--dry-run") == 0
 

@@ -137,6 +137,7 @@ def test_every_exception_class_says_what_the_pass_does_with_it():
         jobbergate_sync.PeerDown: "69", jobbergate_sync.LockHeld: "75", jobbergate_sync.ItemError: "next pass",
         jobbergate_sync.Rejection: "rejected", jobbergate_sync.SubmitUnsettled: "rejected",
         jobbergate_sync.DroppedOptions: "rejected", jobbergate_sync.TooLarge: "rejected",
+        jobbergate_sync.ForeignJob: "ended",
         jobbergate_sync.DeadlineReached: "next pass", jobbergate_sync.ApiConflict: "next pass",
         jobbergate_sync.SyncError: "70",
     }

@@ -123,13 +123,26 @@ def test_killed_between_intent_and_submit(stack, submitted_then_crashed, age, ou
     assert len(stack.slurm.submitted) == (1 if outcome == "SUBMITTED" else 0)
 
 
-def test_young_intent_absent_from_slurmctld_is_submitted_without_asking_slurmdbd(stack, never_reached_slurm):
-    config, _ = never_reached_slurm(200, slurmrestd__slurmdbd="true", slurmrestd__purge_horizon=300)
+def test_a_young_intent_whose_job_has_already_been_purged_is_settled_by_slurmdbd(stack, submitted_then_crashed,
+                                                                                tmp_path):
+    """MinJobAge (30 s here) below purge_horizon (300 s, the default): the job ended and slurmctld forgot
+    it a minute after the crash. slurmctld's silence proves nothing; slurmdbd finds it, whatever the age."""
+    config, intent_at = submitted_then_crashed(60, slurmrestd__slurmdbd="true", slurmrestd__purge_horizon=300)
+    stack.slurm.purge(100, submitted_at=intent_at + 1)
+
+    assert run(config) == 0
+
+    assert len(stack.slurm.submitted) == 1  # never run twice
+    assert stack.api.submissions[1]["slurm_job_id"] == 100 and journal_rows(tmp_path) == [(1, 100, 1, "COMPLETED")]
+
+
+def test_a_young_intent_absent_everywhere_is_submitted_once_slurmdbd_says_so(stack, never_reached_slurm):
+    config, _ = never_reached_slurm(10, slurmrestd__slurmdbd="true", slurmrestd__purge_horizon=300)
 
     assert run(config) == 0
 
     assert len(stack.slurm.submitted) == 1 and stack.api.status(1) == "SUBMITTED"
-    assert dbd_lookups(stack) == []  # younger than the horizon: slurmctld's silence is proof enough
+    assert dbd_lookups(stack) != []
 
 
 def test_old_intent_absent_everywhere_is_submitted_once_slurmdbd_is_complete(stack, never_reached_slurm):
@@ -272,15 +285,66 @@ def test_the_slurmdbd_query_fits_the_api_version(version, expected, monkeypatch)
     assert seen == expected
 
 
-def test_a_dry_run_prints_the_cancel_of_a_duplicate_and_the_next_pass_makes_it(stack, submitted_then_crashed, capsys):
-    config, _ = submitted_then_crashed(0)
-    stack.slurm.add_job(101, "PENDING", "Priority", stack.slurm.jobs[100]["user_name"], TAG)
-    before = len(stack.slurm.requests)
+# ---------------------------------------------------------------------------------------------
+# A tag is only a comment: anyone can write it into a job of their own
+# ---------------------------------------------------------------------------------------------
 
-    assert run(config, "--dry-run") == 0
-    assert "would cancel Slurm job 101, a duplicate of submission 1" in capsys.readouterr().out
-    assert [r for r in stack.slurm.requests[before:] if r[0] != "GET"] == []
+
+def warnings_of(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if " WARNING " in line]
+
+
+def test_a_tagged_job_of_another_user_is_ignored_and_the_owners_job_adopted(stack, submitted_then_crashed, capsys):
+    config, _ = submitted_then_crashed(0)
+    stack.slurm.add_job(50, "PENDING", "JobHeldUser", "evil1", TAG)  # planted by another user, lower id
+
+    assert run(config, "--log-format", "text") == 0
+
+    assert stack.api.submissions[1]["slurm_job_id"] == 100 and stack.slurm.cancelled == []
+    [warning] = [line for line in warnings_of(capsys) if "ignoring" in line]
+    assert "Slurm job 50 of user evil1" in warning and TAG in warning
+
+
+def test_a_planted_tag_never_stands_in_for_a_submit_that_did_not_reach_slurm(stack, submitted_then_crashed, job_user):
+    config, _ = submitted_then_crashed(0, CrashPoint.AFTER_JOURNAL_INTENT)
+    stack.slurm.add_job(50, "RUNNING", "None", "evil1", TAG)
 
     assert run(config) == 0
-    assert stack.slurm.cancelled == [(101, stack.slurm.jobs[100]["user_name"])]
+
+    [submitted] = stack.slurm.submitted
+    assert submitted["user"] == job_user.pw_name and stack.api.submissions[1]["slurm_job_id"] == 100
+    assert stack.slurm.cancelled == []
+
+
+def test_a_tagged_job_of_the_owner_submitted_before_the_intent_is_not_adopted(stack, submitted_then_crashed, capsys):
+    config, intent_at = submitted_then_crashed(0)
+    stack.slurm.add_job(60, "RUNNING", "None", stack.slurm.jobs[100]["user_name"], TAG)
+    stack.slurm.jobs[60]["submit_time"] = int(intent_at) - 3600
+
+    assert run(config, "--log-format", "text") == 0
+
     assert stack.api.submissions[1]["slurm_job_id"] == 100
+    assert any("Slurm job 60" in line and "outside the submit's window" in line for line in warnings_of(capsys))
+
+
+def test_two_tagged_jobs_of_the_owner_are_unsettled_and_neither_is_cancelled(stack, submitted_then_crashed):
+    config, _ = submitted_then_crashed(0)
+    stack.slurm.add_job(101, "PENDING", "Priority", stack.slurm.jobs[100]["user_name"], TAG)
+
+    assert run(config) == 0
+
+    assert stack.api.status(1) == "REJECTED" and stack.slurm.cancelled == []
+    assert "slurmctld holds 2 job(s)" in stack.api.submissions[1]["report_message"]
+    assert len(stack.slurm.submitted) == 1
+
+
+def test_a_tagged_slurmdbd_record_of_another_user_is_ignored(stack, submitted_then_crashed, capsys):
+    """slurmdbd on v0.0.38 cannot select a user's jobs: everyone's come back."""
+    config, intent_at = submitted_then_crashed(600, slurmrestd__slurmdbd="true")
+    ours = stack.slurm.purge(100, submitted_at=intent_at + 1)
+    stack.slurm.accounting[50] = {**ours, "job_id": 50, "user": "evil1"}
+
+    assert run(config, "--log-format", "text") == 0
+
+    assert stack.api.submissions[1]["slurm_job_id"] == 100 and len(stack.slurm.submitted) == 1
+    assert any("Slurm job 50 of user evil1 in slurmdbd" in line for line in warnings_of(capsys))

@@ -349,7 +349,7 @@ def test_without_json_squeue_is_read_in_its_fixed_text_format_from_then_on(backe
     assert report_from_records(1, states[1], report_from_slurmctld).state == "FAILED"
     assert report_from_records(2, states[2], report_from_slurmctld).state == "RUNNING"
     assert states[9][0]["array_task_string"] == "2-5"
-    assert slurm.jobs_with_tag(TAG) == [1, 2]
+    assert list(slurm.jobs_with_tag(TAG, "alice")) == [1, 2]
     assert "--json" not in runner.calls[2]["argv"]  # remembered: no second try
 
 
@@ -386,10 +386,10 @@ def test_the_release_comes_from_version(backend_config, version):
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_jobs_with_tag_finds_the_tagged_jobs_among_all(backend_config, version):
+def test_jobs_with_tag_finds_the_tagged_jobs_among_the_users_own(backend_config, version):
     slurm, runner = backend(backend_config(), recorded(version, "squeue_json"))
-    assert slurm.jobs_with_tag("jobbergate-sync:cap:2") == [2]
-    assert runner.calls[0]["argv"] == ["/usr/bin/squeue", "--json", "--states=all"]
+    assert list(slurm.jobs_with_tag("jobbergate-sync:cap:2", "alice")) == [2]
+    assert runner.calls[0]["argv"] == ["/usr/bin/squeue", "--json", "--states=all", "--user=alice"]
 
 
 # ------------------------------------------------------------------------------------------ sacct
@@ -634,6 +634,14 @@ def test_a_pass_updates_and_cancels_as_the_owner(stack, config_file, tools, emai
     assert scancel["argv"] == ["77"] and scancel["uid"] == job_user.pw_uid
 
 
+def test_a_pass_never_runs_scancel_for_a_job_of_another_user(stack, config_file, tools, email):
+    stack.api.add_submission(1, email=email, status="CANCELLED", slurm_job_id=77)
+    tools.answer(squeue=squeue_answer(77, "RUNNING", "", "root"))
+    assert run(config_file(**tools.settings())) == 1
+    assert tools.calls("scancel") == [] and stack.api.status(1) == "ABORTED"
+    assert "Slurm job 77 is not a job of this submission's owner" in stack.api.submissions[1]["report_message"]
+
+
 def test_dry_run_prints_the_sbatch_command_and_runs_none(stack, config_file, tools, email, capsys):
     stack.api.add_submission(1, email=email, sbatch_arguments=["--time=5"], name="dry")
     assert run(config_file(**tools.settings()), "--dry-run") == 0
@@ -706,6 +714,26 @@ def test_check_looks_only_at_the_secret_files_the_backend_reads(stack, config_fi
     assert code == 0
     assert lines["secret files"][0] == "ok" and "[oidc] client_secret_file" in lines["secret files"][1]
     assert "jwt_key_file" not in lines["secret files"][1]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_min_job_age_is_read_from_scontrol_show_config(backend_config, version):
+    slurm, runner = backend(backend_config(), recorded(version, "scontrol_show_config"))
+    assert slurm.min_job_age() == 30  # the integration stack's slurm.conf
+    assert runner.calls[0]["argv"] == ["/usr/bin/scontrol", "show", "config"]
+
+
+@pytest.mark.parametrize("horizon, status, says", [
+    (300, "FAIL", "purge_horizon = 300 s exceeds slurmctld's MinJobAge (30 s)"),
+    (30, "ok", "purge_horizon = 30 s, within slurmctld's MinJobAge (30 s)"),
+])
+def test_check_without_slurmdbd_compares_the_purge_horizon_with_min_job_age(stack, config_file, tools, capsys,
+                                                                            horizon, status, says):
+    tools.answer(squeue=recorded("24.11", "squeue_json"), scontrol=recorded("24.11", "scontrol_show_config"))
+    code, lines = check_lines(capsys, config_file(**tools.settings(), **{"slurm.slurmdbd": "false",
+                                                                         "slurm.purge_horizon": horizon}))
+    assert lines["purge horizon"][0] == status and says in lines["purge horizon"][1]
+    assert code == (jobbergate_sync.EX_CONFIG if status == "FAIL" else 0)
 
 
 def test_check_names_a_missing_command_and_a_controller_that_does_not_answer(stack, config_file, tools, capsys):

@@ -22,9 +22,9 @@ from jobbergate_sync import Deadline, Http, SlurmRest, load_config, no_job_chang
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def task(job_id: int, array_id: int, task_id: Any, state: str, pending: str = "") -> dict[str, Any]:
+def task(job_id: int, array_id: int, task_id: Any, state: str, pending: str = "", user: str = "alice") -> dict[str, Any]:
     """A v0.0.40+ slurmctld record of an array task (task_id None: the tasks not yet split off)."""
-    return {"job_id": job_id, "job_state": [state], "state_reason": "None", "user_name": "alice",
+    return {"job_id": job_id, "job_state": [state], "state_reason": "None", "user_name": user,
             "array_job_id": {"set": True, "number": array_id},
             "array_task_id": {"set": task_id is not None, "number": task_id or 0},
             "array_task_string": pending, "exit_code": {"return_code": {"set": True, "number": 0}}}
@@ -185,7 +185,8 @@ def test_a_report_due_again_reads_the_full_record(stack, config_file, tmp_path) 
 
 def test_an_arrays_progress_is_reported_from_states_alone(stack, config_file) -> None:
     slurm = slurm_of(stack, "v0.0.40")
-    for record in (task(28, 28, 1, "RUNNING"), task(27, 28, 0, "RUNNING"), task(26, 28, 2, "RUNNING")):
+    for record in (task(28, 28, 1, "RUNNING", user=slurm.default_user), task(27, 28, 0, "RUNNING", user=slurm.default_user),
+                   task(26, 28, 2, "RUNNING", user=slurm.default_user)):
         slurm.jobs[record["job_id"]] = record
     active(stack, 28)
     config = config_file(**{"slurmrestd.api_version": "v0.0.40"})
@@ -272,7 +273,7 @@ def test_update_passes_on_v38_read_no_job_while_nothing_changes(stack, config_fi
     stack.slurm.requests.clear()
     assert run(config) == 0
     assert [urlparse(url).path for _, url, _ in stack.slurm.requests] == ["/slurm/v0.0.38/jobs"]
-    assert [body["slurm_job_state"] for body in stack.api.called("update")] == ["RUNNING", "PENDING"]
+    assert sorted(body["slurm_job_state"] for body in stack.api.called("update")) == ["PENDING", "RUNNING"]  # workers
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import pytest
 
@@ -159,7 +159,7 @@ def submitted_array(stack: Any, version: str, records: list, submission_id: int 
     slurm = slurm_of(stack, version)
     stack.api.add_submission(submission_id, status="SUBMITTED", slurm_job_id=28)
     for record in records:
-        slurm.jobs[record["job_id"]] = record
+        slurm.jobs[record["job_id"]] = dict(record, user_name=slurm.default_user)  # the submission's owner's
     return slurm
 
 
@@ -191,6 +191,7 @@ def test_purged_array_is_read_from_slurmdbd(stack, config_file) -> None:
     bad["job_id"] = 29
     for record_, task_id in ((good, 1), (bad, 0)):
         record_["array"].update(job_id=28, task_id={"set": True, "infinite": False, "number": task_id})
+        record_["user"] = slurm.default_user
     slurm.answers["dbd"] = [(200, {"jobs": [good, bad], "errors": [], "warnings": []})]
     assert run(config_file(**{"slurmrestd.api_version": "v0.0.44", "slurmrestd.slurmdbd": "true"})) == 0
     [update] = stack.api.called("update")
@@ -204,7 +205,7 @@ def test_array_tasks_are_one_job_for_crash_recovery(stack, config_file) -> None:
     slurm.answers["list"] = [(200, {"jobs": records, "errors": []})]
     rest = jobbergate_sync.SlurmRest(jobbergate_sync.load_config(config_file(**{"slurmrestd.api_version": "v0.0.42"}), {}),
                                      jobbergate_sync.Http(jobbergate_sync.Deadline(30), 0, 0))
-    assert rest.jobs_with_tag("jobbergate-sync:test-cluster:62") == [28]
+    assert list(rest.jobs_with_tag("jobbergate-sync:test-cluster:62", "alice")) == [28]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,11 +213,12 @@ def test_array_tasks_are_one_job_for_crash_recovery(stack, config_file) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def cancelled_submission(stack: Any, version: str, user: str, state: str = "RUNNING") -> FakeSlurm:
+def cancelled_submission(stack: Any, version: str, user: Optional[str] = None, state: str = "RUNNING") -> FakeSlurm:
+    """The job of a cancelled submission, its owner's unless `user` says otherwise."""
     slurm = slurm_of(stack, version)
     stack.api.add_submission(1, status="CANCELLED", slurm_job_id=100)
     job = task(100, 0, 0, state)
-    job["user_name"] = user
+    job["user_name"] = slurm.default_user if user is None else user
     slurm.jobs[100] = job
     return slurm
 
@@ -228,12 +230,12 @@ def reads_around_the_cancel(slurm: FakeSlurm, after: Dict[str, Any]) -> None:
 
 
 def test_cancel_is_sent_as_the_job_owner_from_the_record(stack, config_file) -> None:
-    slurm = cancelled_submission(stack, "v0.0.42", "alice")
+    slurm = cancelled_submission(stack, "v0.0.42")
     slurm.answers["delete"] = [(200, capture("v0.0.42_delete_owner.json")["response"])]
     reads_around_the_cancel(slurm, dict(slurm.jobs[100], job_state=["CANCELLED"]))
     assert run(config_file(**{"slurmrestd.api_version": "v0.0.42"})) == 0
     [delete] = [headers for method, _, headers in slurm.requests if method == "DELETE"]
-    assert delete["X-SLURM-USER-NAME"] == "alice"
+    assert delete["X-SLURM-USER-NAME"] == slurm.default_user
     assert stack.api.status(1) == "ABORTED"
     [update] = stack.api.called("update")
     assert update["slurm_job_state"] == "CANCELLED"
@@ -247,14 +249,14 @@ def test_no_cancel_as_anyone_else_when_the_owner_is_unknown(stack, config_file) 
 
 @pytest.mark.parametrize("name", ["v0.0.42_delete_finished.json", "v0.0.42_delete_purged.json"])
 def test_cancel_that_status_says_failed_is_not_counted(stack, config_file, name, capsys) -> None:
-    slurm = cancelled_submission(stack, "v0.0.42", "alice")
+    slurm = cancelled_submission(stack, "v0.0.42")
     slurm.answers["delete"] = [(200, capture(name)["response"])]
     assert run(config_file(**{"slurmrestd.api_version": "v0.0.42"}), "--log-format", "text") == 0
     assert "cancelled=0" in capsys.readouterr().err
 
 
 def test_v41_cancel_is_confirmed_by_rereading_the_job(stack, config_file, capsys) -> None:
-    slurm = cancelled_submission(stack, "v0.0.41", "alice")
+    slurm = cancelled_submission(stack, "v0.0.41")
     slurm.answers["delete"] = [(200, capture("v0.0.41_delete_finished.json")["response"])]  # 200 whatever happened
     reads_around_the_cancel(slurm, dict(slurm.jobs[100], job_state=["COMPLETED"]))
     assert run(config_file(**{"slurmrestd.api_version": "v0.0.41"}), "--log-format", "text") == 0
@@ -266,7 +268,7 @@ def test_v41_cancel_is_confirmed_by_rereading_the_job(stack, config_file, capsys
 @pytest.mark.parametrize("version, state_after", [("v0.0.41", ["COMPLETING"]), ("v0.0.41", ["CANCELLED", "COMPLETING"])])
 def test_a_job_being_killed_right_after_the_cancel_counts_as_cancelled(stack, config_file, capsys, version,
                                                                        state_after) -> None:
-    slurm = cancelled_submission(stack, version, "alice")
+    slurm = cancelled_submission(stack, version)
     slurm.answers["delete"] = [(200, {"errors": []})]  # no status[] before v0.0.42
     reads_around_the_cancel(slurm, dict(slurm.jobs[100], job_state=state_after))
     assert run(config_file(**{"slurmrestd.api_version": version}), "--log-format", "text") == 0
@@ -275,7 +277,7 @@ def test_a_job_being_killed_right_after_the_cancel_counts_as_cancelled(stack, co
 
 
 def test_cancel_status_permission_denied_is_an_error(stack, config_file) -> None:
-    slurm = cancelled_submission(stack, "v0.0.44", "alice")
+    slurm = cancelled_submission(stack, "v0.0.44")
     slurm.answers["delete"] = [(200, {"status": [{"error": {"string": "Access/permission denied", "code": 2002,
                                                            "message": "Access/permission denied"},
                                                  "step_id": "100", "job_id": {"set": True, "number": 100}}],
@@ -364,7 +366,9 @@ def test_slurmdbd_auto_follows_the_served_paths(stack, config_file) -> None:
     slurm = slurm_of(stack, "v0.0.44")
     slurm.serves_slurmdbd = True
     stack.api.add_submission(1, status="SUBMITTED", slurm_job_id=3)
-    slurm.answers["dbd"] = [(200, capture("slurmdb_v0.0.44_job_exit3.json")["response"])]
+    answer = capture("slurmdb_v0.0.44_job_exit3.json")["response"]
+    answer["jobs"][0]["user"] = slurm.default_user  # the submission's owner's
+    slurm.answers["dbd"] = [(200, answer)]
     assert run(config_file()) == 0
     [update] = stack.api.called("update")
     assert (update["slurm_job_state"], update["slurm_job_state_reason"]) == ("FAILED", "Failed (exit code 3)")

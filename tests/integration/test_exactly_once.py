@@ -33,7 +33,7 @@ def crash_after_submit_and_wait_for_purge(alice, tool, slurm, figures) -> tuple[
 
 
 def test_killed_after_submit_and_purged_is_found_in_slurmdbd_not_submitted_again(alice, make_tool, slurm, stack, figures):
-    tool = make_tool(unique("crash-purge"), slurmrestd__purge_horizon=30)  # = MinJobAge
+    tool = make_tool(unique("crash-purge"))  # the shipped purge_horizon (300 s), ten times this MinJobAge (30 s)
     submission, job_id = crash_after_submit_and_wait_for_purge(alice, tool, slurm, figures)
 
     tool.run_until(lambda: status_of(alice, submission) == "DONE")
