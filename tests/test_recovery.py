@@ -125,6 +125,7 @@ def test_killed_between_intent_and_submit(stack, submitted_then_crashed, age, ou
 
 def test_young_intent_absent_from_slurmctld_is_submitted_without_asking_slurmdbd(stack, never_reached_slurm):
     config, _ = never_reached_slurm(200, slurmrestd__slurmdbd="true", slurmrestd__purge_horizon=300)
+    stack.slurm.requests.clear()
 
     assert run(config) == 0
 
