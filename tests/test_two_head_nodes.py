@@ -8,7 +8,6 @@ are made from them as Slurm's source makes them (the entry of each SlurmctldHost
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 
 import jobbergate_sync
-from fakes import FIXTURES, capture, check_lines, journal_rows, run, slurm_of
+from fakes import FIXTURES, capture, check_lines, journal_rows, ping_of_controllers, run, slurm_of
 from jobbergate_sync import Controller, CrashPoint, controllers_from_ping, controllers_from_scontrol
 
 PING_CAPTURES = sorted(path.name for path in FIXTURES.glob("v0.0.*_ping_*.json"))
@@ -38,24 +37,7 @@ def fake_slurm(stack: Any, capture_name: str) -> Any:
 
 def ping_answer(capture_name: str, up: tuple[bool, ...], names: tuple[str, ...] = ("head1", "head2")) -> dict[str, Any]:
     """The recorded answer of that version, listing `names` in SlurmctldHost order, each UP or DOWN."""
-    body = copy.deepcopy(capture(capture_name)["response"])
-    [recorded] = body["pings"]
-    body["pings"] = []
-    for position, (name, responding) in enumerate(zip(names, up)):
-        entry = dict(recorded, hostname=name)
-        for key in ("ping", "pinged"):
-            if key in entry:
-                entry[key] = "UP" if responding else "DOWN"
-        if "responding" in entry:
-            entry["responding"] = responding
-        if "status" in entry:  # v0.0.38: slurm_ping()'s return code
-            entry["status"] = 0 if responding else 1800
-        if "mode" in entry:
-            entry["mode"] = jobbergate_sync.controller_mode(position, len(names))
-        if "primary" in entry:
-            entry["primary"] = position == 0
-        body["pings"].append(entry)
-    return body
+    return ping_of_controllers(capture(capture_name)["response"], dict(zip(names, up)))
 
 
 def answer_ping(slurm: Any, body: Any, status: int = 200) -> None:
