@@ -3820,7 +3820,7 @@ class HostRole:
         since = kept.get("since") if taking_over and isinstance(kept.get("since"), (int, float)) else now
         self._keep({"role": "active", "settled": not settle, "since": since, "at": now,
                     "controllers": controllers or kept.get("controllers") or []})
-        if settle and len(self.kept["controllers"]) > 1 and now < since + self.takeover_wait:
+        if settle and self.setting == "auto" and len(self.kept["controllers"]) > 1 and now < since + self.takeover_wait:
             raise Standby(f"this host's slurmctld is in charge since {utc_text(since)}; passes started on the other "
                           f"head node end by {utc_text(since + self.takeover_wait)}, then this host settles the "
                           "pending submissions against Slurm and submits")
