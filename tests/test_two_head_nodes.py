@@ -84,6 +84,15 @@ def test_two_controllers_are_read_in_slurmctldhost_order_with_their_state(name):
     assert controllers_from_ping(body) == [Controller("head1", "primary", False), Controller("head2", "backup", True)]
 
 
+def test_v0_0_39_which_no_leg_serves_reads_as_v0_0_40():
+    """v0.0.39 (Slurm 23.02 to 24.05) dumps the fields of v0.0.40: hostname, pinged, latency, mode
+    (data_parser/v0.0.39/parsers.c, CONTROLLER_PING, at slurm-23-02-8-1)."""
+    body = {"pings": [{"hostname": "head1", "pinged": "DOWN", "latency": 10000000, "mode": "primary"},
+                      {"hostname": "head2", "pinged": "UP", "latency": 1015, "mode": "backup"}],
+            "meta": {"plugin": {"data_parser": "data_parser/v0.0.39"}}, "errors": [], "warnings": []}
+    assert controllers_from_ping(body) == [Controller("head1", "primary", False), Controller("head2", "backup", True)]
+
+
 def test_responding_decides_over_the_deprecated_pinged_text():
     body = ping_answer("v0.0.44_ping_25.11.7.json", (True,), ("head1",))
     body["pings"][0].update(responding=False, pinged="UP")
