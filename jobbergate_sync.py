@@ -2476,8 +2476,9 @@ class SlurmBackend(Protocol):
         """The job's slurmdbd records (the newest of each array task); None when slurmdbd has none."""
 
     def accounting_jobs_since(self, user: str, since: float) -> list[dict[str, Any]]:
-        """slurmdbd's records of `user`'s jobs active at or after `since` (everyone's where Slurm
-        cannot filter); only a clean answer, since an empty list may prove a job never existed."""
+        """slurmdbd's records of `user`'s jobs (or of "alice,bob": each user's) active at or after
+        `since` (everyone's where Slurm cannot filter); only a clean answer, since an empty list may
+        prove a job never existed."""
 
     def accounting_backlog(self) -> Optional[int]:
         """How many records slurmctld still holds for slurmdbd; None when it does not say."""
@@ -3019,9 +3020,10 @@ class SlurmRest:
         (users=, epoch start_time); everyone's on v0.0.38, whose query knows neither (sacct times)."""
         if self.minor <= 38:
             minutes = int((time.time() - since) // 60) + 2
-            params: dict[str, Any] = {"start_time": f"now-{minutes}minutes"}
+            params: Any = {"start_time": f"now-{minutes}minutes"}
         else:
-            params = {"users": user, "start_time": int(since)}
+            # one users= per user: slurmrestd 24.11 and 25.11 refuse "alice,bob" (422, error 2166)
+            params = [*(("users", name) for name in user.split(",")), ("start_time", int(since))]
         path = f"/slurmdb/{self.version}/jobs"
         response, body = self._request("GET", path, self.query_user, True, params=params)
         errors = slurm_errors(body)
@@ -3781,7 +3783,7 @@ class HostRole:
     in charge runs. The role is kept in the state directory (ROLE_FILE) with the time of the pass.
     A host that takes over (it stood by, or ran no pass for 2 x [run] interval, or has no journal)
     settles every CREATED submission against Slurm before submitting any, since the host in charge
-    before may have submitted them; with two head nodes it first waits TAKEOVER_WAIT for the passes
+    before may have submitted them; with two head nodes it first waits (takeover_wait) for the passes
     started on that host to end."""
 
     def __init__(self, config: Config, slurm: "SlurmBackend", write: bool = True):

@@ -264,7 +264,7 @@ def test_the_slurmdbd_query_fits_the_api_version(version, expected, monkeypatch)
     rest.base, rest.api_version_setting, rest.query_user = "http://s", version, "slurm"
 
     def request(method, path, user, idempotent, params):
-        seen.update({key: str(value) for key, value in params.items()})
+        seen.update({key: str(value) for key, value in dict(params).items()})
         return type("Response", (), {"status_code": 200, "text": ""})(), {"errors": [], "jobs": [{"job_id": 1}, "junk"]}
 
     rest._request = request

@@ -12,6 +12,7 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 
@@ -366,3 +367,14 @@ def test_the_sbatch_backend_asks_scontrol_ping(config_file, returncode, stdout, 
     else:
         assert role() == outcome
     assert calls == [["/usr/bin/scontrol", "ping"]]
+
+
+def test_slurmdbd_is_asked_for_several_owners_with_one_users_parameter_each(stack, config_file):
+    slurm = slurm_of(stack, "v0.0.44")
+    config = jobbergate_sync.load_config(config_file(**{"slurmrestd.slurmdbd": "true"}), {})
+    rest = jobbergate_sync.SlurmRest(config, jobbergate_sync.Http(jobbergate_sync.Deadline(10), 1, 0))
+
+    rest.accounting_jobs_since("alice,bob", time.time() - 60)
+
+    [url] = [url for _, url, _ in slurm.requests if "/slurmdb/" in url]
+    assert parse_qs(urlparse(url).query)["users"] == ["alice", "bob"]  # 25.11 refuses "alice,bob": 422, error 2166
