@@ -30,6 +30,7 @@ SCRIPT = {"job.sh": b"#!/bin/bash\ntrue\n"}
 PING_PATH = re.compile(r"^/slurm/v0\.0\.\d+/ping/?$")
 # A pass stops starting work after 10 s; the host taking over waits that plus two 5 s exchanges.
 QUICK = {"run.deadline": 10, "slurmrestd.timeout": 5}
+TAKEOVER_WAIT = 21
 SUBMISSIONS_PER_PHASE = (20, 20, 10)  # while head1, then head2, then head1 again is in charge
 
 
@@ -44,6 +45,14 @@ class Controllers:
         if method != "GET" or not PING_PATH.match(path.split("?")[0]):
             return None
         return json.dumps(ping_of_controllers(json.loads(body), self.up)).encode()
+
+
+def two_instances(make_tool: Any, leg: str, proxy: FaultyProxy) -> tuple[Tool, Tool]:
+    """The tools of head1 and head2: their own state directories, one leg and API version, through the proxy."""
+    head1, head2 = (make_tool(name, cluster=CLUSTER, leg=leg, run__host_names=name, slurmrestd__url=proxy.url,
+                              **{key.replace(".", "__"): value for key, value in QUICK.items()})
+                    for name in ("head1", "head2"))
+    return head1, head2
 
 
 def side_by_side(tools: list[Tool]) -> list[Result]:
@@ -103,9 +112,7 @@ def test_two_instances_follow_the_controller_in_charge_and_a_killed_one_runs_not
         make_tool, stack, slurm_on, alice, figures, leg):
     proxy = FaultyProxy(stack.leg(leg).url)
     controllers = Controllers(proxy)
-    head1, head2 = (make_tool(name, cluster=CLUSTER, leg=leg, run__host_names=name, slurmrestd__url=proxy.url,
-                              **{key.replace(".", "__"): value for key, value in QUICK.items()})
-                    for name in ("head1", "head2"))
+    head1, head2 = two_instances(make_tool, leg, proxy)
     submissions: list[dict[str, Any]] = []
     try:
         passes_until_none_pending(head1, head2, "head1", submissions, SUBMISSIONS_PER_PHASE[0], alice, figures)
@@ -145,3 +152,37 @@ def test_two_instances_follow_the_controller_in_charge_and_a_killed_one_runs_not
     assert duplicates == {}
     assert {tags[name]: int(next(iter(ids))) for name, ids in found.items()} == {
         submission_id: body["slurm_job_id"] for submission_id, body in statuses.items()}
+
+
+@pytest.mark.parametrize("leg", ["2205", "2511"])
+def test_a_job_purged_before_the_takeover_is_adopted_from_slurmdbd(make_tool, stack, slurm_on, alice, figures, leg):
+    """head1 is killed right after Slurm accepted a job; the job runs, ends and slurmctld forgets it
+    (MinJobAge) before head2 takes over: head2 finds it in slurmdbd by its tag and submits nothing."""
+    proxy = FaultyProxy(stack.leg(leg).url)
+    controllers = Controllers(proxy)
+    head1, head2 = two_instances(make_tool, leg, proxy)
+    slurm = slurm_on(leg)
+    try:
+        side_by_side([head1, head2])  # head1 takes over and waits, head2 stands by
+        time.sleep(TAKEOVER_WAIT)
+        submission = new_submission(alice, SCRIPT, client_id=CLUSTER)
+        killed = head1.run(env={"JOBBERGATE_SYNC_CRASH_AT": "after-slurm-submit"})
+        assert killed.returncode == -9, killed.stderr[-3000:]
+        figures.record("crash_points")
+        [job] = [job for job in slurm.slurm_jobs() if job.get("comment") == tag(submission, CLUSTER)]
+        helpers.wait_for(lambda: slurm.slurm_job(job["job_id"]) is None, 240, 3, "slurmctld to purge the job")
+
+        controllers.up = {"head1": False, "head2": True}
+        waiting = head2.run()
+        assert "end by" in message(waiting), waiting.stderr[-3000:]
+        time.sleep(TAKEOVER_WAIT)
+        adopting = head2.run()
+    finally:
+        proxy.close()
+
+    assert adopting.returncode == 0, adopting.stderr[-3000:]
+    assert any("found in slurmdbd" in line["message"] for line in adopting.log), adopting.stderr[-3000:]
+    assert alice.get_submission(submission["id"])["slurm_job_id"] == job["job_id"]
+    found = tagged_jobs(slurm, stack, leg, {tag(submission, CLUSTER)})
+    assert found == {tag(submission, CLUSTER): {str(job["job_id"])}}
+    figures.record("two_head_duplicates", len(found[tag(submission, CLUSTER)]) - 1)
