@@ -3017,13 +3017,13 @@ class SlurmRest:
 
     def accounting_jobs_since(self, user: str, since: float) -> list[dict[str, Any]]:
         """slurmdbd's records of jobs active at or after `since`: the user's own from v0.0.39 on
-        (users=, epoch start_time); everyone's on v0.0.38, whose query knows neither (sacct times)."""
-        if self.minor <= 38:
-            minutes = int((time.time() - since) // 60) + 2
-            params: Any = {"start_time": f"now-{minutes}minutes"}
-        else:
-            # one users= per user: slurmrestd 24.11 and 25.11 refuse "alice,bob" (422, error 2166)
-            params = [*(("users", name) for name in user.split(",")), ("start_time", int(since))]
+        (users=); everyone's on v0.0.38, whose query knows no users= (error 9000). The time is
+        relative: v0.0.38 knows no other, and 24.11 and 25.11 refuse an epoch on v0.0.40 and v0.0.41
+        (422, error 9202)."""
+        minutes = int((time.time() - since) // 60) + 2
+        params: list[tuple[str, Any]] = [("start_time", f"now-{minutes}minutes")]
+        if self.minor > 38:  # one users= per user: 24.11 and 25.11 refuse "alice,bob" (422, error 2166)
+            params += [("users", name) for name in user.split(",")]
         path = f"/slurmdb/{self.version}/jobs"
         response, body = self._request("GET", path, self.query_user, True, params=params)
         errors = slurm_errors(body)
