@@ -107,7 +107,7 @@ def tagged_jobs(slurm: helpers.SlurmControl, stack: helpers.Stack, leg: str, tag
     return found
 
 
-@pytest.mark.parametrize("leg", ["2205", "2511"])
+@pytest.mark.parametrize("leg", ["2205", "2411", "2511"])
 def test_two_instances_follow_the_controller_in_charge_and_a_killed_one_runs_nothing_twice(
         make_tool, stack, slurm_on, alice, figures, leg):
     proxy = FaultyProxy(stack.leg(leg).url)
@@ -154,7 +154,7 @@ def test_two_instances_follow_the_controller_in_charge_and_a_killed_one_runs_not
         submission_id: body["slurm_job_id"] for submission_id, body in statuses.items()}
 
 
-@pytest.mark.parametrize("leg", ["2205", "2511"])
+@pytest.mark.parametrize("leg", ["2205", "2411", "2511"])
 def test_a_job_purged_before_the_takeover_is_adopted_from_slurmdbd(make_tool, stack, slurm_on, alice, figures, leg):
     """head1 is killed right after Slurm accepted a job; the job runs, ends and slurmctld forgets it
     (MinJobAge) before head2 takes over: head2 finds it in slurmdbd by its tag and submits nothing."""
