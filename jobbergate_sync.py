@@ -78,7 +78,8 @@ EX_CONFIG = 78
 
 EXIT_CODES_HELP = """\b
 Exit codes:
-  0   the pass completed and every item went well
+  0   the pass completed and every item went well, or this host stood by
+      (another head node's slurmctld is in charge: [run] role = auto)
   1   the pass completed but some items failed (see the log)
   64  bad command-line usage
   69  the Jobbergate API, the OIDC issuer, slurmrestd, slurmdbd or LDAP was unreachable
