@@ -15,7 +15,8 @@ Sections, in order: constants and errors; configuration; logging; then the domai
 submissions; #SBATCH parsing and translation; Slurm job states; user mapping (including the LDAP
 directory); then the adapters: deadline and HTTP; OIDC token; Jobbergate API client; Slurm backends
 (the interface the pass uses); slurmrestd client; Slurm commands client (the sbatch backend); files
-as the user; state journal; then the pass: its phases, what they share and the worker threads; the
+as the user; state journal; two head nodes (which controller is in charge, this host's role); then
+the pass: its phases, what they share and the worker threads; the
 submit phase (with the per-pass download cache); changes (live or dry run); resuming an earlier
 pass's submit; the update phase; then monitoring; the check (every peer visited once, read-only,
 for the `check` command); CLI.
@@ -93,7 +94,8 @@ class ExitCode:
 
 
 EXIT_CODES = (
-    ExitCode(EXIT_OK, "ok", "the pass completed and every item went well", "every check passed"),
+    ExitCode(EXIT_OK, "ok", "the pass completed and every item went well, or this host stood by (another head "
+             "node's slurmctld is in charge: [run] role = auto)", "every check passed"),
     ExitCode(EXIT_ITEMS_FAILED, "some items failed", "the pass completed but some items failed (see the log)", ""),
     ExitCode(EX_USAGE, "usage", "bad command-line usage", "bad command-line usage"),
     ExitCode(EX_NOUSER, "no such user", "", "the --email address maps to no usable local account"),
@@ -358,9 +360,10 @@ CONFIG_SCHEMA: dict[str, dict[str, Setting]] = {
         "sacct": Setting("/usr/bin/sacct", help="sbatch backend: absolute path of sacct."),
         "scancel": Setting("/usr/bin/scancel", help="sbatch backend: absolute path of scancel."),
         "sdiag": Setting("/usr/bin/sdiag", help="sbatch backend: absolute path of sdiag."),
-        "scontrol": Setting("/usr/bin/scontrol", help="sbatch backend: absolute path of scontrol, run by the check "
-                                                      "alone (scontrol show config) to compare purge_horizon with "
-                                                      "slurmctld's MinJobAge where no slurmdbd is used."),
+        "scontrol": Setting("/usr/bin/scontrol", help="Absolute path of scontrol: `scontrol ping` learns which "
+                                                      "controller is in charge ([run] role = auto, on either backend); "
+                                                      "on the sbatch backend without slurmdbd, the check compares "
+                                                      "purge_horizon with `scontrol show config`'s MinJobAge."),
         "slurmdbd": Setting(True, bool, help="sbatch backend: read jobs slurmctld has purged from slurmdbd (sacct); "
                                              "false without slurmdbd."),
         "purge_horizon": Setting(300, int, minimum=1, help="sbatch backend: as [slurmrestd] purge_horizon."),
@@ -435,6 +438,13 @@ CONFIG_SCHEMA: dict[str, dict[str, Setting]] = {
         "submit_share": Setting(0.6, float, minimum=0.1, maximum=0.9,
                                 help="The share of deadline the submit phase may use; the update phase and the health "
                                      "ping always get the rest, however large the backlog."),
+        "role": Setting("auto", choices=("auto", "always"),
+                        help="auto: a pass runs only on the host whose slurmctld is in charge (the first of "
+                             "SlurmctldHost that answers); the others stand by. always: every pass runs here. See "
+                             "docs/two-head-nodes.md."),
+        "host_names": Setting("", example="head1-ib,head1.cluster",
+                              help="This host's names as slurm.conf's SlurmctldHost may give them, comma-separated, "
+                                   "besides its hostname and FQDN (for role = auto)."),
         "retries": Setting(3, int, minimum=1,
                            help="Attempts for idempotent requests (lists, downloads, state updates, health, token)."),
         "backoff": Setting(1.0, float, minimum=0,
@@ -2900,12 +2910,20 @@ class SlurmBackend(Protocol):
         where Slurm can select them (a comment is anyone's to write, so the caller checks each
         record's user and submit time)."""
 
+    def jobs(self) -> SlurmRecords:
+        """Every job slurmctld holds, in one read (all tasks of an array under the array's id)."""
+
+    def controllers(self) -> list["Controller"]:
+        """Slurm's controllers in SlurmctldHost order, each answering or not; Unavailable when Slurm
+        cannot say."""
+
     def accounting_job(self, job_id: int) -> Optional[list[dict[str, Any]]]:
         """The job's slurmdbd records (the newest of each array task); None when slurmdbd has none."""
 
     def accounting_jobs_since(self, user: str, since: float) -> list[dict[str, Any]]:
-        """slurmdbd's records of `user`'s jobs active at or after `since` (everyone's where Slurm
-        cannot filter); only a clean answer, since an empty list may prove a job never existed."""
+        """slurmdbd's records of `user`'s jobs (or of "alice,bob": each user's) active at or after
+        `since` (everyone's where Slurm cannot filter); only a clean answer, since an empty list may
+        prove a job never existed."""
 
     def accounting_backlog(self) -> Optional[int]:
         """How many records slurmctld still holds for slurmdbd; None when it does not say."""
@@ -3317,6 +3335,16 @@ class SlurmRest:
         """Every job slurmctld holds, in one call: id -> its records (all tasks of an array under the array's id)."""
         return self._job_list()[1]
 
+    def controllers(self) -> list[Controller]:
+        """GET ping as the query user: slurmrestd pings each controller of SlurmctldHost in turn."""
+        path = f"/slurm/{self.version}/ping"
+        response, body = self._request("GET", path, self.query_user, True)
+        controllers = controllers_from_ping(body)
+        if response.status_code != 200 or not controllers:
+            raise Unavailable(f"GET {self.base}{path}: HTTP {response.status_code} "
+                              f"{describe_errors(slurm_errors(body)) or 'lists no controller'}")
+        return controllers
+
     def _job_list(self, since: Optional[int] = None) -> tuple[bool, dict[int, list[dict[str, Any]]]]:
         """GET jobs, with update_time=`since` when given: (False, {}) when slurmctld says no job
         changed since then, else (True, every job it holds, grouped as jobs() groups them)."""
@@ -3433,12 +3461,13 @@ class SlurmRest:
 
     def accounting_jobs_since(self, user: str, since: float) -> list[dict[str, Any]]:
         """slurmdbd's records of jobs active at or after `since`: the user's own from v0.0.39 on
-        (users=, epoch start_time); everyone's on v0.0.38, whose query knows neither (sacct times)."""
-        if self.minor <= 38:
-            minutes = int((time.time() - since) // 60) + 2
-            params: dict[str, Any] = {"start_time": f"now-{minutes}minutes"}
-        else:
-            params = {"users": user, "start_time": int(since)}
+        (users=); everyone's on v0.0.38, whose query knows no users= (error 9000). The time is
+        relative: v0.0.38 knows no other, and 24.11 and 25.11 refuse an epoch on v0.0.40 and v0.0.41
+        (422, error 9202)."""
+        minutes = int((time.time() - since) // 60) + 2
+        params: list[tuple[str, Any]] = [("start_time", f"now-{minutes}minutes")]
+        if self.minor > 38:  # one users= per user: 24.11 and 25.11 refuse "alice,bob" (422, error 2166)
+            params += [("users", name) for name in user.split(",")]
         path = f"/slurmdb/{self.version}/jobs"
         response, body = self._request("GET", path, self.query_user, True, params=params)
         errors = slurm_errors(body)
@@ -3799,6 +3828,14 @@ class SlurmCommands:
             raise command_failure(result)
         found = MIN_JOB_AGE_RE.search(result.stdout)
         return int(found.group(1)) if found else None
+
+    def controllers(self) -> list[Controller]:
+        """`scontrol ping` as root; it exits 1 when no controller answers, and still lists them."""
+        result = self._run("scontrol", ["ping"])
+        controllers = controllers_from_scontrol(result.stdout)
+        if not controllers:
+            raise Unavailable(f"{result.command}: lists no controller: {result.message()}")
+        return controllers
 
     def tool_release(self, tool: str) -> str:
         """`TOOL --version`: the Slurm release of that command (for the check)."""
@@ -4310,6 +4347,11 @@ class Journal:
             "working_directory) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (submission_id, tag, username, now, now, job_name, working_directory))
 
+    def record_adopted(self, submission_id: int, tag: str, username: str, slurm_job_id: int) -> None:
+        """The submission's job, found in Slurm by its tag (submitted by another host's pass)."""
+        self._execute("INSERT OR REPLACE INTO submissions (submission_id, tag, username, slurm_job_id, created_at) "
+                      "VALUES (?, ?, ?, ?, ?)", (submission_id, tag, username, slurm_job_id, time.time()))
+
     def record_job(self, submission_id: int, slurm_job_id: int) -> None:
         self._execute("UPDATE submissions SET slurm_job_id = ? WHERE submission_id = ?", (slurm_job_id, submission_id))
 
@@ -4355,14 +4397,186 @@ class Journal:
 
 
 # ---------------------------------------------------------------------------------------------
+# Two head nodes: which controller is in charge, and this host's role
+# ---------------------------------------------------------------------------------------------
+
+# This host's last role, kept in the state directory: a host that was not active at its last
+# pass settles every CREATED submission against Slurm before submitting any (see HostRole).
+ROLE_FILE = "role.json"
+# One line of `scontrol ping` per controller, in SlurmctldHost order, the same in 22.05 to 25.11
+# (_print_ping in scontrol.c): "Slurmctld(primary) at head1 is UP".
+SCONTROL_PING_RE = re.compile(r"^Slurmctld\(([^)]*)\) at (\S+) is (UP|DOWN)\s*$", re.MULTILINE)
+
+
+@dataclasses.dataclass(frozen=True)
+class Controller:
+    """One SlurmctldHost entry as Slurm's ping reports it."""
+
+    hostname: str
+    mode: str  # "primary", "backup" (of two), "backup2"...: its place in SlurmctldHost order
+    responding: bool
+
+
+def controller_mode(position: int, count: int) -> str:
+    """Slurm's name of the controller at `position` of `count` (scontrol.c, data_parser CONTROLLER_PING_MODE)."""
+    if position == 0:
+        return "primary"
+    return "backup" if position == 1 and count == 2 else f"backup{position}"
+
+
+def controllers_from_ping(body: Any) -> list[Controller]:
+    """The controllers of a GET ping answer, in SlurmctldHost order, whatever the version: v0.0.38
+    {hostname, ping: "UP"|"DOWN", status, mode}; v0.0.40 and v0.0.41 {hostname, pinged, latency, mode};
+    v0.0.42 on also responding (a bool) and primary (first in SlurmctldHost order), pinged and mode
+    deprecated."""
+    pings = body.get("pings") if isinstance(body, dict) else None
+    pings = [entry for entry in pings if isinstance(entry, dict)] if isinstance(pings, list) else []
+    controllers = []
+    for position, entry in enumerate(pings):
+        hostname, mode, responding = entry.get("hostname"), entry.get("mode"), entry.get("responding")
+        if not isinstance(hostname, str) or not hostname:
+            continue
+        if not isinstance(responding, bool):
+            responding = str(entry.get("pinged", entry.get("ping"))).upper() == "UP"
+        controllers.append(Controller(hostname, mode if isinstance(mode, str) else controller_mode(position, len(pings)),
+                                      responding))
+    return controllers
+
+
+def controllers_from_scontrol(text: str) -> list[Controller]:
+    """The controllers `scontrol ping` lists, in SlurmctldHost order."""
+    return [Controller(hostname, mode, state == "UP") for mode, hostname, state in SCONTROL_PING_RE.findall(text)]
+
+
+def controllers_text(controllers: Iterable[Controller]) -> str:
+    return ", ".join(f"{c.hostname} ({c.mode}, {'UP' if c.responding else 'DOWN'})" for c in controllers)
+
+
+def local_host_names(aliases: str) -> set[str]:
+    """This host's names, lower case: its hostname, its FQDN, their first labels (SlurmctldHost
+    usually gives the short name), and the [run] host_names aliases."""
+    names = {socket.gethostname(), socket.getfqdn()}
+    names |= {name.split(".")[0] for name in names}
+    names |= {alias.strip() for alias in aliases.split(",")}
+    return {name.lower() for name in names if name}
+
+
+def is_this_host(hostname: str, names: set[str]) -> bool:
+    return hostname.lower() in names or hostname.lower().split(".")[0] in names
+
+
+class Standby(Exception):
+    """This host stands by: another host's slurmctld is in charge, or this host has just taken over
+    and waits for the passes started on the other host to end. The pass does nothing and ends with
+    exit 0; the message says why."""
+
+
+def role_of_this_host(controllers: list[Controller], names: Callable[[], set[str]]) -> tuple[bool, Optional[Controller]]:
+    """(whether this host is active, the controller in charge: the first in SlurmctldHost order that
+    answers). With one controller this host is active whatever it answers, as before two head nodes
+    were known. ConfigError when none of several controllers is this host, Unavailable when none answers."""
+    in_charge = next((controller for controller in controllers if controller.responding), None)
+    if len(controllers) <= 1:
+        return True, in_charge
+    ours = names()
+    mine = [controller for controller in controllers if is_this_host(controller.hostname, ours)]
+    if not mine:
+        raise ConfigError(f"[run] host_names: this host ({', '.join(sorted(ours))}) is none of Slurm's controllers "
+                          f"({controllers_text(controllers)}); add the name SlurmctldHost gives this host to [run] "
+                          "host_names, or set [run] role = always on a host that is no head node")
+    if in_charge is None:
+        raise Unavailable(f"no Slurm controller answers ({controllers_text(controllers)}): cannot tell which head "
+                          "node is in charge; nothing done")
+    return in_charge in mine, in_charge
+
+
+class HostRole:
+    """This host's role in a pass ([run] role): with role = auto, passes run only where the slurmctld
+    in charge runs. The role is kept in the state directory (ROLE_FILE) with the time of the pass.
+    A host that takes over (it stood by, or ran no pass for 2 x [run] interval, or has no journal)
+    settles every CREATED submission against Slurm before submitting any, since the host in charge
+    before may have submitted them; with two head nodes it first waits (takeover_wait) for the passes
+    started on that host to end."""
+
+    def __init__(self, config: Config, slurm: "SlurmBackend", write: bool = True):
+        self.setting = config.run.role
+        self.aliases = config.run.host_names
+        self.path = os.path.join(config.run.state_dir, ROLE_FILE)
+        self.slurm = slurm
+        self.write = write
+        self.away = 2 * config.run.interval
+        # A pass started on the other host stops starting work at its deadline; what is under way
+        # then ends within a Slurm exchange or two.
+        self.takeover_wait = config.run.deadline + 2 * slurm.timeout
+        self.kept = self._remembered()
+
+    def _remembered(self) -> dict[str, Any]:
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                kept = json.load(handle)
+        except (OSError, ValueError):
+            return {}
+        return kept if isinstance(kept, dict) else {}
+
+    def take(self, journal_path: str) -> bool:
+        """Raises Standby when this host stands by; else whether this pass must settle the CREATED
+        submissions against Slurm first, remembered until `settled` says it was done."""
+        now, kept = time.time(), self.kept
+        controllers, elsewhere = self.ask_slurm()
+        if elsewhere is not None:
+            self._keep({"role": "standby", "settled": False, "since": kept.get("since") if kept.get("role") == "standby"
+                        else now, "at": now, "controllers": controllers})
+            raise Standby(f"the slurmctld in charge runs on {elsewhere.hostname}, not on this host")
+        last_pass = kept.get("at") if isinstance(kept.get("at"), (int, float)) else 0
+        settle = (kept.get("role") != "active" or kept.get("settled") is not True or not os.path.exists(journal_path)
+                  or not 0 <= now - last_pass <= self.away)
+        taking_over = kept.get("role") == "active" and kept.get("settled") is False
+        since = kept.get("since") if taking_over and isinstance(kept.get("since"), (int, float)) else now
+        self._keep({"role": "active", "settled": not settle, "since": since, "at": now,
+                    "controllers": controllers or kept.get("controllers") or []})
+        if settle and self.setting == "auto" and len(self.kept["controllers"]) > 1 and now < since + self.takeover_wait:
+            raise Standby(f"this host's slurmctld is in charge since {utc_text(since)}; passes started on the other "
+                          f"head node end by {utc_text(since + self.takeover_wait)}, then this host settles the "
+                          "pending submissions against Slurm and submits")
+        return settle
+
+    def ask_slurm(self) -> tuple[list[str], Optional[Controller]]:
+        """(Slurm's controllers, the one in charge when it is not this host's). No controller when
+        role = always, or when Slurm cannot say and this host has seen one controller at most."""
+        if self.setting != "auto":
+            return [], None
+        try:
+            found = self.slurm.controllers()
+        except Unavailable as exc:
+            if len(self.kept.get("controllers") or []) > 1:
+                raise Unavailable(f"cannot tell which head node is in charge: {exc}") from None
+            log.info("cannot ask Slurm which controller is in charge (%s); going on as with one controller, "
+                     "the most this host has seen", exc)
+            return [], None
+        active, in_charge = role_of_this_host(found, lambda: local_host_names(self.aliases))
+        return [controller.hostname for controller in found], None if active else in_charge
+
+    def settled(self) -> None:
+        """Every CREATED submission was settled against Slurm: the next passes need not."""
+        self._keep({**self.kept, "settled": True})
+
+    def _keep(self, role: dict[str, Any]) -> None:
+        if self.write and role != self.kept:
+            write_private_file(self.path, json.dumps(role).encode())
+        self.kept = role
+
+
+# ---------------------------------------------------------------------------------------------
 # The pass: its phases in order, and what they share
 # ---------------------------------------------------------------------------------------------
 
 
 class SyncPass:
     def __init__(self, config: Config, api: JobbergateApi, slurm: SlurmBackend, journal: Journal, mapper: UserMapper,
-                 deadline: Deadline, dry_run: bool = False):
-        self.context = PassContext(config, api, slurm, journal, mapper, deadline, dry_run)
+                 deadline: Deadline, dry_run: bool = False, settle_created: Optional[Callable[[], None]] = None):
+        """settle_created: given when every CREATED submission must be settled against Slurm before
+        any is submitted (see HostRole); called once they all were."""
+        self.context = PassContext(config, api, slurm, journal, mapper, deadline, dry_run, settle_created)
         self.summary = self.context.summary
 
     def run(self) -> PassSummary:
@@ -4410,6 +4624,7 @@ class PassSummary:
     unavailable: bool = False
     deadline_reached: bool = False
     pending: Optional[int] = None  # how many submissions the pass listed (None: the list failed)
+    standby: Optional[str] = None  # why this host stood by in this pass (see Standby)
     active: Optional[int] = None
     lock: Any = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -4429,7 +4644,7 @@ class PassContext:
     that changes anything (`changes`), live or dry, chosen here once."""
 
     def __init__(self, config: Config, api: JobbergateApi, slurm: SlurmBackend, journal: Journal, mapper: UserMapper,
-                 deadline: Deadline, dry_run: bool):
+                 deadline: Deadline, dry_run: bool, settle_created: Optional[Callable[[], None]] = None):
         self.config = config
         self.api = api
         self.slurm = slurm
@@ -4444,6 +4659,7 @@ class PassContext:
         self.changes: Changes = DryRunChanges(self) if dry_run else LiveChanges(self)
         self.earlier = EarlierSubmit(self)
         self.failing = journal.failure_counts()  # submissions that failed unexpectedly in the passes before
+        self.settle_created = settle_created
 
     def contain(self, action: Callable[[], None], what: str, submission_id: Optional[int] = None) -> None:
         """Run `action`; an outage, an item failure or an API refusal is logged and counted and the
@@ -4748,6 +4964,11 @@ class SubmitPhase(PassPart):
         self.summary.pending = len(pending)
         self.context.pending_ids = {item["id"] for item in pending} if complete else None
         log.info("%d pending submission(s) for cluster %s", len(pending), self.cluster)
+        if self.context.settle_created is not None:
+            if pending:
+                self.context.earlier.find_tagged_jobs(pending)
+            if complete:
+                self.context.settle_created()
         with contextlib.closing(DownloadCache(self.api, self.context.changes.download_dir,
                                               self.config.submit.max_file_size)) as self.downloads, \
                 contextlib.closing(self.context.writers):
@@ -4758,7 +4979,7 @@ class SubmitPhase(PassPart):
     def submit_one(self, item: Mapping[str, Any]) -> None:
         submission_id = item["id"]
         try:
-            if self.context.earlier.resume(self.journal.get(submission_id)):
+            if self.context.earlier.resume(self.journal.get(submission_id)) or self.context.earlier.adopt_tagged(item):
                 return
             with contextlib.closing(self.prepare_job(parse_pending(item))) as job:
                 self.context.changes.submit_exactly_once(job)
@@ -5170,9 +5391,98 @@ def accounting_candidates(records: Iterable[Mapping[str, Any]], entry: JournalEn
     return ([tagged[job_id] for job_id in sorted(tagged)], [alike[job_id] for job_id in sorted(alike)])
 
 
+def comment_tag(comment: Any) -> str:
+    """The tag a job's comment leads with (comment_has_tag's test), or ""."""
+    return comment.split(" ", 1)[0] if isinstance(comment, str) else ""
+
+
+@dataclasses.dataclass(frozen=True)
+class TaggedJob:
+    """A Slurm job carrying a pending submission's tag, found after a failover."""
+
+    job_id: int
+    user: Any  # its owner's name as Slurm records it
+    where: str  # "slurmctld" or "slurmdbd"
+    report: Optional[StateReport]
+
+
 class EarlierSubmit(PassPart):
     """A submission the journal says an earlier pass began to submit: its job is reported, never
-    submitted again."""
+    submitted again. After a failover, the same for a submission another host's pass submitted."""
+
+    tagged: Optional[dict[int, list[TaggedJob]]] = None  # submission id -> jobs with its tag (find_tagged_jobs)
+
+    def find_tagged_jobs(self, pending: list[dict[str, Any]]) -> None:
+        """Before anything is submitted on a host that has just become active (or has lost its
+        journal): the Slurm jobs carrying a pending submission's tag, from one read of slurmctld, then,
+        for the submissions it holds none of, one read of slurmdbd (their owners' jobs of the last
+        STALE_INTENT_SECONDS, how long a journal keeps an unreported submit)."""
+        by_tag = {submission_tag(self.cluster, item["id"]): item["id"] for item in pending}
+        found: dict[int, list[TaggedJob]] = {}
+        for job_id, records in self.slurm.jobs().items():
+            submission_id = next((by_tag[tag] for tag in (comment_tag(job.get("comment")) for job in records)
+                                  if tag in by_tag), None)
+            if submission_id is not None:
+                found.setdefault(submission_id, []).append(TaggedJob(
+                    job_id, records[0].get("user_name"), "slurmctld", report_from_records(job_id, records, report_from_slurmctld)))
+        missing = [item for item in pending if item["id"] not in found]
+        owners = sorted({name for name in map(self.owner_name, missing) if name}) if self.slurm.use_slurmdbd else []
+        if owners:
+            accounted: dict[int, list[dict[str, Any]]] = {}
+            for record in self.slurm.accounting_jobs_since(",".join(owners), time.time() - STALE_INTENT_SECONDS):
+                submission_id = by_tag.get(comment_tag(_accounting_comment(record)))
+                if submission_id is not None and submission_id not in found and isinstance(record.get("job_id"), int):
+                    accounted.setdefault(submission_id, []).append(record)
+            for submission_id, records in accounted.items():
+                for job_id in sorted({accounting_job_id(record) for record in records}):
+                    newest = newest_accounting_records(records, job_id) or []
+                    found.setdefault(submission_id, []).append(TaggedJob(
+                        job_id, newest[0].get("user") if newest else None, "slurmdbd",
+                        report_from_records(job_id, newest, report_from_slurmdbd) if newest else None))
+            backlog = self.slurm.accounting_backlog()
+            if backlog:
+                raise Unavailable(f"slurmctld still holds {backlog} record(s) for slurmdbd; the pending submissions "
+                                  "are settled against Slurm, and submitted, once slurmdbd has them")
+        log.info("settled %d pending submission(s) against Slurm: %d have a job with their tag", len(pending), len(found))
+        self.tagged = found
+
+    def owner_name(self, item: Mapping[str, Any]) -> Optional[str]:
+        """The local account a pending submission's jobs run as; None when it maps to none (the
+        submission is then rejected as it would be anyway)."""
+        try:
+            return self.mapper.user_for(parse_pending(item).owner_email).name
+        except Rejection:
+            return None
+
+    def adopt_tagged(self, item: Mapping[str, Any]) -> bool:
+        """True when find_tagged_jobs found a job with this submission's tag owned by the account its
+        owner maps to: that job is adopted (journal, reported SUBMITTED), never submitted again. A job
+        with its tag owned by anyone else is not its job: logged and ignored."""
+        submission_id = item["id"]
+        candidates = (self.tagged or {}).get(submission_id)
+        if not candidates:
+            return False
+        owner = self.mapper.user_for(parse_pending(item).owner_email).name
+        fields = ctx(submission_id=submission_id)
+        for job in candidates:
+            if job.user != owner:
+                log.error("Slurm job %d (in %s) carries the tag of submission %d but belongs to %s, not to %s, the "
+                          "submission's owner; ignoring it", job.job_id, job.where, submission_id, job.user, owner,
+                          **fields)
+        ours = sorted((job for job in candidates if job.user == owner), key=lambda job: job.job_id)
+        if not ours:
+            return False
+        kept, *duplicates = ours
+        for duplicate in duplicates:
+            log.error("submission %d has Slurm jobs %d and %d; keeping %d, cancelling %d", submission_id, kept.job_id,
+                      duplicate.job_id, kept.job_id, duplicate.job_id, **fields)
+            self.context.changes.cancel_duplicate(submission_id, duplicate.job_id, owner)
+        log.info("submission %d: adopting Slurm job %d, found in %s with its tag: a pass on the head node active "
+                 "before submitted it", submission_id, kept.job_id, kept.where, **ctx(submission_id=submission_id,
+                                                                                      slurm_job_id=kept.job_id))
+        self.journal.record_adopted(submission_id, submission_tag(self.cluster, submission_id), owner, kept.job_id)
+        self.context.report_submitted(submission_id, kept.job_id, kept.report)
+        return True
 
     def resume(self, entry: Optional[JournalEntry]) -> bool:
         """True when an earlier pass's submit of this submission is settled and now reported: its job
@@ -5710,7 +6020,7 @@ class Check:
         config = self.configuration()
         if config is None:
             names = ["secret files", "OIDC token", "Jobbergate API", "slurmrestd", "slurmdbd", "slurmrestd token",
-                     "state directory and lock"] + ([f"user mapping of {self.email}"] if self.email else [])
+                     "head nodes", "state directory and lock"] + ([f"user mapping of {self.email}"] if self.email else [])
             self.lines += [skipped(name, "configuration") for name in names]
             return self.lines
         http = Http(Deadline(config.run.deadline), retries=1, backoff=0)  # one try each: a diagnosis, not a pass
@@ -5720,10 +6030,14 @@ class Check:
         else:
             self.lines.append(skipped("Jobbergate API", "OIDC token"))
         user = self.mapped_user(config, self.ldap_directory(config))
+        slurm: SlurmBackend
         if config.slurm.backend == "sbatch":
-            self.slurm_commands(SlurmCommands(config))
+            slurm = SlurmCommands(config)
+            self.slurm_commands(slurm)
         else:
-            self.slurmrestd(SlurmRest(config, http, choice_path=None, remember=False), user)  # remembers nothing
+            slurm = SlurmRest(config, http, choice_path=None, remember=False)  # remembers nothing
+            self.slurmrestd(slurm, user)
+        self.lines.append(self.head_nodes(config, slurm))
         self.state_directory(config)
         if isinstance(user, CheckLine):
             self.lines.append(user)
@@ -5916,6 +6230,27 @@ class Check:
         return passed(what, f"[slurm] purge_horizon = {slurm.purge_horizon} s, within slurmctld's MinJobAge "
                             f"({min_job_age} s)")
 
+    def head_nodes(self, config: Config, slurm: SlurmBackend) -> CheckLine:
+        """Slurm's controllers, the one in charge, and this host's role in passes ([run] role)."""
+        what = "head nodes"
+        if config.run.role == "always":
+            return passed(what, "[run] role = always: passes run on this host whichever controller is in charge")
+        if any(line.what in ("slurmrestd", "Slurm commands", "slurmctld") and line.status != "ok" for line in self.lines):
+            return skipped(what, "Slurm")
+        try:
+            controllers = slurm.controllers()
+            active, in_charge = role_of_this_host(controllers, lambda: local_host_names(config.run.host_names))
+        except SyncError as exc:
+            return failed(what, str(exc), failure_fix(exc, {
+                ConfigError: "set [run] host_names to this host's name in slurm.conf's SlurmctldHost",
+                Unavailable: "start a slurmctld (scontrol ping shows them)",
+            }), exc.exit_code)
+        if len(controllers) <= 1:
+            return passed(what, f"one controller, {controllers_text(controllers)}: passes run on this host")
+        role = "active: passes run here" if active else "standby: passes do nothing while it is in charge"
+        return passed(what, f"controllers {controllers_text(controllers)}; in charge: {in_charge.hostname if in_charge else '?'}; "
+                            f"this host is {role}")
+
     def state_directory(self, config: Config) -> None:
         what = "state directory and lock"
         state_dir, lock_file = config.run.state_dir, config.run.lock_file
@@ -6072,6 +6407,9 @@ class RunLock:
 
 
 def summary_line(summary: PassSummary, exit_code: int, duration: float, dry_run: bool) -> str:
+    if summary.standby:
+        return (f"pass finished{' (dry run)' if dry_run else ''}: standby: {summary.standby}; nothing done: "
+                f"exit_code={exit_code} duration={duration:.2f}s")
     return (f"pass finished{' (dry run)' if dry_run else ''}: exit_code={exit_code} submitted={summary.submitted} "
             f"rejected={summary.rejected} updated={summary.updated} cancelled={summary.cancelled} "
             f"errors={summary.errors} duration={duration:.2f}s")
@@ -6084,7 +6422,8 @@ def pass_summary_record(summary: PassSummary, exit_code: int, duration: float, d
         __file__, 0, "%s", (summary_line(summary, exit_code, duration, dry_run),), None,
         extra={"exit_code": exit_code, "submitted": summary.submitted, "rejected": summary.rejected,
                "updated": summary.updated, "cancelled": summary.cancelled, "errors": summary.errors,
-               "journal_entries": entries, "duration_s": round(duration, 3), "dry_run": dry_run},
+               "journal_entries": entries, "duration_s": round(duration, 3), "dry_run": dry_run,
+               **({"standby": summary.standby} if summary.standby else {})},
     )
 
 
@@ -6120,15 +6459,19 @@ def run_once(config: Config, dry_run: bool) -> int:
         state_dir = config.run.state_dir
         journal_path = os.path.join(state_dir, "journal.sqlite3")
         token = OidcToken(config, http, os.path.join(state_dir, "token.json"), write_cache=not dry_run)
-        journal = Journal.scratch_copy_of(journal_path) if dry_run else Journal(journal_path)
         slurm: SlurmBackend = (SlurmCommands(config) if config.slurm.backend == "sbatch" else
                                SlurmRest(config, http, os.path.join(state_dir, "slurmrestd.json"), remember=not dry_run,
                                          states_path=os.path.join(state_dir, "slurm-jobs.json")))
+        role = HostRole(config, slurm, write=not dry_run)
+        settle = role.take(journal_path)  # Standby: another head node's controller is in charge
+        journal = Journal.scratch_copy_of(journal_path) if dry_run else Journal(journal_path)
         sync = SyncPass(config, JobbergateApi(config, http, token), slurm, journal,
                         UserMapper(config, ldap_cache=None if dry_run else os.path.join(state_dir, LDAP_CACHE_FILE)),
-                        deadline, dry_run=dry_run)
+                        deadline, dry_run=dry_run, settle_created=role.settled if settle else None)
         summary = sync.summary
         exit_code = sync.run().exit_code()
+    except Standby as exc:
+        summary.standby, exit_code = str(exc), EXIT_OK
     except SyncError as exc:  # authentication or configuration: the pass ends here
         log.error("pass ended: %s", exc)
         exit_code = exc.exit_code

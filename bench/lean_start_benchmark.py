@@ -79,7 +79,8 @@ def stand_in_config(directory: Path) -> Path:
         "jobbergate.api_url": f"{base}/jobbergate", "oidc.issuer": f"{base}/realms/stand-in",
         "oidc.client_id": "stand-in", "oidc.client_secret_file": write_secret(directory / "secret", b"stand-in\n"),
         "slurmrestd.url": "http://127.0.0.1:9", "slurmrestd.jwt_key_file": write_secret(directory / "key", b"k" * 32),
-        "run.state_dir": str(directory / "state"), "run.lock_file": str(directory / "lock")}))
+        "run.state_dir": str(directory / "state"), "run.lock_file": str(directory / "lock"),
+        "run.role": "always"}))  # no slurmrestd here to ask which head node is in charge
 
 
 def stack_config(directory: Path) -> Path:

@@ -490,6 +490,29 @@ class FakeSlurm:
                            "paths": {path: {} for path in paths}})
 
 
+def ping_of_controllers(recorded: dict[str, Any], up: dict[str, bool]) -> dict[str, Any]:
+    """A GET ping answer of one controller (as recorded) made into one of the controllers `up` names,
+    in SlurmctldHost order, each UP or not, as Slurm writes each entry (v0.0.38 `_op_handler_ping`,
+    data_parser CONTROLLER_PING from v0.0.40): the fields that version has, set for that controller."""
+    [template] = recorded["pings"]
+    pings = []
+    for position, (hostname, responding) in enumerate(up.items()):
+        entry = dict(template, hostname=hostname)
+        for key in ("ping", "pinged"):
+            if key in entry:
+                entry[key] = "UP" if responding else "DOWN"
+        if "responding" in entry:
+            entry["responding"] = responding
+        if "status" in entry:  # v0.0.38: slurm_ping()'s return code (1800: no connection)
+            entry["status"] = 0 if responding else 1800
+        if "mode" in entry:
+            entry["mode"] = "primary" if position == 0 else "backup" if len(up) == 2 else f"backup{position}"
+        if "primary" in entry:
+            entry["primary"] = position == 0
+        pings.append(entry)
+    return {**recorded, "pings": pings}
+
+
 def slurm_of(stack: Any, version: str) -> FakeSlurm:
     """A fake slurmrestd serving `version` in place of the stack's v0.0.38 one; other versions'
     paths answer 404 text as slurmrestd does."""

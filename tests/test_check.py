@@ -43,7 +43,7 @@ def test_a_healthy_set_up_passes_every_check(stack, config_file, tmp_path, capsy
     code, lines, text, err = check(capsys, config_file())
     assert code == 0, text
     assert [what for what in lines] == ["configuration", "secret files", "OIDC token", "Jobbergate API", "slurmrestd",
-                                        "slurmdbd", "slurmrestd token for slurm", "state directory and lock"]
+                                        "slurmdbd", "slurmrestd token for slurm", "head nodes", "state directory and lock"]
     assert all(status == "ok" for status, _ in lines.values()), text
     assert "jobbergate:job-submissions:read" in lines["OIDC token"][1]
     assert lines["Jobbergate API"][1] == f"{API}: agent/pending (1 pending), agent/active (0 active)"

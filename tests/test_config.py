@@ -100,6 +100,8 @@ EXPECTED_DEFAULTS = {
     ("run", "backoff"): 1.0,
     ("run", "resend_after"): 3600,
     ("run", "workers"): 4,
+    ("run", "role"): "auto",
+    ("run", "host_names"): "",
     ("slurm", "backend"): "slurmrestd",
     ("slurm", "sbatch"): "/usr/bin/sbatch",
     ("slurm", "squeue"): "/usr/bin/squeue",

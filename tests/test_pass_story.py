@@ -35,7 +35,8 @@ def test_api_url_without_the_mount_is_a_configuration_error_naming_the_setting(s
     [error] = [line["message"] for line in lines if line["level"] == "ERROR"]
     assert "[jobbergate] api_url = http://api.test" in error and "must end with /jobbergate" in error
     assert "HTTP 404" in error
-    assert stack.slurm.requests == [] and stack.api.status(1) == "CREATED"
+    role_check = ["http://slurm.test:6820/openapi/v3", "http://slurm.test:6820/slurm/v0.0.38/ping"]
+    assert [url for _, url, _ in stack.slurm.requests] == role_check and stack.api.status(1) == "CREATED"
     assert_summary_last(code, lines)
 
 
@@ -140,6 +141,7 @@ def test_every_exception_class_says_what_the_pass_does_with_it():
         jobbergate_sync.ForeignJob: "ended",
         jobbergate_sync.DeadlineReached: "next pass", jobbergate_sync.ApiConflict: "next pass",
         jobbergate_sync.SyncError: "70",
+        jobbergate_sync.Standby: "exit 0",
     }
     defined = {obj for _, obj in inspect.getmembers(jobbergate_sync, inspect.isclass)
                if issubclass(obj, Exception) and obj.__module__ == "jobbergate_sync"}

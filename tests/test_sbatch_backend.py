@@ -511,13 +511,18 @@ call = {"tool": tool, "argv": sys.argv[1:], "uid": os.getuid(), "gid": os.getgid
 with open(os.path.join(here, "calls.jsonl"), "a") as log:
     log.write(json.dumps(call) + "\\n")
 with open(os.path.join(here, "answers.json")) as handle:
-    answer = json.load(handle).get(tool, {"returncode": 0, "stdout": "", "stderr": ""})
+    answers = json.load(handle)
+answer = answers.get(" ".join([tool, *sys.argv[1:]]), answers.get(tool, {"returncode": 0, "stdout": "", "stderr": ""}))
 if sys.argv[1:] == ["--version"]:
     answer = {"returncode": 0, "stdout": "slurm 24.11.5\\n", "stderr": ""}
 sys.stdout.write(answer["stdout"])
 sys.stderr.write(answer["stderr"])
 sys.exit(answer["returncode"])
 """
+
+
+QUIET_CLUSTER = {"scontrol": recorded("24.11", "scontrol_ping"), "squeue": ok('{"jobs": []}'),
+                 "sacct": ok('{"jobs": []}'), "sdiag": ok("DBD Agent queue size: 0\n")}
 
 
 class FakeTools:
@@ -535,8 +540,10 @@ class FakeTools:
         self.answer()
 
     def answer(self, **answers: dict[str, Any]) -> None:
+        """What each tool answers: by tool name, or by the whole command ("squeue --json --states=all").
+        Unless told otherwise: one controller answering ping, no job in slurmctld or slurmdbd."""
         path = self.directory / "answers.json"
-        path.write_text(json.dumps(answers))
+        path.write_text(json.dumps({**QUIET_CLUSTER, **answers}))
         path.chmod(0o644)
 
     def calls(self, tool: Optional[str] = None) -> list[dict[str, Any]]:
@@ -569,7 +576,8 @@ def test_a_pass_submits_through_sbatch_as_the_user_and_reports(stack, config_fil
     script = b"#!/bin/bash\n#SBATCH --time=5\necho hi\n"
     stack.api.add_submission(1, {"job.sh": script}, email=email, sbatch_arguments=["--nodes=1"], name="my-sub")
     tools.answer(sbatch=ok("4242\n"), squeue=squeue_answer(4242, "PENDING", "jobbergate-sync:test-cluster:1",
-                                                                    job_user.pw_name))
+                                                                    job_user.pw_name),
+                 **{"squeue --json --states=all": ok('{"jobs": []}')})  # before the submit
 
     assert run(config_file(**tools.settings())) == 0
 

@@ -272,7 +272,7 @@ def test_update_passes_on_v38_read_no_job_while_nothing_changes(stack, config_fi
     stack.slurm.last_job_update -= 60
     stack.slurm.requests.clear()
     assert run(config) == 0
-    assert [urlparse(url).path for _, url, _ in stack.slurm.requests] == ["/slurm/v0.0.38/jobs"]
+    assert [urlparse(url).path for _, url, _ in stack.slurm.requests] == ["/slurm/v0.0.38/ping", "/slurm/v0.0.38/jobs"]
     assert sorted(body["slurm_job_state"] for body in stack.api.called("update")) == ["PENDING", "RUNNING"]  # workers
 
 
@@ -300,7 +300,7 @@ print(json.dumps({"code": code, "imported": [name for name in %r if name in sys.
 
 
 def test_a_no_op_pass_imports_none_of_the_lazily_imported_modules(config_file, tmp_path) -> None:
-    config = config_file()
+    config = config_file(run__role="always")  # role = auto asks slurmrestd (a token: jwt) which head node is in charge
     (tmp_path / "state").mkdir(mode=0o700)
     issuer = load_config(config, {}).oidc
     result = subprocess.run(

@@ -302,13 +302,13 @@ def test_workers_replace_a_refused_api_token_once(stack, config_file, email):
 
 def test_lines_logged_by_a_worker_name_its_submission(stack, config_file, email, capsys):
     stack.api.add_submission(1, email=email)
-    stack.api.answers["submitted"] = [requests.ConnectionError("lost")]  # logged deep in the HTTP layer
+    stack.api.answers["file"] = [requests.ConnectionError("lost")]  # retried, logged deep in the HTTP layer
 
     run(config_file(**{"run.workers": 4}))
 
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
-    choice = next(line for line in lines if line["message"].startswith("slurmrestd at"))
-    assert choice["submission_id"] == 1  # logged without a context of its own, inside submission 1's work
+    retry = next(line for line in lines if line["message"].startswith("retrying after"))
+    assert retry["submission_id"] == 1  # logged without a context of its own, inside submission 1's work
 
 
 @pytest.mark.parametrize("value", ["0", "33", "four"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Optional
 
 import requests
 
@@ -21,6 +22,8 @@ class FaultyProxy:
         self.delay = 0.0
         self.status = 503
         self.requests = 0
+        # rewrite(method, path, body) -> the body to answer instead of upstream's, or None to pass it on
+        self.rewrite: Optional[Callable[[str, str, bytes], Optional[bytes]]] = None
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -51,13 +54,16 @@ class FaultyProxy:
                                                 timeout=60, allow_redirects=False)
                 except requests.RequestException:
                     return self._reply(502, b"upstream unreachable", "text/plain")
+                content = upstream.content
+                if proxy.rewrite is not None:
+                    content = proxy.rewrite(self.command, self.path, content) or content
                 self.send_response(upstream.status_code)
                 for key, value in upstream.headers.items():
                     if key.lower() not in HOP_BY_HOP:
                         self.send_header(key, value)
-                self.send_header("Content-Length", str(len(upstream.content)))
+                self.send_header("Content-Length", str(len(content)))
                 self.end_headers()
-                self.wfile.write(upstream.content)
+                self.wfile.write(content)
 
             def _reply(self, status: int, content: bytes, content_type: str) -> None:
                 self.send_response(status)
