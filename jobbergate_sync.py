@@ -310,6 +310,20 @@ CONFIG_SCHEMA: dict[str, dict[str, Setting]] = {
         "ping_url": Setting(""),
         "ping_timeout": Setting(5.0, float),
     },
+    "influxdb": {
+        "url": Setting("", help="Base URL of the InfluxDB 1.x HTTP API that Slurm's acct_gather_profile/influxdb plugin "
+                                "writes to (e.g. http://influx.example.com:8086); empty: no job metrics."),
+        "database": Setting("slurm", help="The database of acct_gather.conf's ProfileInfluxDBDatabase."),
+        "retention_policy": Setting("", help="The retention policy of ProfileInfluxDBRTPolicy; empty: the "
+                                             "database's default one."),
+        "user": Setting("", help="InfluxDB user (HTTP basic authentication); empty: no authentication."),
+        "password_file": Setting("", help="File holding that user's password, root-owned and mode 0600 (or a "
+                                          "systemd credential name)."),
+        "ca_file": Setting("", help="CA bundle for an https url; empty: the system's CAs."),
+        "verify": Setting(True, bool, help="Verify the https certificate (false only for a test set-up)."),
+        "timeout": Setting(10.0, float, help="Seconds to wait for an InfluxDB answer; a timeout delays the job "
+                                             "metrics to the next pass and nothing else.", minimum=0.1),
+    },
 }
 
 MAPPER_TYPES = ("single-user", "email-local-part", "map-file", "ldap")
@@ -375,6 +389,7 @@ class Config:
     slurm_jwt_key: Optional[bytes]
     slurm_static_token: Optional[str]
     ldap_password: Optional[str] = None
+    influxdb_password: Optional[str] = None
 
     def __getattr__(self, section: str) -> Any:
         try:
@@ -457,7 +472,7 @@ def load_config(path: str, environ: Mapping[str, str]) -> Config:
     if mapper["type"] == "ldap":
         import_ldap3()
         check_ldap_ca_file(mapper["ldap_ca_file"])
-    return Config(sections, client_secret, jwt_key, static_token, ldap_password)
+    return Config(sections, client_secret, jwt_key, static_token, ldap_password, influxdb_password(sections["influxdb"]))
 
 
 def read_slurmrestd_secret(slurm: Mapping[str, Any]) -> tuple[Optional[bytes], Optional[str]]:
@@ -521,7 +536,7 @@ def validate_config(sections: dict[str, dict[str, Any]]) -> None:
         need(False, where, message)
     need(sections["logging"]["format"] in LOG_FORMATS, "logging.format", f"must be one of {', '.join(LOG_FORMATS)}")
     need(sections["logging"]["level"].lower() in LOG_LEVELS, "logging.level", f"must be one of {', '.join(LOG_LEVELS)}")
-    for where, message in metrics_problems(sections["metrics"]):
+    for where, message in metrics_problems(sections["metrics"]) + influxdb_problems(sections["influxdb"]):
         need(False, where, message)
 
 
@@ -1157,6 +1172,33 @@ def translate_export(value: Optional[str], minor: int) -> dict[str, Any]:
     return {"__export__": exported}
 
 
+# sbatch --profile names (acct_gather_profile_from_string) to the API's ACCT_GATHER_PROFILE flags.
+PROFILE_FLAGS = {"ENERGY": ["ENERGY"], "TASK": ["TASK"], "LUSTRE": ["LUSTRE"], "NETWORK": ["NETWORK"],
+                 "ALL": ["ENERGY", "LUSTRE", "NETWORK", "TASK"], "NONE": ["NONE"]}
+
+
+def translate_profile(value: Optional[str], minor: int) -> dict[str, Any]:
+    """v0.0.38 feeds sbatch's own parser the text; v0.0.39+ take the flag list ("profile")."""
+    names = [name.strip().upper() for name in (value or "").split(",") if name.strip()]
+    unknown = [name for name in names if name not in PROFILE_FLAGS]
+    if unknown or not names or (len(names) > 1 and ({"ALL", "NONE"} & set(names))):
+        raise Rejection(f"--profile: {value!r} is not all, none, or a list of energy, task, lustre, network")
+    if minor <= 38:
+        return {"profile": ",".join(name.lower() for name in names)}
+    return {"profile": [flag for name in names for flag in PROFILE_FLAGS[name]]}
+
+
+ACCTG_FREQ_RE = re.compile(r"\d+|(?:(?:task|energy|network|filesystem)=\d+)(?:,(?:task|energy|network|filesystem)=\d+)*")
+
+
+def translate_acctg_freq(value: Optional[str], minor: int) -> dict[str, Any]:
+    """The sampling intervals, as sbatch's text in every version ("account_gather_frequency")."""
+    text = (value or "").strip().lower()
+    if not ACCTG_FREQ_RE.fullmatch(text):
+        raise Rejection(f"--acctg-freq: {value!r} is not SECONDS or task=S[,energy=S][,network=S][,filesystem=S]")
+    return {"account_gather_frequency": text}
+
+
 OPTION_SPECS: tuple[OptionSpec, ...] = (
     OptionSpec("job-name", "J", "required", as_string("name")),
     OptionSpec("time", "t", "required", as_time("time_limit", "time")),
@@ -1215,6 +1257,8 @@ OPTION_SPECS: tuple[OptionSpec, ...] = (
     OptionSpec("begin", "b", "required", translate_begin),
     OptionSpec("signal", None, "required", translate_signal),
     OptionSpec("export", None, "required", translate_export),
+    OptionSpec("profile", None, "required", translate_profile),
+    OptionSpec("acctg-freq", None, "required", translate_acctg_freq),
     OptionSpec("uid", None, "required", refuse("--uid is not allowed: the job always runs as the submission's owner")),
     OptionSpec("gid", None, "required", refuse("--gid is not allowed: the job always runs with the owner's group")),
     OptionSpec("export-file", None, "required", refuse("--export-file is not allowed: it would read a file as the agent")),
@@ -2038,9 +2082,9 @@ class Deadline:
 DEADLINE_GRACE_TIMEOUT = 5.0
 
 
-# The peers a pass talks to (the API, the OIDC issuer, slurmrestd, the monitoring ping): one
-# keep-alive connection pool each.
-PEERS = 4
+# The peers a pass talks to (the API, the OIDC issuer, slurmrestd, the monitoring ping, InfluxDB):
+# one keep-alive connection pool each.
+PEERS = 5
 
 
 class Http:
@@ -2309,8 +2353,10 @@ class JobbergateApi:
                            f"route; check [jobbergate] api_url = {self.base}: it must end with /jobbergate, the "
                            "API's mount (e.g. https://jobbergate.example.com/jobbergate)")
 
-    def _send(self, method: str, url: str, token: str, **kwargs: Any) -> requests.Response:
-        return self.http.send("api", method, url, self.timeout, headers={"Authorization": f"Bearer {token}"}, **kwargs)
+    def _send(self, method: str, url: str, token: str, headers: Optional[Mapping[str, str]] = None,
+              **kwargs: Any) -> requests.Response:
+        return self.http.send("api", method, url, self.timeout, headers={**(headers or {}), "Authorization": f"Bearer {token}"},
+                              **kwargs)
 
     def _expect(self, response: requests.Response, *statuses: int) -> requests.Response:
         if response.status_code not in statuses:
@@ -3524,7 +3570,15 @@ CREATE TABLE IF NOT EXISTS submissions (
     job_name TEXT,
     working_directory TEXT
 )"""
-JOURNAL_VERSION = 2
+# Job metrics: the submissions whose profile is followed, and the newest sample time uploaded for
+# each of their (host, step, task) series (what GET agent/metrics/{id} answers as max_times).
+METRICS_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS metric_jobs (submission_id INTEGER PRIMARY KEY, slurm_job_id INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS metric_marks (submission_id INTEGER NOT NULL, node_host TEXT NOT NULL, "
+    "step INTEGER NOT NULL, task INTEGER NOT NULL, max_time INTEGER NOT NULL, "
+    "PRIMARY KEY (submission_id, node_host, step, task))",
+)
+JOURNAL_VERSION = 3
 # Version 1 had no intent columns. Its created_at of a row without a job id is the intent's time
 # (record_intent wrote both at once), so it becomes intent_at; name and directory stay unknown.
 JOURNAL_MIGRATIONS = {
@@ -3532,6 +3586,7 @@ JOURNAL_MIGRATIONS = {
         "ALTER TABLE submissions ADD COLUMN job_name TEXT",
         "ALTER TABLE submissions ADD COLUMN working_directory TEXT",
         "UPDATE submissions SET intent_at = created_at WHERE slurm_job_id IS NULL AND reported = 0"),
+    3: METRICS_SCHEMA,
 }
 
 
@@ -3539,7 +3594,8 @@ def migrate_journal(db: sqlite3.Connection) -> None:
     """Bring a journal of any earlier version to JOURNAL_VERSION, in one transaction."""
     columns = {row[1] for row in db.execute("PRAGMA table_info(submissions)")}
     if not columns:
-        db.execute(JOURNAL_SCHEMA)
+        for statement in (JOURNAL_SCHEMA, *METRICS_SCHEMA):
+            db.execute(statement)
         db.execute(f"PRAGMA user_version = {JOURNAL_VERSION}")
         return
     version = db.execute("PRAGMA user_version").fetchone()[0] or (2 if "intent_at" in columns else 1)
@@ -3634,6 +3690,51 @@ class Journal:
     def size(self) -> int:
         return self._execute("SELECT count(*) FROM submissions")[0][0]
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """Several statements applied together or not at all (the connection is in autocommit mode)."""
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+    def metric_jobs(self) -> dict[int, "MetricsJob"]:
+        """The submissions whose job metrics are followed, with their series' high-water marks."""
+        jobs = {row[0]: MetricsJob(row[0], row[1], {}) for row in self._execute(
+            "SELECT submission_id, slurm_job_id FROM metric_jobs")}
+        for submission_id, host, step, task, max_time in self._execute(
+                "SELECT submission_id, node_host, step, task, max_time FROM metric_marks"):
+            if submission_id in jobs:
+                jobs[submission_id].marks[(host, step, task)] = max_time
+        return jobs
+
+    def follow_metrics(self, job: "MetricsJob") -> None:
+        with self._transaction():
+            self.db.execute("INSERT OR REPLACE INTO metric_jobs (submission_id, slurm_job_id) VALUES (?, ?)",
+                            (job.submission_id, job.slurm_job_id))
+            self._write_marks(job.submission_id, job.marks)
+
+    def record_metric_marks(self, submission_id: int, marks: Mapping[tuple[str, int, int], int]) -> None:
+        """Raise the series' marks to these times (never lower them), in one transaction."""
+        with self._transaction():
+            self._write_marks(submission_id, marks)
+
+    def _write_marks(self, submission_id: int, marks: Mapping[tuple[str, int, int], int]) -> None:
+        self.db.executemany(
+            "INSERT INTO metric_marks (submission_id, node_host, step, task, max_time) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(submission_id, node_host, step, task) DO UPDATE SET "
+            "max_time = max(max_time, excluded.max_time)",
+            [(submission_id, host, step, task, max_time) for (host, step, task), max_time in marks.items()])
+
+    def forget_metrics(self, submission_id: int) -> None:
+        with self._transaction():
+            self.db.execute("DELETE FROM metric_marks WHERE submission_id = ?", (submission_id,))
+            self.db.execute("DELETE FROM metric_jobs WHERE submission_id = ?", (submission_id,))
+
     def job_ids_of_others(self, submission_id: int) -> set[int]:
         """The Slurm jobs the journal holds for other submissions: never the job of this one."""
         return {row[0] for row in self._execute(
@@ -3659,7 +3760,8 @@ class SyncPass:
         context = self.context
         phases: list[tuple[str, Callable[[], None]]] = [("submit phase", SubmitPhase(context).run),
                                                          ("update phase", UpdatePhase(context).run),
-                                                         ("health ping", context.changes.ping_health)]
+                                                         ("health ping", context.changes.ping_health),
+                                                         ("job metrics", JobMetricsPhase(context).run)]
         try:
             for name, phase in phases:
                 context.contain(phase, f"{name} ended")
@@ -3682,6 +3784,7 @@ class PassSummary:
     deadline_reached: bool = False
     pending: Optional[int] = None  # how many submissions the pass listed (None: the list failed)
     active: Optional[int] = None
+    influxdb_failures: Optional[int] = None  # InfluxDB queries that failed (None: job metrics are off)
     lock: Any = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
 
     def count(self, outcome: str, number: int = 1) -> None:
@@ -3711,6 +3814,7 @@ class PassContext:
         self.summary = PassSummary()
         self.pending_ids: Optional[set[int]] = None  # every pending submission, once fully listed
         self.reported_now: set[int] = set()  # submissions this pass reported SUBMITTED (set.add is atomic)
+        self.active_listed: Optional[tuple[list[dict[str, Any]], bool]] = None  # agent/active: (items, complete)
         self.changes: Changes = DryRunChanges(self) if dry_run else LiveChanges(self)
         self.earlier = EarlierSubmit(self)
 
@@ -4421,6 +4525,7 @@ class UpdatePhase(PassPart):
     def run(self) -> None:
         active, complete = self.api.list_active()
         self.summary.active = len(active)
+        self.context.active_listed = (active, complete)
         log.info("%d active submission(s) for cluster %s", len(active), self.cluster)
         jobs = self.slurm.states({item["slurm_job_id"] for item in active if isinstance(item.get("slurm_job_id"), int)})
         self.context.for_each_item(active, lambda item: self.update_one(item, jobs))
@@ -4485,6 +4590,351 @@ class UpdatePhase(PassPart):
         just_submitted = submission_id in self.context.reported_now
         if not self.reported_lately(submission_id, report, compare_reason=not just_submitted):
             self.context.changes.update(submission_id, report)
+
+
+# ---------------------------------------------------------------------------------------------
+# Job metrics (InfluxDB → API): what each job used, from Slurm's InfluxDB profile to the API
+# ---------------------------------------------------------------------------------------------
+
+# The measurements Slurm's acct_gather_profile/influxdb plugin writes for a task, in the order of the
+# API's row columns (cpu_frequency ... disk_write).
+PROFILE_MEASUREMENTS = ("CPUFrequency", "CPUTime", "CPUUtilization", "GPUMemMB", "GPUUtilization", "Pages", "RSS",
+                        "ReadMB", "VMSize", "WriteMB")
+# PUT agent/metrics takes at most this many rows (14 columns each within PostgreSQL's 32,767 parameters).
+METRICS_ROWS_PER_UPLOAD = 2340
+# The plugin buffers samples and sends them in bursts, so a series may first report samples older
+# than those of its job's other series: each pass reads back this far before the job's newest
+# uploaded sample, and drops what a series has already uploaded.
+METRICS_LOOKBACK = 600
+# Jobs whose read-back windows start within this many seconds of each other share one statement.
+METRICS_WINDOW_BUCKET = 600
+# Query URLs stay below this size (proxies and InfluxDB's own limit accept it); more jobs, more queries.
+INFLUXDB_QUERY_URL_BYTES = 8000
+INFLUXDB_CHUNK_SIZE = 10000  # points per chunk of a chunked answer: bounds what one JSON line holds
+INT64_MAX = 2 ** 63 - 1
+
+SeriesKey = tuple[str, int, int]  # (host, step, task), as the API's max_times name a series
+
+
+def import_msgpack() -> Any:
+    try:
+        import msgpack
+    except ImportError:
+        raise ConfigError("[influxdb] url is set but the msgpack package is missing: install "
+                          "jobbergate-sync[influxdb] (pip install 'jobbergate-sync[influxdb]')") from None
+    return msgpack
+
+
+def influxdb_problems(influxdb: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """[influxdb] values that parse but cannot work, as ("section.key", message)."""
+    if not influxdb["url"]:
+        return []
+    problems = []
+    if re.match(r"^https?://[^/]", influxdb["url"]) is None:
+        problems.append(("influxdb.url", "must be an http(s) URL"))
+    if not influxdb["database"]:
+        problems.append(("influxdb.database", "is required when [influxdb] url is set"))
+    if not influxdb["timeout"] > 0:
+        problems.append(("influxdb.timeout", "must be positive"))
+    if bool(influxdb["user"]) != bool(influxdb["password_file"]):
+        problems.append(("influxdb.password_file", "set both user and password_file, or neither"))
+    if influxdb["ca_file"] and not os.path.isfile(influxdb["ca_file"]):
+        problems.append(("influxdb.ca_file", f"{influxdb['ca_file']} is not a file"))
+    return problems
+
+
+def influxdb_password(influxdb: Mapping[str, Any]) -> Optional[str]:
+    """The InfluxDB password, read (0600) only when job metrics are on; msgpack checked then too."""
+    if not influxdb["url"]:
+        return None
+    import_msgpack()
+    if not influxdb["password_file"]:
+        return None
+    password = read_secret_file(influxdb["password_file"], "[influxdb] password_file").decode("utf-8").rstrip("\r\n")
+    if not password:
+        raise ConfigError(f"[influxdb] password_file {influxdb['password_file']} is empty")
+    return password
+
+
+class InfluxDB:
+    """InfluxQL over InfluxDB 1.x's HTTP API (GET /query), read-only. Job ids and times are put
+    into the query text as numbers (bind parameters are not served by every 1.x release nor by
+    2.x's v1 compatibility API)."""
+
+    def __init__(self, config: Config, http: Http):
+        settings = config.influxdb
+        self.url = settings.url.rstrip("/") + "/query"
+        self.database = settings.database
+        self.retention_policy = settings.retention_policy
+        self.auth = (settings.user, config.influxdb_password or "") if settings.user else None
+        self.verify: Union[bool, str] = settings.ca_file or settings.verify
+        self.timeout = settings.timeout
+        self.http = http
+        self.queries = 0
+        self.bytes_read = 0
+
+    def query(self, text: str, database: bool = True) -> list[dict[str, Any]]:
+        """Each statement's series ({name, tags, columns, values}), chunked answers joined."""
+        results: list[dict[str, Any]] = []
+        self.stream(text, lambda statement, series: results.append({"statement_id": statement, **series}), database)
+        return results
+
+    def stream(self, text: str, on_series: Callable[[int, dict[str, Any]], None], database: bool = True) -> None:
+        """Run the statements in `text`; hand each series piece of the answer to `on_series` as it
+        arrives (a chunked answer: one JSON object a line), so a large answer is never held whole."""
+        params = {"q": text, "epoch": "s", "chunked": "true", "chunk_size": str(INFLUXDB_CHUNK_SIZE)}
+        if database:
+            params["db"] = self.database
+            if self.retention_policy:
+                params["rp"] = self.retention_policy
+
+        def attempt() -> None:
+            self.queries += 1
+            response = self.http.send("influxdb", "GET", self.url, self.timeout, params=params, auth=self.auth,
+                                      verify=self.verify, stream=True)
+            with response:
+                if response.status_code in (401, 403):
+                    raise AuthError(f"GET {self.url}: InfluxDB refused [influxdb] user {self.auth[0] if self.auth else '(none)'} "
+                                    f"(HTTP {response.status_code})")
+                if response.status_code != 200:
+                    raise Unavailable(f"GET {self.url}: HTTP {response.status_code} {response.text[:200].strip()}")
+                try:
+                    for line in response.iter_lines():
+                        self.bytes_read += len(line)
+                        if line.strip():
+                            self._hand_over(json.loads(line), on_series)
+                except requests.RequestException as exc:
+                    raise Unavailable(f"GET {self.url}: answer interrupted ({type(exc).__name__})") from None
+                except ValueError:
+                    raise Unavailable(f"GET {self.url}: not an InfluxDB answer") from None
+
+        self.http.call("influxdb", attempt, idempotent=True)
+
+    def _hand_over(self, body: Any, on_series: Callable[[int, dict[str, Any]], None]) -> None:
+        if not isinstance(body, dict) or "error" in body:
+            raise Unavailable(f"GET {self.url}: {body.get('error') if isinstance(body, dict) else body!r}")
+        for result in body.get("results") or []:
+            if "error" in result:
+                raise Unavailable(f"GET {self.url}: statement {result.get('statement_id')}: {result['error']}")
+            for series in result.get("series") or []:
+                on_series(result.get("statement_id", 0), series)
+
+
+def series_of(tags: Mapping[str, Any]) -> Optional[tuple[int, SeriesKey]]:
+    """(Slurm job id, (host, step, task)) of a profile series' tags; None for a series not Slurm's."""
+    try:
+        return int(tags["job"]), (str(tags["host"]), int(tags["step"]), int(tags["task"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def profile_statement(job_ids: Iterable[int], since: Optional[int]) -> str:
+    """One InfluxQL statement for every profile measurement of these jobs, newer than `since`
+    (epoch s; None: their whole profile), one series per (job, host, step, task)."""
+    jobs = "|".join(str(job_id) for job_id in sorted(job_ids))
+    window = f" AND time > {since}s" if since is not None else ""
+    measurements = ",".join(f'"{name}"' for name in PROFILE_MEASUREMENTS)
+    return f'SELECT "value" FROM {measurements} WHERE "job" =~ /^({jobs})$/{window} GROUP BY "job","host","step","task"'
+
+
+@dataclasses.dataclass
+class MetricsJob:
+    """A submission whose profile is followed: its Slurm job and each series' newest uploaded sample."""
+
+    submission_id: int
+    slurm_job_id: int
+    marks: dict[SeriesKey, int]
+
+    def read_back_from(self) -> Optional[int]:
+        """Where the next read starts (None: the whole profile, nothing uploaded yet)."""
+        if not self.marks:
+            return None
+        return max(self.marks.values()) - METRICS_LOOKBACK
+
+
+def profile_queries(jobs: Iterable[MetricsJob], url_bytes: int = INFLUXDB_QUERY_URL_BYTES) -> list[tuple[str, list[int]]]:
+    """The queries that read these jobs' new samples: (InfluxQL text, Slurm job ids). Jobs whose
+    read-back windows start close together share a statement (the earliest start of them); the
+    statements go together in one query, split only where a query's URL would grow too long."""
+    groups: dict[Optional[int], list[int]] = {}
+    for job in jobs:
+        start = job.read_back_from()
+        bucket = None if start is None else start - start % METRICS_WINDOW_BUCKET
+        groups.setdefault(bucket, []).append(job.slurm_job_id)
+    queries: list[tuple[str, list[int]]] = []
+    statements: list[str] = []
+    job_ids: list[int] = []
+    for bucket in sorted(groups, key=lambda start: -1 if start is None else start):
+        members: list[int] = []
+        for job_id in sorted(groups[bucket]):
+            trial = [*statements, profile_statement([*members, job_id], bucket)]
+            if (members or statements) and len(urllib.parse.quote(";".join(trial))) > url_bytes:
+                if members:
+                    statements.append(profile_statement(members, bucket))
+                queries.append((";".join(statements), job_ids))
+                statements, job_ids, members = [], [], []
+            members.append(job_id)
+            job_ids.append(job_id)
+        statements.append(profile_statement(members, bucket))
+    if statements:
+        queries.append((";".join(statements), job_ids))
+    return queries
+
+
+class ProfileRows:
+    """The rows a query's answer makes: per Slurm job, (time, host, step, task) -> the ten values,
+    summed per measurement as the upstream agent does; samples a series has already uploaded
+    (at or before its mark) are dropped."""
+
+    def __init__(self, marks_by_job: Mapping[int, Mapping[SeriesKey, int]]):
+        self.marks_by_job = marks_by_job
+        self.rows: dict[int, dict[tuple[int, str, int, int], list[float]]] = {}
+
+    def add(self, statement_id: int, series: Mapping[str, Any]) -> None:
+        found = series_of(series.get("tags") or {})
+        if found is None or series.get("name") not in PROFILE_MEASUREMENTS:
+            return
+        job_id, key = found
+        if job_id not in self.marks_by_job:
+            return
+        mark = self.marks_by_job[job_id].get(key, -1)
+        column = PROFILE_MEASUREMENTS.index(series["name"])
+        rows = self.rows.setdefault(job_id, {})
+        for sample_time, value in series.get("values") or []:
+            if not isinstance(sample_time, int) or sample_time <= mark or not isinstance(value, (int, float)):
+                continue
+            row = rows.setdefault((sample_time, *key), [0.0] * len(PROFILE_MEASUREMENTS))
+            row[column] += 0.0 if abs(value) >= INT64_MAX else float(value)  # as upstream: no int64 overflow
+
+
+def upload_chunks(rows: Mapping[tuple[int, str, int, int], list[float]]) -> Iterator[list[list[Any]]]:
+    """The API's rows in time order, at most METRICS_ROWS_PER_UPLOAD a chunk: [time, host, step,
+    task, the ten values] (step and task as text, as the upstream agent sends them)."""
+    ordered = [[sample_time, host, str(step), str(task), *values]
+               for (sample_time, host, step, task), values in sorted(rows.items())]
+    for start in range(0, len(ordered), METRICS_ROWS_PER_UPLOAD):
+        yield ordered[start:start + METRICS_ROWS_PER_UPLOAD]
+
+
+def marks_of(chunk: Iterable[list[Any]]) -> dict[SeriesKey, int]:
+    """The newest sample of each series in an uploaded chunk."""
+    marks: dict[SeriesKey, int] = {}
+    for row in chunk:
+        key = (row[1], int(row[2]), int(row[3]))
+        marks[key] = max(marks.get(key, row[0]), row[0])
+    return marks
+
+
+def api_marks(body: Any, submission_id: int) -> dict[SeriesKey, int]:
+    """GET agent/metrics/{id}'s max_times as marks."""
+    if not isinstance(body, dict) or not isinstance(body.get("max_times"), list):
+        raise Unavailable(f"GET agent/metrics/{submission_id}: not a list of max_times ({str(body)[:200]!r})")
+    marks: dict[SeriesKey, int] = {}
+    for entry in body["max_times"]:
+        try:
+            marks[(str(entry["node_host"]), int(entry["step"]), int(entry["task"]))] = int(entry["max_time"])
+        except (KeyError, TypeError, ValueError):
+            raise Unavailable(f"GET agent/metrics/{submission_id}: malformed max_times entry {entry!r}") from None
+    return marks
+
+
+def get_metric_marks(api: JobbergateApi, submission_id: int) -> dict[SeriesKey, int]:
+    path = f"/job-submissions/agent/metrics/{submission_id}"
+    return api_marks(json_body(api._expect(api._request("GET", path, True), 200)), submission_id)
+
+
+def put_metrics(api: JobbergateApi, submission_id: int, chunk: list[list[Any]], msgpack: Any) -> None:
+    """Upload one chunk. The API refuses a whole chunk that holds one row it already has (400), as
+    when a pass crashed between an upload and the journal's mark: then the rows the API's own marks
+    cover are dropped and the rest sent once more."""
+    path = f"/job-submissions/agent/metrics/{submission_id}"
+
+    def put(rows: list[list[Any]]) -> requests.Response:
+        return api._request("PUT", path, True, data=msgpack.packb(rows), headers={"Content-Type": "application/octet-stream"})
+
+    response = put(chunk)
+    if response.status_code == 400:
+        stored = get_metric_marks(api, submission_id)
+        missing = [row for row in chunk if row[0] > stored.get((row[1], int(row[2]), int(row[3])), -1)]
+        if len(missing) < len(chunk):
+            log.info("submission %d: the API already holds %d of these %d metric rows (an upload whose mark was not "
+                     "written); sending the other %d", submission_id, len(chunk) - len(missing), len(chunk), len(missing),
+                     **ctx(submission_id=submission_id))
+            if not missing:
+                return
+            response = put(missing)
+    api._expect(response, 200, 201, 202, 204)
+
+
+class JobMetricsPhase(PassPart):
+    """The profile samples of the jobs that ran since the last pass, and once more of those that
+    left the active list (their last samples arrive at the end), from InfluxDB to the API. A fixed
+    number of InfluxDB queries per pass for all these jobs (more only when a query's URL would grow
+    too long); an InfluxDB outage delays the metrics and nothing else."""
+
+    def run(self) -> None:
+        if not self.config.influxdb.url or self.context.active_listed is None:
+            return
+        if isinstance(self.context.changes, DryRunChanges):
+            log.info("dry run: job metrics are neither read nor uploaded")
+            return
+        self.summary.influxdb_failures = 0
+        followed = self.journal.metric_jobs()
+        active, complete = self.context.active_listed
+        active_ids = {item["id"] for item in active}
+        for item in active:
+            if self.started(item) and item["id"] not in followed:
+                self.context.contain_item(item["id"], lambda item=item: self.follow(item, followed))
+        ended = {submission_id for submission_id in followed if complete and submission_id not in active_ids}
+        if not followed:
+            return
+        influxdb, msgpack = InfluxDB(self.config, self.api.http), import_msgpack()
+        by_job = {job.slurm_job_id: job for job in followed.values()}
+        for text, job_ids in profile_queries(followed.values()):
+            self.deadline.check()
+            rows = ProfileRows({job_id: by_job[job_id].marks for job_id in job_ids})
+            try:
+                influxdb.stream(text, rows.add)
+            except (Unavailable, AuthError) as exc:
+                self.summary.count("influxdb_failures")
+                log.warning("InfluxDB: %s; the metrics of %d job(s) wait for the next pass", exc, len(job_ids))
+                continue
+            for job_id in job_ids:
+                job = by_job[job_id]
+                self.context.contain_item(job.submission_id, lambda job=job: self.upload(
+                    job, rows.rows.get(job.slurm_job_id, {}), msgpack, job.submission_id in ended))
+        log.info("job metrics: %d job(s) read with %d InfluxDB query request(s), %d bytes", len(followed),
+                 influxdb.queries, influxdb.bytes_read)
+
+    def started(self, item: Mapping[str, Any]) -> bool:
+        """Whether the submission's job may have samples: it has a job that is not known to be pending."""
+        if not isinstance(item.get("slurm_job_id"), int) or isinstance(item.get("slurm_job_id"), bool):
+            return False
+        entry = self.journal.get(item["id"])
+        return entry is None or entry.last_state != "PENDING"
+
+    def follow(self, item: Mapping[str, Any], followed: dict[int, MetricsJob]) -> None:
+        """Start following a submission: its marks from the API, which may hold rows already (a lost
+        journal, or another agent before this one)."""
+        job = MetricsJob(item["id"], item["slurm_job_id"], get_metric_marks(self.api, item["id"]))
+        self.journal.follow_metrics(job)
+        followed[job.submission_id] = job
+
+    def upload(self, job: MetricsJob, rows: Mapping[tuple[int, str, int, int], list[float]], msgpack: Any,
+               ended: bool) -> None:
+        """Chunks in time order, each chunk's marks written once the API has it: a crash resends at
+        most one chunk. An ended job's marks are dropped after this last collection."""
+        for chunk in upload_chunks(rows):
+            put_metrics(self.api, job.submission_id, chunk, msgpack)
+            marks = marks_of(chunk)
+            self.journal.record_metric_marks(job.submission_id, marks)
+            for key, newest in marks.items():
+                job.marks[key] = max(job.marks.get(key, newest), newest)
+        if rows:
+            log.info("submission %d: %d metric row(s) of Slurm job %d uploaded", job.submission_id, len(rows),
+                     job.slurm_job_id, **ctx(submission_id=job.submission_id, slurm_job_id=job.slurm_job_id))
+        if ended:
+            self.journal.forget_metrics(job.submission_id)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -4564,6 +5014,8 @@ def exposition(record: PassRecord, last_success: Optional[float]) -> str:
         ("pending_submissions", summary.pending, "Pending (CREATED) submissions the last pass listed."),
         ("active_submissions", summary.active, "Active submissions the last pass listed."),
         ("journal_entries", record.journal_entries, "Entries in the submission journal after the last pass."),
+        ("last_run_influxdb_failures", summary.influxdb_failures, "InfluxDB queries of the last pass that failed: "
+         "those jobs' metrics wait for the next pass (absent when [influxdb] is off)."),
     ):
         if value is not None:
             lines += metric_block(name, help_text, [("", value)])
@@ -4677,7 +5129,7 @@ because what they find usually explains the later failures):
   78  bad configuration (the line names the setting)"""
 
 SECRET_FILE_KEYS = (("oidc", "client_secret_file"), ("slurmrestd", "jwt_key_file"), ("slurmrestd", "token_file"),
-                    ("mapper", "ldap_password_file"))
+                    ("mapper", "ldap_password_file"), ("influxdb", "password_file"))
 
 MAPPER_FIXES = {
     "email-local-part": "create that account (useradd -m), or map the address with [mapper] type = map-file",
@@ -4786,6 +5238,32 @@ def failure_fix(exc: Exception, fixes: Mapping[type, str]) -> str:
     return "run with -v to see the exchanges"
 
 
+def influxdb_line(influxdb: InfluxDB) -> CheckLine:
+    """InfluxDB answers, holds [influxdb] database, and which profile measurements are there (none:
+    no job has been profiled yet)."""
+    what = "InfluxDB"
+    try:
+        databases = {row[0] for series in influxdb.query("SHOW DATABASES", database=False) for row in series.get("values") or []}
+        if influxdb.database not in databases:
+            return failed(what, f"{influxdb.url} has no database {influxdb.database!r} (it has: "
+                          f"{', '.join(sorted(map(str, databases))) or 'none'})",
+                          "set [influxdb] database to acct_gather.conf's ProfileInfluxDBDatabase, or create it "
+                          "(influx -execute 'CREATE DATABASE ...')", EX_CONFIG)
+        present = {row[0] for series in influxdb.query("SHOW MEASUREMENTS") for row in series.get("values") or []}
+    except SyncError as exc:
+        return failed(what, str(exc), failure_fix(exc, {
+            AuthError: "check [influxdb] user and password_file",
+            Unavailable: "check [influxdb] url and that InfluxDB is running",
+        }), exc.exit_code)
+    found = [name for name in PROFILE_MEASUREMENTS if name in present]
+    if not found:
+        return passed(what, f"{influxdb.url} database {influxdb.database}: answers, but no job has been profiled yet "
+                            "(none of the profile measurements is there): set ProfileInfluxDBDefault=Task in "
+                            "acct_gather.conf, or users ask for --profile=task")
+    return passed(what, f"{influxdb.url} database {influxdb.database}: {len(found)} of {len(PROFILE_MEASUREMENTS)} "
+                        f"profile measurements ({', '.join(found)})")
+
+
 class Check:
     """The check command: each peer visited once, read-only. Nothing is submitted, reported or
     written but what a pass would create anyway (the state directory and the lock file): no token
@@ -4816,6 +5294,8 @@ class Check:
             self.slurm_commands(SlurmCommands(config))
         else:
             self.slurmrestd(SlurmRest(config, http, choice_path=None, remember=False), user)  # remembers nothing
+        if config.influxdb.url:
+            self.lines.append(influxdb_line(InfluxDB(config, http)))
         self.state_directory(config)
         if isinstance(user, CheckLine):
             self.lines.append(user)
@@ -5101,7 +5581,9 @@ class RunLock:
 def summary_line(summary: PassSummary, exit_code: int, duration: float, dry_run: bool) -> str:
     return (f"pass finished{' (dry run)' if dry_run else ''}: exit_code={exit_code} submitted={summary.submitted} "
             f"rejected={summary.rejected} updated={summary.updated} cancelled={summary.cancelled} "
-            f"errors={summary.errors} duration={duration:.2f}s")
+            f"errors={summary.errors}"
+            f"{'' if summary.influxdb_failures is None else f' influxdb_failures={summary.influxdb_failures}'}"
+            f" duration={duration:.2f}s")
 
 
 def run_once(config: Config, dry_run: bool) -> int:
@@ -5141,7 +5623,8 @@ def run_once(config: Config, dry_run: bool) -> int:
         __file__, 0, "%s", (summary_line(summary, exit_code, duration, dry_run),), None,
         extra={"exit_code": exit_code, "submitted": summary.submitted, "rejected": summary.rejected,
                "updated": summary.updated, "cancelled": summary.cancelled, "errors": summary.errors,
-               "journal_entries": entries, "duration_s": round(duration, 3), "dry_run": dry_run},
+               "influxdb_failures": summary.influxdb_failures, "journal_entries": entries,
+               "duration_s": round(duration, 3), "dry_run": dry_run},
     )
     try:
         monitor.finish(PassRecord(exit_code, summary, time.time(), duration, entries),
