@@ -17,8 +17,8 @@ directory); then the adapters: deadline and HTTP; OIDC token; Jobbergate API cli
 (the interface the pass uses); slurmrestd client; Slurm commands client (the sbatch backend); files
 as the user; state journal; then the pass: its phases, what they share and the worker threads; the
 submit phase (with the per-pass download cache); changes (live or dry run); resuming an earlier
-pass's submit; the update phase; then monitoring; the check (every peer visited once, read-only,
-for the `check` command); CLI.
+pass's submit; the update phase; job metrics (Slurm's InfluxDB profile to the API); then
+monitoring; the check (every peer visited once, read-only, for the `check` command); CLI.
 """
 
 from __future__ import annotations
@@ -4602,12 +4602,13 @@ PROFILE_MEASUREMENTS = ("CPUFrequency", "CPUTime", "CPUUtilization", "GPUMemMB",
                         "ReadMB", "VMSize", "WriteMB")
 # PUT agent/metrics takes at most this many rows (14 columns each within PostgreSQL's 32,767 parameters).
 METRICS_ROWS_PER_UPLOAD = 2340
-# The plugin buffers samples and sends them in bursts, so a series may first report samples older
-# than those of its job's other series: each pass reads back this far before the job's newest
-# uploaded sample, and drops what a series has already uploaded.
-METRICS_LOOKBACK = 600
+# The plugin buffers a step's samples on each node and sends them when its 16 KB buffer is full (up
+# to Slurm 24.11; ProfileInfluxDBFrequency from 25.05): about 21 samples of a lone task, 10.5 minutes
+# at the default 30 s sampling. So a series may report samples older than its job's newest uploaded
+# one: each pass reads back this far before that, and drops what each series has already uploaded.
+METRICS_LOOKBACK = 900
 # Jobs whose read-back windows start within this many seconds of each other share one statement.
-METRICS_WINDOW_BUCKET = 600
+METRICS_WINDOW_BUCKET = 300
 # Query URLs stay below this size (proxies and InfluxDB's own limit accept it); more jobs, more queries.
 INFLUXDB_QUERY_URL_BYTES = 8000
 INFLUXDB_CHUNK_SIZE = 10000  # points per chunk of a chunked answer: bounds what one JSON line holds

@@ -76,7 +76,7 @@ def test_new_jobs_read_their_whole_profile_followed_jobs_only_the_recent_window(
     whole, recent = text.split(";")
     assert "/^(102)$/" in whole and "time >" not in whole
     window_start = NOW - METRICS_LOOKBACK
-    assert "/^(101)$/" in recent and f"time > {window_start - window_start % 600}s" in recent
+    assert "/^(101)$/" in recent and f"time > {window_start - window_start % jobbergate_sync.METRICS_WINDOW_BUCKET}s" in recent
     assert sorted(job_ids) == [101, 102]
 
 
