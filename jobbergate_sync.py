@@ -4604,8 +4604,9 @@ PROFILE_MEASUREMENTS = ("CPUFrequency", "CPUTime", "CPUUtilization", "GPUMemMB",
 METRICS_ROWS_PER_UPLOAD = 2340
 # The plugin buffers a step's samples on each node and sends them when its 16 KB buffer is full (up
 # to Slurm 24.11; ProfileInfluxDBFrequency from 25.05): about 21 samples of a lone task, 10.5 minutes
-# at the default 30 s sampling. So a series may report samples older than its job's newest uploaded
-# one: each pass reads back this far before that, and drops what each series has already uploaded.
+# at the default 30 s sampling. So series lag behind each other: a read starts at the oldest mark of
+# the series that reported within this many seconds of the job's newest sample, and a series first
+# seen with samples up to this far back is read from its start.
 METRICS_LOOKBACK = 900
 # Jobs whose read-back windows start within this many seconds of each other share one statement.
 METRICS_WINDOW_BUCKET = 300
@@ -4732,10 +4733,26 @@ def series_of(tags: Mapping[str, Any]) -> Optional[tuple[int, SeriesKey]]:
 def profile_statement(job_ids: Iterable[int], since: Optional[int]) -> str:
     """One InfluxQL statement for every profile measurement of these jobs, newer than `since`
     (epoch s; None: their whole profile), one series per (job, host, step, task)."""
-    jobs = "|".join(str(job_id) for job_id in sorted(job_ids))
     window = f" AND time > {since}s" if since is not None else ""
     measurements = ",".join(f'"{name}"' for name in PROFILE_MEASUREMENTS)
-    return f'SELECT "value" FROM {measurements} WHERE "job" =~ /^({jobs})$/{window} GROUP BY "job","host","step","task"'
+    return f'SELECT "value" FROM {measurements} WHERE {job_condition(job_ids)}{window} GROUP BY {SERIES_TAGS}'
+
+
+def discovery_statement(job_ids: Iterable[int], since: int) -> str:
+    """The first sample time newer than `since` of each series of these jobs: one point a series
+    (every task sample holds a CPUTime)."""
+    return f'SELECT first("value") FROM "CPUTime" WHERE {job_condition(job_ids)} AND time > {since}s GROUP BY {SERIES_TAGS}'
+
+
+SERIES_TAGS = '"job","host","step","task"'
+
+
+def job_condition(job_ids: Iterable[int]) -> str:
+    return f'"job" =~ /^({"|".join(str(job_id) for job_id in sorted(job_ids))})$/'
+
+
+def bucket_start(moment: int) -> int:
+    return moment - moment % METRICS_WINDOW_BUCKET
 
 
 @dataclasses.dataclass
@@ -4746,57 +4763,85 @@ class MetricsJob:
     slurm_job_id: int
     marks: dict[SeriesKey, int]
 
-    def read_back_from(self) -> Optional[int]:
-        """Where the next read starts (None: the whole profile, nothing uploaded yet)."""
+    def read_from(self) -> Optional[int]:
+        """Where the next read starts: the oldest mark of the series that reported lately (within
+        METRICS_LOOKBACK of the job's newest sample); None: the whole profile, nothing uploaded yet."""
         if not self.marks:
             return None
-        return max(self.marks.values()) - METRICS_LOOKBACK
+        newest = max(self.marks.values())
+        return min(mark for mark in self.marks.values() if mark >= newest - METRICS_LOOKBACK)
+
+    def discover_from(self) -> Optional[int]:
+        """How far back a series first seen now may start and still be read in full."""
+        return max(self.marks.values()) - METRICS_LOOKBACK if self.marks else None
 
 
-def profile_queries(jobs: Iterable[MetricsJob], url_bytes: int = INFLUXDB_QUERY_URL_BYTES) -> list[tuple[str, list[int]]]:
-    """The queries that read these jobs' new samples: (InfluxQL text, Slurm job ids). Jobs whose
-    read-back windows start close together share a statement (the earliest start of them); the
-    statements go together in one query, split only where a query's URL would grow too long."""
-    groups: dict[Optional[int], list[int]] = {}
-    for job in jobs:
-        start = job.read_back_from()
-        bucket = None if start is None else start - start % METRICS_WINDOW_BUCKET
-        groups.setdefault(bucket, []).append(job.slurm_job_id)
-    queries: list[tuple[str, list[int]]] = []
-    statements: list[str] = []
-    job_ids: list[int] = []
-    for bucket in sorted(groups, key=lambda start: -1 if start is None else start):
-        members: list[int] = []
-        for job_id in sorted(groups[bucket]):
-            trial = [*statements, profile_statement([*members, job_id], bucket)]
-            if (members or statements) and len(urllib.parse.quote(";".join(trial))) > url_bytes:
-                if members:
-                    statements.append(profile_statement(members, bucket))
-                queries.append((";".join(statements), job_ids))
-                statements, job_ids, members = [], [], []
-            members.append(job_id)
-            job_ids.append(job_id)
-        statements.append(profile_statement(members, bucket))
-    if statements:
-        queries.append((";".join(statements), job_ids))
+@dataclasses.dataclass
+class ProfileQuery:
+    """One /query request: its statements, where each job's samples are read from (None: all of
+    them), and which statement (if any) finds the series of the jobs already followed."""
+
+    text: str
+    since: dict[int, Optional[int]]  # Slurm job id -> the time after which its samples are read
+    discovery: Optional[int] = None  # statement id of discovery_statement
+
+
+def profile_queries(jobs: Iterable[MetricsJob], url_bytes: int = INFLUXDB_QUERY_URL_BYTES) -> list[ProfileQuery]:
+    """The queries that read these jobs' new samples. Jobs whose windows start close together share
+    a statement (from the earliest start among them); a last statement finds the followed jobs'
+    series. The statements go together in one query, split only where its URL would grow too long."""
+    starts = {job.slurm_job_id: job.read_from() for job in jobs}
+    discover = {job.slurm_job_id: job.discover_from() for job in jobs}
+    order = sorted(starts, key=lambda job_id: (-1 if starts[job_id] is None else bucket_start(starts[job_id]), job_id))
+
+    def plan(job_ids: list[int]) -> ProfileQuery:
+        groups: dict[Optional[int], list[int]] = {}
+        for job_id in job_ids:
+            groups.setdefault(None if starts[job_id] is None else bucket_start(starts[job_id]), []).append(job_id)
+        statements = [profile_statement(members, since) for since, members in groups.items()]
+        followed = [job_id for job_id in job_ids if discover[job_id] is not None]
+        discovery = None
+        if followed:
+            discovery = len(statements)
+            statements.append(discovery_statement(followed, bucket_start(min(discover[job_id] for job_id in followed))))
+        since = {job_id: group for group, members in groups.items() for job_id in members}
+        return ProfileQuery(";".join(statements), since, discovery)
+
+    queries: list[ProfileQuery] = []
+    chunk: list[int] = []
+    for job_id in order:
+        if chunk and len(urllib.parse.quote(plan([*chunk, job_id]).text)) > url_bytes:
+            queries.append(plan(chunk))
+            chunk = []
+        chunk.append(job_id)
+    if chunk:
+        queries.append(plan(chunk))
     return queries
 
 
 class ProfileRows:
     """The rows a query's answer makes: per Slurm job, (time, host, step, task) -> the ten values,
     summed per measurement as the upstream agent does; samples a series has already uploaded
-    (at or before its mark) are dropped."""
+    (at or before its mark) are dropped. The discovery statement's answer gives the first sample
+    time of each series in the read-back window (`first_seen`)."""
 
-    def __init__(self, marks_by_job: Mapping[int, Mapping[SeriesKey, int]]):
+    def __init__(self, query: ProfileQuery, marks_by_job: Mapping[int, Mapping[SeriesKey, int]]):
+        self.query = query
         self.marks_by_job = marks_by_job
         self.rows: dict[int, dict[tuple[int, str, int, int], list[float]]] = {}
+        self.first_seen: dict[int, dict[SeriesKey, int]] = {}
 
     def add(self, statement_id: int, series: Mapping[str, Any]) -> None:
         found = series_of(series.get("tags") or {})
-        if found is None or series.get("name") not in PROFILE_MEASUREMENTS:
+        if found is None or found[0] not in self.marks_by_job:
             return
         job_id, key = found
-        if job_id not in self.marks_by_job:
+        if statement_id == self.query.discovery:
+            for sample_time, _ in series.get("values") or []:
+                if isinstance(sample_time, int):
+                    self.first_seen.setdefault(job_id, {})[key] = sample_time
+            return
+        if series.get("name") not in PROFILE_MEASUREMENTS:
             return
         mark = self.marks_by_job[job_id].get(key, -1)
         column = PROFILE_MEASUREMENTS.index(series["name"])
@@ -4806,6 +4851,21 @@ class ProfileRows:
                 continue
             row = rows.setdefault((sample_time, *key), [0.0] * len(PROFILE_MEASUREMENTS))
             row[column] += 0.0 if abs(value) >= INT64_MAX else float(value)  # as upstream: no int64 overflow
+
+    def late_series(self, job_id: int) -> dict[SeriesKey, int]:
+        """Series first seen now whose first samples are older than this read's window (a step's
+        buffer sent late): each gets a mark just before its first sample, and its rows wait for the
+        next pass, which reads from there (uploading them now would put the mark past the older ones)."""
+        since = self.query.since.get(job_id)
+        if since is None:
+            return {}
+        marks = self.marks_by_job[job_id]
+        late = {key: first - 1 for key, first in self.first_seen.get(job_id, {}).items()
+                if key not in marks and first <= since}
+        rows = self.rows.get(job_id, {})
+        for row_key in [row_key for row_key in rows if tuple(row_key[1:]) in late]:
+            del rows[row_key]
+        return late
 
 
 def upload_chunks(rows: Mapping[tuple[int, str, int, int], list[float]]) -> Iterator[list[list[Any]]]:
@@ -4891,19 +4951,19 @@ class JobMetricsPhase(PassPart):
             return
         influxdb, msgpack = InfluxDB(self.config, self.api.http), import_msgpack()
         by_job = {job.slurm_job_id: job for job in followed.values()}
-        for text, job_ids in profile_queries(followed.values()):
+        for query in profile_queries(followed.values()):
             self.deadline.check()
-            rows = ProfileRows({job_id: by_job[job_id].marks for job_id in job_ids})
+            rows = ProfileRows(query, {job_id: by_job[job_id].marks for job_id in query.since})
             try:
-                influxdb.stream(text, rows.add)
+                influxdb.stream(query.text, rows.add)
             except (Unavailable, AuthError) as exc:
                 self.summary.count("influxdb_failures")
-                log.warning("InfluxDB: %s; the metrics of %d job(s) wait for the next pass", exc, len(job_ids))
+                log.warning("InfluxDB: %s; the metrics of %d job(s) wait for the next pass", exc, len(query.since))
                 continue
-            for job_id in job_ids:
+            for job_id in query.since:
                 job = by_job[job_id]
                 self.context.contain_item(job.submission_id, lambda job=job: self.upload(
-                    job, rows.rows.get(job.slurm_job_id, {}), msgpack, job.submission_id in ended))
+                    job, rows, msgpack, job.submission_id in ended))
         log.info("job metrics: %d job(s) read with %d InfluxDB query request(s), %d bytes", len(followed),
                  influxdb.queries, influxdb.bytes_read)
 
@@ -4921,20 +4981,28 @@ class JobMetricsPhase(PassPart):
         self.journal.follow_metrics(job)
         followed[job.submission_id] = job
 
-    def upload(self, job: MetricsJob, rows: Mapping[tuple[int, str, int, int], list[float]], msgpack: Any,
-               ended: bool) -> None:
+    def upload(self, job: MetricsJob, rows: ProfileRows, msgpack: Any, ended: bool) -> None:
         """Chunks in time order, each chunk's marks written once the API has it: a crash resends at
-        most one chunk. An ended job's marks are dropped after this last collection."""
-        for chunk in upload_chunks(rows):
+        most one chunk. An ended job's marks are dropped after this last collection, unless a series
+        reported late and waits for the next read."""
+        late = rows.late_series(job.slurm_job_id)
+        if late:
+            log.info("submission %d: %d series of Slurm job %d first reported samples older than this read; they are "
+                     "read from their start in the next pass", job.submission_id, len(late), job.slurm_job_id,
+                     **ctx(submission_id=job.submission_id, slurm_job_id=job.slurm_job_id))
+            self.journal.record_metric_marks(job.submission_id, late)
+            job.marks.update(late)
+        new_rows = rows.rows.get(job.slurm_job_id, {})
+        for chunk in upload_chunks(new_rows):
             put_metrics(self.api, job.submission_id, chunk, msgpack)
             marks = marks_of(chunk)
             self.journal.record_metric_marks(job.submission_id, marks)
             for key, newest in marks.items():
                 job.marks[key] = max(job.marks.get(key, newest), newest)
-        if rows:
-            log.info("submission %d: %d metric row(s) of Slurm job %d uploaded", job.submission_id, len(rows),
+        if new_rows:
+            log.info("submission %d: %d metric row(s) of Slurm job %d uploaded", job.submission_id, len(new_rows),
                      job.slurm_job_id, **ctx(submission_id=job.submission_id, slurm_job_id=job.slurm_job_id))
-        if ended:
+        if ended and not late:
             self.journal.forget_metrics(job.submission_id)
 
 

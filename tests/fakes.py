@@ -538,11 +538,13 @@ def slurm_of(stack: Any, version: str) -> FakeSlurm:
 
 class FakeInfluxDB:
     """InfluxDB 1.x's /query for the statements jobbergate-sync sends: SHOW DATABASES, SHOW
-    MEASUREMENTS and the profile SELECT (measurements, a job regex, an optional `time > Ns`,
-    GROUP BY job, host, step, task), answered chunked, one JSON object a line."""
+    MEASUREMENTS, the profile SELECT (measurements, a job regex, an optional `time > Ns`, GROUP BY
+    job, host, step, task) and the series' first("value"), answered chunked, one JSON object a line."""
 
     SELECT_RE = re.compile(r'SELECT "value" FROM (?P<names>.+?) WHERE "job" =~ /\^\((?P<jobs>[\d|]+)\)\$/'
                            r'(?: AND time > (?P<since>\d+)s)? GROUP BY "job","host","step","task"$')
+    FIRST_RE = re.compile(r'SELECT first\("value"\) FROM (?P<names>"CPUTime") WHERE "job" =~ /\^\((?P<jobs>[\d|]+)\)\$/'
+                          r' AND time > (?P<since>\d+)s GROUP BY "job","host","step","task"$')
 
     def __init__(self, rsps: responses.RequestsMock, database: str = "slurm"):
         self.databases = {database}
@@ -575,10 +577,11 @@ class FakeInfluxDB:
             names = sorted({point[0] for point in self.points})
             return {"statement_id": number, **({"series": [
                 {"name": "measurements", "columns": ["name"], "values": [[name] for name in names]}]} if names else {})}
-        match = self.SELECT_RE.match(text)
+        match = self.SELECT_RE.match(text) or self.FIRST_RE.match(text)
         if not match:
             return {"statement_id": number, "error": f"error parsing query: {text}"}
         names = [name.strip('"') for name in match.group("names").split(",")]
+        first_only = match.re is self.FIRST_RE
         jobs = {int(job) for job in match.group("jobs").split("|")}
         since = int(match.group("since")) if match.group("since") else None
         grouped: dict[tuple, list] = {}
@@ -587,5 +590,5 @@ class FakeInfluxDB:
                 grouped.setdefault((measurement, job, host, step, task), []).append([time_s, value])
         return {"statement_id": number, "series": [
             {"name": measurement, "tags": {"job": str(job), "host": host, "step": str(step), "task": str(task)},
-             "columns": ["time", "value"], "values": values}
+             "columns": ["time", "first" if first_only else "value"], "values": values[:1] if first_only else values}
             for (measurement, job, host, step, task), values in sorted(grouped.items())]}

@@ -60,24 +60,26 @@ def journal_marks(tmp_path: Path) -> list[tuple]:
 
 def test_one_query_for_hundreds_of_jobs_and_each_job_in_exactly_one_query() -> None:
     jobs = [MetricsJob(n, 1000 + n, {("c1", 0, 0): NOW - n % 30}) for n in range(500)]
-    [(text, job_ids)] = profile_queries(jobs)
-    assert sorted(job_ids) == [job.slurm_job_id for job in jobs]
-    assert text.count("SELECT") == 1  # their read-back windows start close together: one statement
+    [query] = profile_queries(jobs)
+    assert sorted(query.since) == [job.slurm_job_id for job in jobs]
+    assert query.text.count("SELECT") == 2  # their windows start close together: one statement, and the discovery
     split = profile_queries(jobs, url_bytes=1500)
     assert len(split) > 1
-    assert sorted(job_id for _, ids in split for job_id in ids) == [job.slurm_job_id for job in jobs]
-    assert all(len(jobbergate_sync.urllib.parse.quote(text)) <= 1500 for text, _ in split)
+    assert sorted(job_id for query in split for job_id in query.since) == [job.slurm_job_id for job in jobs]
+    assert all(len(jobbergate_sync.urllib.parse.quote(query.text)) <= 1500 for query in split)
 
 
-def test_new_jobs_read_their_whole_profile_followed_jobs_only_the_recent_window() -> None:
-    followed = MetricsJob(1, 101, {("c1", 0, 0): NOW})
+def test_new_jobs_read_their_whole_profile_followed_jobs_from_their_oldest_live_mark() -> None:
+    followed = MetricsJob(1, 101, {("c1", 0, 0): NOW, ("c1", 1, 0): NOW - 100, ("c1", 2, 0): NOW - METRICS_LOOKBACK - 1})
     new = MetricsJob(2, 102, {})
-    [(text, job_ids)] = profile_queries([followed, new])
-    whole, recent = text.split(";")
+    [query] = profile_queries([followed, new])
+    whole, recent, discovery = query.text.split(";")
     assert "/^(102)$/" in whole and "time >" not in whole
-    window_start = NOW - METRICS_LOOKBACK
-    assert "/^(101)$/" in recent and f"time > {window_start - window_start % jobbergate_sync.METRICS_WINDOW_BUCKET}s" in recent
-    assert sorted(job_ids) == [101, 102]
+    start = jobbergate_sync.bucket_start(NOW - 100)  # step 2 fell silent long ago: it holds nothing back
+    assert "/^(101)$/" in recent and f"time > {start}s" in recent
+    assert discovery.startswith('SELECT first("value")') and "/^(101)$/" in discovery
+    assert f"time > {jobbergate_sync.bucket_start(NOW - METRICS_LOOKBACK)}s" in discovery
+    assert query.since == {101: start, 102: None} and query.discovery == 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,9 +109,19 @@ def test_a_running_job_s_samples_reach_the_api_once_and_new_series_are_picked_up
     assert len(stack.api.called("metrics_marks")) == 1  # the journal's marks from then on
     assert journal_marks(tmp_path) == [(1, "c1", 0, 0, NOW + 50), (1, "c1", 1, 0, NOW + 50)]
 
+    # a host whose first buffer arrives very late: older than where this pass reads from
+    late = [NOW - 400 + 10 * n for n in range(50)]
+    for sample_time in late:
+        influx.sample(101, sample_time, host="c2", RSS=7.0, CPUTime=1.0)
+    assert run(config) == 0
+    assert not [key for key in stored(stack, 1) if key[1] == "c2"]  # marked just before its first sample...
+    assert (1, "c2", 0, 0, NOW - 401) in journal_marks(tmp_path)
+    assert run(config) == 0  # ...and read from there by the next pass
+    assert sorted(key[0] for key in stored(stack, 1) if key[1] == "c2") == late
+
+    puts = len(stack.api.metrics_puts)
     assert run(config) == 0  # nothing new: nothing sent, no duplicate refused
-    assert stack.api.called("metrics_put") and all(put[0] == 1 for put in stack.api.metrics_puts)
-    assert len(stack.api.metrics_puts) == 2
+    assert len(stack.api.metrics_puts) == puts
 
 
 def test_one_request_to_influxdb_per_pass_for_many_jobs(stack, influx, metrics_config) -> None:

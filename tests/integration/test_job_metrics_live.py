@@ -1,0 +1,64 @@
+"""Live: a job's profile goes from Slurm's acct_gather_profile/influxdb plugin, through InfluxDB 1.x,
+to jobbergate-api's agent/metrics, on every Slurm leg."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+from typing import Any, Callable
+
+import helpers
+import pytest
+
+from scenario import new_submission, status_of
+
+HELD_MB = 200
+# Step 0 burns a CPU and holds HELD_MB for about 40 s; step 1 is short: a job of two steps.
+JOB = {"job.sh": f"""#!/bin/bash
+#SBATCH --time=5
+srun python3 -c "
+import time
+held = bytearray({HELD_MB} * 1024 * 1024)
+for page in range(0, len(held), 4096):
+    held[page] = 1
+end = time.time() + 40
+while time.time() < end:
+    sum(range(10000))
+"
+srun python3 -c "import time; time.sleep(8)"
+""".encode()}
+
+
+def stored_rss(stack: Any, submission_id: int) -> list[tuple[int, int, int]]:
+    """(step, task, max RSS in KB) of what the API stored for the submission, from its database."""
+    query = (f"SELECT step, task, max(memory_rss) FROM job_submission_metrics WHERE job_submission_id = {submission_id} "
+             "GROUP BY step, task ORDER BY step, task")
+    out = subprocess.run(["psql", stack.env["JGS_DATABASE_URL"], "-tAF,", "-c", query], capture_output=True, text=True,
+                         check=True).stdout
+    return [tuple(map(int, line.split(","))) for line in out.split()]
+
+
+@pytest.mark.parametrize("leg", ["2205", "2411", "2511"])
+def test_a_job_s_profile_reaches_the_api(make_tool: Callable[..., Any], stack: Any, alice: Any, leg: str) -> None:
+    if leg not in stack.legs:
+        pytest.skip(f"leg {leg} is not up")
+    tool = make_tool("tool", leg=leg, influxdb__url=stack.env.get("JGS_INFLUXDB_URL", "http://127.0.0.1:8086"),
+                     influxdb__database=stack.env.get(f"JGS_SLURM_{leg}_INFLUXDB_DATABASE", f"slurm_{leg}"))
+    submission = new_submission(alice, JOB, execution_directory="/home/alice")
+    agent = helpers.AgentClient(stack)
+    try:
+        check = tool.check()
+        assert "InfluxDB" in check.stdout, check.stdout
+        tool.run_until(lambda: status_of(alice, submission) == "DONE", timeout=240, pause=5)
+        assert tool.run().returncode == 0  # the last collection, after the job's end
+        marks = agent.call("GET", f"/job-submissions/agent/metrics/{submission['id']}")["max_times"]
+        steps = {mark["step"] for mark in marks}
+        assert {0, 1} <= steps, marks
+        rss = {step: value for step, task, value in stored_rss(stack, submission["id"])}
+        assert rss[0] >= HELD_MB * 1024, rss  # KB, as the plugin reports it
+        with sqlite3.connect(tool.journal) as journal:  # followed no longer
+            assert journal.execute("SELECT count(*) FROM metric_jobs").fetchone()[0] == 0
+    finally:
+        if status_of(alice, submission) not in ("DONE", "ABORTED"):
+            alice.cancel(submission["id"])
+        helpers.slurm_cli("scancel", "--user=alice", leg=leg)
