@@ -4609,7 +4609,7 @@ METRICS_ROWS_PER_UPLOAD = 2340
 # seen with samples up to this far back is read from its start.
 METRICS_LOOKBACK = 900
 # Jobs whose read-back windows start within this many seconds of each other share one statement.
-METRICS_WINDOW_BUCKET = 300
+METRICS_WINDOW_BUCKET = 60
 # Query URLs stay below this size (proxies and InfluxDB's own limit accept it); more jobs, more queries.
 INFLUXDB_QUERY_URL_BYTES = 8000
 INFLUXDB_CHUNK_SIZE = 10000  # points per chunk of a chunked answer: bounds what one JSON line holds

@@ -59,7 +59,7 @@ def journal_marks(tmp_path: Path) -> list[tuple]:
 
 
 def test_one_query_for_hundreds_of_jobs_and_each_job_in_exactly_one_query() -> None:
-    jobs = [MetricsJob(n, 1000 + n, {("c1", 0, 0): NOW - n % 30}) for n in range(500)]
+    jobs = [MetricsJob(n, 1000 + n, {("c1", 0, 0): NOW - n % 15}) for n in range(500)]
     [query] = profile_queries(jobs)
     assert sorted(query.since) == [job.slurm_job_id for job in jobs]
     assert query.text.count("SELECT") == 2  # their windows start close together: one statement, and the discovery
@@ -99,15 +99,15 @@ def test_a_running_job_s_samples_reach_the_api_once_and_new_series_are_picked_up
     row = stack.api.metrics[(1, NOW, "c1", 0, 0)]
     assert row[4] == 2000.0 and row[5] == 0.0 and row[10] == 2048  # CPUFrequency, CPUTime, RSS in the API's order
 
-    # a new step whose buffered samples arrive late, older than what was uploaded, and the next sample
-    for offset in range(20, 60, 10):
-        influx.sample(101, NOW + offset, step=1, RSS=100.0)
-    influx.sample(101, NOW + 50, RSS=4096.0)
+    # a new step, and the next sample of the first
+    for offset in (60, 70):
+        influx.sample(101, NOW + offset, step=1, RSS=100.0, CPUTime=1.0)
+    influx.sample(101, NOW + 50, RSS=4096.0, CPUTime=1.0)
     assert run(config) == 0
-    assert {key for key in stored(stack, 1) if key[2] == 1} == {(NOW + offset, "c1", 1, 0) for offset in range(20, 60, 10)}
+    assert {key for key in stored(stack, 1) if key[2] == 1} == {(NOW + 60, "c1", 1, 0), (NOW + 70, "c1", 1, 0)}
     assert stored(stack, 1)[(NOW + 50, "c1", 0, 0)] == 4096
     assert len(stack.api.called("metrics_marks")) == 1  # the journal's marks from then on
-    assert journal_marks(tmp_path) == [(1, "c1", 0, 0, NOW + 50), (1, "c1", 1, 0, NOW + 50)]
+    assert journal_marks(tmp_path) == [(1, "c1", 0, 0, NOW + 50), (1, "c1", 1, 0, NOW + 70)]
 
     # a host whose first buffer arrives very late: older than where this pass reads from
     late = [NOW - 400 + 10 * n for n in range(50)]
