@@ -13,8 +13,14 @@ import pytest
 from scenario import new_submission, status_of
 
 HELD_MB = 200
-# Not the default cluster: other tests drain that one's submissions while this one waits for its job.
-CLUSTER = "other-slurm"
+
+
+def cluster_of(leg: str) -> str:
+    """A cluster (OIDC client) other tests seldom use: the first tool of a test drains its cluster's
+    submissions, and tests cancel alice's jobs, while this one waits a minute for its job."""
+    return f"matrix-{leg}-sbatch-purge"
+
+
 # Step 0 burns a CPU and holds HELD_MB for about 40 s; step 1 is short: a job of two steps.
 JOB = {"job.sh": f"""#!/bin/bash
 #SBATCH --time=5
@@ -41,18 +47,19 @@ def stored_rss(stack: Any, submission_id: int) -> list[tuple[int, int, int]]:
 
 
 @pytest.mark.parametrize("leg", ["2205", "2411", "2511"])
-def test_a_job_s_profile_reaches_the_api(make_tool: Callable[..., Any], stack: Any, alice: Any, leg: str) -> None:
+def test_a_job_s_profile_reaches_the_api(make_tool: Callable[..., Any], stack: Any, bob: Any, leg: str) -> None:
     if leg not in stack.legs:
         pytest.skip(f"leg {leg} is not up")
-    tool = make_tool("tool", cluster=CLUSTER, leg=leg, influxdb__url=stack.env.get("JGS_INFLUXDB_URL", "http://127.0.0.1:8086"),
+    cluster = cluster_of(leg)
+    tool = make_tool("tool", cluster=cluster, leg=leg, influxdb__url=stack.env.get("JGS_INFLUXDB_URL", "http://127.0.0.1:8086"),
                      influxdb__database=stack.env.get(f"JGS_SLURM_{leg}_INFLUXDB_DATABASE", f"slurm_{leg}"))
-    submission = new_submission(alice, JOB, execution_directory="/home/alice", client_id=CLUSTER)
-    agent = helpers.AgentClient(stack, CLUSTER)
+    submission = new_submission(bob, JOB, execution_directory="/home/bob", client_id=cluster)
+    agent = helpers.AgentClient(stack, cluster)
     try:
         check = tool.check()
         assert "InfluxDB" in check.stdout, check.stdout
-        tool.run_until(lambda: status_of(alice, submission) in ("DONE", "ABORTED", "REJECTED"), timeout=240, pause=5)
-        assert status_of(alice, submission) == "DONE", alice.get_submission(submission["id"])
+        tool.run_until(lambda: status_of(bob, submission) in ("DONE", "ABORTED", "REJECTED"), timeout=240, pause=5)
+        assert status_of(bob, submission) == "DONE", bob.get_submission(submission["id"])
         assert tool.run().returncode == 0  # the last collection, after the job's end
         marks = agent.call("GET", f"/job-submissions/agent/metrics/{submission['id']}")["max_times"]
         steps = {mark["step"] for mark in marks}
@@ -62,6 +69,8 @@ def test_a_job_s_profile_reaches_the_api(make_tool: Callable[..., Any], stack: A
         with sqlite3.connect(tool.journal) as journal:  # followed no longer
             assert journal.execute("SELECT count(*) FROM metric_jobs").fetchone()[0] == 0
     finally:
-        if status_of(alice, submission) not in ("DONE", "ABORTED"):
-            alice.cancel(submission["id"])
-        helpers.slurm_cli("scancel", "--user=alice", leg=leg)
+        current = bob.get_submission(submission["id"])
+        if current["status"] not in ("DONE", "ABORTED", "REJECTED"):
+            bob.cancel(submission["id"])
+        if current.get("slurm_job_id"):
+            helpers.slurm_cli("scancel", str(current["slurm_job_id"]), leg=leg)
