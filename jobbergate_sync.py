@@ -4603,7 +4603,7 @@ PROFILE_MEASUREMENTS = ("CPUFrequency", "CPUTime", "CPUUtilization", "GPUMemMB",
 # PUT agent/metrics takes at most this many rows (14 columns each within PostgreSQL's 32,767 parameters).
 METRICS_ROWS_PER_UPLOAD = 2340
 # The plugin buffers a step's samples on each node and sends them when its 16 KB buffer is full (up
-# to Slurm 24.11; ProfileInfluxDBFrequency from 25.05): about 21 samples of a lone task, 10.5 minutes
+# to Slurm 24.11; 25.11 also sends every ProfileInfluxDBFrequency): about 21 samples of a lone task, 10.5 minutes
 # at the default 30 s sampling. So series lag behind each other: a read starts at the oldest mark of
 # the series that reported within this many seconds of the job's newest sample, and a series first
 # seen with samples up to this far back is read from its start.
@@ -4994,7 +4994,15 @@ class JobMetricsPhase(PassPart):
             job.marks.update(late)
         new_rows = rows.rows.get(job.slurm_job_id, {})
         for chunk in upload_chunks(new_rows):
-            put_metrics(self.api, job.submission_id, chunk, msgpack)
+            try:
+                put_metrics(self.api, job.submission_id, chunk, msgpack)
+            except ApiConflict as exc:
+                if exc.status != 404:
+                    raise
+                log.warning("submission %d no longer exists in Jobbergate (%s); its job metrics are no longer followed",
+                            job.submission_id, exc, **ctx(submission_id=job.submission_id))
+                self.journal.forget_metrics(job.submission_id)
+                return
             marks = marks_of(chunk)
             self.journal.record_metric_marks(job.submission_id, marks)
             for key, newest in marks.items():

@@ -191,6 +191,19 @@ def test_an_ended_job_is_collected_once_more_then_forgotten(stack, influx, metri
     assert len(influx.queries) == queries  # nothing followed any more
 
 
+def test_a_submission_gone_from_the_api_is_no_longer_followed(stack, influx, metrics_config, tmp_path) -> None:
+    running(stack, 1, 101)
+    influx.sample(101, NOW, RSS=1.0)
+    config = metrics_config()
+    assert run(config) == 0
+    del stack.api.submissions[1]
+    influx.sample(101, NOW + 10, RSS=1.0)
+    assert run(config) == 0
+    assert journal_marks(tmp_path) == []
+    assert run(config) == 0
+    assert [name for name, _, _ in stack.api.calls].count("metrics_put") == 2  # not tried again
+
+
 def test_influxdb_down_delays_the_metrics_and_nothing_else(stack, influx, metrics_config, tmp_path, capfd) -> None:
     job = running(stack, 1, 101)
     influx.sample(101, NOW, RSS=1.0)
