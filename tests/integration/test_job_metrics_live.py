@@ -60,7 +60,7 @@ def test_a_job_s_profile_reaches_the_api(make_tool: Callable[..., Any], stack: A
     agent = helpers.AgentClient(stack, cluster)
     try:
         check = tool.check()
-        assert "InfluxDB" in check.stdout, check.stdout
+        assert f"ok   InfluxDB: {tool.settings['influxdb.url']}" in check.stdout, check.stdout
         tool.run_until(lambda: bob.get_submission(submission["id"])["slurm_job_state"] == "RUNNING", timeout=120, pause=5)
         # InfluxDB unreachable for a pass: its metrics wait, the pass is otherwise whole
         outage = tool.run(env={"JOBBERGATE_SYNC_INFLUXDB_URL": "http://127.0.0.1:9"})
@@ -71,6 +71,10 @@ def test_a_job_s_profile_reaches_the_api(make_tool: Callable[..., Any], stack: A
         marks = agent.call("GET", f"/job-submissions/agent/metrics/{submission['id']}")["max_times"]
         steps = {mark["step"] for mark in marks}
         assert {0, 1} <= steps, marks
+        job_id = bob.get_submission(submission["id"])["slurm_job_id"]
+        ended_at = helpers.slurm_cli("env", "SLURM_TIME_FORMAT=%s", "sacct", "-X", "-n", "-P", "-o", "End", "-j",
+                                     str(job_id), leg=leg, check=True).stdout.split()[0]
+        assert max(mark["max_time"] for mark in marks) >= int(ended_at), marks  # the samples flushed at the end
         rss = {step: value for step, task, value in stored_rss(stack, submission["id"])}
         assert rss[0] >= HELD_MB * 1024, rss  # KB, as the plugin reports it
         with sqlite3.connect(tool.journal) as journal:  # followed no longer
