@@ -4612,6 +4612,9 @@ METRICS_LOOKBACK = 900
 METRICS_WINDOW_BUCKET = 60
 # Query URLs stay below this size (proxies and InfluxDB's own limit accept it); more jobs, more queries.
 INFLUXDB_QUERY_URL_BYTES = 8000
+# A job met for the first time is read whole (an hour of 4 tasks sampled every 10 s: 1,440 rows, about
+# 1 MB in memory); this many of them a query bounds what one answer holds when many jobs are new.
+NEW_JOBS_PER_QUERY = 20
 INFLUXDB_CHUNK_SIZE = 10000  # points per chunk of a chunked answer: bounds what one JSON line holds
 INT64_MAX = 2 ** 63 - 1
 
@@ -4789,7 +4792,8 @@ class ProfileQuery:
 def profile_queries(jobs: Iterable[MetricsJob], url_bytes: int = INFLUXDB_QUERY_URL_BYTES) -> list[ProfileQuery]:
     """The queries that read these jobs' new samples. Jobs whose windows start close together share
     a statement (from the earliest start among them); a last statement finds the followed jobs'
-    series. The statements go together in one query, split only where its URL would grow too long."""
+    series. The statements go together in one query, split only where its URL would grow too long
+    or where it would read more than NEW_JOBS_PER_QUERY jobs whole."""
     starts = {job.slurm_job_id: job.read_from() for job in jobs}
     discover = {job.slurm_job_id: job.discover_from() for job in jobs}
     order = sorted(starts, key=lambda job_id: (-1 if starts[job_id] is None else bucket_start(starts[job_id]), job_id))
@@ -4810,7 +4814,8 @@ def profile_queries(jobs: Iterable[MetricsJob], url_bytes: int = INFLUXDB_QUERY_
     queries: list[ProfileQuery] = []
     chunk: list[int] = []
     for job_id in order:
-        if chunk and len(urllib.parse.quote(plan([*chunk, job_id]).text)) > url_bytes:
+        new_jobs = sum(starts[member] is None for member in [*chunk, job_id])
+        if chunk and (new_jobs > NEW_JOBS_PER_QUERY or len(urllib.parse.quote(plan([*chunk, job_id]).text)) > url_bytes):
             queries.append(plan(chunk))
             chunk = []
         chunk.append(job_id)

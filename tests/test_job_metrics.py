@@ -69,6 +69,16 @@ def test_one_query_for_hundreds_of_jobs_and_each_job_in_exactly_one_query() -> N
     assert all(len(jobbergate_sync.urllib.parse.quote(query.text)) <= 1500 for query in split)
 
 
+def test_jobs_met_for_the_first_time_are_read_a_few_a_query() -> None:
+    new = [MetricsJob(n, 2000 + n, {}) for n in range(2 * jobbergate_sync.NEW_JOBS_PER_QUERY + 1)]
+    followed = [MetricsJob(n, 3000 + n, {("c1", 0, 0): NOW}) for n in range(100)]
+    queries = profile_queries(new + followed)
+    assert len(queries) == 3
+    assert sorted(job_id for query in queries for job_id in query.since) == sorted(job.slurm_job_id for job in new + followed)
+    assert all(sum(since is None for since in query.since.values()) <= jobbergate_sync.NEW_JOBS_PER_QUERY
+               for query in queries)
+
+
 def test_new_jobs_read_their_whole_profile_followed_jobs_from_their_oldest_live_mark() -> None:
     followed = MetricsJob(1, 101, {("c1", 0, 0): NOW, ("c1", 1, 0): NOW - 100, ("c1", 2, 0): NOW - METRICS_LOOKBACK - 1})
     new = MetricsJob(2, 102, {})
@@ -124,14 +134,19 @@ def test_a_running_job_s_samples_reach_the_api_once_and_new_series_are_picked_up
     assert len(stack.api.metrics_puts) == puts
 
 
-def test_one_request_to_influxdb_per_pass_for_many_jobs(stack, influx, metrics_config) -> None:
+def test_one_request_to_influxdb_per_pass_for_many_followed_jobs(stack, influx, metrics_config) -> None:
     for number in range(1, 31):
         running(stack, number, 100 + number)
-        influx.sample(100 + number, NOW, RSS=1.0)
+        influx.sample(100 + number, NOW, RSS=1.0, CPUTime=1.0)
     config = metrics_config()
+    assert run(config) == 0  # met for the first time: read whole, a few jobs a request
+    assert len(influx.queries) == -(-30 // jobbergate_sync.NEW_JOBS_PER_QUERY)
+    for number in range(1, 31):
+        influx.sample(100 + number, NOW + 10, RSS=2.0, CPUTime=1.0)
+    del influx.queries[:]
     assert run(config) == 0
     assert len(influx.queries) == 1
-    assert len(stack.api.metrics) == 30
+    assert len(stack.api.metrics) == 60
 
 
 def test_a_pending_job_is_not_read(stack, influx, metrics_config) -> None:
