@@ -244,6 +244,13 @@ def test_influxdb_down_delays_the_metrics_and_nothing_else(stack, influx, metric
     assert influxdb_failures(textfile) == 0
 
 
+def test_a_dry_run_neither_reads_nor_uploads(stack, influx, metrics_config, tmp_path) -> None:
+    running(stack, 1, 101)
+    influx.sample(101, NOW, RSS=1.0)
+    assert run(metrics_config(), "--dry-run") == 0
+    assert influx.queries == [] and stack.api.called("metrics_marks") == [] and stack.api.metrics == {}
+
+
 def test_metrics_off_without_url(stack, influx, config_file) -> None:
     running(stack, 1, 101)
     influx.sample(101, NOW, RSS=1.0)
