@@ -18,8 +18,8 @@ directory); then the adapters: deadline and HTTP; OIDC token; Jobbergate API cli
 as the user; state journal; two head nodes (which controller is in charge, this host's role); then
 the pass: its phases, what they share and the worker threads; the
 submit phase (with the per-pass download cache); changes (live or dry run); resuming an earlier
-pass's submit; the update phase; then monitoring; the check (every peer visited once, read-only,
-for the `check` command); CLI.
+pass's submit; the update phase; job metrics (Slurm's InfluxDB profile to the API); then
+monitoring; the check (every peer visited once, read-only, for the `check` command); CLI.
 """
 
 from __future__ import annotations
@@ -453,6 +453,24 @@ CONFIG_SCHEMA: dict[str, dict[str, Setting]] = {
         "workers": Setting(4, int, minimum=1, maximum=MAX_WORKERS,
                            help="Submissions handled side by side; 1 handles one at a time."),
     },
+    "influxdb": {
+        "url": Setting("", example="http://influx.example.com:8086",
+                       help="Base URL of the InfluxDB 1.x HTTP API that Slurm's acct_gather_profile/influxdb plugin "
+                            "writes to; empty: no job metrics. See docs/job-metrics.md."),
+        "database": Setting("slurm", help="The database of acct_gather.conf's ProfileInfluxDBDatabase."),
+        "retention_policy": Setting("", example="autogen", help="The retention policy of ProfileInfluxDBRTPolicy; "
+                                                                "empty: the database's default one."),
+        "user": Setting("", example="jobbergate-sync",
+                        help="InfluxDB user (HTTP basic authentication); empty: no authentication."),
+        "password_file": Setting("", example="/etc/jobbergate-sync/influxdb_password",
+                                 help="File holding that user's password, root-owned and mode 0600."),
+        "ca_file": Setting("", example="/etc/ssl/certs/influxdb-ca.pem",
+                           help="CA bundle for an https url; empty: the system's CAs."),
+        "verify": Setting(True, bool, help="Verify the https certificate (false only for a test set-up)."),
+        "timeout": Setting(10.0, float, minimum=0.1,
+                           help="Seconds to wait for an InfluxDB answer; a timeout delays the job metrics to the next "
+                                "pass and nothing else."),
+    },
     "logging": {
         "format": Setting("auto", choices=LOG_FORMATS,
                           help="auto: text when stderr is a terminal, JSON lines otherwise and always in the log file; "
@@ -528,6 +546,7 @@ class Config:
     slurm_jwt_key: Optional[bytes]
     slurm_static_token: Optional[str]
     ldap_password: Optional[str] = None
+    influxdb_password: Optional[str] = None
     secret_files: tuple[tuple[str, str], ...] = ()  # (section, key) of each secret file read
 
     def __getattr__(self, section: str) -> Any:
@@ -616,7 +635,11 @@ def load_config(path: str, environ: Mapping[str, str]) -> Config:
     if mapper["type"] == "ldap":
         import_ldap3()
         check_ldap_ca_file(mapper["ldap_ca_file"])
-    return Config(sections, client_secret, jwt_key, static_token, ldap_password, tuple(secret_files))
+    influxdb = sections["influxdb"]
+    if influxdb["url"] and influxdb["password_file"]:
+        secret_files.append(("influxdb", "password_file"))
+    return Config(sections, client_secret, jwt_key, static_token, ldap_password, influxdb_password(influxdb),
+                  tuple(secret_files))
 
 
 def config_syntax_error(path: str, exc: configparser.Error) -> ConfigError:
@@ -696,7 +719,7 @@ def validate_config(sections: dict[str, dict[str, Any]]) -> None:
          "must list domain names (letters, digits, '-' and '.'), separated by commas or spaces")
     for where, message in ldap_settings_problems(mapper) if mapper["type"] == "ldap" else []:
         need(False, where, message)
-    for where, message in metrics_problems(sections["metrics"]):
+    for where, message in metrics_problems(sections["metrics"]) + influxdb_problems(sections["influxdb"]):
         need(False, where, message)
 
 
@@ -1417,6 +1440,33 @@ def translate_export(value: Optional[str], minor: int) -> dict[str, Any]:
     return {"__export__": exported}
 
 
+# sbatch --profile names (acct_gather_profile_from_string) to the API's ACCT_GATHER_PROFILE flags.
+PROFILE_FLAGS = {"ENERGY": ["ENERGY"], "TASK": ["TASK"], "LUSTRE": ["LUSTRE"], "NETWORK": ["NETWORK"],
+                 "ALL": ["ENERGY", "LUSTRE", "NETWORK", "TASK"], "NONE": ["NONE"]}
+
+
+def translate_profile(value: Optional[str], minor: int) -> dict[str, Any]:
+    """v0.0.38 feeds sbatch's own parser the text; v0.0.39+ take the flag list ("profile")."""
+    names = [name.strip().upper() for name in (value or "").split(",") if name.strip()]
+    unknown = [name for name in names if name not in PROFILE_FLAGS]
+    if unknown or not names or (len(names) > 1 and ({"ALL", "NONE"} & set(names))):
+        raise Rejection(f"--profile: {value!r} is not all, none, or a list of energy, task, lustre, network")
+    if minor <= 38:
+        return {"profile": ",".join(name.lower() for name in names)}
+    return {"profile": [flag for name in names for flag in PROFILE_FLAGS[name]]}
+
+
+ACCTG_FREQ_RE = re.compile(r"\d+|(?:(?:task|energy|network|filesystem)=\d+)(?:,(?:task|energy|network|filesystem)=\d+)*")
+
+
+def translate_acctg_freq(value: Optional[str], minor: int) -> dict[str, Any]:
+    """The sampling intervals, as sbatch's text in every version ("account_gather_frequency")."""
+    text = (value or "").strip().lower()
+    if not ACCTG_FREQ_RE.fullmatch(text):
+        raise Rejection(f"--acctg-freq: {value!r} is not SECONDS or task=S[,energy=S][,network=S][,filesystem=S]")
+    return {"account_gather_frequency": text}
+
+
 OPTION_SPECS: tuple[OptionSpec, ...] = (
     OptionSpec("job-name", "J", "required", as_string("name")),
     OptionSpec("time", "t", "required", as_time("time_limit", "time")),
@@ -1475,6 +1525,8 @@ OPTION_SPECS: tuple[OptionSpec, ...] = (
     OptionSpec("begin", "b", "required", translate_begin),
     OptionSpec("signal", None, "required", translate_signal),
     OptionSpec("export", None, "required", translate_export),
+    OptionSpec("profile", None, "required", translate_profile),
+    OptionSpec("acctg-freq", None, "required", translate_acctg_freq),
     OptionSpec("uid", None, "required", refuse("--uid is not allowed: the job always runs as the submission's owner")),
     OptionSpec("gid", None, "required", refuse("--gid is not allowed: the job always runs with the owner's group")),
     OptionSpec("export-file", None, "required", refuse("--export-file is not allowed: it would read a file as the agent")),
@@ -2461,9 +2513,9 @@ DEADLINE_GRACE_TIMEOUT = 5.0
 WATCHDOG_GRACE_SECONDS = 60.0
 
 
-# The peers a pass talks to (the API, the OIDC issuer, slurmrestd, the monitoring ping): one
-# keep-alive connection pool each.
-PEERS = 4
+# The peers a pass talks to (the API, the OIDC issuer, slurmrestd, the monitoring ping, InfluxDB):
+# one keep-alive connection pool each.
+PEERS = 5
 
 
 class Http:
@@ -2763,8 +2815,10 @@ class JobbergateApi:
                            f"route; check [jobbergate] api_url = {self.base}: it must end with /jobbergate, the "
                            "API's mount (e.g. https://jobbergate.example.com/jobbergate)")
 
-    def _send(self, method: str, url: str, token: str, **kwargs: Any) -> requests.Response:
-        return self.http.send("api", method, url, self.timeout, headers={"Authorization": f"Bearer {token}"}, **kwargs)
+    def _send(self, method: str, url: str, token: str, headers: Optional[Mapping[str, str]] = None,
+              **kwargs: Any) -> requests.Response:
+        return self.http.send("api", method, url, self.timeout, headers={**(headers or {}), "Authorization": f"Bearer {token}"},
+                              **kwargs)
 
     def _expect(self, response: requests.Response, *statuses: int) -> requests.Response:
         if response.status_code not in statuses:
@@ -4250,7 +4304,15 @@ CREATE TABLE IF NOT EXISTS submissions (
     job_name TEXT,
     working_directory TEXT
 )"""
-JOURNAL_VERSION = 2
+# Job metrics: the submissions whose profile is followed, and the newest sample time uploaded for
+# each of their (host, step, task) series (what GET agent/metrics/{id} answers as max_times).
+METRICS_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS metric_jobs (submission_id INTEGER PRIMARY KEY, slurm_job_id INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS metric_marks (submission_id INTEGER NOT NULL, node_host TEXT NOT NULL, "
+    "step INTEGER NOT NULL, task INTEGER NOT NULL, max_time INTEGER NOT NULL, "
+    "PRIMARY KEY (submission_id, node_host, step, task))",
+)
+JOURNAL_VERSION = 3
 # Version 1 had no intent columns. Its created_at of a row without a job id is the intent's time
 # (record_intent wrote both at once), so it becomes intent_at; name and directory stay unknown.
 JOURNAL_MIGRATIONS = {
@@ -4258,6 +4320,7 @@ JOURNAL_MIGRATIONS = {
         "ALTER TABLE submissions ADD COLUMN job_name TEXT",
         "ALTER TABLE submissions ADD COLUMN working_directory TEXT",
         "UPDATE submissions SET intent_at = created_at WHERE slurm_job_id IS NULL AND reported = 0"),
+    3: METRICS_SCHEMA,
 }
 
 
@@ -4276,7 +4339,8 @@ def migrate_journal(db: sqlite3.Connection) -> None:
     """Bring a journal of any earlier version to JOURNAL_VERSION, in one transaction."""
     columns = {row[1] for row in db.execute("PRAGMA table_info(submissions)")}
     if not columns:
-        db.execute(JOURNAL_SCHEMA)
+        for statement in (JOURNAL_SCHEMA, *METRICS_SCHEMA):
+            db.execute(statement)
         db.execute(f"PRAGMA user_version = {JOURNAL_VERSION}")
         return
     version = db.execute("PRAGMA user_version").fetchone()[0] or (2 if "intent_at" in columns else 1)
@@ -4388,6 +4452,51 @@ class Journal:
 
     def clear_failures(self, submission_id: int) -> None:
         self._execute("DELETE FROM item_failures WHERE submission_id = ?", (submission_id,))
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """Several statements applied together or not at all (the connection is in autocommit mode)."""
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+    def metric_jobs(self) -> dict[int, "MetricsJob"]:
+        """The submissions whose job metrics are followed, with their series' high-water marks."""
+        jobs = {row[0]: MetricsJob(row[0], row[1], {}) for row in self._execute(
+            "SELECT submission_id, slurm_job_id FROM metric_jobs")}
+        for submission_id, host, step, task, max_time in self._execute(
+                "SELECT submission_id, node_host, step, task, max_time FROM metric_marks"):
+            if submission_id in jobs:
+                jobs[submission_id].marks[(host, step, task)] = max_time
+        return jobs
+
+    def follow_metrics(self, job: "MetricsJob") -> None:
+        with self._transaction():
+            self.db.execute("INSERT OR REPLACE INTO metric_jobs (submission_id, slurm_job_id) VALUES (?, ?)",
+                            (job.submission_id, job.slurm_job_id))
+            self._write_marks(job.submission_id, job.marks)
+
+    def record_metric_marks(self, submission_id: int, marks: Mapping[tuple[str, int, int], int]) -> None:
+        """Raise the series' marks to these times (never lower them), in one transaction."""
+        with self._transaction():
+            self._write_marks(submission_id, marks)
+
+    def _write_marks(self, submission_id: int, marks: Mapping[tuple[str, int, int], int]) -> None:
+        self.db.executemany(
+            "INSERT INTO metric_marks (submission_id, node_host, step, task, max_time) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(submission_id, node_host, step, task) DO UPDATE SET "
+            "max_time = max(max_time, excluded.max_time)",
+            [(submission_id, host, step, task, max_time) for (host, step, task), max_time in marks.items()])
+
+    def forget_metrics(self, submission_id: int) -> None:
+        with self._transaction():
+            self.db.execute("DELETE FROM metric_marks WHERE submission_id = ?", (submission_id,))
+            self.db.execute("DELETE FROM metric_jobs WHERE submission_id = ?", (submission_id,))
 
     def job_ids_of_others(self, submission_id: int) -> set[int]:
         """The Slurm jobs the journal holds for other submissions: never the job of this one."""
@@ -4591,7 +4700,8 @@ class SyncPass:
         submit_deadline = context.deadline.share(run_settings.submit_share)
         phases: list[tuple[str, Callable[[], None]]] = [("submit phase", lambda: SubmitPhase(context).run(submit_deadline)),
                                                          ("update phase", UpdatePhase(context).run),
-                                                         ("health ping", context.changes.ping_health)]
+                                                         ("health ping", context.changes.ping_health),
+                                                         ("job metrics", JobMetricsPhase(context).run)]
         ending: Optional[Exception] = None
         for name, phase in phases:
             try:
@@ -4626,6 +4736,7 @@ class PassSummary:
     pending: Optional[int] = None  # how many submissions the pass listed (None: the list failed)
     standby: Optional[str] = None  # why this host stood by in this pass (see Standby)
     active: Optional[int] = None
+    influxdb_failures: Optional[int] = None  # InfluxDB queries that failed (None: job metrics are off)
     lock: Any = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
 
     def count(self, outcome: str, number: int = 1) -> None:
@@ -4656,6 +4767,7 @@ class PassContext:
         self.pending_ids: Optional[set[int]] = None  # every pending submission, once fully listed
         self.reported_now: set[int] = set()  # submissions this pass reported SUBMITTED (set.add is atomic)
         self.writers = FileWriters()  # what writes job files as their users, one writer per user
+        self.active_listed: Optional[tuple[list[dict[str, Any]], bool]] = None  # agent/active: (items, complete)
         self.changes: Changes = DryRunChanges(self) if dry_run else LiveChanges(self)
         self.earlier = EarlierSubmit(self)
         self.failing = journal.failure_counts()  # submissions that failed unexpectedly in the passes before
@@ -5623,6 +5735,7 @@ class UpdatePhase(PassPart):
     def run(self) -> None:
         active, complete = self.api.list_active()
         self.summary.active = len(active)
+        self.context.active_listed = (active, complete)
         log.info("%d active submission(s) for cluster %s", len(active), self.cluster)
         jobs = self.slurm.states({item["slurm_job_id"] for item in active if isinstance(item.get("slurm_job_id"), int)})
         self.context.for_each_item(active, lambda item: self.update_one(item, jobs))
@@ -5722,6 +5835,432 @@ class UpdatePhase(PassPart):
 
 
 # ---------------------------------------------------------------------------------------------
+# Job metrics (InfluxDB → API): what each job used, from Slurm's InfluxDB profile to the API
+# ---------------------------------------------------------------------------------------------
+
+# The measurements Slurm's acct_gather_profile/influxdb plugin writes for a task, in the order of the
+# API's row columns (cpu_frequency ... disk_write).
+PROFILE_MEASUREMENTS = ("CPUFrequency", "CPUTime", "CPUUtilization", "GPUMemMB", "GPUUtilization", "Pages", "RSS",
+                        "ReadMB", "VMSize", "WriteMB")
+# PUT agent/metrics takes at most this many rows (14 columns each within PostgreSQL's 32,767 parameters).
+METRICS_ROWS_PER_UPLOAD = 2340
+# The plugin buffers a step's samples on each node and sends them when its 16 KB buffer is full (up
+# to Slurm 24.11; 25.11 also sends every ProfileInfluxDBFrequency): about 21 samples of a lone task, 10.5 minutes
+# at the default 30 s sampling. So series lag behind each other: a read starts at the oldest mark of
+# the series that reported within this many seconds of the job's newest sample, and a series first
+# seen with samples up to this far back is read from its start.
+METRICS_LOOKBACK = 900
+# Jobs whose read-back windows start within this many seconds of each other share one statement.
+METRICS_WINDOW_BUCKET = 60
+# Query URLs stay below this size (proxies and InfluxDB's own limit accept it); more jobs, more queries.
+INFLUXDB_QUERY_URL_BYTES = 8000
+# A job met for the first time is read whole (an hour of 4 tasks sampled every 10 s: 1,440 rows, about
+# 1 MB in memory); this many of them a query bounds what one answer holds when many jobs are new.
+NEW_JOBS_PER_QUERY = 20
+INFLUXDB_CHUNK_SIZE = 10000  # points per chunk of a chunked answer: bounds what one JSON line holds
+INT64_MAX = 2 ** 63 - 1
+
+SeriesKey = tuple[str, int, int]  # (host, step, task), as the API's max_times name a series
+
+
+def import_msgpack() -> Any:
+    try:
+        import msgpack
+    except ImportError:
+        raise ConfigError("[influxdb] url is set but the msgpack package is missing: install "
+                          "jobbergate-sync[influxdb] (pip install 'jobbergate-sync[influxdb]')") from None
+    return msgpack
+
+
+def influxdb_problems(influxdb: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """[influxdb] values that parse but cannot work, as ("section.key", message)."""
+    if not influxdb["url"]:
+        return []
+    problems = []
+    if re.match(r"^https?://[^/]", influxdb["url"]) is None:
+        problems.append(("influxdb.url", "must be an http(s) URL"))
+    if not influxdb["database"]:
+        problems.append(("influxdb.database", "is required when [influxdb] url is set"))
+    if bool(influxdb["user"]) != bool(influxdb["password_file"]):
+        problems.append(("influxdb.password_file", "set both user and password_file, or neither"))
+    if influxdb["ca_file"] and not os.path.isfile(influxdb["ca_file"]):
+        problems.append(("influxdb.ca_file", f"{influxdb['ca_file']} is not a file"))
+    return problems
+
+
+def influxdb_password(influxdb: Mapping[str, Any]) -> Optional[str]:
+    """The InfluxDB password, read (0600) only when job metrics are on; msgpack checked then too."""
+    if not influxdb["url"]:
+        return None
+    import_msgpack()
+    if not influxdb["password_file"]:
+        return None
+    password = read_secret_file(influxdb["password_file"], "[influxdb] password_file").decode("utf-8").rstrip("\r\n")
+    if not password:
+        raise ConfigError(f"[influxdb] password_file {influxdb['password_file']} is empty")
+    return password
+
+
+class InfluxDB:
+    """InfluxQL over InfluxDB 1.x's HTTP API (GET /query), read-only. Job ids and times are put
+    into the query text as numbers (bind parameters are not served by every 1.x release nor by
+    2.x's v1 compatibility API)."""
+
+    def __init__(self, config: Config, http: Http):
+        settings = config.influxdb
+        self.url = settings.url.rstrip("/") + "/query"
+        self.database = settings.database
+        self.retention_policy = settings.retention_policy
+        self.auth = (settings.user, config.influxdb_password or "") if settings.user else None
+        self.verify: Union[bool, str] = settings.ca_file or settings.verify
+        self.timeout = settings.timeout
+        self.http = http
+        self.queries = 0
+        self.bytes_read = 0
+
+    def query(self, text: str, database: bool = True) -> list[dict[str, Any]]:
+        """Each statement's series ({name, tags, columns, values}), chunked answers joined."""
+        results: list[dict[str, Any]] = []
+        self.stream(text, lambda statement, series: results.append({"statement_id": statement, **series}), database)
+        return results
+
+    def stream(self, text: str, on_series: Callable[[int, dict[str, Any]], None], database: bool = True) -> None:
+        """Run the statements in `text`; hand each series piece of the answer to `on_series` as it
+        arrives (a chunked answer: one JSON object a line), so a large answer is never held whole."""
+        params = {"q": text, "epoch": "s", "chunked": "true", "chunk_size": str(INFLUXDB_CHUNK_SIZE)}
+        if database:
+            params["db"] = self.database
+            if self.retention_policy:
+                params["rp"] = self.retention_policy
+
+        def attempt() -> None:
+            self.queries += 1
+            response = self.http.send("influxdb", "GET", self.url, self.timeout, params=params, auth=self.auth,
+                                      verify=self.verify, stream=True)
+            with response:
+                if response.status_code in (401, 403):
+                    raise AuthError(f"GET {self.url}: InfluxDB refused [influxdb] user {self.auth[0] if self.auth else '(none)'} "
+                                    f"(HTTP {response.status_code})")
+                if response.status_code != 200:
+                    raise Unavailable(f"GET {self.url}: HTTP {response.status_code} {response.text[:200].strip()}")
+                try:
+                    for line in response.iter_lines():
+                        self.bytes_read += len(line)
+                        if line.strip():
+                            self._hand_over(json.loads(line), on_series)
+                except requests.RequestException as exc:
+                    raise Unavailable(f"GET {self.url}: answer interrupted ({type(exc).__name__})") from None
+                except ValueError:
+                    raise Unavailable(f"GET {self.url}: not an InfluxDB answer") from None
+
+        self.http.call("influxdb", attempt, idempotent=True)
+
+    def _hand_over(self, body: Any, on_series: Callable[[int, dict[str, Any]], None]) -> None:
+        if not isinstance(body, dict) or "error" in body:
+            raise Unavailable(f"GET {self.url}: {body.get('error') if isinstance(body, dict) else body!r}")
+        for result in body.get("results") or []:
+            if "error" in result:
+                raise Unavailable(f"GET {self.url}: statement {result.get('statement_id')}: {result['error']}")
+            for series in result.get("series") or []:
+                on_series(result.get("statement_id", 0), series)
+
+
+def series_of(tags: Mapping[str, Any]) -> Optional[tuple[int, SeriesKey]]:
+    """(Slurm job id, (host, step, task)) of a profile series' tags; None for a series not Slurm's."""
+    try:
+        return int(tags["job"]), (str(tags["host"]), int(tags["step"]), int(tags["task"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def profile_statement(job_ids: Iterable[int], since: Optional[int]) -> str:
+    """One InfluxQL statement for every profile measurement of these jobs, newer than `since`
+    (epoch s; None: their whole profile), one series per (job, host, step, task)."""
+    window = f" AND time > {since}s" if since is not None else ""
+    measurements = ",".join(f'"{name}"' for name in PROFILE_MEASUREMENTS)
+    return f'SELECT "value" FROM {measurements} WHERE {job_condition(job_ids)}{window} GROUP BY {SERIES_TAGS}'
+
+
+def discovery_statement(job_ids: Iterable[int], since: int) -> str:
+    """The first sample time newer than `since` of each series of these jobs: one point a series
+    (every task sample holds a CPUTime)."""
+    return f'SELECT first("value") FROM "CPUTime" WHERE {job_condition(job_ids)} AND time > {since}s GROUP BY {SERIES_TAGS}'
+
+
+SERIES_TAGS = '"job","host","step","task"'
+
+
+def job_condition(job_ids: Iterable[int]) -> str:
+    return f'"job" =~ /^({"|".join(str(job_id) for job_id in sorted(job_ids))})$/'
+
+
+def bucket_start(moment: int) -> int:
+    return moment - moment % METRICS_WINDOW_BUCKET
+
+
+@dataclasses.dataclass
+class MetricsJob:
+    """A submission whose profile is followed: its Slurm job and each series' newest uploaded sample."""
+
+    submission_id: int
+    slurm_job_id: int
+    marks: dict[SeriesKey, int]
+
+    def read_from(self) -> Optional[int]:
+        """Where the next read starts: the oldest mark of the series that reported lately (within
+        METRICS_LOOKBACK of the job's newest sample); None: the whole profile, nothing uploaded yet."""
+        if not self.marks:
+            return None
+        newest = max(self.marks.values())
+        return min(mark for mark in self.marks.values() if mark >= newest - METRICS_LOOKBACK)
+
+    def discover_from(self) -> Optional[int]:
+        """How far back a series first seen now may start and still be read in full."""
+        return max(self.marks.values()) - METRICS_LOOKBACK if self.marks else None
+
+
+@dataclasses.dataclass
+class ProfileQuery:
+    """One /query request: its statements, where each job's samples are read from (None: all of
+    them), and which statement (if any) finds the series of the jobs already followed."""
+
+    text: str
+    since: dict[int, Optional[int]]  # Slurm job id -> the time after which its samples are read
+    discovery: Optional[int] = None  # statement id of discovery_statement
+
+
+def profile_queries(jobs: Iterable[MetricsJob], url_bytes: int = INFLUXDB_QUERY_URL_BYTES) -> list[ProfileQuery]:
+    """The queries that read these jobs' new samples. Jobs whose windows start close together share
+    a statement (from the earliest start among them); a last statement finds the followed jobs'
+    series. The statements go together in one query, split only where its URL would grow too long
+    or where it would read more than NEW_JOBS_PER_QUERY jobs whole."""
+    starts = {job.slurm_job_id: job.read_from() for job in jobs}
+    discover = {job.slurm_job_id: job.discover_from() for job in jobs}
+    order = sorted(starts, key=lambda job_id: (-1 if starts[job_id] is None else bucket_start(starts[job_id]), job_id))
+
+    def plan(job_ids: list[int]) -> ProfileQuery:
+        groups: dict[Optional[int], list[int]] = {}
+        for job_id in job_ids:
+            groups.setdefault(None if starts[job_id] is None else bucket_start(starts[job_id]), []).append(job_id)
+        statements = [profile_statement(members, since) for since, members in groups.items()]
+        followed = [job_id for job_id in job_ids if discover[job_id] is not None]
+        discovery = None
+        if followed:
+            discovery = len(statements)
+            statements.append(discovery_statement(followed, bucket_start(min(discover[job_id] for job_id in followed))))
+        since = {job_id: group for group, members in groups.items() for job_id in members}
+        return ProfileQuery(";".join(statements), since, discovery)
+
+    queries: list[ProfileQuery] = []
+    chunk: list[int] = []
+    for job_id in order:
+        new_jobs = sum(starts[member] is None for member in [*chunk, job_id])
+        if chunk and (new_jobs > NEW_JOBS_PER_QUERY or len(urllib.parse.quote(plan([*chunk, job_id]).text)) > url_bytes):
+            queries.append(plan(chunk))
+            chunk = []
+        chunk.append(job_id)
+    if chunk:
+        queries.append(plan(chunk))
+    return queries
+
+
+class ProfileRows:
+    """The rows a query's answer makes: per Slurm job, (time, host, step, task) -> the ten values,
+    summed per measurement as the upstream agent does; samples a series has already uploaded
+    (at or before its mark) are dropped. The discovery statement's answer gives the first sample
+    time of each series in the read-back window (`first_seen`)."""
+
+    def __init__(self, query: ProfileQuery, marks_by_job: Mapping[int, Mapping[SeriesKey, int]]):
+        self.query = query
+        self.marks_by_job = marks_by_job
+        self.rows: dict[int, dict[tuple[int, str, int, int], list[float]]] = {}
+        self.first_seen: dict[int, dict[SeriesKey, int]] = {}
+
+    def add(self, statement_id: int, series: Mapping[str, Any]) -> None:
+        found = series_of(series.get("tags") or {})
+        if found is None or found[0] not in self.marks_by_job:
+            return
+        job_id, key = found
+        if statement_id == self.query.discovery:
+            for sample_time, _ in series.get("values") or []:
+                if isinstance(sample_time, int):
+                    self.first_seen.setdefault(job_id, {})[key] = sample_time
+            return
+        if series.get("name") not in PROFILE_MEASUREMENTS:
+            return
+        mark = self.marks_by_job[job_id].get(key, -1)
+        column = PROFILE_MEASUREMENTS.index(series["name"])
+        rows = self.rows.setdefault(job_id, {})
+        for sample_time, value in series.get("values") or []:
+            if not isinstance(sample_time, int) or sample_time <= mark or not isinstance(value, (int, float)):
+                continue
+            row = rows.setdefault((sample_time, *key), [0.0] * len(PROFILE_MEASUREMENTS))
+            row[column] += 0.0 if abs(value) >= INT64_MAX else float(value)  # as upstream: no int64 overflow
+
+    def late_series(self, job_id: int) -> dict[SeriesKey, int]:
+        """Series first seen now whose first samples are older than this read's window (a step's
+        buffer sent late): each gets a mark just before its first sample, and its rows wait for the
+        next pass, which reads from there (uploading them now would put the mark past the older ones)."""
+        since = self.query.since.get(job_id)
+        if since is None:
+            return {}
+        marks = self.marks_by_job[job_id]
+        late = {key: first - 1 for key, first in self.first_seen.get(job_id, {}).items()
+                if key not in marks and first <= since}
+        rows = self.rows.get(job_id, {})
+        for row_key in [row_key for row_key in rows if tuple(row_key[1:]) in late]:
+            del rows[row_key]
+        return late
+
+
+def upload_chunks(rows: Mapping[tuple[int, str, int, int], list[float]]) -> Iterator[list[list[Any]]]:
+    """The API's rows in time order, at most METRICS_ROWS_PER_UPLOAD a chunk: [time, host, step,
+    task, the ten values] (step and task as text, as the upstream agent sends them)."""
+    ordered = [[sample_time, host, str(step), str(task), *values]
+               for (sample_time, host, step, task), values in sorted(rows.items())]
+    for start in range(0, len(ordered), METRICS_ROWS_PER_UPLOAD):
+        yield ordered[start:start + METRICS_ROWS_PER_UPLOAD]
+
+
+def marks_of(chunk: Iterable[list[Any]]) -> dict[SeriesKey, int]:
+    """The newest sample of each series in an uploaded chunk."""
+    marks: dict[SeriesKey, int] = {}
+    for row in chunk:
+        key = (row[1], int(row[2]), int(row[3]))
+        marks[key] = max(marks.get(key, row[0]), row[0])
+    return marks
+
+
+def api_marks(body: Any, submission_id: int) -> dict[SeriesKey, int]:
+    """GET agent/metrics/{id}'s max_times as marks."""
+    if not isinstance(body, dict) or not isinstance(body.get("max_times"), list):
+        raise Unavailable(f"GET agent/metrics/{submission_id}: not a list of max_times ({str(body)[:200]!r})")
+    marks: dict[SeriesKey, int] = {}
+    for entry in body["max_times"]:
+        try:
+            marks[(str(entry["node_host"]), int(entry["step"]), int(entry["task"]))] = int(entry["max_time"])
+        except (KeyError, TypeError, ValueError):
+            raise Unavailable(f"GET agent/metrics/{submission_id}: malformed max_times entry {entry!r}") from None
+    return marks
+
+
+def get_metric_marks(api: JobbergateApi, submission_id: int) -> dict[SeriesKey, int]:
+    path = f"/job-submissions/agent/metrics/{submission_id}"
+    return api_marks(json_body(api._expect(api._request("GET", path, True), 200)), submission_id)
+
+
+def put_metrics(api: JobbergateApi, submission_id: int, chunk: list[list[Any]], msgpack: Any) -> None:
+    """Upload one chunk. The API refuses a whole chunk that holds one row it already has (400), as
+    when a pass crashed between an upload and the journal's mark: then the rows the API's own marks
+    cover are dropped and the rest sent once more."""
+    path = f"/job-submissions/agent/metrics/{submission_id}"
+
+    def put(rows: list[list[Any]]) -> requests.Response:
+        return api._request("PUT", path, True, data=msgpack.packb(rows), headers={"Content-Type": "application/octet-stream"})
+
+    response = put(chunk)
+    if response.status_code == 400:
+        stored = get_metric_marks(api, submission_id)
+        missing = [row for row in chunk if row[0] > stored.get((row[1], int(row[2]), int(row[3])), -1)]
+        if len(missing) < len(chunk):
+            log.info("submission %d: the API already holds %d of these %d metric rows (an upload whose mark was not "
+                     "written); sending the other %d", submission_id, len(chunk) - len(missing), len(chunk), len(missing),
+                     **ctx(submission_id=submission_id))
+            if not missing:
+                return
+            response = put(missing)
+    api._expect(response, 200, 201, 202, 204)
+
+
+class JobMetricsPhase(PassPart):
+    """The profile samples of the jobs that ran since the last pass, and once more of those that
+    left the active list (their last samples arrive at the end), from InfluxDB to the API. A fixed
+    number of InfluxDB queries per pass for all these jobs (more only when a query's URL would grow
+    too long); an InfluxDB outage delays the metrics and nothing else."""
+
+    def run(self) -> None:
+        if not self.config.influxdb.url or self.context.active_listed is None:
+            return
+        if isinstance(self.context.changes, DryRunChanges):
+            log.info("dry run: job metrics are neither read nor uploaded")
+            return
+        self.summary.influxdb_failures = 0
+        followed = self.journal.metric_jobs()
+        active, complete = self.context.active_listed
+        active_ids = {item["id"] for item in active}
+        for item in active:
+            if self.started(item) and item["id"] not in followed:
+                self.context.contain_item(item["id"], lambda item=item: self.follow(item, followed))
+        ended = {submission_id for submission_id in followed if complete and submission_id not in active_ids}
+        if not followed:
+            return
+        influxdb, msgpack = InfluxDB(self.config, self.api.http), import_msgpack()
+        by_job = {job.slurm_job_id: job for job in followed.values()}
+        for query in profile_queries(followed.values()):
+            if self.deadline.remaining() <= 0:
+                raise DeadlineReached()
+            rows = ProfileRows(query, {job_id: by_job[job_id].marks for job_id in query.since})
+            try:
+                influxdb.stream(query.text, rows.add)
+            except (Unavailable, AuthError) as exc:
+                self.summary.count("influxdb_failures")
+                log.warning("InfluxDB: %s; the metrics of %d job(s) wait for the next pass", exc, len(query.since))
+                continue
+            for job_id in query.since:
+                job = by_job[job_id]
+                self.context.contain_item(job.submission_id, lambda job=job, rows=rows: self.upload(
+                    job, rows, msgpack, job.submission_id in ended))
+        log.info("job metrics: %d job(s) read with %d InfluxDB query request(s), %d bytes", len(followed),
+                 influxdb.queries, influxdb.bytes_read)
+
+    def started(self, item: Mapping[str, Any]) -> bool:
+        """Whether the submission's job may have samples: it has a job that is not known to be pending."""
+        if not isinstance(item.get("slurm_job_id"), int) or isinstance(item.get("slurm_job_id"), bool):
+            return False
+        entry = self.journal.get(item["id"])
+        return entry is None or entry.last_state != "PENDING"
+
+    def follow(self, item: Mapping[str, Any], followed: dict[int, MetricsJob]) -> None:
+        """Start following a submission: its marks from the API, which may hold rows already (a lost
+        journal, or another agent before this one)."""
+        job = MetricsJob(item["id"], item["slurm_job_id"], get_metric_marks(self.api, item["id"]))
+        self.journal.follow_metrics(job)
+        followed[job.submission_id] = job
+
+    def upload(self, job: MetricsJob, rows: ProfileRows, msgpack: Any, ended: bool) -> None:
+        """Chunks in time order, each chunk's marks written once the API has it: a crash resends at
+        most one chunk. An ended job's marks are dropped after this last collection, unless a series
+        reported late and waits for the next read."""
+        late = rows.late_series(job.slurm_job_id)
+        if late:
+            log.info("submission %d: %d series of Slurm job %d first reported samples older than this read; they are "
+                     "read from their start in the next pass", job.submission_id, len(late), job.slurm_job_id,
+                     **ctx(submission_id=job.submission_id, slurm_job_id=job.slurm_job_id))
+            self.journal.record_metric_marks(job.submission_id, late)
+            job.marks.update(late)
+        new_rows = rows.rows.get(job.slurm_job_id, {})
+        for chunk in upload_chunks(new_rows):
+            try:
+                put_metrics(self.api, job.submission_id, chunk, msgpack)
+            except ApiConflict as exc:
+                if exc.status != 404:
+                    raise
+                log.warning("submission %d no longer exists in Jobbergate (%s); its job metrics are no longer followed",
+                            job.submission_id, exc, **ctx(submission_id=job.submission_id))
+                self.journal.forget_metrics(job.submission_id)
+                return
+            marks = marks_of(chunk)
+            self.journal.record_metric_marks(job.submission_id, marks)
+            for key, newest in marks.items():
+                job.marks[key] = max(job.marks.get(key, newest), newest)
+        if new_rows:
+            log.info("submission %d: %d metric row(s) of Slurm job %d uploaded", job.submission_id, len(new_rows),
+                     job.slurm_job_id, **ctx(submission_id=job.submission_id, slurm_job_id=job.slurm_job_id))
+        if ended and not late:
+            self.journal.forget_metrics(job.submission_id)
+
+
+# ---------------------------------------------------------------------------------------------
 # Monitoring: a Prometheus textfile and healthchecks-style pings, never failing a pass
 # ---------------------------------------------------------------------------------------------
 
@@ -5797,6 +6336,8 @@ def exposition(record: PassRecord, last_success: Optional[float]) -> str:
         ("pending_submissions", summary.pending, "Pending (CREATED) submissions the last pass listed."),
         ("active_submissions", summary.active, "Active submissions the last pass listed."),
         ("journal_entries", record.journal_entries, "Entries in the submission journal after the last pass."),
+        ("last_run_influxdb_failures", summary.influxdb_failures, "InfluxDB queries of the last pass that failed: "
+         "those jobs' metrics wait for the next pass (absent when [influxdb] is off)."),
     ):
         if value is not None:
             lines += metric_block(name, help_text, [("", value)])
@@ -6004,6 +6545,32 @@ def failure_fix(exc: Exception, fixes: Mapping[type, str]) -> str:
     return "run with -v to see the exchanges"
 
 
+def influxdb_line(influxdb: InfluxDB) -> CheckLine:
+    """InfluxDB answers, holds [influxdb] database, and which profile measurements are there (none:
+    no job has been profiled yet)."""
+    what = "InfluxDB"
+    try:
+        databases = {row[0] for series in influxdb.query("SHOW DATABASES", database=False) for row in series.get("values") or []}
+        if influxdb.database not in databases:
+            return failed(what, f"{influxdb.url} has no database {influxdb.database!r} (it has: "
+                          f"{', '.join(sorted(map(str, databases))) or 'none'})",
+                          "set [influxdb] database to acct_gather.conf's ProfileInfluxDBDatabase, or create it "
+                          "(influx -execute 'CREATE DATABASE ...')", EX_CONFIG)
+        present = {row[0] for series in influxdb.query("SHOW MEASUREMENTS") for row in series.get("values") or []}
+    except SyncError as exc:
+        return failed(what, str(exc), failure_fix(exc, {
+            AuthError: "check [influxdb] user and password_file",
+            Unavailable: "check [influxdb] url and that InfluxDB is running",
+        }), exc.exit_code)
+    found = [name for name in PROFILE_MEASUREMENTS if name in present]
+    if not found:
+        return passed(what, f"{influxdb.url} database {influxdb.database}: answers, but no job has been profiled yet "
+                            "(none of the profile measurements is there): set ProfileInfluxDBDefault=Task in "
+                            "acct_gather.conf, or users ask for --profile=task")
+    return passed(what, f"{influxdb.url} database {influxdb.database}: {len(found)} of {len(PROFILE_MEASUREMENTS)} "
+                        f"profile measurements ({', '.join(found)})")
+
+
 class Check:
     """The check command: each peer visited once, read-only. Nothing is submitted, reported or
     written but what a pass would create anyway (the state directory and the lock file): no token
@@ -6038,6 +6605,8 @@ class Check:
             slurm = SlurmRest(config, http, choice_path=None, remember=False)  # remembers nothing
             self.slurmrestd(slurm, user)
         self.lines.append(self.head_nodes(config, slurm))
+        if config.influxdb.url:
+            self.lines.append(influxdb_line(InfluxDB(config, http)))
         self.state_directory(config)
         if isinstance(user, CheckLine):
             self.lines.append(user)
@@ -6412,7 +6981,9 @@ def summary_line(summary: PassSummary, exit_code: int, duration: float, dry_run:
                 f"exit_code={exit_code} duration={duration:.2f}s")
     return (f"pass finished{' (dry run)' if dry_run else ''}: exit_code={exit_code} submitted={summary.submitted} "
             f"rejected={summary.rejected} updated={summary.updated} cancelled={summary.cancelled} "
-            f"errors={summary.errors} duration={duration:.2f}s")
+            f"errors={summary.errors}"
+            f"{'' if summary.influxdb_failures is None else f' influxdb_failures={summary.influxdb_failures}'}"
+            f" duration={duration:.2f}s")
 
 
 def pass_summary_record(summary: PassSummary, exit_code: int, duration: float, dry_run: bool,
@@ -6422,7 +6993,8 @@ def pass_summary_record(summary: PassSummary, exit_code: int, duration: float, d
         __file__, 0, "%s", (summary_line(summary, exit_code, duration, dry_run),), None,
         extra={"exit_code": exit_code, "submitted": summary.submitted, "rejected": summary.rejected,
                "updated": summary.updated, "cancelled": summary.cancelled, "errors": summary.errors,
-               "journal_entries": entries, "duration_s": round(duration, 3), "dry_run": dry_run,
+               "influxdb_failures": summary.influxdb_failures, "journal_entries": entries,
+               "duration_s": round(duration, 3), "dry_run": dry_run,
                **({"standby": summary.standby} if summary.standby else {})},
     )
 

@@ -26,6 +26,7 @@ from jobbergate_sync import api_minor, main, unwrap_number
 API = "http://api.test/jobbergate"
 ISSUER = "http://oidc.test/realms/jobbergate-local"
 SLURM = "http://slurm.test:6820"
+INFLUXDB = "http://influx.test:8086"
 CLIENT_ID = "test-cluster"
 CLIENT_SECRET = "client-secret-value-42"
 JWT_KEY = b"0123456789abcdef0123456789abcdef"
@@ -36,7 +37,9 @@ AGENT_PERMISSIONS = ["jobbergate:clusters:update", "jobbergate:job-scripts:read"
 ROUTE_PERMISSIONS = {"pending": "jobbergate:job-submissions:read", "active": "jobbergate:job-submissions:read",
                      "get": "jobbergate:job-submissions:read", "file": "jobbergate:job-scripts:read",
                      "submitted": "jobbergate:job-submissions:update", "rejected": "jobbergate:job-submissions:update",
-                     "update": "jobbergate:job-submissions:update", "health": "jobbergate:clusters:update"}
+                     "update": "jobbergate:job-submissions:update", "health": "jobbergate:clusters:update",
+                     "metrics_marks": "jobbergate:job-submissions:read", "metrics_put": "jobbergate:job-submissions:update"}
+METRICS_MAX_ROWS = 2340  # the API's limit per PUT agent/metrics
 
 DONE_STATES = {"COMPLETED"}
 ABORT_STATES = {"BOOT_FAIL", "CANCELLED", "DEADLINE", "FAILED", "NODE_FAIL", "PREEMPTED", "SPECIAL_EXIT",
@@ -144,6 +147,8 @@ class FakeJobbergate:
         self.reject_all_tokens = False
         self.before_submitted: Optional[Callable[[dict], None]] = None  # e.g. another agent acting first
         self.submitted_reply_after_processing: Any = None  # a lost answer: an exception, or 400 (a repeat)
+        self.metrics: dict[tuple[int, int, str, int, int], tuple] = {}  # (submission, time, host, step, task) -> row
+        self.metrics_puts: list[tuple[int, int]] = []  # (submission id, rows) of each accepted PUT agent/metrics
         routes = [
             (responses.GET, r"/job-submissions/agent/pending", self._pending, "pending"),
             (responses.GET, r"/job-submissions/agent/active", self._active, "active"),
@@ -153,6 +158,8 @@ class FakeJobbergate:
             (responses.PUT, r"/job-submissions/agent/(\d+)", self._update, "update"),
             (responses.GET, r"/job-submissions/(\d+)", self._get, "get"),
             (responses.PUT, r"/clusters/status", self._health, "health"),
+            (responses.GET, r"/job-submissions/agent/metrics/(\d+)", self._metrics_marks, "metrics_marks"),
+            (responses.PUT, r"/job-submissions/agent/metrics/(\d+)", self._metrics_put, "metrics_put"),
         ]
         for method, pattern, handler, name in routes:
             rsps.add_callback(method, re.compile(re.escape(API) + pattern + r"(\?.*)?$"),
@@ -194,7 +201,7 @@ class FakeJobbergate:
     def _guard(self, name: str, pattern: str, handler: Any) -> Any:
         def callback(request: requests.PreparedRequest) -> tuple:
             path = urlparse(request.url).path[len(urlparse(API).path):]
-            body = json.loads(request.body) if request.body else None
+            body = request.body if name == "metrics_put" else json.loads(request.body) if request.body else None
             self.calls.append((name, request.url, body))
             token = (request.headers.get("Authorization") or "").removeprefix("Bearer ")
             if token not in self.issuer.issued or token in self.revoked or self.reject_all_tokens:
@@ -283,6 +290,37 @@ class FakeJobbergate:
         if sub is None:
             return _json(404, {"detail": "not found"})
         return _json(200, sub)
+
+    def _metrics_marks(self, request: requests.PreparedRequest, body: Any, submission_id: str) -> tuple:
+        newest: dict[tuple[str, int, int], int] = {}
+        for (sub, sample_time, host, step, task) in self.metrics:
+            if sub == int(submission_id):
+                newest[(host, step, task)] = max(newest.get((host, step, task), sample_time), sample_time)
+        return _json(200, {"job_submission_id": int(submission_id), "max_times": [
+            {"max_time": max_time, "node_host": host, "step": step, "task": task}
+            for (host, step, task), max_time in newest.items()]})
+
+    def _metrics_put(self, request: requests.PreparedRequest, body: bytes, submission_id: str) -> tuple:
+        """The API's rules: 14-column rows, at most 2,340, cast to their types; one duplicate row
+        (primary key time, submission, host, step, task) refuses the whole upload."""
+        import msgpack
+        sub = self.submissions.get(int(submission_id))
+        if sub is None:
+            return _json(404, {"detail": f"job_submissions entry was not found by locator={submission_id}"})
+        rows = msgpack.unpackb(body)
+        if not isinstance(rows, list) or any(not isinstance(row, list) or len(row) != 14 for row in rows):
+            return _json(400, {"detail": "Invalid data format"})
+        if len(rows) > METRICS_MAX_ROWS:
+            return _json(400, {"detail": f"The maximum number of elements has been exceeded. Maximum is "
+                                         f"{METRICS_MAX_ROWS + 1}, received {len(rows)}"})
+        casts = (int, str, int, int, float, float, float, int, float, int, int, int, int, int)
+        typed = [tuple(cast(value) for cast, value in zip(casts, row)) for row in rows]
+        keys = [(int(submission_id), row[0], row[1], row[2], row[3]) for row in typed]
+        if sub["slurm_job_id"] is None or len(set(keys)) != len(keys) or any(key in self.metrics for key in keys):
+            return _json(400, {"detail": "Failed to insert metrics"})
+        self.metrics.update(zip(keys, typed))
+        self.metrics_puts.append((int(submission_id), len(rows)))
+        return 204, {}, ""
 
     def _health(self, request: requests.PreparedRequest, body: Any) -> tuple:
         self.health.append(int(parse_qs(urlparse(request.url).query)["interval"][0]))
@@ -525,3 +563,61 @@ def slurm_of(stack: Any, version: str) -> FakeSlurm:
                        status=404, content_type="text/plain",
                        body="Unable find requested URL. Please view /openapi/v3 for API reference.")
     return stack.slurm
+
+
+class FakeInfluxDB:
+    """InfluxDB 1.x's /query for the statements jobbergate-sync sends: SHOW DATABASES, SHOW
+    MEASUREMENTS, the profile SELECT (measurements, a job regex, an optional `time > Ns`, GROUP BY
+    job, host, step, task) and the series' first("value"), answered chunked, one JSON object a line."""
+
+    SELECT_RE = re.compile(r'SELECT "value" FROM (?P<names>.+?) WHERE "job" =~ /\^\((?P<jobs>[\d|]+)\)\$/'
+                           r'(?: AND time > (?P<since>\d+)s)? GROUP BY "job","host","step","task"$')
+    FIRST_RE = re.compile(r'SELECT first\("value"\) FROM (?P<names>"CPUTime") WHERE "job" =~ /\^\((?P<jobs>[\d|]+)\)\$/'
+                          r' AND time > (?P<since>\d+)s GROUP BY "job","host","step","task"$')
+
+    def __init__(self, rsps: responses.RequestsMock, database: str = "slurm"):
+        self.databases = {database}
+        self.points: list[tuple[str, int, str, int, int, int, float]] = []  # measurement, job, host, step, task, time, value
+        self.queries: list[dict[str, str]] = []
+        self.authorizations: list[Optional[str]] = []
+        self.down = False
+        rsps.add_callback(responses.GET, re.compile(re.escape(INFLUXDB) + r"/query(\?.*)?$"), callback=self._query)
+
+    def sample(self, job: int, time_s: int, host: str = "c1", step: int = 0, task: int = 0, **values: float) -> None:
+        """One profile sample of a task: a point per measurement given (e.g. RSS=2048.0)."""
+        for measurement, value in values.items():
+            self.points.append((measurement, job, host, step, task, time_s, value))
+
+    def _query(self, request: requests.PreparedRequest) -> tuple:
+        params = {key: values[0] for key, values in parse_qs(urlparse(request.url).query).items()}
+        self.queries.append(params)
+        self.authorizations.append(request.headers.get("Authorization"))
+        if self.down:
+            return 503, {}, "influxdb is down"
+        results = [self._statement(number, text.strip()) for number, text in enumerate(params["q"].split(";"))]
+        return 200, {"Content-Type": "application/json"}, "".join(json.dumps({"results": [result]}) + "\n"
+                                                                 for result in results)
+
+    def _statement(self, number: int, text: str) -> dict[str, Any]:
+        if text == "SHOW DATABASES":
+            return {"statement_id": number, "series": [
+                {"name": "databases", "columns": ["name"], "values": [[name] for name in sorted(self.databases)]}]}
+        if text == "SHOW MEASUREMENTS":
+            names = sorted({point[0] for point in self.points})
+            return {"statement_id": number, **({"series": [
+                {"name": "measurements", "columns": ["name"], "values": [[name] for name in names]}]} if names else {})}
+        match = self.SELECT_RE.match(text) or self.FIRST_RE.match(text)
+        if not match:
+            return {"statement_id": number, "error": f"error parsing query: {text}"}
+        names = [name.strip('"') for name in match.group("names").split(",")]
+        first_only = match.re is self.FIRST_RE
+        jobs = {int(job) for job in match.group("jobs").split("|")}
+        since = int(match.group("since")) if match.group("since") else None
+        grouped: dict[tuple, list] = {}
+        for measurement, job, host, step, task, time_s, value in sorted(self.points, key=lambda point: point[5]):
+            if measurement in names and job in jobs and (since is None or time_s > since):
+                grouped.setdefault((measurement, job, host, step, task), []).append([time_s, value])
+        return {"statement_id": number, "series": [
+            {"name": measurement, "tags": {"job": str(job), "host": host, "step": str(step), "task": str(task)},
+             "columns": ["time", "first" if first_only else "value"], "values": values[:1] if first_only else values}
+            for (measurement, job, host, step, task), values in sorted(grouped.items())]}

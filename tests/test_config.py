@@ -118,6 +118,14 @@ EXPECTED_DEFAULTS = {
     ("metrics", "textfile"): "",
     ("metrics", "ping_url"): "",
     ("metrics", "ping_timeout"): 5.0,
+    ("influxdb", "url"): "",
+    ("influxdb", "database"): "slurm",
+    ("influxdb", "retention_policy"): "",
+    ("influxdb", "user"): "",
+    ("influxdb", "password_file"): "",
+    ("influxdb", "ca_file"): "",
+    ("influxdb", "verify"): True,
+    ("influxdb", "timeout"): 10.0,
 }
 
 

@@ -9,6 +9,7 @@
 #   stack.sh stop|start|restart SERVICE[@LEG]
 #                               SERVICE: munge slurmdbd slurmctld slurmd slurmrestd (per leg; LEG
 #                                        defaults to the default leg), mariadb postgres s3 oidc api ldap
+#                                        influxdb
 #   stack.sh slurm LEG CMD [ARG...]
 #                               run a Slurm command (squeue, sacct, scontrol, sbatch...) as root in
 #                               that leg's root; output and exit code pass through
@@ -34,6 +35,10 @@
 # _CLUSTER, _NODE, _PARTITION, _VERSION. JGS_LDAP_* describe the OpenLDAP server (Debian's slapd on
 # the host, its own instance under the stack directory): LDAPS and StartTLS URLs, its test CA (and
 # another CA that did not sign it), the base DN, and a read-only bind DN with its password.
+# JGS_INFLUXDB_URL is InfluxDB 1.x (Debian's influxdb, its own instance under the stack directory),
+# where each leg's acct_gather_profile/influxdb plugin writes its jobs' profiles (every job: task
+# samples every 5 s) into the database JGS_SLURM_<LEG>_INFLUXDB_DATABASE (one per leg: each leg has
+# its own job ids).
 #
 # Needs root on Debian 12 or 13 and Python 3.12 (pyenv's, or JGS_PYTHON=/path/to/python3.12).
 # Everything lives in ${JGS_STACK_DIR:-/var/tmp/jobbergate-sync-stack}: logs/, run/ (PID files),
@@ -57,6 +62,7 @@ S3_PORT="${JGS_S3_PORT:-9000}"
 PG_PORT="${JGS_PG_PORT:-5433}"
 API_WORKERS="${JGS_API_WORKERS:-1}"
 MARIADB_PORT="${JGS_MARIADB_PORT:-3306}"
+INFLUXDB_PORT="${JGS_INFLUXDB_PORT:-8086}"
 
 ALL_LEGS=(2205 2411 2511)
 # the default leg: JGS_DEFAULT_LEG, else (except for `up`) the one the running stack was brought up with
@@ -101,11 +107,11 @@ OIDC_KEY="$STACK_DIR/oidc/signing-key.pem"
 STACK_ENV="$STACK_DIR/stack.env"
 
 LEG_SERVICES=(munge slurmdbd slurmctld slurmd slurmrestd)
-HOST_SERVICES=(mariadb postgres s3 oidc api ldap)
+HOST_SERVICES=(mariadb postgres s3 oidc api ldap influxdb)
 
 # the host needs no Slurm: only the databases, debootstrap for the roots, curl, and OpenLDAP
 # (slapd and its client tools; openssl makes its test CA)
-APT_PACKAGES=(debootstrap mariadb-server postgresql curl ca-certificates slapd ldap-utils openssl)
+APT_PACKAGES=(debootstrap mariadb-server postgresql curl ca-certificates slapd ldap-utils openssl influxdb)
 
 LDAP_PORT="${JGS_LDAP_PORT:-6389}"
 LDAPS_PORT="${JGS_LDAPS_PORT:-6636}"
@@ -198,6 +204,7 @@ pid_pattern() {
     oidc) echo oidc_issuer.py ;;
     api) echo uvicorn ;;
     ldap) echo slapd ;;
+    influxdb) echo influxd ;;
     *) die "unknown service '$1' (one of: ${LEG_SERVICES[*]} (each as NAME@LEG) ${HOST_SERVICES[*]})" ;;
   esac
 }
@@ -452,6 +459,7 @@ leg_load() {
   L_LOG="$L_ROOT/var/log/slurm"
   L_PIDS="$L_ROOT/run/slurm"
   L_STAMP="$L_ROOT/.jgs-root"
+  L_INFLUXDB_DB="slurm_$L_LEG"
 }
 
 # the 25.11 tarballs: prints the one to use (prebuilt if it fits this machine, else the source)
@@ -679,6 +687,7 @@ root_users() {
 leg_write_config() {
   local slurm munge
   root_users
+  ensure_profile_plugin
   slurm="$(root_owner slurm)" munge="$(root_owner munge)"
   [ "$slurm" != ":" ] || die "no slurm user in the $L_LEG root"
   cp /etc/hosts "$L_ROOT/etc/hosts"
@@ -741,7 +750,9 @@ AccountingStorageHost=127.0.0.1
 AccountingStoragePort=$L_DBD_PORT
 AccountingStoreFlags=job_comment
 JobAcctGatherType=jobacct_gather/linux
-JobAcctGatherFrequency=30
+# Every job's task samples go to InfluxDB every 5 s (acct_gather.conf: ProfileInfluxDBDefault=Task).
+JobAcctGatherFrequency=task=5
+AcctGatherProfileType=acct_gather_profile/influxdb
 SlurmdParameters=config_overrides
 # A feature, a GPU (/dev/null stands for its device), a license and scratch disk: what the option
 # matrix asks for, so that Slurm accepts each option and its job record shows it.
@@ -754,6 +765,13 @@ PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP OverS
 EOF
   write_if_changed "$L_ETC/cgroup.conf" 0:0 0644 <<<"$cgroup"
   write_if_changed "$L_ETC/gres.conf" 0:0 0644 <<<"NodeName=$NODE Name=gpu File=/dev/null"
+  write_if_changed "$L_ETC/acct_gather.conf" 0:0 0644 <<EOF
+# Written by jobbergate-sync tests/integration/stack.sh (leg $L_LEG) -- changes are overwritten.
+ProfileInfluxDBHost=http://127.0.0.1:$INFLUXDB_PORT
+ProfileInfluxDBDatabase=$L_INFLUXDB_DB
+ProfileInfluxDBRTPolicy=autogen
+ProfileInfluxDBDefault=Task
+EOF
   write_if_changed "$L_ETC/slurmdbd.conf" "$slurm" 0600 <<EOF
 # Written by jobbergate-sync tests/integration/stack.sh (leg $L_LEG) -- changes are overwritten.
 AuthType=auth/munge
@@ -772,7 +790,7 @@ StorageUser=slurm
 StoragePass=$SLURMDB_PSWD
 StorageLoc=$L_DB
 EOF
-  L_SLURM_HASH="$(file_sha "$L_ETC/slurm.conf" "$L_ETC/cgroup.conf" "$L_ETC/gres.conf" "$L_JWT_KEY")"
+  L_SLURM_HASH="$(file_sha "$L_ETC/slurm.conf" "$L_ETC/cgroup.conf" "$L_ETC/gres.conf" "$L_ETC/acct_gather.conf" "$L_JWT_KEY")"
   L_DBD_HASH="$(file_sha "$L_ETC/slurmdbd.conf" "$L_JWT_KEY")"
 
   # munge: its own key per root
@@ -1306,6 +1324,59 @@ start_ldap() {
   log "started slapd (pid $(service_pid ldap))"
 }
 
+# ------------------------------------------------------------------- InfluxDB and the profile plugin
+
+influxdb_query() { curl -sf --max-time 5 -XPOST "http://127.0.0.1:$INFLUXDB_PORT/query" --data-urlencode "q=$1"; }
+
+start_influxdb() {
+  local dir="$STACK_DIR/influxdb" leg
+  if ! is_running influxdb; then
+    check_port_free influxdb "$INFLUXDB_PORT"
+    ensure_dir "$dir" root:root 0700
+    write_if_changed "$dir/influxdb.conf" root:root 0600 <<EOF
+# Written by jobbergate-sync tests/integration/stack.sh -- changes are overwritten.
+reporting-disabled = true
+bind-address = "127.0.0.1:$((INFLUXDB_PORT + 2))"
+[meta]
+  dir = "$dir/meta"
+[data]
+  dir = "$dir/data"
+  wal-dir = "$dir/wal"
+  query-log-enabled = false
+[http]
+  bind-address = "127.0.0.1:$INFLUXDB_PORT"
+  log-enabled = false
+[monitor]
+  store-enabled = false
+EOF
+    launch influxdb "$LOG_DIR/influxdb.log" /usr/bin/influxd -config "$dir/influxdb.conf"
+    wait_until 30 "influxdb" http_is "http://127.0.0.1:$INFLUXDB_PORT/ping" 204 ||
+      { tail_log "$LOG_DIR/influxdb.log"; die "influxdb did not answer on port $INFLUXDB_PORT"; }
+    log "started influxdb (pid $(service_pid influxdb))"
+  fi
+  for leg in "${ALL_LEGS[@]}"; do # one database per leg: each leg numbers its jobs from 1
+    influxdb_query "CREATE DATABASE slurm_$leg" >/dev/null || die "influxdb: cannot create database slurm_$leg"
+  done
+}
+
+# Slurm's acct_gather_profile/influxdb plugin in the leg's root, added to an existing root (the
+# recipe stays the same): Debian's slurm-wlm-influxdb-plugin, or libcurl for the 25.11 tree's own.
+ensure_profile_plugin() {
+  local package
+  if [ "$L_LEG" = 2511 ]; then
+    package=libcurl4t64
+    in_root ldd "$L_PREFIX/lib/slurm/acct_gather_profile_influxdb.so" 2>/dev/null | grep -q 'libcurl.*not found' || return 0
+  else
+    package=slurm-wlm-influxdb-plugin
+    [ -z "$(find "$L_ROOT/usr/lib" -name acct_gather_profile_influxdb.so -print -quit 2>/dev/null)" ] || return 0
+  fi
+  log "installing $package into the $L_LEG root (Slurm's InfluxDB profile plugin)"
+  {
+    root_apt install -y --no-install-recommends "$package" ||
+      { root_apt update && root_apt install -y --no-install-recommends "$package"; }
+  } >>"$LOG_DIR/root-$L_LEG.log" 2>&1 || { tail_log "$LOG_DIR/root-$L_LEG.log"; die "cannot install $package into the $L_LEG root"; }
+}
+
 # ------------------------------------------------------------------------------------ stack.env
 
 leg_env() { # the stack.env lines of the current leg
@@ -1319,6 +1390,7 @@ ${p}_CLUSTER=$L_CLUSTER
 ${p}_NODE=$NODE
 ${p}_PARTITION=$PARTITION
 ${p}_VERSION=$(cat "$L_ROOT/.jgs-version")
+${p}_INFLUXDB_DATABASE=$L_INFLUXDB_DB
 EOF
 }
 
@@ -1380,6 +1452,7 @@ JGS_LDAP_OTHER_CA_FILE=$LDAP_DIR/tls/other-ca.pem
 JGS_LDAP_BASE_DN=$LDAP_BASE_DN
 JGS_LDAP_BIND_DN=$LDAP_READER_DN
 JGS_LDAP_BIND_PASSWORD=$LDAP_READER_PSWD
+JGS_INFLUXDB_URL=http://127.0.0.1:$INFLUXDB_PORT
 EOF
     for leg in "${LEGS[@]}"; do
       leg_load "$leg"
@@ -1403,6 +1476,7 @@ cmd_up() {
   (moto_env) >>"$LOG_DIR/venv-moto.log" 2>&1 &
   moto_pid=$!
   timed packages ensure_packages
+  timed influxdb start_influxdb
   timed roots build_roots
   timed slurm slurm_up
   local t1
@@ -1431,7 +1505,7 @@ cmd_down() {
   [ -d "$RUN_DIR" ] || { log "nothing to stop"; return 0; }
   # shellcheck disable=SC2046
   {
-    stop_services api oidc ldap $(leg_services slurmrestd)
+    stop_services api oidc ldap influxdb $(leg_services slurmrestd)
     stop_services s3 postgres $(leg_services slurmd slurmctld)
     stop_services $(leg_services slurmdbd)
     stop_services mariadb $(leg_services munge)
@@ -1502,6 +1576,7 @@ start_one() {
     oidc) start_oidc ;;
     api) start_api ;;
     ldap) start_ldap ;;
+    influxdb) start_influxdb ;;
   esac
 }
 
