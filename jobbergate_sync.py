@@ -634,7 +634,7 @@ def load_config(path: str, environ: Mapping[str, str]) -> Config:
             raise ConfigError(f"[mapper] ldap_password_file {mapper['ldap_password_file']} is empty")
     if mapper["type"] == "ldap":
         import_ldap3()
-        check_ldap_ca_file(mapper["ldap_ca_file"])
+        validate_ldap_ca_file(mapper["ldap_ca_file"])
     influxdb = sections["influxdb"]
     if influxdb["url"] and influxdb["password_file"]:
         secret_files.append(("influxdb", "password_file"))
@@ -884,7 +884,7 @@ class LogTail(logging.Handler):
             self.lines = (self.lines + self.format(record).splitlines())[-self.size:]
 
 
-def ctx(**fields: Any) -> dict[str, Any]:
+def log_fields(**fields: Any) -> dict[str, Any]:
     """Build the `extra` of a log call from the non-empty context fields."""
     return {"extra": {key: value for key, value in fields.items() if value is not None}}
 
@@ -945,7 +945,7 @@ def control_character(text: str) -> Optional[str]:
     return None
 
 
-def check_filename(name: Any) -> str:
+def validated_filename(name: Any) -> str:
     """A file name must be a plain base name; anything else is refused, never 'cleaned'."""
     if not isinstance(name, str) or name == "":
         raise Rejection(f"job script file name {name!r} is empty or not a string")
@@ -990,7 +990,7 @@ def parse_pending(item: Mapping[str, Any]) -> PendingSubmission:
     for raw in raw_files:
         if not isinstance(raw, dict) or not isinstance(raw.get("parent_id"), int) or raw.get("file_type") not in ("ENTRYPOINT", "SUPPORT"):
             raise Rejection(f"submission {submission_id}: malformed job script file entry {raw!r:.200}")
-        files.append(ScriptFile(raw["parent_id"], check_filename(raw.get("filename")), raw["file_type"] == "ENTRYPOINT"))
+        files.append(ScriptFile(raw["parent_id"], validated_filename(raw.get("filename")), raw["file_type"] == "ENTRYPOINT"))
     names = [f.filename for f in files]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -1704,7 +1704,7 @@ def parse_options(words: list[str], source: str) -> list[ParsedOption]:
     return parsed
 
 
-def check_option_value(option: ParsedOption) -> None:
+def validate_option_value(option: ParsedOption) -> None:
     refused = control_character(option.value or "")
     if refused:
         raise Rejection(f"the value of --{option.spec.name} in {option.source} contains a newline, NUL or other "
@@ -1799,7 +1799,7 @@ def translate_options(options: list[ParsedOption], minor: int) -> tuple[dict[str
     exported: dict[str, str] = {}
     sources: dict[str, str] = {}
     for option in options:
-        check_option_value(option)
+        validate_option_value(option)
         translated = option.spec.translate(option.value, minor)
         exported.update(translated.pop("__export__", {}))
         for key, value in translated.items():
@@ -1876,7 +1876,7 @@ def build_sbatch_request(script: str, sbatch_arguments: Iterable[str], default_n
     given = sbatch_options(sbatch_argument_words(sbatch_arguments), "sbatch_arguments")
     last: dict[str, Optional[str]] = {}
     for option in block + given:
-        check_option_value(option)
+        validate_option_value(option)
         if option.spec.name in SBATCH_CHECKED_OPTIONS:
             option.spec.translate(option.value, NEWEST_API_MINOR)  # a refusal, or --export's checks
         last[option.spec.name] = option.value
@@ -1890,7 +1890,7 @@ def build_sbatch_request(script: str, sbatch_arguments: Iterable[str], default_n
     return SbatchRequest(name, directory, working_directory, arguments, environment, script)
 
 
-def check_script(script_bytes: bytes, filename: str) -> str:
+def script_text(script_bytes: bytes, filename: str) -> str:
     try:
         script = script_bytes.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -2172,7 +2172,7 @@ def import_ldap3() -> Any:
     return ldap3
 
 
-def check_ldap_ca_file(path: str) -> None:
+def validate_ldap_ca_file(path: str) -> None:
     """Refuse a CA file Python cannot load (missing, unreadable, not PEM) before any connection."""
     if not path:
         return
@@ -3359,7 +3359,7 @@ class SlurmRest:
         response, body = self._request("POST", f"/slurm/{self.version}/job/submit", user, False, json=payload)
         job_id = body.get("job_id") if isinstance(body, dict) else None
         if isinstance(job_id, int) and job_id > 0:
-            context = ctx(slurm_job_id=job_id, user=user)
+            context = log_fields(slurm_job_id=job_id, user=user)
             messages = slurm_errors(body)
             if messages:
                 log.warning("Slurm accepted job %d with messages: %s", job_id, describe_errors(messages), **context)
@@ -3774,7 +3774,7 @@ class SlurmCommands:
         if job_id:
             if result.stderr.strip():
                 log.warning("sbatch accepted job %d with messages: %s", job_id, result.message(),
-                            **ctx(slurm_job_id=job_id, user=user))
+                            **log_fields(slurm_job_id=job_id, user=user))
             return job_id
         if result.returncode == 0:
             raise Unavailable(f"{result.command}: exit status 0 without a job id ({result.stdout[:200]!r})")
@@ -4780,11 +4780,11 @@ class PassContext:
             action()
         except Unavailable as exc:
             self.summary.unavailable = True
-            self.failed(f"{what}: left for the next pass: {exc}", submission_id)
+            self.log_failure(f"{what}: left for the next pass: {exc}", submission_id)
         except ItemError as exc:
-            self.failed(f"{what}: {exc}", submission_id)
+            self.log_failure(f"{what}: {exc}", submission_id)
         except ApiConflict as exc:
-            self.failed(f"{what}: the API refused a change: {exc}", submission_id)
+            self.log_failure(f"{what}: the API refused a change: {exc}", submission_id)
 
     def contain_item(self, submission_id: int, action: Callable[[], None],
                      reject: Optional[Callable[[int, str], None]] = None) -> None:
@@ -4812,7 +4812,7 @@ class PassContext:
         self.summary.count("errors")
         log.error("submission %d: unexpected failure (%d pass(es) in a row), left for the next pass: %s; "
                   "please report it with this traceback", submission_id, passes, failure, exc_info=True,
-                  **ctx(submission_id=submission_id))
+                  **log_fields(submission_id=submission_id))
         if reject is not None and passes >= FAILED_PASSES_TO_REJECT:
             message = (f"jobbergate-sync failed on this submission in {passes} passes in a row ({failure}); it is "
                        "rejected so that it does not hold the cluster's queue. Its administrator has the details.")
@@ -4882,9 +4882,9 @@ class PassContext:
         else:
             lines.append(text)
 
-    def failed(self, message: str, submission_id: Optional[int]) -> None:
+    def log_failure(self, message: str, submission_id: Optional[int]) -> None:
         self.summary.count("errors")
-        log.error("%s", message, **ctx(submission_id=submission_id))
+        log.error("%s", message, **log_fields(submission_id=submission_id))
 
     def report_submitted(self, submission_id: int, job_id: int, known: Optional[StateReport] = None) -> None:
         self.changes.report_submitted(submission_id, job_id, known or state_for_submitted(self.slurm, job_id))
@@ -4949,7 +4949,7 @@ def job_users(records: Iterable[Mapping[str, Any]]) -> set[str]:
     return {str(record.get("user_name") or record.get("user") or "") for record in records}
 
 
-def check_job_owner(job_id: int, records: list[dict[str, Any]], owner: str) -> None:
+def require_job_owner(job_id: int, records: list[dict[str, Any]], owner: str) -> None:
     """ForeignJob unless every record of the job (every task of an array) is `owner`'s."""
     others = job_users(records) - {owner}
     if others:
@@ -4985,7 +4985,7 @@ def script_file_keys(item: Mapping[str, Any]) -> list[FileKey]:
 FREE_SPACE_RESERVE = 64 * 1024 * 1024
 
 
-def check_free_space(directory: str, needed: int, submission_id: int) -> None:
+def require_free_space(directory: str, needed: int, submission_id: int) -> None:
     info = os.statvfs(directory)
     free = info.f_bavail * info.f_frsize
     if free < needed + FREE_SPACE_RESERVE:
@@ -5037,7 +5037,7 @@ class DownloadCache:
                 if key in self.kept:
                     return os.dup(self.kept[key][0].fileno())
             limit = self.max_file_size if max_bytes is None else min(max_bytes, self.max_file_size)
-            check_free_space(self.directory or tempfile.gettempdir(), limit, submission_id)
+            require_free_space(self.directory or tempfile.gettempdir(), limit, submission_id)
             handle = tempfile.TemporaryFile(dir=self.directory)
             try:
                 size = self.api.download(script_file.parent_id, script_file.filename, handle, limit)
@@ -5045,7 +5045,7 @@ class DownloadCache:
                 handle.close()
                 raise
             log.debug("downloaded %s of job script %d (%d bytes)", script_file.filename, script_file.parent_id, size,
-                      **ctx(submission_id=submission_id))
+                      **log_fields(submission_id=submission_id))
             with self.lock:
                 descriptor = os.dup(handle.fileno())
                 self.kept[key] = (handle, size)
@@ -5122,7 +5122,7 @@ class SubmitPhase(PassPart):
                             "they could replace the user's own start-up files, such as .bashrc")
         files = self.download_files(submission)
         try:
-            script = check_script(read_whole(files[submission.entrypoint.filename]), submission.entrypoint.filename)
+            script = script_text(read_whole(files[submission.entrypoint.filename]), submission.entrypoint.filename)
             environment = {"PATH": self.config.submit.job_path, "HOME": user.home, "USER": user.name, "LOGNAME": user.name}
             tag = submission_tag(self.cluster, submission.id)
             request = self.slurm.job_request(script, submission.sbatch_arguments, submission.name, directory,
@@ -5162,7 +5162,7 @@ class SubmitPhase(PassPart):
         entry = exc.entry
         log.error("submission %d (tag %s): cannot tell whether the submit interrupted at %s reached Slurm (%s); "
                   "rejecting it rather than risk running it twice", entry.submission_id, entry.tag,
-                  utc_text(entry.intent_at), exc.reason, **ctx(submission_id=entry.submission_id))
+                  utc_text(entry.intent_at), exc.reason, **log_fields(submission_id=entry.submission_id))
         self.reject(entry.submission_id, str(exc))
         self.context.changes.forget(entry.submission_id)
 
@@ -5214,7 +5214,7 @@ def state_for_submitted(slurm: SlurmBackend, job_id: int) -> StateReport:
         records = slurm.job(job_id)
     except (Unavailable, ItemError) as exc:
         log.warning("could not read Slurm job %d just after submitting it (%s); reporting PENDING", job_id, exc,
-                    **ctx(slurm_job_id=job_id))
+                    **log_fields(slurm_job_id=job_id))
         records = None
     report = report_from_records(job_id, records, report_from_slurmctld) if records else None
     return report or just_submitted(job_id)
@@ -5252,7 +5252,7 @@ class LiveChanges(PassPart):
         crash_point(CrashPoint.AFTER_SLURM_SUBMIT)
         self.journal.record_job(job.submission_id, job_id)
         log.info("submitted submission %d as Slurm job %d", job.submission_id, job_id,
-                 **ctx(submission_id=job.submission_id, slurm_job_id=job_id, user=job.user.name))
+                 **log_fields(submission_id=job.submission_id, slurm_job_id=job_id, user=job.user.name))
         crash_point(CrashPoint.AFTER_JOURNAL_JOB)
         self.context.report_submitted(job.submission_id, job_id, just_submitted(job_id))
 
@@ -5262,7 +5262,7 @@ class LiveChanges(PassPart):
         self.context.writers.write(job.user, job.directory, files, int(self.config.submit.file_mode, 8),
                                    self.config.submit.replace_files, writer_timeout(total_bytes, self.deadline.remaining()))
         log.info("wrote %d file(s) to %s as %s", len(files), job.directory, job.user.name,
-                 **ctx(submission_id=job.submission_id, user=job.user.name))
+                 **log_fields(submission_id=job.submission_id, user=job.user.name))
 
     def submit(self, job: PreparedJob) -> int:
         """Submit to Slurm as the user; a refused submit leaves no intent behind."""
@@ -5271,7 +5271,7 @@ class LiveChanges(PassPart):
         except DroppedOptions as exc:
             self.journal.record_job(job.submission_id, exc.job_id)
             self.slurm.cancel(exc.job_id, job.user.name)
-            log.warning("cancelled Slurm job %d: %s", exc.job_id, exc, **ctx(submission_id=job.submission_id,
+            log.warning("cancelled Slurm job %d: %s", exc.job_id, exc, **log_fields(submission_id=job.submission_id,
                                                                               slurm_job_id=exc.job_id,
                                                                               user=job.user.name))
             self.journal.forget(job.submission_id)
@@ -5282,7 +5282,7 @@ class LiveChanges(PassPart):
 
     def report_submitted(self, submission_id: int, job_id: int, report: StateReport) -> None:
         """agent/submitted is not idempotent: a 400 is answered by reading the submission."""
-        fields = ctx(submission_id=submission_id, slurm_job_id=job_id)
+        fields = log_fields(submission_id=submission_id, slurm_job_id=job_id)
         tag = submission_tag(self.cluster, submission_id)
         try:
             self.api.report_submitted(submission_id, report)
@@ -5316,7 +5316,7 @@ class LiveChanges(PassPart):
                             f"duplicate (API said: {refusal.detail})")
 
     def reject(self, submission_id: int, message: str) -> None:
-        log.warning("rejecting submission %d: %s", submission_id, message, **ctx(submission_id=submission_id))
+        log.warning("rejecting submission %d: %s", submission_id, message, **log_fields(submission_id=submission_id))
         try:
             self.api.report_rejected(submission_id, message)
         except ApiConflict as exc:
@@ -5330,7 +5330,7 @@ class LiveChanges(PassPart):
     def cancel_job(self, submission_id: int, job_id: int, owner: str) -> Optional[StateReport]:
         """Cancel the Slurm job of a cancelled submission as its owner; the state after the cancel,
         or None when nothing was done. Counted only when Slurm cancelled it."""
-        fields = ctx(submission_id=submission_id, slurm_job_id=job_id, user=owner)
+        fields = log_fields(submission_id=submission_id, slurm_job_id=job_id, user=owner)
         outcome = self.slurm.cancel(job_id, owner)
         if outcome is False:
             log.info("Slurm job %d of cancelled submission %d had already ended", job_id, submission_id, **fields)
@@ -5352,7 +5352,7 @@ class LiveChanges(PassPart):
         self.summary.count("updated")
         log.info("updated submission %d: Slurm job %s is %s%s", submission_id, report.job_id, report.state,
                  f" ({report.reason})" if report.reason else "",
-                 **ctx(submission_id=submission_id, slurm_job_id=report.job_id))
+                 **log_fields(submission_id=submission_id, slurm_job_id=report.job_id))
         crash_point(CrashPoint.MID_UPDATE)
 
     def prune_journal(self, active_ids: set[int]) -> None:
@@ -5366,7 +5366,7 @@ class LiveChanges(PassPart):
                 self.journal.forget(entry.submission_id)
             elif pending_ids is not None and time.time() - entry.created_at > STALE_INTENT_SECONDS:
                 log.warning("forgetting a day-old unreported record of submission %d (Slurm job %s)",
-                            entry.submission_id, entry.slurm_job_id, **ctx(submission_id=entry.submission_id))
+                            entry.submission_id, entry.slurm_job_id, **log_fields(submission_id=entry.submission_id))
                 self.journal.forget(entry.submission_id)
         if pending_ids is not None:  # failures of submissions no longer listed are no one's concern
             for submission_id in set(self.context.failing) - active_ids - pending_ids:
@@ -5575,7 +5575,7 @@ class EarlierSubmit(PassPart):
         if not candidates:
             return False
         owner = self.mapper.user_for(parse_pending(item).owner_email).name
-        fields = ctx(submission_id=submission_id)
+        fields = log_fields(submission_id=submission_id)
         for job in candidates:
             if job.user != owner:
                 log.error("Slurm job %d (in %s) carries the tag of submission %d but belongs to %s, not to %s, the "
@@ -5590,7 +5590,7 @@ class EarlierSubmit(PassPart):
                       duplicate.job_id, kept.job_id, duplicate.job_id, **fields)
             self.context.changes.cancel_duplicate(submission_id, duplicate.job_id, owner)
         log.info("submission %d: adopting Slurm job %d, found in %s with its tag: a pass on the head node active "
-                 "before submitted it", submission_id, kept.job_id, kept.where, **ctx(submission_id=submission_id,
+                 "before submitted it", submission_id, kept.job_id, kept.where, **log_fields(submission_id=submission_id,
                                                                                       slurm_job_id=kept.job_id))
         self.journal.record_adopted(submission_id, submission_tag(self.cluster, submission_id), owner, kept.job_id)
         self.context.report_submitted(submission_id, kept.job_id, kept.report)
@@ -5605,7 +5605,7 @@ class EarlierSubmit(PassPart):
             return False
         if entry.slurm_job_id is not None:
             log.info("submission %d already has Slurm job %d from an earlier pass; reporting it", entry.submission_id,
-                     entry.slurm_job_id, **ctx(submission_id=entry.submission_id, slurm_job_id=entry.slurm_job_id))
+                     entry.slurm_job_id, **log_fields(submission_id=entry.submission_id, slurm_job_id=entry.slurm_job_id))
             self.context.report_submitted(entry.submission_id, entry.slurm_job_id)
             return True
         return entry.intent_at is not None and self.recover_intent(entry)
@@ -5616,7 +5616,7 @@ class EarlierSubmit(PassPart):
         purged from slurmctld within MinJobAge), else, without slurmdbd, trust slurmctld only while
         the intent is younger than the purge horizon. Only a job of the journal's user submitted
         within the submit's window is adopted; SubmitUnsettled where that is not proven."""
-        fields = ctx(submission_id=entry.submission_id)
+        fields = log_fields(submission_id=entry.submission_id)
         window = intent_window(entry, self.slurm.timeout)
         found = self.slurm.jobs_with_tag(entry.tag, entry.username or "")
         proven = self.proven_job(entry, window, "slurmctld", {
@@ -5657,7 +5657,7 @@ class EarlierSubmit(PassPart):
             if standing is False:
                 log.warning("submission %d: ignoring Slurm job %d of user %s in %s, which carries the tag %s: %s",
                             entry.submission_id, job_id, ", ".join(sorted(users)), where, entry.tag, why,
-                            **ctx(submission_id=entry.submission_id, slurm_job_id=job_id))
+                            **log_fields(submission_id=entry.submission_id, slurm_job_id=job_id))
             else:
                 (ours if standing else unsure).append(job_id)
         if unsure or len(ours) > 1:
@@ -5668,7 +5668,7 @@ class EarlierSubmit(PassPart):
 
     def adopt_job(self, entry: JournalEntry, job_id: int, where: str, report: Optional[StateReport] = None) -> None:
         log.info("submission %d: found Slurm job %d from an interrupted pass in %s", entry.submission_id, job_id,
-                 where, **ctx(submission_id=entry.submission_id, slurm_job_id=job_id))
+                 where, **log_fields(submission_id=entry.submission_id, slurm_job_id=job_id))
         self.journal.record_job(entry.submission_id, job_id)
         self.context.report_submitted(entry.submission_id, job_id, report)
 
@@ -5709,7 +5709,7 @@ def state_for_update(slurm: SlurmBackend, job_id: int, records: Optional[list[di
     slurmctld's full `records` of it (None: slurmctld does not hold it), else slurmdbd, else UNKNOWN.
     ForeignJob when the records it would report are not all `owner`'s."""
     if records:
-        check_job_owner(job_id, records, owner)
+        require_job_owner(job_id, records, owner)
     report = report_from_records(job_id, records, report_from_slurmctld) if records else None
     finished_array = bool(records) and report is not None and report.state in SLURM_FINAL_STATES and any(
         array_job_id_of(job) for job in records or [])
@@ -5717,7 +5717,7 @@ def state_for_update(slurm: SlurmBackend, job_id: int, records: Optional[list[di
         # slurmdbd also knows the tasks slurmctld has already purged
         accounted = slurm.accounting_job(job_id)
         if accounted:
-            check_job_owner(job_id, accounted, owner)
+            require_job_owner(job_id, accounted, owner)
             records, report = accounted, report_from_records(job_id, accounted, report_from_slurmdbd)
     if records is None:
         return StateReport(job_id, "UNKNOWN", f"Slurm has no record of job {job_id}",
@@ -5749,7 +5749,7 @@ class UpdatePhase(PassPart):
                 self.close_cancelled_without_job(submission_id)
             else:
                 log.error("active submission %d is %s without a Slurm job id", submission_id, status,
-                          **ctx(submission_id=submission_id))
+                          **log_fields(submission_id=submission_id))
                 self.summary.count("errors")
             return
         records = jobs.get(job_id)
@@ -5793,7 +5793,7 @@ class UpdatePhase(PassPart):
         submission ended (ABORTED, as UNKNOWN with the reason) with nothing of the job in it."""
         self.summary.count("errors")
         log.error("submission %d names Slurm job %d: %s; neither reporting nor cancelling that job, ending the "
-                  "submission", submission_id, job_id, exc, **ctx(submission_id=submission_id, slurm_job_id=job_id))
+                  "submission", submission_id, job_id, exc, **log_fields(submission_id=submission_id, slurm_job_id=job_id))
         self.context.changes.update(submission_id, StateReport(job_id, "UNKNOWN", exc.message,
                                                                json.dumps({"job_id": job_id, "error": exc.message})))
 
@@ -5806,7 +5806,7 @@ class UpdatePhase(PassPart):
                 return
         except SubmitUnsettled as exc:
             log.warning("submission %d was cancelled; whether its interrupted submit reached Slurm is unknown "
-                        "(%s)", exc.entry.submission_id, exc.reason, **ctx(submission_id=exc.entry.submission_id))
+                        "(%s)", exc.entry.submission_id, exc.reason, **log_fields(submission_id=exc.entry.submission_id))
         report = StateReport(None, "CANCELLED", "Job was cancelled by the user before a Slurm job was created",
                              "cancelled before submission to Slurm")
         self.send_update(submission_id, report)
@@ -5829,8 +5829,8 @@ class UpdatePhase(PassPart):
         reported SUBMITTED is updated only once its state moved on (it may already have ended): the
         reason slurmctld gives a new job moments later would cost a write per submission of a burst,
         and the next pass reports it."""
-        just_submitted = submission_id in self.context.reported_now
-        if not self.reported_lately(submission_id, report, compare_reason=not just_submitted):
+        new_this_pass = submission_id in self.context.reported_now
+        if not self.reported_lately(submission_id, report, compare_reason=not new_this_pass):
             self.context.changes.update(submission_id, report)
 
 
@@ -6165,7 +6165,7 @@ def put_metrics(api: JobbergateApi, submission_id: int, chunk: list[list[Any]], 
         if len(missing) < len(chunk):
             log.info("submission %d: the API already holds %d of these %d metric rows (an upload whose mark was not "
                      "written); sending the other %d", submission_id, len(chunk) - len(missing), len(chunk), len(missing),
-                     **ctx(submission_id=submission_id))
+                     **log_fields(submission_id=submission_id))
             if not missing:
                 return
             response = put(missing)
@@ -6235,7 +6235,7 @@ class JobMetricsPhase(PassPart):
         if late:
             log.info("submission %d: %d series of Slurm job %d first reported samples older than this read; they are "
                      "read from their start in the next pass", job.submission_id, len(late), job.slurm_job_id,
-                     **ctx(submission_id=job.submission_id, slurm_job_id=job.slurm_job_id))
+                     **log_fields(submission_id=job.submission_id, slurm_job_id=job.slurm_job_id))
             self.journal.record_metric_marks(job.submission_id, late)
             job.marks.update(late)
         new_rows = rows.rows.get(job.slurm_job_id, {})
@@ -6246,7 +6246,7 @@ class JobMetricsPhase(PassPart):
                 if exc.status != 404:
                     raise
                 log.warning("submission %d no longer exists in Jobbergate (%s); its job metrics are no longer followed",
-                            job.submission_id, exc, **ctx(submission_id=job.submission_id))
+                            job.submission_id, exc, **log_fields(submission_id=job.submission_id))
                 self.journal.forget_metrics(job.submission_id)
                 return
             marks = marks_of(chunk)
@@ -6255,7 +6255,7 @@ class JobMetricsPhase(PassPart):
                 job.marks[key] = max(job.marks.get(key, newest), newest)
         if new_rows:
             log.info("submission %d: %d metric row(s) of Slurm job %d uploaded", job.submission_id, len(new_rows),
-                     job.slurm_job_id, **ctx(submission_id=job.submission_id, slurm_job_id=job.slurm_job_id))
+                     job.slurm_job_id, **log_fields(submission_id=job.submission_id, slurm_job_id=job.slurm_job_id))
         if ended and not late:
             self.journal.forget_metrics(job.submission_id)
 
@@ -6455,15 +6455,15 @@ class CheckLine:
     exit_code: int = EXIT_OK
 
 
-def passed(what: str, detail: str) -> CheckLine:
+def check_passed(what: str, detail: str) -> CheckLine:
     return CheckLine("ok", what, detail)
 
 
-def failed(what: str, problem: str, fix: str, exit_code: int) -> CheckLine:
+def check_failed(what: str, problem: str, fix: str, exit_code: int) -> CheckLine:
     return CheckLine("FAIL", what, f"{problem}; {fix}", exit_code)
 
 
-def skipped(what: str, needs: str) -> CheckLine:
+def check_skipped(what: str, needs: str) -> CheckLine:
     return CheckLine("skip", what, f"needs {needs}")
 
 
@@ -6552,22 +6552,22 @@ def influxdb_line(influxdb: InfluxDB) -> CheckLine:
     try:
         databases = {row[0] for series in influxdb.query("SHOW DATABASES", database=False) for row in series.get("values") or []}
         if influxdb.database not in databases:
-            return failed(what, f"{influxdb.url} has no database {influxdb.database!r} (it has: "
+            return check_failed(what, f"{influxdb.url} has no database {influxdb.database!r} (it has: "
                           f"{', '.join(sorted(map(str, databases))) or 'none'})",
                           "set [influxdb] database to acct_gather.conf's ProfileInfluxDBDatabase, or create it "
                           "(influx -execute 'CREATE DATABASE ...')", EX_CONFIG)
         present = {row[0] for series in influxdb.query("SHOW MEASUREMENTS") for row in series.get("values") or []}
     except SyncError as exc:
-        return failed(what, str(exc), failure_fix(exc, {
+        return check_failed(what, str(exc), failure_fix(exc, {
             AuthError: "check [influxdb] user and password_file",
             Unavailable: "check [influxdb] url and that InfluxDB is running",
         }), exc.exit_code)
     found = [name for name in PROFILE_MEASUREMENTS if name in present]
     if not found:
-        return passed(what, f"{influxdb.url} database {influxdb.database}: answers, but no job has been profiled yet "
+        return check_passed(what, f"{influxdb.url} database {influxdb.database}: answers, but no job has been profiled yet "
                             "(none of the profile measurements is there): set ProfileInfluxDBDefault=Task in "
                             "acct_gather.conf, or users ask for --profile=task")
-    return passed(what, f"{influxdb.url} database {influxdb.database}: {len(found)} of {len(PROFILE_MEASUREMENTS)} "
+    return check_passed(what, f"{influxdb.url} database {influxdb.database}: {len(found)} of {len(PROFILE_MEASUREMENTS)} "
                         f"profile measurements ({', '.join(found)})")
 
 
@@ -6588,14 +6588,14 @@ class Check:
         if config is None:
             names = ["secret files", "OIDC token", "Jobbergate API", "slurmrestd", "slurmdbd", "slurmrestd token",
                      "head nodes", "state directory and lock"] + ([f"user mapping of {self.email}"] if self.email else [])
-            self.lines += [skipped(name, "configuration") for name in names]
+            self.lines += [check_skipped(name, "configuration") for name in names]
             return self.lines
         http = Http(Deadline(config.run.deadline), retries=1, backoff=0)  # one try each: a diagnosis, not a pass
         token = OidcToken(config, http, os.path.join(config.run.state_dir, "token.json"), write_cache=False)
         if self.oidc_token(token):
             self.api(JobbergateApi(config, http, token))
         else:
-            self.lines.append(skipped("Jobbergate API", "OIDC token"))
+            self.lines.append(check_skipped("Jobbergate API", "OIDC token"))
         user = self.mapped_user(config, self.ldap_directory(config))
         slurm: SlurmBackend
         if config.slurm.backend == "sbatch":
@@ -6618,9 +6618,9 @@ class Check:
         try:
             config = load_config(self.config_path, self.environ)
         except ConfigError as exc:
-            self.lines.append(failed("configuration", str(exc), "config.example.ini documents every key", EX_CONFIG))
+            self.lines.append(check_failed("configuration", str(exc), "config.example.ini documents every key", EX_CONFIG))
             return None
-        self.lines.append(passed("configuration", f"{self.config_path} is valid"))
+        self.lines.append(check_passed("configuration", f"{self.config_path} is valid"))
         shown, problems = [], []
         for section, key in config.secret_files:  # those this configuration reads, and load_config has just read
             path = config.sections[section][key]
@@ -6632,7 +6632,7 @@ class Check:
         if problems:
             self.lines.append(CheckLine("FAIL", "secret files", "; ".join(problems), EX_CONFIG))
         else:
-            self.lines.append(passed("secret files", ", ".join(shown) or "none (the client secret is in the file)"))
+            self.lines.append(check_passed("secret files", ", ".join(shown) or "none (the client secret is in the file)"))
         return config
 
     def oidc_token(self, token: OidcToken) -> bool:
@@ -6640,24 +6640,24 @@ class Check:
         try:
             claims = token_claims(token.refresh())  # always fresh: the cache would not test the secret
         except SyncError as exc:
-            self.lines.append(failed(what, str(exc), failure_fix(exc, {
+            self.lines.append(check_failed(what, str(exc), failure_fix(exc, {
                 AuthError: f"check [oidc] client_id and the client secret against the issuer's client {token.client_id}",
                 Unavailable: "check [oidc] issuer (the realm's URL) and that the issuer is running",
             }), exc.exit_code))
             return False
         if not claims:
-            self.lines.append(passed(what, f"client {token.client_id}; not a JWT, so its permissions cannot be shown"))
+            self.lines.append(check_passed(what, f"client {token.client_id}; not a JWT, so its permissions cannot be shown"))
             return True
         granted = claims.get("permissions") if isinstance(claims.get("permissions"), list) else []
         shown = f"client {token.client_id}, azp {claims.get('azp') or claims.get('client_id') or '(none)'}, " \
                 f"permissions: {', '.join(map(str, granted)) or '(none)'}"
         missing = missing_permissions(map(str, granted))
         if missing:
-            self.lines.append(failed(what, f"{shown}; missing {', '.join(missing)}",
+            self.lines.append(check_failed(what, f"{shown}; missing {', '.join(missing)}",
                                      f"give client {token.client_id} those roles, mapped into the token's top-level "
                                      "permissions claim", EX_NOPERM))
         else:
-            self.lines.append(passed(what, shown))
+            self.lines.append(check_passed(what, shown))
         return True
 
     def api(self, api: JobbergateApi) -> None:
@@ -6668,7 +6668,7 @@ class Check:
                 body = api.page(f"/job-submissions/agent/{name}", 1, 1)
                 totals.append(f"agent/{name} ({body.get('total', '?')} {name})")
         except SyncError as exc:
-            self.lines.append(failed(what, str(exc), failure_fix(exc, {
+            self.lines.append(check_failed(what, str(exc), failure_fix(exc, {
                 Forbidden: f"give client {api.token.client_id} {JOB_SUBMISSIONS_READ}",
                 AuthError: "the API does not accept the issuer's tokens: check that it trusts [oidc] issuer",
                 ConfigError: "fix [jobbergate] api_url",
@@ -6676,7 +6676,7 @@ class Check:
                 ItemError: "check that the token carries azp (the cluster name) and that the API is Jobbergate's",
             }), exc.exit_code))
             return
-        self.lines.append(passed(what, f"{api.base}: " + ", ".join(totals)))
+        self.lines.append(check_passed(what, f"{api.base}: " + ", ".join(totals)))
 
     def slurmrestd(self, slurm: SlurmRest, user: Union[LocalUser, CheckLine, None]) -> None:
         what = "slurmrestd"
@@ -6687,22 +6687,22 @@ class Check:
         try:
             served = slurm.discover()
         except SyncError as exc:
-            self.lines.append(failed(what, str(exc), failure_fix(exc, {
+            self.lines.append(check_failed(what, str(exc), failure_fix(exc, {
                 AuthError: "check [slurmrestd] jwt_key_file (or token_file) and query_user",
                 ConfigError: "run a slurmrestd that serves one of them (Slurm 22.05 or later)",
                 Unavailable: "check [slurmrestd] url and that slurmrestd is running",
             }), exc.exit_code))
-            self.lines += [skipped(name, what) for name in ["slurmdbd", *pings]]
+            self.lines += [check_skipped(name, what) for name in ["slurmdbd", *pings]]
             return
         setting = slurm.api_version_setting
         served_text = f"{slurm.base} serves {', '.join(served.versions)} (Slurm {served.release or 'release unknown'})"
         if setting != "auto" and setting not in served.versions:
-            self.lines.append(failed(what, f"{served_text}, not the pinned api_version {setting}",
+            self.lines.append(check_failed(what, f"{served_text}, not the pinned api_version {setting}",
                                      "set [slurmrestd] api_version = auto or to a version it serves", EX_CONFIG))
-            self.lines += [skipped(name, what) for name in ["slurmdbd", *pings]]
+            self.lines += [check_skipped(name, what) for name in ["slurmdbd", *pings]]
             return
         how = "pinned" if setting != "auto" else "chosen by api_version = auto"
-        self.lines.append(passed(what, f"{served_text}; uses {slurm.version} ({how})"))
+        self.lines.append(check_passed(what, f"{served_text}; uses {slurm.version} ({how})"))
         self.lines.append(self.slurmdbd_line(slurm, served))
         first = self.ping_line(slurm, slurm.query_user)
         self.lines.append(first)
@@ -6710,7 +6710,7 @@ class Check:
             if isinstance(user, LocalUser) and first.status == "ok":
                 self.lines.append(self.ping_line(slurm, user.name))
             else:
-                self.lines.append(skipped(name, first.what if first.status != "ok" else "user mapping"))
+                self.lines.append(check_skipped(name, first.what if first.status != "ok" else "user mapping"))
 
     @staticmethod
     def slurmdbd_line(slurm: SlurmRest, served: ServedApi) -> CheckLine:
@@ -6720,13 +6720,13 @@ class Check:
         where = f"/slurmdb/{version}/ paths" + ("" if present else " not")
         setting = slurm.slurmdbd_setting
         if setting is True and not present:
-            return failed(what, f"{where} served, but slurmdbd = true", "start slurmrestd with its slurmdbd plugin "
+            return check_failed(what, f"{where} served, but slurmdbd = true", "start slurmrestd with its slurmdbd plugin "
                           "(and slurmdbd), or set [slurmrestd] slurmdbd = auto", EX_CONFIG)
         uses = ("used for the jobs slurmctld has forgotten" if slurm.use_slurmdbd
                 else f"not used (a job slurmctld has forgotten is reported UNKNOWN; an interrupted submit is trusted "
                      f"to slurmctld for purge_horizon = {slurm.purge_horizon} s, which must not exceed slurmctld's "
                      "MinJobAge: slurmrestd does not serve it, compare with scontrol show config)")
-        return passed(what, f"{where} served; slurmdbd = {str(setting).lower()}: {uses}")
+        return check_passed(what, f"{where} served; slurmdbd = {str(setting).lower()}: {uses}")
 
     @staticmethod
     def ping_line(slurm: SlurmRest, user: str) -> CheckLine:
@@ -6735,12 +6735,12 @@ class Check:
         try:
             slurm.ping(user)
         except SyncError as exc:
-            return failed(what, str(exc), failure_fix(exc, {
+            return check_failed(what, str(exc), failure_fix(exc, {
                 AuthError: f"slurmrestd refused {signed}: it must hold slurmctld's key (AuthAltParameters jwt_key=)",
                 Unavailable: f"slurmctld refused {signed} (it must hold the key named by AuthAltParameters "
                              "jwt_key=) or is down (scontrol ping)",
             }), exc.exit_code)
-        return passed(what, f"{signed} accepted; slurmctld answered GET /slurm/{slurm.version}/ping")
+        return check_passed(what, f"{signed} accepted; slurmctld answered GET /slurm/{slurm.version}/ping")
 
     def slurm_commands(self, slurm: SlurmCommands) -> None:
         """The sbatch backend: each command present and executable, its release, then slurmctld
@@ -6749,37 +6749,37 @@ class Check:
         problems = [f"[slurm] {tool} = {path}: {problem}" for tool, path in slurm.tools.items()
                     for problem in [executable_problem(path)] if problem]
         if problems:
-            self.lines.append(failed(what, "; ".join(problems), "install Slurm's client commands or fix the paths",
+            self.lines.append(check_failed(what, "; ".join(problems), "install Slurm's client commands or fix the paths",
                                      EX_CONFIG))
-            self.lines += [skipped(name, what) for name in ("slurmctld", "slurmdbd")]
+            self.lines += [check_skipped(name, what) for name in ("slurmctld", "slurmdbd")]
             return
         try:
             releases = {tool: slurm.tool_release(tool) for tool in ("sbatch", "squeue", "sacct")}
         except SyncError as exc:
-            self.lines.append(failed(what, str(exc), "check Slurm's installation on this host", exc.exit_code))
-            self.lines += [skipped(name, what) for name in ("slurmctld", "slurmdbd")]
+            self.lines.append(check_failed(what, str(exc), "check Slurm's installation on this host", exc.exit_code))
+            self.lines += [check_skipped(name, what) for name in ("slurmctld", "slurmdbd")]
             return
         shown = ", ".join(f"{tool} {release}" for tool, release in releases.items())
-        self.lines.append(passed(what, f"{', '.join(slurm.tools.values())} executable; {shown}"))
+        self.lines.append(check_passed(what, f"{', '.join(slurm.tools.values())} executable; {shown}"))
         unreachable = "check that slurmctld runs (scontrol ping), that munged runs, and this host's slurm.conf"
         try:
             jobs = slurm.jobs()
         except SyncError as exc:
-            self.lines.append(failed("slurmctld", str(exc), failure_fix(exc, {Unavailable: unreachable}), exc.exit_code))
+            self.lines.append(check_failed("slurmctld", str(exc), failure_fix(exc, {Unavailable: unreachable}), exc.exit_code))
         else:
-            self.lines.append(passed("slurmctld", f"squeue answered: it holds {len(jobs)} job(s)"))
+            self.lines.append(check_passed("slurmctld", f"squeue answered: it holds {len(jobs)} job(s)"))
         if not slurm.use_slurmdbd:
-            self.lines.append(passed("slurmdbd", "not used ([slurm] slurmdbd = false): a job slurmctld has "
+            self.lines.append(check_passed("slurmdbd", "not used ([slurm] slurmdbd = false): a job slurmctld has "
                                                  "forgotten is reported UNKNOWN"))
             self.lines.append(self.purge_horizon_line(slurm))
             return
         try:
             slurm.accounting_jobs_since("root", time.time())
         except SyncError as exc:
-            self.lines.append(failed("slurmdbd", str(exc), failure_fix(exc, {
+            self.lines.append(check_failed("slurmdbd", str(exc), failure_fix(exc, {
                 Unavailable: "check that slurmdbd runs, or set [slurm] slurmdbd = false"}), exc.exit_code))
         else:
-            self.lines.append(passed("slurmdbd", "sacct answered: used for the jobs slurmctld has forgotten"))
+            self.lines.append(check_passed("slurmdbd", "sacct answered: used for the jobs slurmctld has forgotten"))
 
     @staticmethod
     def purge_horizon_line(slurm: SlurmCommands) -> CheckLine:
@@ -6789,35 +6789,35 @@ class Check:
         try:
             min_job_age = slurm.min_job_age()
         except SyncError as exc:
-            return failed(what, str(exc), "check that scontrol runs ([slurm] scontrol)", exc.exit_code)
+            return check_failed(what, str(exc), "check that scontrol runs ([slurm] scontrol)", exc.exit_code)
         if min_job_age is None:
-            return failed(what, "scontrol show config does not give MinJobAge", "check [slurm] scontrol", EX_CONFIG)
+            return check_failed(what, "scontrol show config does not give MinJobAge", "check [slurm] scontrol", EX_CONFIG)
         if slurm.purge_horizon > min_job_age:
-            return failed(what, f"[slurm] purge_horizon = {slurm.purge_horizon} s exceeds slurmctld's MinJobAge "
+            return check_failed(what, f"[slurm] purge_horizon = {slurm.purge_horizon} s exceeds slurmctld's MinJobAge "
                                 f"({min_job_age} s): a job ending and purged before the next pass could run twice",
                           f"set [slurm] purge_horizon to at most {min_job_age}, or use slurmdbd", EX_CONFIG)
-        return passed(what, f"[slurm] purge_horizon = {slurm.purge_horizon} s, within slurmctld's MinJobAge "
+        return check_passed(what, f"[slurm] purge_horizon = {slurm.purge_horizon} s, within slurmctld's MinJobAge "
                             f"({min_job_age} s)")
 
     def head_nodes(self, config: Config, slurm: SlurmBackend) -> CheckLine:
         """Slurm's controllers, the one in charge, and this host's role in passes ([run] role)."""
         what = "head nodes"
         if config.run.role == "always":
-            return passed(what, "[run] role = always: passes run on this host whichever controller is in charge")
+            return check_passed(what, "[run] role = always: passes run on this host whichever controller is in charge")
         if any(line.what in ("slurmrestd", "Slurm commands", "slurmctld") and line.status != "ok" for line in self.lines):
-            return skipped(what, "Slurm")
+            return check_skipped(what, "Slurm")
         try:
             controllers = slurm.controllers()
             active, in_charge = role_of_this_host(controllers, lambda: local_host_names(config.run.host_names))
         except SyncError as exc:
-            return failed(what, str(exc), failure_fix(exc, {
+            return check_failed(what, str(exc), failure_fix(exc, {
                 ConfigError: "set [run] host_names to this host's name in slurm.conf's SlurmctldHost",
                 Unavailable: "start a slurmctld (scontrol ping shows them)",
             }), exc.exit_code)
         if len(controllers) <= 1:
-            return passed(what, f"one controller, {controllers_text(controllers)}: passes run on this host")
+            return check_passed(what, f"one controller, {controllers_text(controllers)}: passes run on this host")
         role = "active: passes run here" if active else "standby: passes do nothing while it is in charge"
-        return passed(what, f"controllers {controllers_text(controllers)}; in charge: {in_charge.hostname if in_charge else '?'}; "
+        return check_passed(what, f"controllers {controllers_text(controllers)}; in charge: {in_charge.hostname if in_charge else '?'}; "
                             f"this host is {role}")
 
     def state_directory(self, config: Config) -> None:
@@ -6828,11 +6828,11 @@ class Check:
             with tempfile.TemporaryFile(dir=state_dir):  # unnamed on Linux, gone when closed
                 pass
         except ConfigError as exc:
-            self.lines.append(failed(what, str(exc), "a pass needs it owned by root with mode 0700, below directories "
+            self.lines.append(check_failed(what, str(exc), "a pass needs it owned by root with mode 0700, below directories "
                                      "only root can write to", EX_CONFIG))
             return
         except OSError as exc:
-            self.lines.append(failed(what, f"[run] state_dir {state_dir}: not writable: {exc.strerror}",
+            self.lines.append(check_failed(what, f"[run] state_dir {state_dir}: not writable: {exc.strerror}",
                                      "make it writable by root (is its file system read-only?)", EX_CONFIG))
             return
         try:
@@ -6841,10 +6841,10 @@ class Check:
         except LockHeld:
             held = "held: a pass is running"
         except ConfigError as exc:
-            self.lines.append(failed(what, str(exc), "[run] lock_file must be a file root can create and lock, "
+            self.lines.append(check_failed(what, str(exc), "[run] lock_file must be a file root can create and lock, "
                                      "in a directory only root can write to", EX_CONFIG))
             return
-        self.lines.append(passed(what, f"{state_dir} (0700, writable); lock {lock_file} {held}"))
+        self.lines.append(check_passed(what, f"{state_dir} (0700, writable); lock {lock_file} {held}"))
 
     def ldap_directory(self, config: Config) -> Optional[UserMapper]:
         """For the ldap mapper, its line (TLS, bind, the base entry read) and the mapper that has
@@ -6854,9 +6854,9 @@ class Check:
             return mapper
         what = "LDAP directory"
         try:
-            self.lines.append(passed(what, mapper.directory.probe()))
+            self.lines.append(check_passed(what, mapper.directory.probe()))
         except SyncError as exc:
-            self.lines.append(failed(what, str(exc), failure_fix(exc, {
+            self.lines.append(check_failed(what, str(exc), failure_fix(exc, {
                 AuthError: "check [mapper] ldap_bind_dn and the password in ldap_password_file",
                 ConfigError: "fix the [mapper] ldap_* setting it names (ldap_ca_file must hold the CA that signed "
                              "the server's certificate)",
@@ -6871,21 +6871,21 @@ class Check:
             return None
         what = f"user mapping of {self.email}"
         if mapper is None:
-            return skipped(what, "LDAP directory")
+            return check_skipped(what, "LDAP directory")
         try:
             return mapper.user_for(self.email)
         except Rejection as exc:
-            return failed(what, str(exc), MAPPER_FIXES[config.mapper.type], EX_NOUSER)
+            return check_failed(what, str(exc), MAPPER_FIXES[config.mapper.type], EX_NOUSER)
         except SyncError as exc:
-            return failed(what, str(exc), "fix the [mapper] settings it names", exc.exit_code)
+            return check_failed(what, str(exc), "fix the [mapper] settings it names", exc.exit_code)
 
     def mapping_line(self, config: Config, user: LocalUser) -> CheckLine:
         what = f"user mapping of {self.email}"
         try:
             directory = resolve_execution_directory(None, config.submit.execution_directory, user)
         except Rejection as exc:
-            return failed(what, str(exc), "fix [submit] execution_directory", EX_CONFIG)
-        return passed(what, f"user {user.name} (uid {user.uid}), home {user.home}, execution directory {directory} "
+            return check_failed(what, str(exc), "fix [submit] execution_directory", EX_CONFIG)
+        return check_passed(what, f"user {user.name} (uid {user.uid}), home {user.home}, execution directory {directory} "
                             f"(unless the submission names one)")
 
 
@@ -6902,7 +6902,7 @@ def path_and_parents(path: str) -> list[str]:
     return chain
 
 
-def check_own_directory(path: str, setting: str, closed_mask: int, fix: str) -> None:
+def require_own_directory(path: str, setting: str, closed_mask: int, fix: str) -> None:
     """Refuse (ConfigError naming the path) a directory another account could change: it must be this
     process's user's with none of `closed_mask`'s mode bits, and every directory above it, as named and
     as its symbolic links resolve, root's or this user's and writable by no one else, unless it is
@@ -6941,7 +6941,7 @@ def prepare_state_dir(path: str) -> None:
         os.makedirs(path, mode=0o700, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"[run] state_dir {path}: cannot create: {exc.strerror}") from None
-    check_own_directory(path, "[run] state_dir", 0o077, "chmod 0700 it")
+    require_own_directory(path, "[run] state_dir", 0o077, "chmod 0700 it")
 
 
 class RunLock:
@@ -6959,7 +6959,7 @@ class RunLock:
             os.makedirs(directory, mode=0o700, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"[run] lock_file {self.path}: {exc.strerror}") from None
-        check_own_directory(directory, f"[run] lock_file {self.path}: its directory", 0o022,
+        require_own_directory(directory, f"[run] lock_file {self.path}: its directory", 0o022,
                             "anyone there could hold the lock: use a directory of root's own, such as the default "
                             "/run/jobbergate-sync")
         self.fd = open_private_file(self.path, os.O_RDWR | os.O_CREAT, "[run] lock_file")
@@ -7112,7 +7112,7 @@ def cli(context: click.Context, once: bool, config_path: str, dry_run: bool, che
     try:
         if dry_run:  # reads the state directory, when there is one, and creates nothing
             if os.path.lexists(config.run.state_dir):
-                check_own_directory(config.run.state_dir, "[run] state_dir", 0o077, "chmod 0700 it")
+                require_own_directory(config.run.state_dir, "[run] state_dir", 0o077, "chmod 0700 it")
             return run_once(config, dry_run=True)
         prepare_state_dir(config.run.state_dir)
         with RunLock(config.run.lock_file):

@@ -301,7 +301,7 @@ def test_the_writer_keeps_no_descriptor_between_requests(nobody, exec_root):
 def accepted(name: str) -> bool:
     """A name a submission may give a file (parse_pending's check, and not hidden)."""
     try:
-        jobbergate_sync.check_filename(name)
+        jobbergate_sync.validated_filename(name)
     except Rejection:
         return False
     return not name.startswith(".")

@@ -156,14 +156,14 @@ POISON = b"#!/bin/bash\n# poison\necho hi\n"
 @pytest.fixture
 def poisoned(monkeypatch) -> dict[str, bool]:
     """While state["on"], the check of a script holding "poison" raises what no code expects."""
-    real, state = jobbergate_sync.check_script, {"on": True}
+    real, state = jobbergate_sync.script_text, {"on": True}
 
-    def check_script(script_bytes: bytes, filename: str) -> str:
+    def script_text(script_bytes: bytes, filename: str) -> str:
         if state["on"] and b"poison" in script_bytes:
             raise RuntimeError("a bug met on this input")
         return real(script_bytes, filename)
 
-    monkeypatch.setattr(jobbergate_sync, "check_script", check_script)
+    monkeypatch.setattr(jobbergate_sync, "script_text", script_text)
     return state
 
 
@@ -249,7 +249,7 @@ def test_a_pass_that_goes_well_clears_the_count(stack, config_file, email, capsy
 @pytest.mark.parametrize("name", ["a\u202eb.sh", "a\x85b", "a\u200bb", "a\x9bb", "a\ud800b"])
 def test_a_file_name_with_a_control_or_format_character_is_refused(name):
     with pytest.raises(Rejection, match="control character"):
-        jobbergate_sync.check_filename(name)
+        jobbergate_sync.validated_filename(name)
 
 
 def test_an_escape_sequence_in_an_option_reaches_neither_the_text_log_nor_the_owner_raw(stack, config_file, email,

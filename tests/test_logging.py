@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator, List
 import pytest
 
 import jobbergate_sync
-from jobbergate_sync import SecretRedactor, ctx, log, setup_logging
+from jobbergate_sync import SecretRedactor, log, log_fields, setup_logging
 
 SECRET = "client-secret-value-42"
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdW4iOiJhbGljZSJ9.c2lnbmF0dXJl"
@@ -156,14 +156,14 @@ def test_info_level_drops_debug_lines(capture) -> None:
 
 
 def test_ctx_drops_empty_fields() -> None:
-    assert ctx(submission_id=7, slurm_job_id=None, user="alice") == {"extra": {"submission_id": 7, "user": "alice"}}
-    assert ctx() == {"extra": {}}
+    assert log_fields(submission_id=7, slurm_job_id=None, user="alice") == {"extra": {"submission_id": 7, "user": "alice"}}
+    assert log_fields() == {"extra": {}}
 
 
 def test_json_lines_carry_context_fields(capture) -> None:
     stream = capture("json")
-    log.info("submitted", **ctx(submission_id=7, slurm_job_id=42))
-    log.debug("only the submission", **ctx(submission_id=8, slurm_job_id=None))
+    log.info("submitted", **log_fields(submission_id=7, slurm_job_id=42))
+    log.debug("only the submission", **log_fields(submission_id=8, slurm_job_id=None))
     log.info("no context")
     first, second, third = json_lines(stream)
     assert first["message"] == "submitted"
@@ -179,8 +179,8 @@ def test_json_lines_carry_context_fields(capture) -> None:
 
 def test_text_lines_show_context_fields(capture) -> None:
     stream = capture("text")
-    log.info("submitted", **ctx(submission_id=7, slurm_job_id=42))
-    log.info("only the submission", **ctx(submission_id=8))
+    log.info("submitted", **log_fields(submission_id=7, slurm_job_id=42))
+    log.info("only the submission", **log_fields(submission_id=8))
     log.info("no context")
     first, second, third = stream.getvalue().splitlines()
     assert first.endswith("INFO submitted [submission_id=7 slurm_job_id=42]")
@@ -191,7 +191,7 @@ def test_text_lines_show_context_fields(capture) -> None:
 
 def test_text_context_and_secret_together(capture) -> None:
     stream = capture("text")
-    log.warning("retrying with %s", TOKEN, **ctx(submission_id=3, slurm_job_id=99))
+    log.warning("retrying with %s", TOKEN, **log_fields(submission_id=3, slurm_job_id=99))
     line = stream.getvalue().strip()
     assert line.endswith("WARNING retrying with *** [submission_id=3 slurm_job_id=99]")
 
@@ -226,14 +226,14 @@ class FakeTty(io.StringIO):
 def test_auto_is_text_on_a_terminal() -> None:
     stream = FakeTty()
     setup_logging("auto", "info", stream=stream)
-    log.info("hello", **ctx(submission_id=7))
+    log.info("hello", **log_fields(submission_id=7))
     assert stream.getvalue().rstrip("\n").endswith("INFO hello [submission_id=7]")
 
 
 def test_auto_is_json_lines_elsewhere() -> None:
     stream = io.StringIO()
     setup_logging("auto", "info", stream=stream)
-    log.info("hello", **ctx(submission_id=7))
+    log.info("hello", **log_fields(submission_id=7))
     [line] = json_lines(stream)
     assert line["message"] == "hello" and line["submission_id"] == 7
 

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fakes import run
-from jobbergate_sync import ForeignJob, JournalEntry, check_job_owner, intent_window, tagged_job_standing
+from jobbergate_sync import ForeignJob, JournalEntry, intent_window, require_job_owner, tagged_job_standing
 
 
 def deletes(stack) -> list[tuple[str, dict]]:
@@ -116,10 +116,10 @@ USERS = st.sampled_from(["alice", "bob", "root", ""])
 def test_a_job_is_the_owners_only_when_every_record_names_the_owner(owner, users, key):
     records = [{"job_id": 5, key: user} for user in users]
     if set(users) == {owner}:
-        check_job_owner(5, records, owner)
+        require_job_owner(5, records, owner)
     else:
         with pytest.raises(ForeignJob) as refused:
-            check_job_owner(5, records, owner)
+            require_job_owner(5, records, owner)
         assert not any(user and user in refused.value.message for user in users)  # the owner is told no name
 
 

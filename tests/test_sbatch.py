@@ -12,12 +12,12 @@ from jobbergate_sync import (
     Rejection,
     api_minor,
     build_job_request,
-    check_filename,
-    check_script,
     parse_options,
     parse_pending,
     sbatch_block_arguments,
+    script_text,
     split_sbatch_words,
+    validated_filename,
 )
 
 FAMILIES = [38, 39, 40, 42]
@@ -799,12 +799,12 @@ def test_options_after_the_block_are_not_translated() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# check_script
+# script_text
 # ---------------------------------------------------------------------------------------------
 
 
 def test_check_script_returns_the_text() -> None:
-    assert check_script("#!/bin/bash\necho é\n".encode(), "job.sh") == "#!/bin/bash\necho é\n"
+    assert script_text("#!/bin/bash\necho é\n".encode(), "job.sh") == "#!/bin/bash\necho é\n"
 
 
 @pytest.mark.parametrize(
@@ -821,18 +821,18 @@ def test_check_script_returns_the_text() -> None:
 )
 def test_check_script_refusals(data: bytes, message: str) -> None:
     with pytest.raises(Rejection, match=message):
-        check_script(data, "job.sh")
+        script_text(data, "job.sh")
 
 
 # ---------------------------------------------------------------------------------------------
-# check_filename and parse_pending
+# validated_filename and parse_pending
 # ---------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["job.sh", "data file.txt", ".bashrc", "..hidden", "a..b", "x" * 255, "é" * 127,
                                   "-rf", "naïve.py"])
 def test_good_file_names(name: str) -> None:
-    assert check_filename(name) == name
+    assert validated_filename(name) == name
 
 
 @pytest.mark.parametrize(
@@ -859,7 +859,7 @@ def test_good_file_names(name: str) -> None:
 )
 def test_bad_file_names(name: Any, message: str) -> None:
     with pytest.raises(Rejection, match=message):
-        check_filename(name)
+        validated_filename(name)
 
 
 def pending_item(**overrides: Any) -> Dict[str, Any]:
