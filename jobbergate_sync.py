@@ -11,7 +11,8 @@ Its promise is exactly once: the intent is in the journal before the submit, the
 after it, then the report (LiveChanges.submit_exactly_once); a pass killed anywhere in between is
 resumed by the next from the journal (EarlierSubmit), never submitted twice.
 
-Sections, in order: constants and errors; configuration; logging; then the domain: pending
+Sections, in order: constants and errors; files and state directory (secrets, private state files,
+the state directory and the lock); configuration; logging; then the domain: pending
 submissions; #SBATCH parsing and translation; Slurm job states; user mapping (including the LDAP
 directory); then the adapters: deadline and HTTP; OIDC token; Jobbergate API client; Slurm backends
 (the interface the pass uses); slurmrestd client; Slurm commands client (the sbatch backend); files
@@ -185,6 +186,16 @@ class PeerDown(Unavailable):
     """A call to a peer already found unavailable in this pass, not even attempted: as Unavailable (69)."""
 
 
+class ApiConflict(Exception):
+    """A 400/404/409 from a state-changing agent call: where the pass expects one it reads the
+    submission to decide; anywhere else the item is logged and counted (exit 1) and retried next pass."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
 class LockHeld(SyncError):
     """Another run holds the lock: nothing is done, no pass runs, exit 75."""
 
@@ -260,6 +271,187 @@ def crash_point(point: CrashPoint) -> None:
     wanted = os.environ.get(ENV_CRASH_AT)
     if wanted and wanted == point.value:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files and state directory: secrets, private state files, the state directory and the lock
+# ---------------------------------------------------------------------------------------------
+
+
+def read_secret_file(path: str, what: str) -> bytes:
+    """Read a secret file that only its owner may read; refuse a group/world-readable one."""
+    path = secret_path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot open: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        mode = os.fstat(handle.fileno()).st_mode
+        if mode & 0o077:
+            raise ConfigError(
+                f"{what} {path} is readable or writable by group or others (mode {stat.S_IMODE(mode):04o}); "
+                "refusing to use it: chmod 0600 it"
+            )
+        return handle.read()
+
+
+@contextlib.contextmanager
+def private_replacement(path: str, data: bytes) -> Iterator[None]:
+    """Write `data` durably to a file created 0600 from its first byte beside `path`; it replaces
+    `path` atomically when the block ends, and is removed if the block fails."""
+    directory = os.path.dirname(path) or "."
+    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-")  # mkstemp creates 0600
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        yield
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_path)
+        raise
+
+
+def open_private_file(path: str, flags: int, what: str = "state file") -> int:
+    """A descriptor of `path`, opened without following a symbolic link (created 0600 with O_CREAT),
+    refused (ConfigError naming it) unless it is a regular file of this process's user that no one
+    else may read or write: the state files and the lock decide what the tool does."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(f"{what} {path} is a symbolic link; remove it (a pass creates the file)") from None
+        raise ConfigError(f"{what} {path}: {exc.strerror}") from None
+    info = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(info.st_mode):
+        problem = "is not a regular file"
+    elif info.st_uid != os.geteuid():
+        problem = f"is owned by {account_name(info.st_uid)}, not by {account_name(os.geteuid())} who runs jobbergate-sync"
+    elif info.st_mode & 0o077:
+        problem = f"is accessible by group or others (mode {stat.S_IMODE(info.st_mode):04o})"
+    if problem:
+        os.close(fd)
+        raise ConfigError(f"{what} {path} {problem}; remove it (a pass creates the file) or chown/chmod 0600 it")
+    return fd
+
+
+def read_private_file(path: Optional[str]) -> Optional[str]:
+    """The text of a state file (open_private_file), None when there is none."""
+    if not path or not os.path.lexists(path):
+        return None
+    with os.fdopen(open_private_file(path, os.O_RDONLY), "rb") as handle:
+        return handle.read().decode("utf-8", "replace")
+
+
+def write_private_file(path: str, data: bytes) -> None:
+    """Atomically replace `path` with a file created 0600 from its first byte."""
+    with private_replacement(path, data):
+        pass
+
+
+def create_private_file(path: str) -> None:
+    """Create an empty file 0600 if it does not exist; refuse an existing one that is not private
+    (open_private_file)."""
+    os.close(open_private_file(path, os.O_WRONLY | os.O_CREAT))
+
+
+def read_text_or_empty(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read(1 << 20)
+    except OSError:
+        return ""
+
+
+def account_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def path_and_parents(path: str) -> list[str]:
+    """`path` (absolute), then each directory above it up to '/'."""
+    chain = [os.path.abspath(path)]
+    while chain[-1] != os.path.dirname(chain[-1]):
+        chain.append(os.path.dirname(chain[-1]))
+    return chain
+
+
+def require_own_directory(path: str, setting: str, closed_mask: int, fix: str) -> None:
+    """Refuse (ConfigError naming the path) a directory another account could change: it must be this
+    process's user's with none of `closed_mask`'s mode bits, and every directory above it, as named and
+    as its symbolic links resolve, root's or this user's and writable by no one else, unless it is
+    sticky and root's (as /tmp is). What the state directory holds decides which account jobs run as."""
+    euid = os.geteuid()
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise ConfigError(f"{setting} {path}: {exc.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"{setting} {path} is not a directory")
+    if info.st_uid != euid:
+        raise ConfigError(f"{setting} {path} is owned by {account_name(info.st_uid)}, not by {account_name(euid)} "
+                          "who runs jobbergate-sync: whoever owns it decides which account jobs run as; remove it "
+                          "(a pass creates it)")
+    if info.st_mode & closed_mask:
+        raise ConfigError(f"{setting} {path} is open to group or others (mode {stat.S_IMODE(info.st_mode):04o}); {fix}")
+    parents = {parent for named in (path, os.path.realpath(path)) for parent in path_and_parents(named)[1:]}
+    for parent in sorted(parents, key=len):
+        info = os.stat(parent)
+        mode = stat.S_IMODE(info.st_mode)
+        if info.st_uid not in (0, euid):
+            raise ConfigError(f"{setting} {path}: the directory {parent} above it is owned by "
+                              f"{account_name(info.st_uid)}, who could replace it; use a directory whose parents "
+                              "are root's")
+        if mode & 0o022 and not (mode & stat.S_ISVTX and info.st_uid == 0):
+            raise ConfigError(f"{setting} {path}: the directory {parent} above it is writable by group or others "
+                              f"(mode {mode:04o}), who could replace it; use a directory whose parents only root "
+                              "can write to")
+
+
+def prepare_state_dir(path: str) -> None:
+    """The state directory holds the token cache and the journal: created 0700; refused unless this
+    user's, closed to others, and below directories no one else can write to."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"[run] state_dir {path}: cannot create: {exc.strerror}") from None
+    require_own_directory(path, "[run] state_dir", 0o077, "chmod 0700 it")
+
+
+class RunLock:
+    """A non-blocking flock on the lock file; the kernel drops it if the process dies."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd: Optional[int] = None
+
+    def __enter__(self) -> "RunLock":
+        """Whoever else could create or replace the lock file could hold it, and stop every pass: its
+        directory must be this user's and writable by no one else, and the file itself this user's."""
+        directory = os.path.dirname(os.path.abspath(self.path))
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"[run] lock_file {self.path}: {exc.strerror}") from None
+        require_own_directory(directory, f"[run] lock_file {self.path}: its directory", 0o022,
+                            "anyone there could hold the lock: use a directory of root's own, such as the default "
+                            "/run/jobbergate-sync")
+        self.fd = open_private_file(self.path, os.O_RDWR | os.O_CREAT, "[run] lock_file")
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise LockHeld(f"another jobbergate-sync run holds {self.path}; nothing done") from None
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -518,23 +710,6 @@ def secret_path(path: str) -> str:
     """Where a secret file setting points: a bare name is a systemd LoadCredential= name."""
     credentials_dir = os.environ.get("CREDENTIALS_DIRECTORY")
     return os.path.join(credentials_dir, path) if credentials_dir and "/" not in path else path
-
-
-def read_secret_file(path: str, what: str) -> bytes:
-    """Read a secret file that only its owner may read; refuse a group/world-readable one."""
-    path = secret_path(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise ConfigError(f"{what} {path}: cannot open: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as handle:
-        mode = os.fstat(handle.fileno()).st_mode
-        if mode & 0o077:
-            raise ConfigError(
-                f"{what} {path} is readable or writable by group or others (mode {stat.S_IMODE(mode):04o}); "
-                "refusing to use it: chmod 0600 it"
-            )
-        return handle.read()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -2611,63 +2786,6 @@ def short_body(response: requests.Response, limit: int = 300) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def private_replacement(path: str, data: bytes) -> Iterator[None]:
-    """Write `data` durably to a file created 0600 from its first byte beside `path`; it replaces
-    `path` atomically when the block ends, and is removed if the block fails."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-")  # mkstemp creates 0600
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        yield
-        os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_path)
-        raise
-
-
-def open_private_file(path: str, flags: int, what: str = "state file") -> int:
-    """A descriptor of `path`, opened without following a symbolic link (created 0600 with O_CREAT),
-    refused (ConfigError naming it) unless it is a regular file of this process's user that no one
-    else may read or write: the state files and the lock decide what the tool does."""
-    try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ConfigError(f"{what} {path} is a symbolic link; remove it (a pass creates the file)") from None
-        raise ConfigError(f"{what} {path}: {exc.strerror}") from None
-    info = os.fstat(fd)
-    problem = None
-    if not stat.S_ISREG(info.st_mode):
-        problem = "is not a regular file"
-    elif info.st_uid != os.geteuid():
-        problem = f"is owned by {account_name(info.st_uid)}, not by {account_name(os.geteuid())} who runs jobbergate-sync"
-    elif info.st_mode & 0o077:
-        problem = f"is accessible by group or others (mode {stat.S_IMODE(info.st_mode):04o})"
-    if problem:
-        os.close(fd)
-        raise ConfigError(f"{what} {path} {problem}; remove it (a pass creates the file) or chown/chmod 0600 it")
-    return fd
-
-
-def read_private_file(path: Optional[str]) -> Optional[str]:
-    """The text of a state file (open_private_file), None when there is none."""
-    if not path or not os.path.lexists(path):
-        return None
-    with os.fdopen(open_private_file(path, os.O_RDONLY), "rb") as handle:
-        return handle.read().decode("utf-8", "replace")
-
-
-def write_private_file(path: str, data: bytes) -> None:
-    """Atomically replace `path` with a file created 0600 from its first byte."""
-    with private_replacement(path, data):
-        pass
-
-
 def token_expiry(token: str, expires_in: Any, now: float) -> float:
     """The token's `exp` claim (what the API checks), else now + expires_in."""
     import jwt
@@ -2762,16 +2880,6 @@ class OidcToken:
 # ---------------------------------------------------------------------------------------------
 # Jobbergate API client
 # ---------------------------------------------------------------------------------------------
-
-
-class ApiConflict(Exception):
-    """A 400/404/409 from a state-changing agent call: where the pass expects one it reads the
-    submission to decide; anywhere else the item is logged and counted (exit 1) and retried next pass."""
-
-    def __init__(self, status: int, detail: str):
-        super().__init__(f"HTTP {status}: {detail}")
-        self.status = status
-        self.detail = detail
 
 
 class JobbergateApi:
@@ -4360,12 +4468,6 @@ def migrate_journal(db: sqlite3.Connection) -> None:
         db.execute("ROLLBACK")
         raise
     log.info("journal migrated from schema %d to %d", version, JOURNAL_VERSION)
-
-
-def create_private_file(path: str) -> None:
-    """Create an empty file 0600 if it does not exist; refuse an existing one that is not private
-    (open_private_file)."""
-    os.close(open_private_file(path, os.O_WRONLY | os.O_CREAT))
 
 
 class Journal:
@@ -6344,14 +6446,6 @@ def exposition(record: PassRecord, last_success: Optional[float]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def read_text_or_empty(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read(1 << 20)
-    except OSError:
-        return ""
-
-
 def write_textfile(path: str, text: str) -> None:
     """Replace `path` atomically: a temporary file in its directory (not *.prom, so the collector
     never reads it half-written), mode 0644 for node_exporter, then a rename."""
@@ -6491,13 +6585,6 @@ def missing_permissions(granted: Iterable[str]) -> list[str]:
     granted = set(granted)
     return [permission for permission in AGENT_PERMISSIONS if permission not in granted
             and (ADMIN_PERMISSION not in granted or permission in ADMIN_REFUSED)]
-
-
-def account_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid {uid}"
 
 
 # Debian gives package accounts uids 60000-64999 (Policy 9.2.2): its slurm is 64030, the owner of the
@@ -6892,87 +6979,6 @@ class Check:
 # ---------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------
-
-
-def path_and_parents(path: str) -> list[str]:
-    """`path` (absolute), then each directory above it up to '/'."""
-    chain = [os.path.abspath(path)]
-    while chain[-1] != os.path.dirname(chain[-1]):
-        chain.append(os.path.dirname(chain[-1]))
-    return chain
-
-
-def require_own_directory(path: str, setting: str, closed_mask: int, fix: str) -> None:
-    """Refuse (ConfigError naming the path) a directory another account could change: it must be this
-    process's user's with none of `closed_mask`'s mode bits, and every directory above it, as named and
-    as its symbolic links resolve, root's or this user's and writable by no one else, unless it is
-    sticky and root's (as /tmp is). What the state directory holds decides which account jobs run as."""
-    euid = os.geteuid()
-    try:
-        info = os.stat(path)
-    except OSError as exc:
-        raise ConfigError(f"{setting} {path}: {exc.strerror}") from None
-    if not stat.S_ISDIR(info.st_mode):
-        raise ConfigError(f"{setting} {path} is not a directory")
-    if info.st_uid != euid:
-        raise ConfigError(f"{setting} {path} is owned by {account_name(info.st_uid)}, not by {account_name(euid)} "
-                          "who runs jobbergate-sync: whoever owns it decides which account jobs run as; remove it "
-                          "(a pass creates it)")
-    if info.st_mode & closed_mask:
-        raise ConfigError(f"{setting} {path} is open to group or others (mode {stat.S_IMODE(info.st_mode):04o}); {fix}")
-    parents = {parent for named in (path, os.path.realpath(path)) for parent in path_and_parents(named)[1:]}
-    for parent in sorted(parents, key=len):
-        info = os.stat(parent)
-        mode = stat.S_IMODE(info.st_mode)
-        if info.st_uid not in (0, euid):
-            raise ConfigError(f"{setting} {path}: the directory {parent} above it is owned by "
-                              f"{account_name(info.st_uid)}, who could replace it; use a directory whose parents "
-                              "are root's")
-        if mode & 0o022 and not (mode & stat.S_ISVTX and info.st_uid == 0):
-            raise ConfigError(f"{setting} {path}: the directory {parent} above it is writable by group or others "
-                              f"(mode {mode:04o}), who could replace it; use a directory whose parents only root "
-                              "can write to")
-
-
-def prepare_state_dir(path: str) -> None:
-    """The state directory holds the token cache and the journal: created 0700; refused unless this
-    user's, closed to others, and below directories no one else can write to."""
-    try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"[run] state_dir {path}: cannot create: {exc.strerror}") from None
-    require_own_directory(path, "[run] state_dir", 0o077, "chmod 0700 it")
-
-
-class RunLock:
-    """A non-blocking flock on the lock file; the kernel drops it if the process dies."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.fd: Optional[int] = None
-
-    def __enter__(self) -> "RunLock":
-        """Whoever else could create or replace the lock file could hold it, and stop every pass: its
-        directory must be this user's and writable by no one else, and the file itself this user's."""
-        directory = os.path.dirname(os.path.abspath(self.path))
-        try:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"[run] lock_file {self.path}: {exc.strerror}") from None
-        require_own_directory(directory, f"[run] lock_file {self.path}: its directory", 0o022,
-                            "anyone there could hold the lock: use a directory of root's own, such as the default "
-                            "/run/jobbergate-sync")
-        self.fd = open_private_file(self.path, os.O_RDWR | os.O_CREAT, "[run] lock_file")
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            raise LockHeld(f"another jobbergate-sync run holds {self.path}; nothing done") from None
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
 
 
 def summary_line(summary: PassSummary, exit_code: int, duration: float, dry_run: bool) -> str:
