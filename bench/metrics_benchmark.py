@@ -35,10 +35,11 @@ import responses
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-import jobbergate_sync  # noqa: E402
-from fakes import API, CLIENT_ID, CLIENT_SECRET, ISSUER, SLURM, FakeIssuer, FakeJobbergate, FakeSlurm  # noqa: E402
+from fake_stack_config import JWT_KEY, write_fake_stack_config  # noqa: E402
 
-JWT_KEY = b"benchmark-key-of-thirty-two-byte"
+import jobbergate_sync  # noqa: E402
+from fakes import CLIENT_ID, FakeIssuer, FakeJobbergate, FakeSlurm  # noqa: E402
+
 FIRST_JOB = 500_000
 HOSTS = 16
 PASS_GAP = 90  # seconds between the "steady" pass and the one before it
@@ -74,31 +75,8 @@ def fill(url: str, database: str, jobs: int, tasks: int, interval: int, span: in
 
 
 def write_config(directory: Path, influxdb_url: str, database: str) -> str:
-    for name, data in (("secret", CLIENT_SECRET.encode()), ("key", JWT_KEY)):
-        (directory / name).write_bytes(data)
-        (directory / name).chmod(0o600)
-    config = directory / "config.ini"
-    config.write_text(f"""[jobbergate]
-api_url = {API}
-max_pages = 1000
-[oidc]
-issuer = {ISSUER}
-client_id = {CLIENT_ID}
-client_secret_file = {directory / 'secret'}
-[slurmrestd]
-url = {SLURM}
-jwt_key_file = {directory / 'key'}
-[run]
-state_dir = {directory / 'state'}
-lock_file = {directory / 'lock'}
-deadline = 600
-[influxdb]
-url = {influxdb_url}
-database = {database}
-""")
-    config.chmod(0o600)
-    (directory / "state").mkdir(mode=0o700, exist_ok=True)
-    return str(config)
+    return write_fake_stack_config(directory, {"jobbergate": {"max_pages": 1000}, "run": {"deadline": 600},
+                                               "influxdb": {"url": influxdb_url, "database": database}})
 
 
 class CountingApi(FakeJobbergate):

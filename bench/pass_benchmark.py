@@ -36,11 +36,12 @@ import responses
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from fake_stack_config import JWT_KEY, write_fake_stack_config  # noqa: E402
+
 import jobbergate_sync  # noqa: E402
 import provenance  # noqa: E402
-from fakes import API, CLIENT_ID, CLIENT_SECRET, ISSUER, SLURM, FakeIssuer, FakeJobbergate, FakeSlurm  # noqa: E402
+from fakes import CLIENT_ID, SLURM, FakeIssuer, FakeJobbergate, FakeSlurm  # noqa: E402
 
-JWT_KEY = b"benchmark-key-of-thirty-two-byte"
 SCRIPT = b"""#!/bin/bash
 #SBATCH --job-name=bench
 #SBATCH --time=01:00:00 --ntasks=4 --mem=4G
@@ -49,34 +50,9 @@ srun hostname
 """
 
 
-def write_config(directory: Path, user: pwd.struct_passwd, exec_root: Path) -> str:
-    for name, data in (("secret", CLIENT_SECRET.encode()), ("key", JWT_KEY)):
-        (directory / name).write_bytes(data)
-        (directory / name).chmod(0o600)
-    config = directory / "config.ini"
-    config.write_text(f"""[jobbergate]
-api_url = {API}
-[oidc]
-issuer = {ISSUER}
-client_id = {CLIENT_ID}
-client_secret_file = {directory / 'secret'}
-[slurmrestd]
-url = {SLURM}
-jwt_key_file = {directory / 'key'}
-[submit]
-execution_directory = {exec_root}/{{username}}
-[mapper]
-min_uid = 1
-domains = example.com
-[run]
-state_dir = {directory / 'state'}
-lock_file = {directory / 'lock'}
-deadline = 3600
-[logging]
-level = warning
-""")
-    config.chmod(0o600)
-    return str(config)
+def write_config(directory: Path, exec_root: Path) -> str:
+    return write_fake_stack_config(directory, {"submit": {"execution_directory": f"{exec_root}/{{username}}"},
+                                               "run": {"deadline": 3600}, "logging": {"level": "warning"}})
 
 
 @contextlib.contextmanager
@@ -89,7 +65,7 @@ def pending_backlog(size: int, user: pwd.struct_passwd, **submission: Any) -> It
     exec_root.chmod(0o755)
     os.chown(exec_root, user.pw_uid, user.pw_gid)
     try:
-        config = write_config(directory, user, exec_root)
+        config = write_config(directory, exec_root)
         with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
             api = FakeJobbergate(rsps, FakeIssuer(rsps))
             slurm = FakeSlurm(rsps, JWT_KEY)
@@ -176,7 +152,7 @@ def active_child(directory: Path, version: str, size: int, prepare: bool) -> Non
 def active_figures(size: int, version: str, user: pwd.struct_passwd) -> dict[str, float]:
     directory = Path(tempfile.mkdtemp(prefix="jgs-bench-active-"))
     try:
-        config = Path(write_config(directory, user, directory))
+        config = Path(write_config(directory, directory))
         text = config.read_text().replace(f"url = {SLURM}\n", f"url = {SLURM}\napi_version = {version}\n")
         config.write_text(text.replace("[jobbergate]\n", "[jobbergate]\nmax_pages = 1000\n"))
         (directory / "state").mkdir(mode=0o700)
