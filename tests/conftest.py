@@ -11,6 +11,7 @@ import pytest
 import responses
 
 import jobbergate_sync
+import properties  # noqa: F401  (registers and loads the Hypothesis profiles)
 from config_files import write_ini, write_secret
 from fakes import API, CLIENT_ID, CLIENT_SECRET, ISSUER, JWT_KEY, SLURM, Crash, FakeIssuer, FakeJobbergate, FakeSlurm, run
 

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 import jobbergate_sync
 from fakes import CLIENT_SECRET, run
 from jobbergate_sync import FileWriters, ItemError, LocalUser, Rejection
+from properties import examples
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the privilege boundary exists only when running as root")
 
@@ -310,7 +311,7 @@ def accepted(name: str) -> bool:
 FILE_NAMES = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40).filter(accepted)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(files=st.dictionaries(FILE_NAMES, st.binary(max_size=3000), min_size=1, max_size=5))
 def test_any_accepted_names_are_written_as_given_and_nothing_else_anywhere(nobody, exec_root, files):
     directory = exec_root / f"run-{len(os.listdir(exec_root))}"

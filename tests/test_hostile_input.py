@@ -26,6 +26,7 @@ from jobbergate_sync import (
     main,
     parse_options,
 )
+from properties import examples
 
 ENVIRONMENT = {"PATH": "/usr/bin:/bin", "HOME": "/home/u", "USER": "u", "LOGNAME": "u"}
 MINORS = range(OLDEST_API_MINOR, NEWEST_API_MINOR + 1)
@@ -95,7 +96,7 @@ option_word = st.one_of(
     st.builds(lambda value: [value], values),
 )
 option_words = st.lists(option_word, min_size=1, max_size=5).map(lambda groups: [w for group in groups for w in group])
-PROPERTY_SETTINGS = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY_SETTINGS = settings(max_examples=examples(500), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @PROPERTY_SETTINGS
@@ -129,7 +130,7 @@ poison_words = st.builds(lambda name, value, rest: [f"--{name}={value}", *rest],
 SUBMISSION_IDS = itertools.count(1)  # one journal serves every example: each submission is new to it
 
 
-@settings(max_examples=30, deadline=None,
+@settings(max_examples=examples(30), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.lists(option_words | poison_words, min_size=1, max_size=3))
 def test_whatever_submissions_hold_a_pass_ends_each_submitted_or_rejected(config_file, email, submissions):

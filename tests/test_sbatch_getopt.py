@@ -28,6 +28,7 @@ from jobbergate_sync import (
     sbatch_getopt,
     sbatch_options,
 )
+from properties import examples
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "sbatch"
 RELEASES = ("22.05", "24.11", "25.11")
@@ -148,13 +149,13 @@ WORD_PIECES = st.one_of(
 WORDS = st.lists(st.lists(WORD_PIECES, max_size=5).map("".join), max_size=6)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(WORDS)
 def test_any_words_parse_as_glibcs(glibc_getopt, words):
     assert tools_getopt(words) == glibc_getopt(words)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(WORDS)
 def test_the_canonical_words_read_back_as_the_same_options(words):
     try:
