@@ -7,6 +7,8 @@ the ``stack`` fixture (directly or through the others) FAIL, not skip, when it i
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 from collections import Counter
 from pathlib import Path
@@ -33,6 +35,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if HERE in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.integration)
+
+
+# The stack's job users (stack.sh's UNIX_USERS); their homes are the host's, bind-mounted into every leg.
+JOB_USERS = ("alice", "bob")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fresh_job_homes() -> None:
+    """Each session starts with the job users' homes as useradd made them: a file an earlier run left
+    there (or an older checkout wrote without the tool's manifest) is one the tool rightly refuses to
+    replace, which would reject the submissions that write it."""
+    skeleton = set(os.listdir("/etc/skel")) if os.path.isdir("/etc/skel") else set()
+    for user in JOB_USERS:
+        home = Path("/home", user)
+        if not home.is_dir():
+            continue
+        for entry in home.iterdir():
+            if entry.name in skeleton:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")

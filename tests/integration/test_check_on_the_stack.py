@@ -28,8 +28,9 @@ def test_healthy_stack_passes_every_check(make_tool: Callable[..., Tool]) -> Non
     assert result.returncode == 0, result.stdout + result.stderr
     lines = lines_of(result)
     assert list(lines) == ["configuration", "secret files", "OIDC token", "Jobbergate API", "slurmrestd", "slurmdbd",
-                           "slurmrestd token for slurm", "state directory and lock"]
+                           "slurmrestd token for slurm", "head nodes", "state directory and lock"]
     assert all(status == "ok" for status, _ in lines.values()), result.stdout
+    assert lines["head nodes"][1].startswith("one controller"), lines["head nodes"]
     assert "serves" in lines["slurmrestd"][1] and "v0.0.38" in lines["slurmrestd"][1]
     assert result.stderr == ""
     # nothing a pass keeps was written: no token cache, journal or remembered choice
