@@ -90,7 +90,7 @@ def test_with_slapd_stopped_the_submission_waits_and_is_submitted_once_it_is_bac
     down = tool.run()
 
     assert down.returncode == 69, down.stderr[-3000:]
-    assert status_of(alice, sub) == "CREATED"
+    assert status_of(alice, sub) == "CREATED", [line["message"] for line in down.log]
     assert any("LDAP server" in line["message"] and "left for the next pass" in line["message"] for line in down.log)
 
     services.start("ldap")
