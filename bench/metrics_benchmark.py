@@ -128,7 +128,7 @@ def child(directory: Path, jobs: int, tasks: int, now: int, steady: bool) -> Non
                                   jobbergate_sync.StateReport(job, "RUNNING", None, "{}"))
             if steady:
                 journal.follow_metrics(jobbergate_sync.MetricsJob(number, job, {
-                    (host_of(job), 0, task): now - PASS_GAP for task in range(tasks)}))
+                    (mark["node_host"], mark["step"], mark["task"]): mark["max_time"] for mark in marks_of(job, tasks, now)}))
         journal.db.close()
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         began = time.perf_counter()
