@@ -38,7 +38,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import requests
 import responses
@@ -109,6 +109,23 @@ class CountingApi(FakeJobbergate):
         return 204, {}, ""
 
 
+def time_metrics_phase() -> list[float]:
+    """The seconds of each run of the pass's job-metrics phase (reading InfluxDB, uploading), which is
+    what the upstream agent's update_job_metrics does; the rest of the pass reads and reports states."""
+    seconds: list[float] = []
+    run = jobbergate_sync.JobMetricsPhase.run
+
+    def timed_run(phase: jobbergate_sync.JobMetricsPhase) -> None:
+        began = time.perf_counter()
+        try:
+            run(phase)
+        finally:
+            seconds.append(time.perf_counter() - began)
+
+    jobbergate_sync.JobMetricsPhase.run = timed_run
+    return seconds
+
+
 def child(directory: Path, jobs: int, tasks: int, now: int, steady: bool) -> None:
     """One process, one pass; with `steady`, the journal first gets every job reported RUNNING and
     its series marked up to PASS_GAP seconds ago. Prints the figures as JSON."""
@@ -130,13 +147,15 @@ def child(directory: Path, jobs: int, tasks: int, now: int, steady: bool) -> Non
                 journal.follow_metrics(jobbergate_sync.MetricsJob(number, job, {
                     (mark["node_host"], mark["step"], mark["task"]): mark["max_time"] for mark in marks_of(job, tasks, now)}))
         journal.db.close()
+        phase_seconds = time_metrics_phase()
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         began = time.perf_counter()
         code = jobbergate_sync.main(["--config", config])
         seconds = time.perf_counter() - began
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print(json.dumps({
-            "code": code, "seconds": round(seconds, 2), "peak_mb": round(peak / 1024, 1),
+            "code": code, "seconds": round(seconds, 2), "phase_seconds": round(sum(phase_seconds), 2),
+            "peak_mb": round(peak / 1024, 1),
             "pass_mb": round((peak - before) / 1024, 1), "marks_gets": len(api.called("metrics_marks")),
             "puts": len(api.called("metrics_put")), "put_kb": round(api.put_bytes / 1024), "rows": api.put_rows}))
 
@@ -255,16 +274,26 @@ def upstream_pass(python: Path, directory: Path, url: str, database: str, jobs: 
     counts = server.counts
     return {**figures, "code": 0 if figures["failed"] == 0 and counts["refused"] == 0 else 1,
             "marks_gets": counts["marks_gets"], "puts": counts["puts"], "put_kb": round(counts["put_bytes"] / 1024),
-            "rows": counts["rows"], "influx_kb": round(figures["influx_bytes"] / 1024), "errors": result.stderr.count("ERROR")}
+            "rows": counts["rows"], "influx_kb": round(figures["influx_bytes"] / 1024), "phase_seconds": figures["seconds"],
+            "errors": result.stderr.count("ERROR")}
 
 
-def table_row(size: int, steady: bool, filled: float, tool: str, figures: dict[str, Any], ratio: str) -> str:
+COLUMNS = (("jobs", 6), ("pass", 6), ("fill s", 7), ("tool", 8), ("influx req", 10), ("influx KB", 10), ("API GET", 8),
+           ("API PUT", 8), ("PUT KB", 8), ("rows", 8), ("wall s", 7), ("phase s", 7), ("peak MB", 8), ("pass MB", 8),
+           ("wall/up", 8), ("phase/up", 8))
+
+
+def table_row(size: int, steady: bool, filled: float, tool: str, figures: dict[str, Any],
+              upstream: Optional[dict[str, Any]] = None) -> str:
+    """One tool's pass; with `upstream`, the ratios of this pass's wall time and metrics phase to the upstream agent's."""
+    ratios = [f"{figures[key] / upstream['seconds']:.3f}" if upstream and upstream["seconds"] else ""
+              for key in ("seconds", "phase_seconds")]
+    cells = [size, "steady" if steady else "first", f"{filled:.1f}", tool] + [figures[key] for key in (
+        "influx_requests", "influx_kb", "marks_gets", "puts", "put_kb", "rows", "seconds", "phase_seconds", "peak_mb",
+        "pass_mb")] + ratios
     outcome = "" if figures["code"] == 0 else f"  exit {figures['code']}" if tool == "sync" else \
         f"  {figures['failed']} failed, {figures['errors']} ERROR log lines"
-    return (f"{size:>6} {'steady' if steady else 'first':>6} {filled:>7.1f} {tool:>8} {figures['influx_requests']:>10} "
-            f"{figures['influx_kb']:>10} {figures['marks_gets']:>8} {figures['puts']:>8} {figures['put_kb']:>8} "
-            f"{figures['rows']:>8} {figures['seconds']:>7} {figures['peak_mb']:>8} {figures['pass_mb']:>8} {ratio:>8}"
-            + outcome)
+    return " ".join(f"{cell:>{width}}" for cell, (_, width) in zip(cells, COLUMNS)).rstrip() + outcome
 
 
 def main() -> None:
@@ -293,8 +322,7 @@ def main() -> None:
     if python:
         print(f"# upstream: {UPSTREAM_PACKAGE} in {arguments.upstream_venv}, update_job_metrics for each job in turn; "
               "API over loopback HTTP, OIDC token stubbed in-process, log at INFO, numba compiled before the clock")
-    print(f"{'jobs':>6} {'pass':>6} {'fill s':>7} {'tool':>8} {'influx req':>10} {'influx KB':>10} {'API GET':>8} "
-          f"{'API PUT':>8} {'PUT KB':>8} {'rows':>8} {'wall s':>7} {'peak MB':>8} {'pass MB':>8} {'wall/up':>8}")
+    print(" ".join(f"{name:>{width}}" for name, width in COLUMNS))
     for size in [int(size) for size in arguments.sizes.split(",") if size]:
         database = f"jgs_bench_metrics_{size}"
         filled = fill(url, database, size, arguments.tasks, arguments.interval, arguments.span, now)
@@ -304,11 +332,10 @@ def main() -> None:
             for steady in ([False] if size <= arguments.first_max else []) + [True]:
                 figures = one_pass(directory, size, arguments.tasks, now, steady)
                 upstream = upstream_pass(python, directory, url, database, size, arguments.tasks, now, steady) if python else None
-                ratio = f"{figures['seconds'] / upstream['seconds']:.3f}" if upstream and upstream["seconds"] else ""
-                print(table_row(size, steady, filled, "sync", figures, ratio), flush=True)
+                print(table_row(size, steady, filled, "sync", figures, upstream), flush=True)
                 if upstream:
-                    print(table_row(size, steady, filled, "upstream", upstream, ""), flush=True)
-                    print(f"{'':>6} {'':>6} {'':>7} {'':>8} upstream: {upstream['api_seconds']} s of its wall in API requests, "
+                    print(table_row(size, steady, filled, "upstream", upstream), flush=True)
+                    print(f"{'':>22} upstream: {upstream['api_seconds']} s of its wall in API requests, "
                           f"{upstream['compile_seconds']} s numba compile before the clock", flush=True)
         finally:
             shutil.rmtree(directory, ignore_errors=True)
