@@ -320,7 +320,7 @@ def main() -> None:
     print(f"# job metrics per pass: {arguments.tasks} tasks a job, a sample every {arguments.interval} s over "
           f"{arguments.span} s, InfluxDB {url}")
     if python:
-        print(f"# upstream: {UPSTREAM_PACKAGE} in {arguments.upstream_venv}, update_job_metrics for each job in turn; "
+        print(f"# upstream: {UPSTREAM_PACKAGE} in its own virtualenv, update_job_metrics for each job in turn; "
               "API over loopback HTTP, OIDC token stubbed in-process, log at INFO, numba compiled before the clock")
     print(" ".join(f"{name:>{width}}" for name, width in COLUMNS))
     for size in [int(size) for size in arguments.sizes.split(",") if size]:
