@@ -325,9 +325,9 @@ def main() -> None:
     print(" ".join(f"{name:>{width}}" for name, width in COLUMNS))
     for size in [int(size) for size in arguments.sizes.split(",") if size]:
         database = f"jgs_bench_metrics_{size}"
-        filled = fill(url, database, size, arguments.tasks, arguments.interval, arguments.span, now)
         directory = Path(tempfile.mkdtemp(prefix="jgs-bench-metrics-"))
         try:
+            filled = fill(url, database, size, arguments.tasks, arguments.interval, arguments.span, now)
             write_config(directory, url, database)
             for steady in ([False] if size <= arguments.first_max else []) + [True]:
                 figures = one_pass(directory, size, arguments.tasks, now, steady)
