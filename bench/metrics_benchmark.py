@@ -188,7 +188,7 @@ class MetricsApiServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), MetricsApiHandler)
         self.marks = marks
         self.lock = threading.Lock()
-        self.counts = {"marks_gets": 0, "puts": 0, "put_bytes": 0, "rows": 0, "refused": 0, "other": 0}
+        self.counts = {"marks_gets": 0, "puts": 0, "put_bytes": 0, "rows": 0, "refused": 0}
 
     def count(self, **increments: int) -> None:
         with self.lock:
@@ -211,7 +211,6 @@ class MetricsApiHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         route = METRICS_ROUTE.match(self.path)
         if route is None:
-            self.server.count(other=1)
             self.answer(404)
             return
         submission_id = int(route.group(1))
@@ -223,7 +222,6 @@ class MetricsApiHandler(BaseHTTPRequestHandler):
         import msgpack
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         if METRICS_ROUTE.match(self.path) is None:
-            self.server.count(other=1)
             self.answer(404)
             return
         rows = len(msgpack.unpackb(body))
