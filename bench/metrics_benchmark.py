@@ -8,11 +8,18 @@ seconds over --span seconds, ten measurements a sample. The API, OIDC issuer and
 unit-test fakes (in-process); only InfluxDB is real. Each pass runs in a fresh process, whose peak
 RSS (getrusage) is also given less what it held before the pass began. Figures, not asserts.
 
-    python bench/metrics_benchmark.py [--sizes 10,100,1000] [--first-max 100]
+    python bench/metrics_benchmark.py [--sizes 10,100,1000] [--first-max 100] [--upstream]
 
 Two passes per size: "first", the jobs met for the first time (GET agent/metrics for each, their
 whole profile read and uploaded; only for sizes up to --first-max, as an hour of 1,000 jobs is
 14.4 M points), and "steady", the jobs followed since a pass 90 s earlier (marks in the journal).
+
+With --upstream, each pass is also run by the upstream agent (jobbergate-agent, installed from PyPI
+into its own virtualenv on first use): its `update_job_metrics` for the same jobs, against the same
+InfluxDB database, in a fresh process (upstream_metrics_driver.py). The agent speaks httpx, which
+`responses` cannot fake, so its API is a fake of the two agent/metrics routes over HTTP on loopback,
+answering the marks the jobbergate-sync side holds in its journal. Its InfluxDB requests are counted
+by wrapping influxdb-python's request method in that process.
 """
 
 from __future__ import annotations
@@ -20,14 +27,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pwd
+import re
 import resource
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import requests
 import responses
@@ -38,12 +49,16 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from fake_stack_config import JWT_KEY, write_fake_stack_config  # noqa: E402
 
 import jobbergate_sync  # noqa: E402
-from fakes import CLIENT_ID, FakeIssuer, FakeJobbergate, FakeSlurm  # noqa: E402
+import provenance  # noqa: E402
+from fakes import CLIENT_ID, METRICS_MAX_ROWS, FakeIssuer, FakeJobbergate, FakeSlurm  # noqa: E402
 
 FIRST_JOB = 500_000
 HOSTS = 16
 PASS_GAP = 90  # seconds between the "steady" pass and the one before it
 WRITE_BATCH = 50_000  # lines per POST /write
+UPSTREAM_PACKAGE = "jobbergate-agent==5.12.0"
+UPSTREAM_DRIVER = Path(__file__).resolve().parent / "upstream_metrics_driver.py"
+METRICS_ROUTE = re.compile(r"/jobbergate/job-submissions/agent/metrics/(\d+)$")
 
 
 def host_of(job: int) -> str:
@@ -94,6 +109,23 @@ class CountingApi(FakeJobbergate):
         return 204, {}, ""
 
 
+def time_metrics_phase() -> list[float]:
+    """The seconds of each run of the pass's job-metrics phase (reading InfluxDB, uploading), which is
+    what the upstream agent's update_job_metrics does; the rest of the pass reads and reports states."""
+    seconds: list[float] = []
+    run = jobbergate_sync.JobMetricsPhase.run
+
+    def timed_run(phase: jobbergate_sync.JobMetricsPhase) -> None:
+        began = time.perf_counter()
+        try:
+            run(phase)
+        finally:
+            seconds.append(time.perf_counter() - began)
+
+    jobbergate_sync.JobMetricsPhase.run = timed_run
+    return seconds
+
+
 def child(directory: Path, jobs: int, tasks: int, now: int, steady: bool) -> None:
     """One process, one pass; with `steady`, the journal first gets every job reported RUNNING and
     its series marked up to PASS_GAP seconds ago. Prints the figures as JSON."""
@@ -102,24 +134,28 @@ def child(directory: Path, jobs: int, tasks: int, now: int, steady: bool) -> Non
         rsps.add_passthru(jobbergate_sync.load_config(config, {}).influxdb.url)
         api = CountingApi(rsps, FakeIssuer(rsps))
         slurm = FakeSlurm(rsps, JWT_KEY)
+        # owned, here and in Slurm, by a local account, which [mapper] domains maps the owner's email to
+        owner = pwd.getpwnam("nobody") if os.geteuid() == 0 else pwd.getpwuid(os.geteuid())
         for number, job in enumerate(range(FIRST_JOB, FIRST_JOB + jobs), start=1):
-            api.add_submission(number, status="SUBMITTED", slurm_job_id=job)
-            slurm.add_job(job, "RUNNING")
+            api.add_submission(number, status="SUBMITTED", slurm_job_id=job, email=f"{owner.pw_name}@example.com")
+            slurm.add_job(job, "RUNNING", user=owner.pw_name)
         journal = jobbergate_sync.Journal(str(directory / "state" / "journal.sqlite3"))
         for number, job in enumerate(range(FIRST_JOB, FIRST_JOB + jobs), start=1):
             journal.record_report(number, jobbergate_sync.submission_tag(CLIENT_ID, number),
                                   jobbergate_sync.StateReport(job, "RUNNING", None, "{}"))
             if steady:
                 journal.follow_metrics(jobbergate_sync.MetricsJob(number, job, {
-                    (host_of(job), 0, task): now - PASS_GAP for task in range(tasks)}))
+                    (mark["node_host"], mark["step"], mark["task"]): mark["max_time"] for mark in marks_of(job, tasks, now)}))
         journal.db.close()
+        phase_seconds = time_metrics_phase()
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         began = time.perf_counter()
         code = jobbergate_sync.main(["--config", config])
         seconds = time.perf_counter() - began
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print(json.dumps({
-            "code": code, "seconds": round(seconds, 2), "peak_mb": round(peak / 1024, 1),
+            "code": code, "seconds": round(seconds, 2), "phase_seconds": round(sum(phase_seconds), 2),
+            "peak_mb": round(peak / 1024, 1),
             "pass_mb": round((peak - before) / 1024, 1), "marks_gets": len(api.called("metrics_marks")),
             "puts": len(api.called("metrics_put")), "put_kb": round(api.put_bytes / 1024), "rows": api.put_rows}))
 
@@ -137,6 +173,127 @@ def one_pass(directory: Path, jobs: int, tasks: int, now: int, steady: bool) -> 
     return {**figures, "influx_requests": int(words[words.index("with") + 1]), "influx_kb": round(int(words[-2]) / 1024)}
 
 
+def marks_of(job: int, tasks: int, now: int) -> list[dict[str, Any]]:
+    """The API's answer to GET agent/metrics for a job whose metrics were uploaded PASS_GAP seconds ago."""
+    return [{"max_time": now - PASS_GAP, "node_host": host_of(job), "step": 0, "task": task} for task in range(tasks)]
+
+
+class MetricsApiServer(ThreadingHTTPServer):
+    """GET and PUT job-submissions/agent/metrics/{id} over HTTP on loopback, counting what they were sent.
+    GET answers `marks` (empty on a first pass); PUT keeps the API's limit of METRICS_MAX_ROWS rows."""
+
+    daemon_threads = True
+
+    def __init__(self, marks: dict[int, list[dict[str, Any]]]):
+        super().__init__(("127.0.0.1", 0), MetricsApiHandler)
+        self.marks = marks
+        self.lock = threading.Lock()
+        self.counts = {"marks_gets": 0, "puts": 0, "put_bytes": 0, "rows": 0, "refused": 0}
+
+    def count(self, **increments: int) -> None:
+        with self.lock:
+            for name, increment in increments.items():
+                self.counts[name] += increment
+
+
+class MetricsApiHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the API's server
+    disable_nagle_algorithm = True  # the body goes in a second write: no delayed-ACK wait per response
+    server: MetricsApiServer
+
+    def answer(self, status: int, body: bytes = b"") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        route = METRICS_ROUTE.match(self.path)
+        if route is None:
+            self.answer(404)
+            return
+        submission_id = int(route.group(1))
+        self.server.count(marks_gets=1)
+        self.answer(200, json.dumps({"job_submission_id": submission_id,
+                                     "max_times": self.server.marks.get(submission_id, [])}).encode())
+
+    def do_PUT(self) -> None:  # noqa: N802 (http.server's name)
+        import msgpack
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if METRICS_ROUTE.match(self.path) is None:
+            self.answer(404)
+            return
+        rows = len(msgpack.unpackb(body))
+        self.server.count(puts=1, put_bytes=len(body), rows=rows, refused=int(rows > METRICS_MAX_ROWS))
+        self.answer(400 if rows > METRICS_MAX_ROWS else 204)
+
+    def log_message(self, *args: Any) -> None:
+        """Quiet: the counts are the record."""
+
+
+def upstream_python(venv: Path) -> Path:
+    """The upstream agent's own virtualenv, made and filled from PyPI on first use (pip does not go to
+    the network when the pinned version is there)."""
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", UPSTREAM_PACKAGE],
+                   check=True, stdout=subprocess.DEVNULL)
+    return python
+
+
+def influx_dsn(url: str, database: str) -> str:
+    """The agent's INFLUX_DSN (influxdb-python's from_dsn) for an http(s) InfluxDB URL."""
+    scheme, address = url.split("://", 1)
+    return f"{'https+influxdb' if scheme == 'https' else 'influxdb'}://{address}/{database}"
+
+
+def upstream_pass(python: Path, directory: Path, url: str, database: str, jobs: int, tasks: int, now: int,
+                  steady: bool) -> dict[str, Any]:
+    """The upstream agent's update_job_metrics for the same jobs (submission ids 1..jobs, as the
+    jobbergate-sync side), in a fresh process, against a fresh fake API."""
+    marks = {number: marks_of(job, tasks, now) for number, job in enumerate(range(FIRST_JOB, FIRST_JOB + jobs), start=1)}
+    cache = directory / "upstream-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    with MetricsApiServer(marks if steady else {}) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        settings = {"BASE_API_URL": f"http://127.0.0.1:{server.server_port}", "INFLUX_DSN": influx_dsn(url, database),
+                    "CACHE_DIR": str(cache)}
+        environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(directory),
+                       **{f"JOBBERGATE_AGENT_{key}": value for key, value in settings.items()}}
+        # its settings also read .env in the working directory: an empty directory of ours
+        result = subprocess.run([str(python), str(UPSTREAM_DRIVER), "1", str(FIRST_JOB), str(jobs)], env=environment,
+                                cwd=directory, capture_output=True, text=True)
+        server.shutdown()
+    if result.returncode != 0 or not result.stdout.strip():
+        raise SystemExit(f"the upstream agent's driver failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    counts = server.counts
+    return {**figures, "code": 0 if figures["failed"] == 0 and counts["refused"] == 0 else 1,
+            "marks_gets": counts["marks_gets"], "puts": counts["puts"], "put_kb": round(counts["put_bytes"] / 1024),
+            "rows": counts["rows"], "influx_kb": round(figures["influx_bytes"] / 1024), "phase_seconds": figures["seconds"],
+            "errors": result.stderr.count("ERROR")}
+
+
+COLUMNS = (("jobs", 6), ("pass", 6), ("fill s", 7), ("tool", 8), ("influx req", 10), ("influx KB", 10), ("API GET", 8),
+           ("API PUT", 8), ("PUT KB", 8), ("rows", 8), ("wall s", 7), ("phase s", 7), ("peak MB", 8), ("pass MB", 8),
+           ("wall/up", 8), ("phase/up", 8))
+
+
+def table_row(size: int, steady: bool, filled: float, tool: str, figures: dict[str, Any],
+              upstream: Optional[dict[str, Any]] = None) -> str:
+    """One tool's pass; with `upstream`, the ratios of this pass's wall time and metrics phase to the upstream agent's."""
+    ratios = [f"{figures[key] / upstream['seconds']:.3f}" if upstream and upstream["seconds"] else ""
+              for key in ("seconds", "phase_seconds")]
+    cells = [size, "steady" if steady else "first", f"{filled:.1f}", tool] + [figures[key] for key in (
+        "influx_requests", "influx_kb", "marks_gets", "puts", "put_kb", "rows", "seconds", "phase_seconds", "peak_mb",
+        "pass_mb")] + ratios
+    outcome = "" if figures["code"] == 0 else f"  exit {figures['code']}" if tool == "sync" else \
+        f"  {figures['failed']} failed, {figures['errors']} ERROR log lines"
+    return " ".join(f"{cell:>{width}}" for cell, (_, width) in zip(cells, COLUMNS)).rstrip() + outcome
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--child"]:
         directory, jobs, tasks, now, kind = sys.argv[2:7]
@@ -150,25 +307,34 @@ def main() -> None:
     parser.add_argument("--interval", type=int, default=10)
     parser.add_argument("--span", type=int, default=3600)
     parser.add_argument("--keep", action="store_true", help="keep the benchmark databases")
+    parser.add_argument("--upstream", action="store_true", help=f"also run the upstream agent ({UPSTREAM_PACKAGE})")
+    parser.add_argument("--upstream-venv", type=Path, default=Path("/var/tmp/jobbergate-sync-bench/upstream-venv"),
+                        help="the upstream agent's virtualenv, made on first use")
     arguments = parser.parse_args()
     url = arguments.influxdb_url.rstrip("/")
     now = int(time.time())
-    print(f"job metrics per pass: {arguments.tasks} tasks a job, a sample every {arguments.interval} s over "
+    python = upstream_python(arguments.upstream_venv) if arguments.upstream else None
+    provenance.print_header()
+    print(f"# job metrics per pass: {arguments.tasks} tasks a job, a sample every {arguments.interval} s over "
           f"{arguments.span} s, InfluxDB {url}")
-    print(f"{'jobs':>6} {'pass':>6} {'fill s':>7} {'influx req':>10} {'influx KB':>10} {'API GET':>8} {'API PUT':>8} "
-          f"{'PUT KB':>8} {'rows':>8} {'wall s':>7} {'peak MB':>8} {'pass MB':>8}")
+    if python:
+        print(f"# upstream: {UPSTREAM_PACKAGE} in its own virtualenv, update_job_metrics for each job in turn; "
+              "API over loopback HTTP, OIDC token stubbed in-process, log at INFO, numba compiled before the clock")
+    print(" ".join(f"{name:>{width}}" for name, width in COLUMNS))
     for size in [int(size) for size in arguments.sizes.split(",") if size]:
         database = f"jgs_bench_metrics_{size}"
-        filled = fill(url, database, size, arguments.tasks, arguments.interval, arguments.span, now)
         directory = Path(tempfile.mkdtemp(prefix="jgs-bench-metrics-"))
         try:
+            filled = fill(url, database, size, arguments.tasks, arguments.interval, arguments.span, now)
             write_config(directory, url, database)
             for steady in ([False] if size <= arguments.first_max else []) + [True]:
                 figures = one_pass(directory, size, arguments.tasks, now, steady)
-                print(f"{size:>6} {'steady' if steady else 'first':>6} {filled:>7.1f} {figures['influx_requests']:>10} "
-                      f"{figures['influx_kb']:>10} {figures['marks_gets']:>8} {figures['puts']:>8} {figures['put_kb']:>8} "
-                      f"{figures['rows']:>8} {figures['seconds']:>7} {figures['peak_mb']:>8} {figures['pass_mb']:>8}"
-                      + ("" if figures["code"] == 0 else f"  exit {figures['code']}"), flush=True)
+                upstream = upstream_pass(python, directory, url, database, size, arguments.tasks, now, steady) if python else None
+                print(table_row(size, steady, filled, "sync", figures, upstream), flush=True)
+                if upstream:
+                    print(table_row(size, steady, filled, "upstream", upstream), flush=True)
+                    print(f"{'':>22} upstream: {upstream['api_seconds']} s of its wall in API requests, "
+                          f"{upstream['compile_seconds']} s numba compile before the clock", flush=True)
         finally:
             shutil.rmtree(directory, ignore_errors=True)
             if not arguments.keep:
