@@ -46,10 +46,9 @@ import responses
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from fake_stack_config import JWT_KEY, write_fake_stack_config  # noqa: E402
-
 import jobbergate_sync  # noqa: E402
 import provenance  # noqa: E402
+from fake_stack_config import JWT_KEY, write_fake_stack_config  # noqa: E402
 from fakes import CLIENT_ID, METRICS_MAX_ROWS, FakeIssuer, FakeJobbergate, FakeSlurm  # noqa: E402
 
 FIRST_JOB = 500_000
