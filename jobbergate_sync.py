@@ -103,8 +103,8 @@ EXIT_CODES = (
     ExitCode(EX_UNAVAILABLE, "a peer unreachable",
              "the Jobbergate API, the OIDC issuer, slurmrestd, Slurm's commands, slurmdbd or the LDAP server was "
              "unreachable (timeouts, refused connections, 5xx, 429, garbage answers), or slurmdbd was behind while "
-             "settling an interrupted submit; the work waits for the next pass. Also: the pass ran far past [run] "
-             "deadline and its watchdog ended it",
+             "settling an interrupted submit, or no slurmctld answered the ping of [run] role = auto; the work waits "
+             "for the next pass. Also: the pass ran far past [run] deadline and its watchdog ended it",
              "a peer is unreachable: the OIDC issuer, the API, slurmrestd or slurmctld behind it, slurmdbd or the LDAP "
              "server (before Slurm 25.11 a token refused for a wrong JWT key looks the same)"),
     ExitCode(EX_SOFTWARE, "internal error", "internal error (a bug: please report it with the log, which has the "
@@ -115,7 +115,8 @@ EXIT_CODES = (
              "bind refused)", "a refused secret, key or token, or a missing permission"),
     ExitCode(EX_CONFIG, "configuration",
              "bad configuration (the message names the section and key, or the file); also a 404 from the API that "
-             "names no missing record: [jobbergate] api_url lacks the API's /jobbergate mount",
+             "names no missing record: [jobbergate] api_url lacks the API's /jobbergate mount; with [run] role = auto, "
+             "this host is none of the controllers Slurm lists ([run] host_names)",
              "bad configuration (the line names the setting): also a secret file's mode or owner, a pinned "
              "api_version slurmrestd does not serve, slurmdbd = true without /slurmdb/ paths, the state directory "
              "or the lock file"),
