@@ -803,7 +803,7 @@ def test_options_after_the_block_are_not_translated() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_check_script_returns_the_text() -> None:
+def test_script_text_returns_the_text() -> None:
     assert script_text("#!/bin/bash\necho é\n".encode(), "job.sh") == "#!/bin/bash\necho é\n"
 
 
@@ -819,7 +819,7 @@ def test_check_script_returns_the_text() -> None:
         (b"\xef\xbb\xbf#!/bin/bash\n", r"entrypoint 'job\.sh' does not start with '#!'"),  # BOM
     ],
 )
-def test_check_script_refusals(data: bytes, message: str) -> None:
+def test_script_text_refusals(data: bytes, message: str) -> None:
     with pytest.raises(Rejection, match=message):
         script_text(data, "job.sh")
 
