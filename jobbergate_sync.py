@@ -5523,6 +5523,9 @@ Changes = Union[LiveChanges, DryRunChanges]
 # ---------------------------------------------------------------------------------------------
 
 
+# How long a pass waits for slurmctld to hand slurmdbd the records it still holds, before it leaves
+# what needs slurmdbd's whole answer to the next pass.
+ACCOUNTING_BACKLOG_WAIT = 5.0
 # Clock difference allowed for between this host and slurmctld when matching submit times.
 CLOCK_SLACK_SECONDS = 60
 # slurmdbd's name of a job whose record is not complete yet.
@@ -5643,6 +5646,10 @@ class EarlierSubmit(PassPart):
         missing = [item for item in pending if item["id"] not in found]
         owners = sorted({name for name in map(self.owner_name, missing) if name}) if self.slurm.use_slurmdbd else []
         if owners:
+            backlog = self.accounting_backlog()
+            if backlog:
+                raise Unavailable(f"slurmctld still holds {backlog} record(s) for slurmdbd; the pending submissions "
+                                  "are settled against Slurm, and submitted, once slurmdbd has them")
             accounted: dict[int, list[dict[str, Any]]] = {}
             for record in self.slurm.accounting_jobs_since(",".join(owners), time.time() - STALE_INTENT_SECONDS):
                 submission_id = by_tag.get(comment_tag(_accounting_comment(record)))
@@ -5654,12 +5661,19 @@ class EarlierSubmit(PassPart):
                     found.setdefault(submission_id, []).append(TaggedJob(
                         job_id, newest[0].get("user") if newest else None, "slurmdbd",
                         report_from_records(job_id, newest, report_from_slurmdbd) if newest else None))
-            backlog = self.slurm.accounting_backlog()
-            if backlog:
-                raise Unavailable(f"slurmctld still holds {backlog} record(s) for slurmdbd; the pending submissions "
-                                  "are settled against Slurm, and submitted, once slurmdbd has them")
         log.info("settled %d pending submission(s) against Slurm: %d have a job with their tag", len(pending), len(found))
         self.tagged = found
+
+    def accounting_backlog(self) -> Optional[int]:
+        """The records slurmctld still holds for slurmdbd, read again each second while there are some, for
+        at most ACCOUNTING_BACKLOG_WAIT seconds of the pass's time: a healthy slurmctld sends them within
+        a second or two, and only an empty backlog proves that slurmdbd has every job made before it."""
+        waits_until = time.monotonic() + min(ACCOUNTING_BACKLOG_WAIT, max(self.deadline.remaining(), 0.0))
+        backlog = self.slurm.accounting_backlog()
+        while backlog and time.monotonic() + 1 <= waits_until:
+            time.sleep(1)
+            backlog = self.slurm.accounting_backlog()
+        return backlog
 
     def owner_name(self, item: Mapping[str, Any]) -> Optional[str]:
         """The local account a pending submission's jobs run as; None when it maps to none (the
@@ -5779,6 +5793,7 @@ class EarlierSubmit(PassPart):
         """The slurmdbd record of the job an interrupted submit created, None when slurmdbd proves
         there is none; SubmitUnsettled when it cannot tell."""
         intent_at = entry.intent_at or 0.0
+        backlog = self.accounting_backlog()  # before the read, which then holds every record made before it
         records = self.slurm.accounting_jobs_since(entry.username or "", window[0])
         tagged, alike = accounting_candidates(records, entry, window, self.journal.job_ids_of_others(entry.submission_id))
         proven = self.proven_job(entry, window, "slurmdbd", {
@@ -5793,7 +5808,6 @@ class EarlierSubmit(PassPart):
         if entry.job_name is None or entry.working_directory is None:
             raise SubmitUnsettled(entry, "the journal entry predates the job name and directory that a search "
                                          "of slurmdbd needs")
-        backlog = self.slurm.accounting_backlog()
         if backlog is None:
             raise SubmitUnsettled(entry, "slurmctld does not say whether slurmdbd has every job record yet")
         if backlog:

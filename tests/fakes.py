@@ -367,6 +367,7 @@ class FakeSlurm:
         rsps.add_callback(responses.GET, re.compile(base + r"/diag/?$"), callback=self._wrap("diag"))
         rsps.add_callback(responses.GET, re.compile(base + r"/ping/?$"), callback=self._wrap("ping"))
         self.dbd_backlog: Optional[int] = 0  # sdiag's "DBD Agent queue size"; None: not in the answer
+        self.dbd_backlogs: list[int] = []  # answered first, one per diag request, before dbd_backlog
         rsps.add_callback(responses.GET, f"{SLURM}/openapi/v3", callback=self._wrap("openapi"))
 
     def _wrap(self, route: str) -> Any:
@@ -498,8 +499,9 @@ class FakeSlurm:
 
     def _diag(self, request: requests.PreparedRequest, user: str, _: Any) -> tuple:
         statistics = {"jobs_submitted": len(self.submitted), "agent_queue_size": 0}
-        if self.dbd_backlog is not None:
-            statistics["dbd_agent_queue_size"] = self.dbd_backlog
+        backlog = self.dbd_backlogs.pop(0) if self.dbd_backlogs else self.dbd_backlog
+        if backlog is not None:
+            statistics["dbd_agent_queue_size"] = backlog
         return _json(200, {"errors": [], "statistics": statistics})
 
     def _ping(self, request: requests.PreparedRequest, user: str, _: Any) -> tuple:

@@ -159,6 +159,18 @@ def test_old_intent_absent_everywhere_is_submitted_once_slurmdbd_is_complete(sta
     assert any(url.endswith("/slurmdb/v0.0.38/jobs?start_time=now-13minutes") for url in dbd_lookups(stack))
 
 
+def test_a_backlog_that_drains_within_seconds_is_waited_for_before_slurmdbd_is_read(stack, never_reached_slurm):
+    config, _ = never_reached_slurm(600, slurmrestd__slurmdbd="true")
+    stack.slurm.dbd_backlogs = [2]  # then empty: slurmctld has handed slurmdbd its records
+    stack.slurm.requests.clear()
+
+    assert run(config) == 0
+
+    assert len(stack.slurm.submitted) == 1 and stack.api.status(1) == "SUBMITTED"
+    lookups = dbd_lookups(stack)
+    assert [url.endswith("/diag") for url in lookups[:3]] == [True, True, False]  # the backlog read twice, then slurmdbd
+
+
 def test_old_intent_absent_everywhere_is_rejected_when_slurmctld_does_not_report_its_backlog(stack,
                                                                                             never_reached_slurm):
     config, _ = never_reached_slurm(600, slurmrestd__slurmdbd="true")

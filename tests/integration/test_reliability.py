@@ -320,7 +320,8 @@ def peak_memory_mib_of(command: list[str]) -> tuple[int, float]:
 def test_a_large_support_file_is_streamed_never_held_in_memory(alice, make_tool, slurm, figures):
     figures.record("hostile_inputs_streamed")
     size_mib = 128
-    tool = make_tool("large-files", submit__max_file_size=(size_mib + 1) * 1024 * 1024)
+    tool = make_tool("large-files", submit__max_file_size=(size_mib + 1) * 1024 * 1024,
+                     submit__max_total_size=(size_mib + 1) * 1024 * 1024)
     workdir = Path(f"/home/alice/jgs/{unique('large')}")
     submission = new_submission(alice, {"job.sh": b"#!/bin/bash\nwc -c big.bin\n", "big.bin": b"\x00" * size_mib * 1024 * 1024},
                                 execution_directory=str(workdir))
