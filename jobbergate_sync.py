@@ -52,7 +52,7 @@ import time
 import unicodedata
 import urllib.parse
 from datetime import datetime, timezone
-from typing import IO, Any, Callable, Collection, Iterable, Iterator, Mapping, Optional, Protocol, Union
+from typing import IO, Any, Callable, Collection, Iterable, Iterator, Mapping, Optional, Protocol, Sequence, TypeVar, Union
 
 import click
 import requests
@@ -644,7 +644,8 @@ CONFIG_SCHEMA: dict[str, dict[str, Setting]] = {
                            help="Base of the exponential backoff between attempts, in seconds (with jitter)."),
         "resend_after": Setting(3600, int, minimum=0, help="Seconds after which an unchanged job state is sent again anyway."),
         "workers": Setting(4, int, minimum=1, maximum=MAX_WORKERS,
-                           help="Submissions handled side by side; 1 handles one at a time."),
+                           help="Submissions handled side by side, and job-metrics reads from InfluxDB run side by side "
+                                "(each reading its share of the jobs); 1 handles one at a time."),
     },
     "influxdb": {
         "url": Setting("", example="http://influx.example.com:8086",
@@ -4584,10 +4585,17 @@ class Journal:
                             (job.submission_id, job.slurm_job_id))
             self._write_marks(job.submission_id, job.marks)
 
-    def record_metric_marks(self, submission_id: int, marks: Mapping[tuple[str, int, int], int]) -> None:
-        """Raise the series' marks to these times (never lower them), in one transaction."""
+    def write_metric_marks(self, marks: Mapping[int, Mapping[tuple[str, int, int], int]], forgotten: Collection[int]) -> None:
+        """In one transaction: raise these submissions' series marks (never lowering them), then stop
+        following the `forgotten` submissions."""
+        if not marks and not forgotten:
+            return
         with self._transaction():
-            self._write_marks(submission_id, marks)
+            for submission_id, submission_marks in marks.items():
+                self._write_marks(submission_id, submission_marks)
+            for submission_id in forgotten:
+                self.db.execute("DELETE FROM metric_marks WHERE submission_id = ?", (submission_id,))
+                self.db.execute("DELETE FROM metric_jobs WHERE submission_id = ?", (submission_id,))
 
     def _write_marks(self, submission_id: int, marks: Mapping[tuple[str, int, int], int]) -> None:
         self.db.executemany(
@@ -4595,11 +4603,6 @@ class Journal:
             "ON CONFLICT(submission_id, node_host, step, task) DO UPDATE SET "
             "max_time = max(max_time, excluded.max_time)",
             [(submission_id, host, step, task, max_time) for (host, step, task), max_time in marks.items()])
-
-    def forget_metrics(self, submission_id: int) -> None:
-        with self._transaction():
-            self.db.execute("DELETE FROM metric_marks WHERE submission_id = ?", (submission_id,))
-            self.db.execute("DELETE FROM metric_jobs WHERE submission_id = ?", (submission_id,))
 
     def job_ids_of_others(self, submission_id: int) -> set[int]:
         """The Slurm jobs the journal holds for other submissions: never the job of this one."""
@@ -4853,6 +4856,53 @@ class PassSummary:
         return EXIT_ITEMS_FAILED if self.errors else EXIT_OK
 
 
+WorkItem = TypeVar("WorkItem")
+
+
+def run_in_threads(items: Sequence[WorkItem], work: Callable[[int, WorkItem], None], threads: int,
+                   deadline: Deadline) -> None:
+    """Run work(position, item) on each item, by up to `threads` threads taking the items in order;
+    with one thread, in this one. No item starts once `deadline` has passed or once an item raised
+    (what ends the pass: the work contains the rest): the items under way finish, then that is
+    raised here."""
+    upcoming = enumerate(items)
+    lock = threading.Lock()
+    stops: list[BaseException] = []  # why no further item may start
+
+    def worker() -> None:
+        while True:
+            with lock:
+                position, item = next(upcoming, (None, None)) if not stops else (None, None)
+                if position is not None and deadline.remaining() <= 0:
+                    stops.append(DeadlineReached())
+                    return
+            if position is None:
+                return
+            try:
+                work(position, item)
+            except BaseException as exc:  # handed to the calling thread, which raises it
+                with lock:
+                    stops.append(exc)
+
+    workers = [threading.Thread(target=worker, name=f"worker-{number}")
+               for number in range(1, min(threads, len(items)) + 1)]
+    if len(workers) <= 1:
+        worker()
+    else:
+        for thread in workers:
+            thread.start()
+        try:
+            for thread in workers:
+                thread.join()
+        except BaseException as exc:  # interrupted: no further item starts, those under way finish
+            with lock:
+                stops.insert(0, exc)
+            for thread in workers:
+                thread.join()
+    if stops:
+        raise next((exc for exc in stops if not isinstance(exc, DeadlineReached)), stops[0])
+
+
 class PassContext:
     """What the phases share: the peers, the journal, the summary, containment, and the one object
     that changes anything (`changes`), live or dry, chosen here once."""
@@ -4930,52 +4980,19 @@ class PassContext:
     def for_each_item(self, items: list[dict[str, Any]], work: Callable[[dict[str, Any]], None],
                       reject: Optional[Callable[[int, str], None]] = None, deadline: Optional[Deadline] = None) -> None:
         """Run `work` on each item, contained (contain_item, which `reject` is given to), by `[run]
-        workers` threads taking the items in order; with one worker, in this thread. No item starts
-        once `deadline` (the pass's by default) has passed or once an item raised what ends the pass
-        (authentication, configuration): the items under way finish, then that is raised here. What
-        items print (a dry run's plan) comes out in the items' order, each item's lines together."""
-        upcoming = enumerate(items)
-        deadline = deadline or self.deadline
-        lock = threading.Lock()
-        stops: list[BaseException] = []  # why no further item may start
+        workers` threads (run_in_threads; the pass's deadline by default). What items print (a dry
+        run's plan) comes out in the items' order, each item's lines together."""
         output = OrderedOutput()
 
-        def worker() -> None:
-            while True:
-                with lock:
-                    position, item = next(upcoming, (None, None)) if not stops else (None, None)
-                    if item is not None and deadline.remaining() <= 0:
-                        stops.append(DeadlineReached())
-                        return
-                if item is None:
-                    return
-                CURRENT_ITEM.submission_id, CURRENT_ITEM.output = item["id"], []
-                try:
-                    self.contain_item(item["id"], lambda item=item: work(item), reject)
-                except BaseException as exc:  # handed to the pass's thread, which raises it
-                    with lock:
-                        stops.append(exc)
-                finally:
-                    output.done(position, CURRENT_ITEM.output)
-                    CURRENT_ITEM.submission_id = CURRENT_ITEM.output = None
-
-        threads = [threading.Thread(target=worker, name=f"worker-{number}")
-                   for number in range(1, min(self.config.run.workers, len(items)) + 1)]
-        if len(threads) <= 1:
-            worker()
-        else:
-            for thread in threads:
-                thread.start()
+        def one(position: int, item: dict[str, Any]) -> None:
+            CURRENT_ITEM.submission_id, CURRENT_ITEM.output = item["id"], []
             try:
-                for thread in threads:
-                    thread.join()
-            except BaseException as exc:  # interrupted: no further item starts, those under way finish
-                with lock:
-                    stops.insert(0, exc)
-                for thread in threads:
-                    thread.join()
-        if stops:
-            raise next((exc for exc in stops if not isinstance(exc, DeadlineReached)), stops[0])
+                self.contain_item(item["id"], lambda: work(item), reject)
+            finally:
+                output.done(position, CURRENT_ITEM.output)
+                CURRENT_ITEM.submission_id = CURRENT_ITEM.output = None
+
+        run_in_threads(items, one, self.config.run.workers, deadline or self.deadline)
 
     def say(self, text: str) -> None:
         """Print a line of a dry run's plan: kept with its item's lines, in the items' order."""
@@ -5972,8 +5989,9 @@ METRICS_WINDOW_BUCKET = 60
 # Query URLs stay below this size (proxies and InfluxDB's own limit accept it); more jobs, more queries.
 INFLUXDB_QUERY_URL_BYTES = 8000
 # A job met for the first time is read whole (an hour of 4 tasks sampled every 10 s: 1,440 rows, about
-# 1 MB in memory); this many of them a query bounds what one answer holds when many jobs are new.
-NEW_JOBS_PER_QUERY = 20
+# 1 MB in memory); at most this many of them are read at a time, whatever the number of workers, which
+# bounds what the answers being worked on hold when many jobs are new.
+NEW_JOBS_READ_AT_ONCE = 20
 INFLUXDB_CHUNK_SIZE = 10000  # points per chunk of a chunked answer: bounds what one JSON line holds
 INT64_MAX = 2 ** 63 - 1
 
@@ -6032,6 +6050,7 @@ class InfluxDB:
         self.verify: Union[bool, str] = settings.ca_file or settings.verify
         self.timeout = settings.timeout
         self.http = http
+        self.counter_lock = threading.Lock()  # queries run side by side
         self.queries = 0
         self.bytes_read = 0
 
@@ -6051,7 +6070,8 @@ class InfluxDB:
                 params["rp"] = self.retention_policy
 
         def attempt() -> None:
-            self.queries += 1
+            with self.counter_lock:
+                self.queries += 1
             response = self.http.send("influxdb", "GET", self.url, self.timeout, params=params, auth=self.auth,
                                       verify=self.verify, stream=True)
             with response:
@@ -6060,15 +6080,19 @@ class InfluxDB:
                                     f"(HTTP {response.status_code})")
                 if response.status_code != 200:
                     raise Unavailable(f"GET {self.url}: HTTP {response.status_code} {response.text[:200].strip()}")
+                received = 0
                 try:
                     for line in response.iter_lines():
-                        self.bytes_read += len(line)
+                        received += len(line)
                         if line.strip():
                             self._hand_over(json.loads(line), on_series)
                 except requests.RequestException as exc:
                     raise Unavailable(f"GET {self.url}: answer interrupted ({type(exc).__name__})") from None
                 except ValueError:
                     raise Unavailable(f"GET {self.url}: not an InfluxDB answer") from None
+                finally:
+                    with self.counter_lock:
+                        self.bytes_read += received
 
         self.http.call("influxdb", attempt, idempotent=True)
 
@@ -6146,11 +6170,20 @@ class ProfileQuery:
     discovery: Optional[int] = None  # statement id of discovery_statement
 
 
-def profile_queries(jobs: Iterable[MetricsJob], url_bytes: int = INFLUXDB_QUERY_URL_BYTES) -> list[ProfileQuery]:
-    """The queries that read these jobs' new samples. Jobs whose windows start close together share
-    a statement (from the earliest start among them); a last statement finds the followed jobs'
-    series. The statements go together in one query, split only where its URL would grow too long
-    or where it would read more than NEW_JOBS_PER_QUERY jobs whole."""
+def new_jobs_per_query(parts: int) -> int:
+    """How many jobs met for the first time one query reads, when `parts` queries run at a time."""
+    return max(1, NEW_JOBS_READ_AT_ONCE // parts)
+
+
+def profile_queries(jobs: Collection[MetricsJob], url_bytes: int = INFLUXDB_QUERY_URL_BYTES,
+                    parts: int = 1) -> list[ProfileQuery]:
+    """The queries that read these jobs' new samples, in `parts` queries of about as many jobs each
+    (run side by side, each by one worker). Jobs whose windows start close together share a
+    statement (from the earliest start among them); a last statement finds the followed jobs'
+    series. A part is split further only where its URL would grow too long or where it would read
+    more than new_jobs_per_query(parts) jobs whole."""
+    jobs_per_part = -(-len(jobs) // parts)
+    new_per_query = new_jobs_per_query(parts)
     starts = {job.slurm_job_id: job.read_from() for job in jobs}
     discover = {job.slurm_job_id: job.discover_from() for job in jobs}
     order = sorted(starts, key=lambda job_id: (-1 if starts[job_id] is None else bucket_start(starts[job_id]), job_id))
@@ -6172,7 +6205,8 @@ def profile_queries(jobs: Iterable[MetricsJob], url_bytes: int = INFLUXDB_QUERY_
     chunk: list[int] = []
     for job_id in order:
         new_jobs = sum(starts[member] is None for member in [*chunk, job_id])
-        if chunk and (new_jobs > NEW_JOBS_PER_QUERY or len(urllib.parse.quote(plan([*chunk, job_id]).text)) > url_bytes):
+        if chunk and (len(chunk) >= jobs_per_part or new_jobs > new_per_query
+                      or len(urllib.parse.quote(plan([*chunk, job_id]).text)) > url_bytes):
             queries.append(plan(chunk))
             chunk = []
         chunk.append(job_id)
@@ -6289,11 +6323,26 @@ def put_metrics(api: JobbergateApi, submission_id: int, chunk: list[list[Any]], 
     api._expect(response, 200, 201, 202, 204)
 
 
+@dataclasses.dataclass
+class UploadedMarks:
+    """What one query's uploads leave to write to the journal, together: each submission's raised
+    marks, and the submissions no longer followed."""
+
+    marks: dict[int, dict[SeriesKey, int]] = dataclasses.field(default_factory=dict)
+    forgotten: set[int] = dataclasses.field(default_factory=set)
+
+    def raise_marks(self, job: MetricsJob, marks: Mapping[SeriesKey, int]) -> None:
+        written = self.marks.setdefault(job.submission_id, {})
+        for key, newest in marks.items():
+            job.marks[key] = written[key] = max(job.marks.get(key, newest), newest)
+
+
 class JobMetricsPhase(PassPart):
     """The profile samples of the jobs that ran since the last pass, and once more of those that
     left the active list (their last samples arrive at the end), from InfluxDB to the API. A fixed
-    number of InfluxDB queries per pass for all these jobs (more only when a query's URL would grow
-    too long); an InfluxDB outage delays the metrics and nothing else."""
+    number of InfluxDB queries per pass for all these jobs, one per worker, each worker reading
+    its share of the jobs and uploading their rows (more queries only when a URL would grow too
+    long, or when many jobs are new); an InfluxDB outage delays the metrics and nothing else."""
 
     def run(self) -> None:
         if not self.config.influxdb.url or self.context.active_listed is None:
@@ -6308,27 +6357,17 @@ class JobMetricsPhase(PassPart):
         for item in active:
             if self.started(item) and item["id"] not in followed:
                 self.context.contain_item(item["id"], lambda item=item: self.follow(item, followed))
-        ended = {submission_id for submission_id in followed if complete and submission_id not in active_ids}
         if not followed:
             return
-        influxdb, msgpack = InfluxDB(self.config, self.api.http), import_msgpack()
-        by_job = {job.slurm_job_id: job for job in followed.values()}
-        for query in profile_queries(followed.values()):
-            if self.deadline.remaining() <= 0:
-                raise DeadlineReached()
-            rows = ProfileRows(query, {job_id: by_job[job_id].marks for job_id in query.since})
-            try:
-                influxdb.stream(query.text, rows.add)
-            except (Unavailable, AuthError) as exc:
-                self.summary.count("influxdb_failures")
-                log.warning("InfluxDB: %s; the metrics of %d job(s) wait for the next pass", exc, len(query.since))
-                continue
-            for job_id in query.since:
-                job = by_job[job_id]
-                self.context.contain_item(job.submission_id, lambda job=job, rows=rows: self.upload(
-                    job, rows, msgpack, job.submission_id in ended))
-        log.info("job metrics: %d job(s) read with %d InfluxDB query request(s), %d bytes", len(followed),
-                 influxdb.queries, influxdb.bytes_read)
+        began = time.monotonic()
+        self.influxdb, self.msgpack = InfluxDB(self.config, self.api.http), import_msgpack()
+        self.by_job = {job.slurm_job_id: job for job in followed.values()}
+        self.ended = {submission_id for submission_id in followed if complete and submission_id not in active_ids}
+        workers = self.config.run.workers
+        run_in_threads(profile_queries(followed.values(), parts=workers), lambda _, query: self.collect(query),
+                       workers, self.deadline)
+        log.info("job metrics: %d job(s) read with %d InfluxDB query request(s), %d bytes, in %.2f s", len(followed),
+                 self.influxdb.queries, self.influxdb.bytes_read, time.monotonic() - began)
 
     def started(self, item: Mapping[str, Any]) -> bool:
         """Whether the submission's job may have samples: it has a job that is not known to be pending."""
@@ -6344,37 +6383,51 @@ class JobMetricsPhase(PassPart):
         self.journal.follow_metrics(job)
         followed[job.submission_id] = job
 
-    def upload(self, job: MetricsJob, rows: ProfileRows, msgpack: Any, ended: bool) -> None:
-        """Chunks in time order, each chunk's marks written once the API has it: a crash resends at
-        most one chunk. An ended job's marks are dropped after this last collection, unless a series
+    def collect(self, query: ProfileQuery) -> None:
+        """One query's jobs: their new samples read, uploaded, and their marks written to the journal
+        in one transaction once the uploads are done (a crash before it re-sends those chunks, which
+        put_metrics makes harmless), so a worker's share costs one journal commit, not one a chunk."""
+        rows = ProfileRows(query, {job_id: self.by_job[job_id].marks for job_id in query.since})
+        try:
+            self.influxdb.stream(query.text, rows.add)
+        except (Unavailable, AuthError) as exc:
+            self.summary.count("influxdb_failures")
+            log.warning("InfluxDB: %s; the metrics of %d job(s) wait for the next pass", exc, len(query.since))
+            return
+        uploaded = UploadedMarks()
+        try:
+            for job_id in query.since:
+                job = self.by_job[job_id]
+                self.context.contain_item(job.submission_id, lambda job=job: self.upload(job, rows, uploaded))
+        finally:
+            self.journal.write_metric_marks(uploaded.marks, uploaded.forgotten)
+
+    def upload(self, job: MetricsJob, rows: ProfileRows, uploaded: UploadedMarks) -> None:
+        """Chunks in time order. An ended job is forgotten after this last collection, unless a series
         reported late and waits for the next read."""
         late = rows.late_series(job.slurm_job_id)
         if late:
             log.info("submission %d: %d series of Slurm job %d first reported samples older than this read; they are "
                      "read from their start in the next pass", job.submission_id, len(late), job.slurm_job_id,
                      **log_fields(submission_id=job.submission_id, slurm_job_id=job.slurm_job_id))
-            self.journal.record_metric_marks(job.submission_id, late)
-            job.marks.update(late)
+            uploaded.raise_marks(job, late)
         new_rows = rows.rows.get(job.slurm_job_id, {})
         for chunk in upload_chunks(new_rows):
             try:
-                put_metrics(self.api, job.submission_id, chunk, msgpack)
+                put_metrics(self.api, job.submission_id, chunk, self.msgpack)
             except ApiConflict as exc:
                 if exc.status != 404:
                     raise
                 log.warning("submission %d no longer exists in Jobbergate (%s); its job metrics are no longer followed",
                             job.submission_id, exc, **log_fields(submission_id=job.submission_id))
-                self.journal.forget_metrics(job.submission_id)
+                uploaded.forgotten.add(job.submission_id)
                 return
-            marks = marks_of(chunk)
-            self.journal.record_metric_marks(job.submission_id, marks)
-            for key, newest in marks.items():
-                job.marks[key] = max(job.marks.get(key, newest), newest)
+            uploaded.raise_marks(job, marks_of(chunk))
         if new_rows:
             log.info("submission %d: %d metric row(s) of Slurm job %d uploaded", job.submission_id, len(new_rows),
                      job.slurm_job_id, **log_fields(submission_id=job.submission_id, slurm_job_id=job.slurm_job_id))
-        if ended and not late:
-            self.journal.forget_metrics(job.submission_id)
+        if job.submission_id in self.ended and not late:
+            uploaded.forgotten.add(job.submission_id)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -75,14 +75,26 @@ def test_one_query_for_hundreds_of_jobs_and_each_job_in_exactly_one_query() -> N
     assert all(len(jobbergate_sync.urllib.parse.quote(query.text)) <= 1500 for query in split)
 
 
-def test_jobs_met_for_the_first_time_are_read_a_few_a_query() -> None:
-    new = [MetricsJob(n, 2000 + n, {}) for n in range(2 * jobbergate_sync.NEW_JOBS_PER_QUERY + 1)]
+@pytest.mark.parametrize("parts", [1, 4, 32])
+def test_jobs_met_for_the_first_time_are_read_a_few_at_a_time(parts: int) -> None:
+    at_once = jobbergate_sync.NEW_JOBS_READ_AT_ONCE
+    new = [MetricsJob(n, 2000 + n, {}) for n in range(2 * at_once + 1)]
     followed = [MetricsJob(n, 3000 + n, {("c1", 0, 0): NOW}) for n in range(100)]
-    queries = profile_queries(new + followed)
-    assert len(queries) == 3
+    queries = profile_queries(new + followed, parts=parts)
     assert sorted(job_id for query in queries for job_id in query.since) == sorted(job.slurm_job_id for job in new + followed)
-    assert all(sum(since is None for since in query.since.values()) <= jobbergate_sync.NEW_JOBS_PER_QUERY
-               for query in queries)
+    new_per_query = [sum(since is None for since in query.since.values()) for query in queries]
+    # as many of them read at a time (parts queries side by side) as with one part
+    assert max(new_per_query) * min(parts, len(queries)) <= max(at_once, parts)
+    assert len(queries) <= -(-len(new) // jobbergate_sync.new_jobs_per_query(parts)) + parts
+
+
+@pytest.mark.parametrize("jobs", [4, 30, 400])
+def test_followed_jobs_are_read_in_as_many_queries_as_workers(jobs: int) -> None:
+    followed = [MetricsJob(n, 3000 + n, {("c1", 0, 0): NOW - n % 7}) for n in range(jobs)]
+    queries = profile_queries(followed, parts=4)
+    assert len(queries) == 4
+    assert sorted(job_id for query in queries for job_id in query.since) == [job.slurm_job_id for job in followed]
+    assert max(len(query.since) for query in queries) == -(-jobs // 4)
 
 
 def test_new_jobs_read_their_whole_profile_followed_jobs_from_their_oldest_live_mark() -> None:
@@ -140,18 +152,20 @@ def test_a_running_job_s_samples_reach_the_api_once_and_new_series_are_picked_up
     assert len(stack.api.metrics_puts) == puts
 
 
-def test_one_request_to_influxdb_per_pass_for_many_followed_jobs(stack, influx, metrics_config) -> None:
+@pytest.mark.parametrize("workers", [1, 4])
+def test_one_request_to_influxdb_per_worker_and_pass_for_many_followed_jobs(stack, influx, metrics_config,
+                                                                            workers: int) -> None:
     for number in range(1, 31):
         running(stack, number, 100 + number)
         influx.sample(100 + number, NOW, RSS=1.0, CPUTime=1.0)
-    config = metrics_config()
+    config = metrics_config(**{"run.workers": str(workers)})
     assert run(config) == 0  # met for the first time: read whole, a few jobs a request
-    assert len(influx.queries) == -(-30 // jobbergate_sync.NEW_JOBS_PER_QUERY)
+    assert len(influx.queries) == -(-30 // jobbergate_sync.new_jobs_per_query(workers))
     for number in range(1, 31):
         influx.sample(100 + number, NOW + 10, RSS=2.0, CPUTime=1.0)
     del influx.queries[:]
     assert run(config) == 0
-    assert len(influx.queries) == 1
+    assert len(influx.queries) == workers
     assert len(stack.api.metrics) == 60
 
 
@@ -185,6 +199,16 @@ def test_a_chunk_resent_after_a_crash_is_no_failure(stack, influx, metrics_confi
     assert journal_marks(tmp_path) == [(1, "c1", 0, 0, NOW + 10)]
     assert sorted(stored(stack, 1)) == [(NOW, "c1", 0, 0), (NOW + 10, "c1", 0, 0)]
     assert stack.api.metrics_puts == [(1, 1), (1, 1)]
+
+
+def test_a_pass_ended_by_an_upload_still_writes_the_marks_of_what_went_up(stack, influx, metrics_config,
+                                                                         tmp_path) -> None:
+    for number in (1, 2):
+        running(stack, number, 100 + number)
+        influx.sample(100 + number, NOW, RSS=1.0)
+    stack.api.answers["metrics_put"] = [(204, ""), 403]  # the second upload meets a revoked client
+    assert run(metrics_config(**{"run.workers": "1"})) == jobbergate_sync.EX_NOPERM
+    assert journal_marks(tmp_path) == [(1, "c1", 0, 0, NOW)]
 
 
 def test_a_refused_upload_that_is_not_a_duplicate_is_an_error(stack, influx, metrics_config) -> None:
@@ -326,12 +350,13 @@ def test_a_version_2_journal_gains_the_metrics_tables(tmp_path) -> None:
     path.chmod(0o600)
     journal = jobbergate_sync.Journal(str(path))
     journal.follow_metrics(MetricsJob(7, 107, {("c1", -5, 0): NOW}))
-    journal.record_metric_marks(7, {("c1", -5, 0): NOW - 10, ("c2", 0, 1): NOW})  # never lowered
+    journal.write_metric_marks({7: {("c1", -5, 0): NOW - 10, ("c2", 0, 1): NOW}}, set())  # never lowered
     assert journal.metric_jobs() == {7: MetricsJob(7, 107, {("c1", -5, 0): NOW, ("c2", 0, 1): NOW})}
     assert journal.get(7) is not None
     assert journal.db.execute("PRAGMA user_version").fetchone()[0] == jobbergate_sync.JOURNAL_VERSION
-    journal.forget_metrics(7)
-    assert journal.metric_jobs() == {}
+    journal.follow_metrics(MetricsJob(8, 108, {}))
+    journal.write_metric_marks({7: {("c1", -5, 0): NOW + 10}, 8: {("c1", 0, 0): NOW}}, {7})  # raised, then forgotten
+    assert journal.metric_jobs() == {8: MetricsJob(8, 108, {("c1", 0, 0): NOW})}
 
 
 # ---------------------------------------------------------------------------------------------
