@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Prints what one pass's job metrics cost: InfluxDB query requests and bytes read, API requests and
-bytes sent, wall time and peak RSS, for 10, 100 and 1,000 profiled running jobs.
+bytes sent, wall times and peak RSS, for 10, 100 and 1,000 profiled running jobs.
 
 A real InfluxDB 1.x (the integration stack's, or --influxdb-url) is filled with synthetic profiles
 in Slurm's line protocol: each job has --tasks tasks on one of 16 hosts, a sample every --interval
-seconds over --span seconds, ten measurements a sample. The API, OIDC issuer and slurmrestd are the
-unit-test fakes (in-process); only InfluxDB is real. Each pass runs in a fresh process, whose peak
-RSS (getrusage) is also given less what it held before the pass began. Figures, not asserts.
+seconds over --span seconds, ten measurements a sample. Each pass is the installed jobbergate-sync
+in its own process, as cron runs it; its API, OIDC issuer and slurmrestd are the unit-test fakes,
+served to it over HTTP on loopback (fake_stack_http.py), so its peak RSS (the process's getrusage)
+and its times are its own. Only InfluxDB is real. Figures, not asserts.
 
     python bench/metrics_benchmark.py [--sizes 10,100,1000] [--first-max 100] [--upstream]
 
@@ -29,7 +30,6 @@ import json
 import os
 import pwd
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -49,7 +49,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import jobbergate_sync  # noqa: E402
 import provenance  # noqa: E402
 from fake_stack_config import JWT_KEY, write_fake_stack_config  # noqa: E402
-from fakes import CLIENT_ID, METRICS_MAX_ROWS, FakeIssuer, FakeJobbergate, FakeSlurm  # noqa: E402
+from fake_stack_http import LoopbackFakes  # noqa: E402
+from fakes import API, CLIENT_ID, ISSUER, METRICS_MAX_ROWS, SLURM, FakeIssuer, FakeJobbergate, FakeSlurm  # noqa: E402
 
 FIRST_JOB = 500_000
 HOSTS = 16
@@ -88,9 +89,11 @@ def fill(url: str, database: str, jobs: int, tasks: int, interval: int, span: in
     return time.perf_counter() - began
 
 
-def write_config(directory: Path, influxdb_url: str, database: str) -> str:
-    return write_fake_stack_config(directory, {"jobbergate": {"max_pages": 1000}, "run": {"deadline": 600},
-                                               "influxdb": {"url": influxdb_url, "database": database}})
+def write_config(directory: Path, fakes: LoopbackFakes, influxdb_url: str, database: str) -> str:
+    return write_fake_stack_config(directory, {
+        "jobbergate": {"api_url": fakes.url(API), "max_pages": 1000}, "oidc": {"issuer": fakes.url(ISSUER)},
+        "slurmrestd": {"url": fakes.url(SLURM)}, "run": {"deadline": 600},
+        "influxdb": {"url": influxdb_url, "database": database}})
 
 
 class CountingApi(FakeJobbergate):
@@ -100,37 +103,52 @@ class CountingApi(FakeJobbergate):
         super().__init__(*args)
         self.put_bytes = 0
         self.put_rows = 0
+        self.count_lock = threading.Lock()  # the proxy answers the tool's workers side by side
 
     def _metrics_put(self, request: Any, body: bytes, submission_id: str) -> tuple:
         import msgpack
-        self.put_bytes += len(body)
-        self.put_rows += len(msgpack.unpackb(body))
+        rows = len(msgpack.unpackb(body))
+        with self.count_lock:
+            self.put_bytes += len(body)
+            self.put_rows += rows
         return 204, {}, ""
 
 
-def time_metrics_phase() -> list[float]:
-    """The seconds of each run of the pass's job-metrics phase (reading InfluxDB, uploading), which is
-    what the upstream agent's update_job_metrics does; the rest of the pass reads and reports states."""
-    seconds: list[float] = []
-    run = jobbergate_sync.JobMetricsPhase.run
-
-    def timed_run(phase: jobbergate_sync.JobMetricsPhase) -> None:
-        began = time.perf_counter()
-        try:
-            run(phase)
-        finally:
-            seconds.append(time.perf_counter() - began)
-
-    jobbergate_sync.JobMetricsPhase.run = timed_run
-    return seconds
+def prepare_journal(directory: Path, jobs: int, tasks: int, now: int, steady: bool) -> None:
+    """A fresh state directory whose journal has every job reported RUNNING; with `steady`, each job's
+    series are also marked up to PASS_GAP seconds ago."""
+    shutil.rmtree(directory / "state", ignore_errors=True)
+    (directory / "state").mkdir(mode=0o700)
+    journal = jobbergate_sync.Journal(str(directory / "state" / "journal.sqlite3"))
+    for number, job in enumerate(range(FIRST_JOB, FIRST_JOB + jobs), start=1):
+        journal.record_report(number, jobbergate_sync.submission_tag(CLIENT_ID, number),
+                              jobbergate_sync.StateReport(job, "RUNNING", None, "{}"))
+        if steady:
+            journal.follow_metrics(jobbergate_sync.MetricsJob(number, job, {
+                (mark["node_host"], mark["step"], mark["task"]): mark["max_time"] for mark in marks_of(job, tasks, now)}))
+    journal.db.close()
 
 
-def child(directory: Path, jobs: int, tasks: int, now: int, steady: bool) -> None:
-    """One process, one pass; with `steady`, the journal first gets every job reported RUNNING and
-    its series marked up to PASS_GAP seconds ago. Prints the figures as JSON."""
-    config = str(directory / "config.ini")
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        rsps.add_passthru(jobbergate_sync.load_config(config, {}).influxdb.url)
+def tool_command() -> list[str]:
+    """The installed command, beside this Python; the module when it is not installed."""
+    script = Path(sys.executable).parent / "jobbergate-sync"
+    return [str(script)] if script.exists() else [sys.executable, str(ROOT / "jobbergate_sync.py")]
+
+
+JOB_METRICS_LINE = re.compile(r"job metrics: \d+ job\(s\) read with (\d+) InfluxDB query request\(s\), (\d+) bytes, "
+                              r"in ([0-9.]+) s")
+
+
+def sync_pass(directory: Path, influxdb_url: str, database: str, jobs: int, tasks: int, now: int,
+              steady: bool) -> dict[str, Any]:
+    """One jobbergate-sync pass, the installed tool in its own process, its peers the fakes served on
+    loopback (only InfluxDB is real). Its figures: peak RSS of that process alone, the wall
+    time of the process, of the pass (its summary's duration) and of its job-metrics phase (its
+    log line), InfluxDB requests and bytes (that line too), and what the fake API was sent."""
+    prepare_journal(directory, jobs, tasks, now, steady)
+    log_file = directory / "sync.log"
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps, LoopbackFakes([API, ISSUER, SLURM]) as fakes:
+        config = write_config(directory, fakes, influxdb_url, database)
         api = CountingApi(rsps, FakeIssuer(rsps))
         slurm = FakeSlurm(rsps, JWT_KEY)
         # owned, here and in Slurm, by a local account, which [mapper] domains maps the owner's email to
@@ -138,38 +156,27 @@ def child(directory: Path, jobs: int, tasks: int, now: int, steady: bool) -> Non
         for number, job in enumerate(range(FIRST_JOB, FIRST_JOB + jobs), start=1):
             api.add_submission(number, status="SUBMITTED", slurm_job_id=job, email=f"{owner.pw_name}@example.com")
             slurm.add_job(job, "RUNNING", user=owner.pw_name)
-        journal = jobbergate_sync.Journal(str(directory / "state" / "journal.sqlite3"))
-        for number, job in enumerate(range(FIRST_JOB, FIRST_JOB + jobs), start=1):
-            journal.record_report(number, jobbergate_sync.submission_tag(CLIENT_ID, number),
-                                  jobbergate_sync.StateReport(job, "RUNNING", None, "{}"))
-            if steady:
-                journal.follow_metrics(jobbergate_sync.MetricsJob(number, job, {
-                    (mark["node_host"], mark["step"], mark["task"]): mark["max_time"] for mark in marks_of(job, tasks, now)}))
-        journal.db.close()
-        phase_seconds = time_metrics_phase()
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        began = time.perf_counter()
-        code = jobbergate_sync.main(["--config", config])
-        seconds = time.perf_counter() - began
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        print(json.dumps({
-            "code": code, "seconds": round(seconds, 2), "phase_seconds": round(sum(phase_seconds), 2),
-            "peak_mb": round(peak / 1024, 1),
-            "pass_mb": round((peak - before) / 1024, 1), "marks_gets": len(api.called("metrics_marks")),
-            "puts": len(api.called("metrics_put")), "put_kb": round(api.put_bytes / 1024), "rows": api.put_rows}))
-
-
-def one_pass(directory: Path, jobs: int, tasks: int, now: int, steady: bool) -> dict[str, Any]:
-    shutil.rmtree(directory / "state", ignore_errors=True)
-    (directory / "state").mkdir(mode=0o700)
-    command = [sys.executable, __file__, "--child", str(directory), str(jobs), str(tasks), str(now),
-               "steady" if steady else "first"]
-    result = subprocess.run(command, check=True, capture_output=True, text=True)
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
-    # the pass's own account of its InfluxDB reads: "job metrics: N job(s) read with Q ... request(s), B bytes"
-    [read] = [json.loads(line)["message"] for line in result.stderr.splitlines() if '"job metrics:' in line]
-    words = read.split()
-    return {**figures, "influx_requests": int(words[words.index("with") + 1]), "influx_kb": round(int(words[-2]) / 1024)}
+        environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        with open(log_file, "w") as log:
+            began = time.perf_counter()
+            process = subprocess.Popen([*tool_command(), "--config", config], env=environment,
+                                       cwd=directory, stdout=subprocess.DEVNULL, stderr=log)
+            _, status, usage = os.wait4(process.pid, 0)
+            process_seconds = time.perf_counter() - began
+        process.returncode = os.waitstatus_to_exitcode(status)
+    log_text = log_file.read_text()
+    records = [json.loads(line) for line in log_text.splitlines() if line.startswith("{")]
+    reads = [JOB_METRICS_LINE.search(record["message"]) for record in records if "job metrics:" in record["message"]]
+    durations = [record["duration_s"] for record in records if "duration_s" in record]
+    if len(reads) != 1 or len(durations) != 1 or reads[0] is None:
+        raise SystemExit(f"the jobbergate-sync pass (exit {process.returncode}) logged no job-metrics read and summary:\n"
+                         f"{log_text[-3000:]}")
+    [read], [duration] = reads, durations
+    return {"code": process.returncode, "process_seconds": round(process_seconds, 2), "seconds": round(duration, 2),
+            "phase_seconds": round(float(read.group(3)), 2), "peak_mb": round(usage.ru_maxrss / 1024, 1),
+            "marks_gets": len(api.called("metrics_marks")), "puts": len(api.called("metrics_put")),
+            "put_kb": round(api.put_bytes / 1024), "rows": api.put_rows, "influx_requests": int(read.group(1)),
+            "influx_kb": round(int(read.group(2)) / 1024)}
 
 
 def marks_of(job: int, tasks: int, now: int) -> list[dict[str, Any]]:
@@ -262,8 +269,10 @@ def upstream_pass(python: Path, directory: Path, url: str, database: str, jobs: 
         environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(directory),
                        **{f"JOBBERGATE_AGENT_{key}": value for key, value in settings.items()}}
         # its settings also read .env in the working directory: an empty directory of ours
+        began = time.perf_counter()
         result = subprocess.run([str(python), str(UPSTREAM_DRIVER), "1", str(FIRST_JOB), str(jobs)], env=environment,
                                 cwd=directory, capture_output=True, text=True)
+        process_seconds = time.perf_counter() - began
         server.shutdown()
     if result.returncode != 0 or not result.stdout.strip():
         raise SystemExit(f"the upstream agent's driver failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
@@ -272,11 +281,11 @@ def upstream_pass(python: Path, directory: Path, url: str, database: str, jobs: 
     return {**figures, "code": 0 if figures["failed"] == 0 and counts["refused"] == 0 else 1,
             "marks_gets": counts["marks_gets"], "puts": counts["puts"], "put_kb": round(counts["put_bytes"] / 1024),
             "rows": counts["rows"], "influx_kb": round(figures["influx_bytes"] / 1024), "phase_seconds": figures["seconds"],
-            "errors": result.stderr.count("ERROR")}
+            "errors": result.stderr.count("ERROR"), "process_seconds": round(process_seconds, 2)}
 
 
 COLUMNS = (("jobs", 6), ("pass", 6), ("fill s", 7), ("tool", 8), ("influx req", 10), ("influx KB", 10), ("API GET", 8),
-           ("API PUT", 8), ("PUT KB", 8), ("rows", 8), ("wall s", 7), ("phase s", 7), ("peak MB", 8), ("pass MB", 8),
+           ("API PUT", 8), ("PUT KB", 8), ("rows", 8), ("proc s", 7), ("wall s", 7), ("phase s", 7), ("peak MB", 8),
            ("wall/up", 8), ("phase/up", 8))
 
 
@@ -286,18 +295,14 @@ def table_row(size: int, steady: bool, filled: float, tool: str, figures: dict[s
     ratios = [f"{figures[key] / upstream['seconds']:.3f}" if upstream and upstream["seconds"] else ""
               for key in ("seconds", "phase_seconds")]
     cells = [size, "steady" if steady else "first", f"{filled:.1f}", tool] + [figures[key] for key in (
-        "influx_requests", "influx_kb", "marks_gets", "puts", "put_kb", "rows", "seconds", "phase_seconds", "peak_mb",
-        "pass_mb")] + ratios
+        "influx_requests", "influx_kb", "marks_gets", "puts", "put_kb", "rows", "process_seconds", "seconds",
+        "phase_seconds", "peak_mb")] + ratios
     outcome = "" if figures["code"] == 0 else f"  exit {figures['code']}" if tool == "sync" else \
         f"  {figures['failed']} failed, {figures['errors']} ERROR log lines"
     return " ".join(f"{cell:>{width}}" for cell, (_, width) in zip(cells, COLUMNS)).rstrip() + outcome
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--child"]:
-        directory, jobs, tasks, now, kind = sys.argv[2:7]
-        child(Path(directory), int(jobs), int(tasks), int(now), kind == "steady")
-        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--influxdb-url", default=os.environ.get("JGS_INFLUXDB_URL", "http://127.0.0.1:8086"))
     parser.add_argument("--sizes", default="10,100,1000")
@@ -325,15 +330,15 @@ def main() -> None:
         directory = Path(tempfile.mkdtemp(prefix="jgs-bench-metrics-"))
         try:
             filled = fill(url, database, size, arguments.tasks, arguments.interval, arguments.span, now)
-            write_config(directory, url, database)
             for steady in ([False] if size <= arguments.first_max else []) + [True]:
-                figures = one_pass(directory, size, arguments.tasks, now, steady)
+                figures = sync_pass(directory, url, database, size, arguments.tasks, now, steady)
                 upstream = upstream_pass(python, directory, url, database, size, arguments.tasks, now, steady) if python else None
                 print(table_row(size, steady, filled, "sync", figures, upstream), flush=True)
                 if upstream:
                     print(table_row(size, steady, filled, "upstream", upstream), flush=True)
                     print(f"{'':>22} upstream: {upstream['api_seconds']} s of its wall in API requests, "
-                          f"{upstream['compile_seconds']} s numba compile before the clock", flush=True)
+                          f"{upstream['compile_seconds']} s numba compile before the clock, its pass added "
+                          f"{upstream['pass_mb']} MB to its peak", flush=True)
         finally:
             shutil.rmtree(directory, ignore_errors=True)
             if not arguments.keep:
