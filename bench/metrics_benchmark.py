@@ -6,7 +6,7 @@ A real InfluxDB 1.x (the integration stack's, or --influxdb-url) is filled with 
 in Slurm's line protocol: each job has --tasks tasks on one of 16 hosts, a sample every --interval
 seconds over --span seconds, ten measurements a sample. Each pass is the installed jobbergate-sync
 in its own process, as cron runs it; its API, OIDC issuer and slurmrestd are the unit-test fakes,
-served to it over HTTP on loopback (fake_stack_http.py), so its peak RSS (the process's getrusage)
+served to it over HTTP on loopback (fake_stack_http.py), so its peak RSS (VmHWM: peak_memory.py)
 and its times are its own. Only InfluxDB is real. Figures, not asserts.
 
     python bench/metrics_benchmark.py [--sizes 10,100,1000] [--first-max 100] [--upstream]
@@ -26,6 +26,7 @@ by wrapping influxdb-python's request method in that process.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import pwd
@@ -129,10 +130,14 @@ def prepare_journal(directory: Path, jobs: int, tasks: int, now: int, steady: bo
     journal.db.close()
 
 
-def tool_command() -> list[str]:
-    """The installed command, beside this Python; the module when it is not installed."""
-    script = Path(sys.executable).parent / "jobbergate-sync"
-    return [str(script)] if script.exists() else [sys.executable, str(ROOT / "jobbergate_sync.py")]
+# What the installed jobbergate-sync command runs (main, its exit code the process's), then its own peak RSS.
+TOOL_WITH_PEAK = f"""import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+import jobbergate_sync, peak_memory
+code = jobbergate_sync.main(sys.argv[1:])
+print(peak_memory.peak_rss_mb())
+sys.exit(code)
+"""
 
 
 JOB_METRICS_LINE = re.compile(r"job metrics: \d+ job\(s\) read with (\d+) InfluxDB query request\(s\), (\d+) bytes, "
@@ -159,11 +164,9 @@ def sync_pass(directory: Path, influxdb_url: str, database: str, jobs: int, task
         environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         with open(log_file, "w") as log:
             began = time.perf_counter()
-            process = subprocess.Popen([*tool_command(), "--config", config], env=environment,
-                                       cwd=directory, stdout=subprocess.DEVNULL, stderr=log)
-            _, status, usage = os.wait4(process.pid, 0)
+            process = subprocess.run([sys.executable, "-c", TOOL_WITH_PEAK, "--config", config], env=environment,
+                                     cwd=directory, stdout=subprocess.PIPE, stderr=log, text=True)
             process_seconds = time.perf_counter() - began
-        process.returncode = os.waitstatus_to_exitcode(status)
     log_text = log_file.read_text()
     records = [json.loads(line) for line in log_text.splitlines() if line.startswith("{")]
     reads = [JOB_METRICS_LINE.search(record["message"]) for record in records if "job metrics:" in record["message"]]
@@ -173,7 +176,7 @@ def sync_pass(directory: Path, influxdb_url: str, database: str, jobs: int, task
                          f"{log_text[-3000:]}")
     [read], [duration] = reads, durations
     return {"code": process.returncode, "process_seconds": round(process_seconds, 2), "seconds": round(duration, 2),
-            "phase_seconds": round(float(read.group(3)), 2), "peak_mb": round(usage.ru_maxrss / 1024, 1),
+            "phase_seconds": round(float(read.group(3)), 2), "peak_mb": float(process.stdout.split()[-1]),
             "marks_gets": len(api.called("metrics_marks")), "puts": len(api.called("metrics_put")),
             "put_kb": round(api.put_bytes / 1024), "rows": api.put_rows, "influx_requests": int(read.group(1)),
             "influx_kb": round(int(read.group(2)) / 1024)}
@@ -182,6 +185,30 @@ def sync_pass(directory: Path, influxdb_url: str, database: str, jobs: int, task
 def marks_of(job: int, tasks: int, now: int) -> list[dict[str, Any]]:
     """The API's answer to GET agent/metrics for a job whose metrics were uploaded PASS_GAP seconds ago."""
     return [{"max_time": now - PASS_GAP, "node_host": host_of(job), "step": 0, "task": task} for task in range(tasks)]
+
+
+def influxdb_alone(url: str, database: str, jobs: int, tasks: int, now: int, steady: bool) -> float:
+    """The seconds InfluxDB takes to answer the queries a pass makes (the default workers' share each,
+    as many at a time), read and thrown away: the floor of any reader of the same samples."""
+    workers = jobbergate_sync.CONFIG_SCHEMA["run"]["workers"].default
+    followed = [jobbergate_sync.MetricsJob(number, job, {
+        (mark["node_host"], mark["step"], mark["task"]): mark["max_time"] for mark in marks_of(job, tasks, now)}
+        if steady else {}) for number, job in enumerate(range(FIRST_JOB, FIRST_JOB + jobs), start=1)]
+    session = requests.Session()
+    session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=workers))
+
+    def answer(query: jobbergate_sync.ProfileQuery) -> None:
+        params = {"db": database, "q": query.text, "epoch": "s", "chunked": "true",
+                  "chunk_size": str(jobbergate_sync.INFLUXDB_CHUNK_SIZE)}
+        with session.get(f"{url}/query", params=params, stream=True, timeout=600) as response:
+            response.raise_for_status()
+            for _ in response.iter_content(1 << 16):
+                pass
+
+    began = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        list(pool.map(answer, jobbergate_sync.profile_queries(followed, parts=workers)))
+    return time.perf_counter() - began
 
 
 class MetricsApiServer(ThreadingHTTPServer):
@@ -333,7 +360,10 @@ def main() -> None:
             for steady in ([False] if size <= arguments.first_max else []) + [True]:
                 figures = sync_pass(directory, url, database, size, arguments.tasks, now, steady)
                 upstream = upstream_pass(python, directory, url, database, size, arguments.tasks, now, steady) if python else None
+                alone = influxdb_alone(url, database, size, arguments.tasks, now, steady)
                 print(table_row(size, steady, filled, "sync", figures, upstream), flush=True)
+                floor = f", {alone / upstream['seconds']:.3f} of the upstream wall" if upstream else ""
+                print(f"{'':>22} InfluxDB alone answers the same queries in {alone:.2f} s{floor}", flush=True)
                 if upstream:
                     print(table_row(size, steady, filled, "upstream", upstream), flush=True)
                     print(f"{'':>22} upstream: {upstream['api_seconds']} s of its wall in API requests, "
