@@ -25,6 +25,7 @@ monitoring; the check (every peer visited once, read-only, for the `check` comma
 
 from __future__ import annotations
 
+import array
 import configparser
 import contextlib
 import dataclasses
@@ -5994,6 +5995,7 @@ INFLUXDB_QUERY_URL_BYTES = 8000
 NEW_JOBS_READ_AT_ONCE = 20
 INFLUXDB_CHUNK_SIZE = 10000  # points per chunk of a chunked answer: bounds what one JSON line holds
 INT64_MAX = 2 ** 63 - 1
+EMPTY_ROW = [0.0] * len(PROFILE_MEASUREMENTS)
 
 SeriesKey = tuple[str, int, int]  # (host, step, task), as the API's max_times name a series
 
@@ -6224,7 +6226,7 @@ class ProfileRows:
     def __init__(self, query: ProfileQuery, marks_by_job: Mapping[int, Mapping[SeriesKey, int]]):
         self.query = query
         self.marks_by_job = marks_by_job
-        self.rows: dict[int, dict[tuple[int, str, int, int], list[float]]] = {}
+        self.rows: dict[int, dict[tuple[int, str, int, int], array.array]] = {}
         self.first_seen: dict[int, dict[SeriesKey, int]] = {}
 
     def add(self, statement_id: int, series: Mapping[str, Any]) -> None:
@@ -6245,7 +6247,9 @@ class ProfileRows:
         for sample_time, value in series.get("values") or []:
             if not isinstance(sample_time, int) or sample_time <= mark or not isinstance(value, (int, float)):
                 continue
-            row = rows.setdefault((sample_time, *key), [0.0] * len(PROFILE_MEASUREMENTS))
+            row = rows.get((sample_time, *key))
+            if row is None:  # ten doubles: a third of a list of ten floats, when a pass holds many rows
+                row = rows[(sample_time, *key)] = array.array("d", EMPTY_ROW)
             row[column] += 0.0 if abs(value) >= INT64_MAX else float(value)  # as upstream: no int64 overflow
 
     def late_series(self, job_id: int) -> dict[SeriesKey, int]:
@@ -6264,7 +6268,7 @@ class ProfileRows:
         return late
 
 
-def upload_chunks(rows: Mapping[tuple[int, str, int, int], list[float]]) -> Iterator[list[list[Any]]]:
+def upload_chunks(rows: Mapping[tuple[int, str, int, int], array.array]) -> Iterator[list[list[Any]]]:
     """The API's rows in time order, at most METRICS_ROWS_PER_UPLOAD a chunk: [time, host, step,
     task, the ten values] (step and task as text, as the upstream agent sends them)."""
     ordered = [[sample_time, host, str(step), str(task), *values]
@@ -6411,7 +6415,7 @@ class JobMetricsPhase(PassPart):
                      "read from their start in the next pass", job.submission_id, len(late), job.slurm_job_id,
                      **log_fields(submission_id=job.submission_id, slurm_job_id=job.slurm_job_id))
             uploaded.raise_marks(job, late)
-        new_rows = rows.rows.get(job.slurm_job_id, {})
+        new_rows = rows.rows.pop(job.slurm_job_id, {})  # not held once uploaded
         for chunk in upload_chunks(new_rows):
             try:
                 put_metrics(self.api, job.submission_id, chunk, self.msgpack)
