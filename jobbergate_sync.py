@@ -6364,6 +6364,7 @@ class JobMetricsPhase(PassPart):
         if not followed:
             return
         began = time.monotonic()
+        # what the workers share while they collect: the reader, the packer, each job by its Slurm id, the ended ones
         self.influxdb, self.msgpack = InfluxDB(self.config, self.api.http), import_msgpack()
         self.by_job = {job.slurm_job_id: job for job in followed.values()}
         self.ended = {submission_id for submission_id in followed if complete and submission_id not in active_ids}
