@@ -2181,12 +2181,22 @@ def report_from_slurmctld(job: Mapping[str, Any]) -> Optional[StateReport]:
     return state_report(job["job_id"], job.get("job_state"), job.get("state_reason"), job.get("exit_code"), job)
 
 
+# What a failed job's report says when slurmdbd's API cannot give its exit code.
+UNKNOWN_EXIT_CODE_REASON = "Failed (exit code unknown: Slurm's accounting API before v0.0.40 does not give it; sacct does)"
+
+
 def report_from_slurmdbd(job: Mapping[str, Any]) -> Optional[StateReport]:
-    """slurmdbd records: trust state.current; exit_code only in its structured v0.0.40+ form (the
-    plain number of dbv0.0.38/v0.0.39 is wrong)."""
+    """slurmdbd records: trust state.current; exit_code only in its structured form. dbv0.0.38 and
+    v0.0.39 (whose exit_code status is a string) say SUCCESS, return code 0, for every job that
+    exited, failed ones too: a failed job read there is reported with its exit code unknown."""
     state = job.get("state") if isinstance(job.get("state"), dict) else {}
     exit_code = job.get("exit_code") if isinstance(job.get("exit_code"), dict) and "return_code" in job["exit_code"] else None
-    return state_report(job["job_id"], state.get("current"), state.get("reason"), exit_code, job)
+    reason = state.get("reason")
+    if exit_code is not None and isinstance(exit_code.get("status"), str):
+        exit_code = None
+        if normalise_job_state(state.get("current")) == "FAILED" and reason in (None, "", "None"):
+            reason = UNKNOWN_EXIT_CODE_REASON
+    return state_report(job["job_id"], state.get("current"), reason, exit_code, job)
 
 
 def array_job_id_of(job: Mapping[str, Any]) -> Optional[int]:

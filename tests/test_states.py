@@ -11,6 +11,7 @@ from fakes import capture
 from jobbergate_sync import (
     JOBBERGATE_JOB_STATES,
     SLURM_ERROR_INVALID_JOB_ID,
+    UNKNOWN_EXIT_CODE_REASON,
     StateReport,
     describe_errors,
     exit_code_text,
@@ -253,8 +254,8 @@ def test_report_from_slurmdbd_captures(name: str, job_id: int, state: str) -> No
     report = report_from_slurmdbd(job)
     assert report is not None
     assert (report.job_id, report.state) == (job_id, state)
-    # state.reason is "None" and the dbv0.0.38 exit_code is the buggy SUCCESS/0: neither becomes a reason
-    assert report.reason is None
+    # state.reason is "None" and the dbv0.0.38 exit_code is the buggy SUCCESS/0: a failed job's is unknown
+    assert report.reason == (UNKNOWN_EXIT_CODE_REASON if state == "FAILED" else None)
     assert json.loads(report.info) == job
 
 

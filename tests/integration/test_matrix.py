@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional, Union
 import pytest
 
 import helpers
+from jobbergate_sync import UNKNOWN_EXIT_CODE_REASON
 from scenario import new_submission, tag
 from tool import Tool
 
@@ -419,7 +420,11 @@ def test_happy_path_runs_as_the_user_and_ends_done(matrix, target_id):
 def test_nonzero_exit_ends_aborted_with_the_exit_code(matrix, target_id):
     sub = matrix[target_id].one("exit3").submission
     assert sub["status"] == "ABORTED" and sub["slurm_job_state"] == "FAILED", sub
-    assert "exit code 3" in sub["report_message"]
+    if "job_state" not in json.loads(sub["slurm_job_info"]) and target_id.endswith("v0.0.38"):
+        # slurmctld forgot the job (MinJobAge) before a pass saw it end, and slurmdbd's v0.0.38 has no exit codes
+        assert sub["report_message"] == UNKNOWN_EXIT_CODE_REASON, sub
+    else:
+        assert "exit code 3" in sub["report_message"], sub
 
 
 @params
