@@ -4930,6 +4930,9 @@ class PassContext:
         self.summary = PassSummary()
         self.pending_ids: Optional[set[int]] = None  # every pending submission, once fully listed
         self.reported_now: set[int] = set()  # submissions this pass reported SUBMITTED (set.add is atomic)
+        # submission -> its Slurm job, for those whose job the update phase found to be their owner's: by
+        # its records now, or unchanged since a report that was (only these are read for job metrics)
+        self.owned_jobs: dict[int, int] = {}
         self.writers = FileWriters()  # what writes job files as their users, one writer per user
         self.active_listed: Optional[tuple[list[dict[str, Any]], bool]] = None  # agent/active: (items, complete)
         self.changes: Changes = DryRunChanges(self) if dry_run else LiveChanges(self)
@@ -5900,6 +5903,7 @@ class UpdatePhase(PassPart):
         records = jobs.get(job_id)
         if not records or not all(is_full_record(job) for job in records):
             if records and status != "CANCELLED" and self.same_state_reported(submission_id, job_id, records):
+                self.context.owned_jobs[submission_id] = job_id
                 return
             # A changed state needs the reason, exit code and details; a job not listed is gone only
             # when Slurm says so for it (a list missing it is no proof).
@@ -5910,6 +5914,8 @@ class UpdatePhase(PassPart):
         except ForeignJob as exc:
             self.end_foreign(submission_id, job_id, exc)
             return
+        if report.state != "UNKNOWN":  # state_for_update reports a state only from records it found the owner's
+            self.context.owned_jobs[submission_id] = job_id
         if status == "CANCELLED" and report.state not in SLURM_FINAL_STATES:
             report = self.context.changes.cancel_job(submission_id, job_id, owner) or report
         self.send_update(submission_id, report)
@@ -5958,10 +5964,13 @@ class UpdatePhase(PassPart):
         self.summary.count("cancelled")
 
     def same_state_reported(self, submission_id: int, job_id: int, light: list[dict[str, Any]]) -> bool:
-        """Whether records holding only states (`light`) show what was reported lately: the same
-        state, and the same reason where the states alone make one (an array's progress)."""
+        """Whether records holding only states (`light`) show what was reported lately for this very
+        job: the same state, and the same reason where the states alone make one (an array's
+        progress). Such a report was sent only once the job's records were found to be the owner's."""
         report = report_from_records(job_id, light, report_from_slurmctld)
-        return report is not None and self.reported_lately(submission_id, report, compare_reason=report.reason is not None)
+        entry = self.journal.get(submission_id)
+        return (report is not None and report.state != "UNKNOWN" and entry is not None and entry.slurm_job_id == job_id
+                and self.reported_lately(submission_id, report, compare_reason=report.reason is not None))
 
     def reported_lately(self, submission_id: int, report: StateReport, compare_reason: bool = True) -> bool:
         entry = self.journal.get(submission_id)
@@ -6385,8 +6394,9 @@ class JobMetricsPhase(PassPart):
                  self.influxdb.queries, self.influxdb.bytes_read, time.monotonic() - began)
 
     def started(self, item: Mapping[str, Any]) -> bool:
-        """Whether the submission's job may have samples: it has a job that is not known to be pending."""
-        if not isinstance(item.get("slurm_job_id"), int) or isinstance(item.get("slurm_job_id"), bool):
+        """Whether the submission's job may have samples to read: the update phase found it to be the
+        owner's job (any user may name any job id), and it is not known to be pending."""
+        if self.context.owned_jobs.get(item["id"]) != item.get("slurm_job_id"):
             return False
         entry = self.journal.get(item["id"])
         return entry is None or entry.last_state != "PENDING"

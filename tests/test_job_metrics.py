@@ -169,6 +169,26 @@ def test_one_request_to_influxdb_per_worker_and_pass_for_many_followed_jobs(stac
     assert len(stack.api.metrics) == 60
 
 
+@pytest.mark.parametrize("owner", ["root", "someone-else"])
+def test_the_metrics_of_a_job_that_is_not_the_owner_s_are_never_read(stack, influx, metrics_config, owner) -> None:
+    stack.api.add_submission(1, status="SUBMITTED", slurm_job_id=555)  # any user may name any job id
+    stack.slurm.add_job(555, "RUNNING", user=owner)
+    influx.sample(555, NOW, RSS=123.0)
+    config = metrics_config()
+    for _ in range(2):  # the pass that ends the submission, and the one after it
+        run(config)
+    assert stack.api.metrics == {} and stack.api.called("metrics_marks") == [] and influx.queries == []
+
+
+def test_metrics_follow_a_job_unchanged_since_its_owner_was_checked(stack, influx, metrics_config) -> None:
+    running(stack, 1, 101)
+    config = metrics_config(**{"influxdb.url": ""})
+    assert run(config) == 0  # RUNNING reported before job metrics were turned on
+    influx.sample(101, NOW, RSS=1.0)
+    assert run(metrics_config()) == 0  # the same state: no full read, and its report was owner-checked
+    assert sorted(stored(stack, 1)) == [(NOW, "c1", 0, 0)]
+
+
 def test_a_pending_job_is_not_read(stack, influx, metrics_config) -> None:
     running(stack, 1, 101, state="PENDING")
     config = metrics_config()
