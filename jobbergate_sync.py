@@ -5968,13 +5968,14 @@ class UpdatePhase(PassPart):
         job: the same state, and the same reason where the states alone make one (an array's
         progress). Such a report was sent only once the job's records were found to be the owner's."""
         report = report_from_records(job_id, light, report_from_slurmctld)
-        entry = self.journal.get(submission_id)
-        return (report is not None and report.state != "UNKNOWN" and entry is not None and entry.slurm_job_id == job_id
+        return (report is not None and report.state != "UNKNOWN"
                 and self.reported_lately(submission_id, report, compare_reason=report.reason is not None))
 
     def reported_lately(self, submission_id: int, report: StateReport, compare_reason: bool = True) -> bool:
+        """Whether this state of this job was the last one sent for the submission, not long ago."""
         entry = self.journal.get(submission_id)
-        return (entry is not None and entry.reported and entry.last_state == report.state
+        return (entry is not None and entry.reported and entry.slurm_job_id == report.job_id
+                and entry.last_state == report.state
                 and (not compare_reason or entry.last_reason == report.reason)
                 and time.time() - (entry.last_reported_at or 0) < self.config.run.resend_after)
 
