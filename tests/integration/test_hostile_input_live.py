@@ -24,7 +24,8 @@ def test_poison_numbers_and_times_reject_their_own_submission_and_the_queue_goes
     assert "--nodes expects N or MIN-MAX" in alice.get_submission(huge["id"])["report_message"]
     assert "--begin" in alice.get_submission(never["id"])["report_message"]
     current = alice.get_submission(good["id"])
-    assert current["status"] == "SUBMITTED", current["report_message"]
+    # submitted; a job this short may already have ended, and been reported so, within the same pass
+    assert current["status"] in ("SUBMITTED", "DONE"), current["report_message"]
     assert slurm.slurm_job(current["slurm_job_id"])["user_name"] == "alice"
     assert result.summary()["exit_code"] == 0
 
