@@ -1102,6 +1102,7 @@ class PendingSubmission:
     execution_directory: Optional[str]
     sbatch_arguments: tuple[str, ...]
     files: tuple[ScriptFile, ...]
+    script_created_at: Optional[str]  # part of the job's tag
 
     @property
     def entrypoint(self) -> ScriptFile:
@@ -1176,7 +1177,15 @@ def parse_pending(item: Mapping[str, Any]) -> PendingSubmission:
     entrypoints = sum(f.is_entrypoint for f in files)
     if entrypoints != 1:
         raise Rejection(f"the job script has {entrypoints} ENTRYPOINT files; exactly one is required")
-    return PendingSubmission(submission_id, name, owner_email, execution_directory, tuple(arguments), tuple(files))
+    return PendingSubmission(submission_id, name, owner_email, execution_directory, tuple(arguments), tuple(files),
+                             script_created_at(item))
+
+
+def script_created_at(item: Mapping[str, Any]) -> Optional[str]:
+    """When Jobbergate created the job script of a pending item (the item has no time of its own)."""
+    script = item.get("job_script")
+    created = script.get("created_at") if isinstance(script, dict) else None
+    return created if isinstance(created, str) else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1946,9 +1955,16 @@ class SbatchRequest:
         return f"sbatch --parsable {shlex.join(self.arguments)} (the script on its standard input)"
 
 
-def submission_tag(cluster: str, submission_id: int) -> str:
-    """The mark put in the Slurm job's comment so a later pass can find the job after a crash."""
-    return f"jobbergate-sync:{cluster}:{submission_id}"
+MAX_TAG_TIME_CHARACTERS = 32  # an ISO 8601 time with microseconds and an offset fits in 28
+
+
+def submission_tag(cluster: str, submission_id: int, script_created_at: Optional[str]) -> str:
+    """The mark put in the Slurm job's comment so a later pass can find the job after a crash: the
+    submission's id and when its job script was created (letters and digits only: 2026-11-26T16:08:48.9Z
+    gives 20261126T160848.9Z). The id alone is not enough: a recreated or restored Jobbergate database
+    hands out ids from 1 again while slurmdbd keeps the jobs tagged with the old ones."""
+    created = re.sub(r"[^0-9A-Za-z.]", "", script_created_at or "")[:MAX_TAG_TIME_CHARACTERS]
+    return f"jobbergate-sync:{cluster}:{submission_id}:{created}"
 
 
 def comment_has_tag(comment: Any, tag: str) -> bool:
@@ -4534,14 +4550,16 @@ class Journal:
     def record_job(self, submission_id: int, slurm_job_id: int) -> None:
         self._execute("UPDATE submissions SET slurm_job_id = ? WHERE submission_id = ?", (slurm_job_id, submission_id))
 
-    def record_report(self, submission_id: int, tag: str, report: StateReport) -> None:
-        """The submission's job is known to Jobbergate, with this state as the last one sent."""
+    def record_report(self, submission_id: int, report: StateReport) -> None:
+        """The submission's job is known to Jobbergate, with this state as the last one sent. A
+        submission the journal holds no submit of gets no tag (''): a tag only serves to find the job
+        of an interrupted submit."""
         self._execute(
             "INSERT INTO submissions (submission_id, tag, slurm_job_id, reported, last_state, last_reason, "
-            "last_reported_at, created_at) VALUES (?, ?, ?, 1, ?, ?, ?, ?) ON CONFLICT(submission_id) DO UPDATE SET "
+            "last_reported_at, created_at) VALUES (?, '', ?, 1, ?, ?, ?, ?) ON CONFLICT(submission_id) DO UPDATE SET "
             "slurm_job_id = excluded.slurm_job_id, reported = 1, last_state = excluded.last_state, "
             "last_reason = excluded.last_reason, last_reported_at = excluded.last_reported_at",
-            (submission_id, tag, report.job_id, report.state, report.reason, time.time(), time.time()))
+            (submission_id, report.job_id, report.state, report.reason, time.time(), time.time()))
 
     def forget(self, submission_id: int) -> None:
         self._execute("DELETE FROM submissions WHERE submission_id = ?", (submission_id,))
@@ -5225,7 +5243,8 @@ class SubmitPhase(PassPart):
     def submit_one(self, item: Mapping[str, Any]) -> None:
         submission_id = item["id"]
         try:
-            if self.context.earlier.resume(self.journal.get(submission_id)) or self.context.earlier.adopt_tagged(item):
+            earlier = self.context.earlier
+            if earlier.resume(earlier.journal_entry_of(item)) or earlier.adopt_tagged(item):
                 return
             with contextlib.closing(self.prepare_job(parse_pending(item))) as job:
                 self.context.changes.submit_exactly_once(job)
@@ -5258,7 +5277,7 @@ class SubmitPhase(PassPart):
         try:
             script = script_text(read_whole(files[submission.entrypoint.filename]), submission.entrypoint.filename)
             environment = {"PATH": self.config.submit.job_path, "HOME": user.home, "USER": user.name, "LOGNAME": user.name}
-            tag = submission_tag(self.cluster, submission.id)
+            tag = submission_tag(self.cluster, submission.id, submission.script_created_at)
             request = self.slurm.job_request(script, submission.sbatch_arguments, submission.name, directory,
                                              environment, tag)
         except BaseException:
@@ -5417,7 +5436,6 @@ class LiveChanges(PassPart):
     def report_submitted(self, submission_id: int, job_id: int, report: StateReport) -> None:
         """agent/submitted is not idempotent: a 400 is answered by reading the submission."""
         fields = log_fields(submission_id=submission_id, slurm_job_id=job_id)
-        tag = submission_tag(self.cluster, submission_id)
         try:
             self.api.report_submitted(submission_id, report)
         except ApiConflict as exc:
@@ -5431,7 +5449,7 @@ class LiveChanges(PassPart):
         crash_point(CrashPoint.AFTER_AGENT_SUBMITTED)
         if report.state in SLURM_FINAL_STATES:  # agent/submitted leaves it SUBMITTED; only an update closes it
             self.api.update(submission_id, report)
-        self.journal.record_report(submission_id, tag, report)
+        self.journal.record_report(submission_id, report)
         self.context.reported_now.add(submission_id)
         self.summary.count("submitted")
         log.info("reported submission %d SUBMITTED with Slurm job %d (%s)", submission_id, job_id, report.state, **fields)
@@ -5482,7 +5500,7 @@ class LiveChanges(PassPart):
 
     def update(self, submission_id: int, report: StateReport) -> None:
         self.api.update(submission_id, report)
-        self.journal.record_report(submission_id, submission_tag(self.cluster, submission_id), report)
+        self.journal.record_report(submission_id, report)
         self.summary.count("updated")
         log.info("updated submission %d: Slurm job %s is %s%s", submission_id, report.job_id, report.state,
                  f" ({report.reason})" if report.reason else "",
@@ -5666,7 +5684,7 @@ class EarlierSubmit(PassPart):
         journal): the Slurm jobs carrying a pending submission's tag, from one read of slurmctld, then,
         for the submissions it holds none of, one read of slurmdbd (their owners' jobs of the last
         STALE_INTENT_SECONDS, how long a journal keeps an unreported submit)."""
-        by_tag = {submission_tag(self.cluster, item["id"]): item["id"] for item in pending}
+        by_tag = {submission_tag(self.cluster, item["id"], script_created_at(item)): item["id"] for item in pending}
         found: dict[int, list[TaggedJob]] = {}
         for job_id, records in self.slurm.jobs().items():
             submission_id = next((by_tag[tag] for tag in (comment_tag(job.get("comment")) for job in records)
@@ -5740,9 +5758,26 @@ class EarlierSubmit(PassPart):
         log.info("submission %d: adopting Slurm job %d, found in %s with its tag: a pass on the head node active "
                  "before submitted it", submission_id, kept.job_id, kept.where, **log_fields(submission_id=submission_id,
                                                                                       slurm_job_id=kept.job_id))
-        self.journal.record_adopted(submission_id, submission_tag(self.cluster, submission_id), owner, kept.job_id)
+        self.journal.record_adopted(submission_id, submission_tag(self.cluster, submission_id, script_created_at(item)),
+                                    owner, kept.job_id)
         self.context.report_submitted(submission_id, kept.job_id, kept.report)
         return True
+
+    def journal_entry_of(self, item: Mapping[str, Any]) -> Optional[JournalEntry]:
+        """The journal's record of a pending submission. A record with another tag is of an earlier
+        submission with the same id, from before Jobbergate's database was recreated or restored: it
+        is forgotten, never taken for this one's submit. A record with the tag as earlier versions
+        wrote it, the id alone, is this submission's, as those versions took it."""
+        submission_id = item["id"]
+        entry = self.journal.get(submission_id)
+        tag = submission_tag(self.cluster, submission_id, script_created_at(item))
+        if entry is None or entry.tag in (tag, f"jobbergate-sync:{self.cluster}:{submission_id}"):
+            return entry
+        log.warning("submission %d: forgetting the journal's record of an earlier submission with the same id "
+                    "(tag %r, Slurm job %s; this one's tag is %r): Jobbergate's database was recreated or restored",
+                    submission_id, entry.tag, entry.slurm_job_id, tag, **log_fields(submission_id=submission_id))
+        self.journal.forget(submission_id)
+        return None
 
     def resume(self, entry: Optional[JournalEntry]) -> bool:
         """True when an earlier pass's submit of this submission is settled and now reported: its job
@@ -6379,6 +6414,7 @@ class JobMetricsPhase(PassPart):
         active, complete = self.context.active_listed
         active_ids = {item["id"] for item in active}
         for item in active:
+            self.drop_another_job(item, followed)
             if self.started(item) and item["id"] not in followed:
                 self.context.contain_item(item["id"], lambda item=item: self.follow(item, followed))
         if not followed:
@@ -6401,6 +6437,17 @@ class JobMetricsPhase(PassPart):
             return False
         entry = self.journal.get(item["id"])
         return entry is None or entry.last_state != "PENDING"
+
+    def drop_another_job(self, item: Mapping[str, Any], followed: dict[int, MetricsJob]) -> None:
+        """Stop following a job that is not the active submission's: it was an earlier submission's
+        with the same id, before Jobbergate's database was recreated or restored."""
+        job = followed.get(item["id"])
+        if job is not None and job.slurm_job_id != item.get("slurm_job_id"):
+            log.warning("submission %d: no longer following the job metrics of Slurm job %d, which is not its job "
+                        "(%s): it was an earlier submission's with the same id", item["id"], job.slurm_job_id,
+                        item.get("slurm_job_id"), **log_fields(submission_id=item["id"], slurm_job_id=job.slurm_job_id))
+            self.journal.write_metric_marks({}, [item["id"]])
+            del followed[item["id"]]
 
     def follow(self, item: Mapping[str, Any], followed: dict[int, MetricsJob]) -> None:
         """Start following a submission: its marks from the API, which may hold rows already (a lost

@@ -51,7 +51,7 @@ import jobbergate_sync  # noqa: E402
 import provenance  # noqa: E402
 from fake_stack_config import JWT_KEY, write_fake_stack_config  # noqa: E402
 from fake_stack_http import LoopbackFakes  # noqa: E402
-from fakes import API, CLIENT_ID, ISSUER, METRICS_MAX_ROWS, SLURM, FakeIssuer, FakeJobbergate, FakeSlurm  # noqa: E402
+from fakes import API, ISSUER, METRICS_MAX_ROWS, SLURM, FakeIssuer, FakeJobbergate, FakeSlurm  # noqa: E402
 
 FIRST_JOB = 500_000
 HOSTS = 16
@@ -122,8 +122,7 @@ def prepare_journal(directory: Path, jobs: int, tasks: int, now: int, steady: bo
     (directory / "state").mkdir(mode=0o700)
     journal = jobbergate_sync.Journal(str(directory / "state" / "journal.sqlite3"))
     for number, job in enumerate(range(FIRST_JOB, FIRST_JOB + jobs), start=1):
-        journal.record_report(number, jobbergate_sync.submission_tag(CLIENT_ID, number),
-                              jobbergate_sync.StateReport(job, "RUNNING", None, "{}"))
+        journal.record_report(number, jobbergate_sync.StateReport(job, "RUNNING", None, "{}"))
         if steady:
             journal.follow_metrics(jobbergate_sync.MetricsJob(number, job, {
                 (mark["node_host"], mark["step"], mark["task"]): mark["max_time"] for mark in marks_of(job, tasks, now)}))

@@ -39,7 +39,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import jobbergate_sync  # noqa: E402
 import provenance  # noqa: E402
 from fake_stack_config import JWT_KEY, write_fake_stack_config  # noqa: E402
-from fakes import CLIENT_ID, SLURM, FakeIssuer, FakeJobbergate, FakeSlurm  # noqa: E402
+from fakes import SLURM, FakeIssuer, FakeJobbergate, FakeSlurm  # noqa: E402
 
 SCRIPT = b"""#!/bin/bash
 #SBATCH --job-name=bench
@@ -126,8 +126,7 @@ def active_child(directory: Path, version: str, size: int, prepare: bool) -> Non
             journal.db.execute("BEGIN")
             for submission_id in range(1, size + 1):
                 job_id = 100_000 + submission_id
-                journal.record_report(submission_id, jobbergate_sync.submission_tag(CLIENT_ID, submission_id),
-                                      jobbergate_sync.StateReport(job_id, "RUNNING", None, "{}"))
+                journal.record_report(submission_id, jobbergate_sync.StateReport(job_id, "RUNNING", None, "{}"))
             journal.db.execute("COMMIT")
             loaded = jobbergate_sync.load_config(config, {})
             http = jobbergate_sync.Http(jobbergate_sync.Deadline(600), 1, 0)

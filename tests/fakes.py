@@ -21,7 +21,7 @@ import jwt
 import requests
 import responses
 
-from jobbergate_sync import api_minor, main, unwrap_number
+from jobbergate_sync import api_minor, main, submission_tag, unwrap_number
 
 API = "http://api.test/jobbergate"
 ISSUER = "http://oidc.test/realms/jobbergate-local"
@@ -29,6 +29,12 @@ SLURM = "http://slurm.test:6820"
 INFLUXDB = "http://influx.test:8086"
 CLIENT_ID = "test-cluster"
 CLIENT_SECRET = "client-secret-value-42"
+SCRIPT_CREATED_AT = "2026-11-26T16:08:48.944717Z"  # every fake job script's creation time, as the API writes it
+
+
+def tag(submission_id: int, cluster: str = CLIENT_ID, script_created_at: str = SCRIPT_CREATED_AT) -> str:
+    """The tag the tool puts in the Slurm job of a fake submission."""
+    return submission_tag(cluster, submission_id, script_created_at)
 JWT_KEY = b"0123456789abcdef0123456789abcdef"
 
 # What each agent route of the API accepts (besides jobbergate:admin, except for the cluster ping).
@@ -172,7 +178,7 @@ class FakeJobbergate:
                        entrypoint: str = "job.sh", email: Optional[str] = None, name: Optional[str] = None,
                        status: str = "CREATED", sbatch_arguments: Optional[list[str]] = None,
                        execution_directory: Optional[str] = None, slurm_job_id: Optional[int] = None,
-                       script_id: Optional[int] = None) -> dict:
+                       script_id: Optional[int] = None, script_created_at: str = SCRIPT_CREATED_AT) -> dict:
         """script_id: the job script's id (default: one script per submission); submissions given
         the same id share that script's files, as a sweep of one job script does."""
         files = files if files is not None else {"job.sh": b"#!/bin/bash\necho hello\n"}
@@ -185,7 +191,7 @@ class FakeJobbergate:
             "client_id": CLIENT_ID, "slurm_job_id": slurm_job_id, "execution_parameters": {},
             "execution_directory": execution_directory, "sbatch_arguments": sbatch_arguments,
             "slurm_job_state": None, "report_message": None, "slurm_job_info": None,
-            "job_script": {"id": script_id, "name": "script", "owner_email": email, "files": [
+            "job_script": {"id": script_id, "name": "script", "owner_email": email, "created_at": script_created_at, "files": [
                 {"parent_id": script_id, "filename": filename,
                  "file_type": "ENTRYPOINT" if filename == entrypoint else "SUPPORT"} for filename in files]},
         }

@@ -269,6 +269,20 @@ def test_a_submission_gone_from_the_api_is_no_longer_followed(stack, influx, met
     assert [name for name, _, _ in stack.api.calls].count("metrics_put") == 2  # not tried again
 
 
+def test_a_followed_job_that_is_no_longer_the_submission_s_is_dropped(stack, influx, metrics_config, tmp_path) -> None:
+    """Jobbergate's database recreated or restored: submission 1 is another submission now, with job 202."""
+    running(stack, 1, 101)
+    influx.sample(101, NOW, RSS=1.0)
+    config = metrics_config()
+    assert run(config) == 0
+    running(stack, 1, 202)
+    stack.api.metrics.clear()
+    influx.sample(101, NOW + 10, RSS=5.0)
+    influx.sample(202, NOW + 10, RSS=2.0)
+    assert run(config) == 0
+    assert stored(stack, 1) == {(NOW + 10, "c1", 0, 0): 2.0}
+
+
 def test_influxdb_down_delays_the_metrics_and_nothing_else(stack, influx, metrics_config, tmp_path, capfd) -> None:
     job = running(stack, 1, 101)
     influx.sample(101, NOW, RSS=1.0)

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 import jobbergate_sync
-from fakes import journal_rows, run
+from fakes import journal_rows, run, tag
 from jobbergate_sync import CrashPoint
 
 SCRIPT = b"""#!/bin/bash
@@ -41,7 +41,7 @@ def test_happy_path_submits_writes_files_as_the_user_and_reports(stack, config_f
     assert job["standard_output"] == f"{workdir}/out-%j.txt"
     assert job["environment"] == {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": job_user.pw_dir,
                                   "USER": job_user.pw_name, "LOGNAME": job_user.pw_name}
-    assert job["comment"] == "jobbergate-sync:test-cluster:1"
+    assert job["comment"] == tag(1)
     for name, content in (("job.sh", SCRIPT), ("helper.sh", b"echo helper\n")):
         path = workdir / name
         assert path.read_bytes() == content

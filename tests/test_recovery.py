@@ -12,10 +12,11 @@ import pytest
 import requests
 
 import jobbergate_sync
-from fakes import journal_rows, run
+from fakes import journal_rows, run, tag
 from jobbergate_sync import CrashPoint
 
-TAG = "jobbergate-sync:test-cluster:1"
+TAG = tag(1)
+LEGACY_TAG = "jobbergate-sync:test-cluster:1"  # the id alone, as versions before the job script's time wrote it
 DBD_DOWN = (500, {"errors": [{"error_number": 7000, "error": "Unable to connect to database"}]})
 
 
@@ -87,7 +88,7 @@ def test_found_by_owner_name_directory_and_time_without_stored_comments(stack, s
         8: {"working_directory": "/elsewhere"},
         9: {"name": "another-name"},
         10: {"time": {"submission": int(intent_at) - 3600}},  # before the intent: an older run
-        11: {"comment": {"job": "jobbergate-sync:test-cluster:2", "administrator": None, "system": None}},
+        11: {"comment": {"job": tag(2), "administrator": None, "system": None}},
     }
     for job_id, differences in decoys.items():
         stack.slurm.accounting[job_id] = {**ours, "job_id": job_id, **differences}
@@ -235,7 +236,7 @@ def old_journal(tmp_path: Path, intent_created_at: float) -> Path:
     with sqlite3.connect(path) as db:
         db.execute(OLD_SCHEMA)
         db.execute("INSERT INTO submissions (submission_id, tag, username, created_at) VALUES (1, ?, 'alice', ?)",
-                   (TAG, intent_created_at))
+                   (LEGACY_TAG, intent_created_at))
         db.execute("INSERT INTO submissions (submission_id, tag, slurm_job_id, reported, last_state, created_at) "
                    "VALUES (2, 'jobbergate-sync:test-cluster:2', 200, 1, 'RUNNING', 5.0)")
     path.chmod(0o600)
@@ -267,6 +268,25 @@ def test_an_intent_from_an_old_journal_is_settled_by_tag_or_rejected(stack, conf
     assert stack.api.status(1) == "REJECTED"  # no record by tag, and no name and directory to search by
     assert "predates the job name and directory" in stack.api.submissions[1]["report_message"]
     assert stack.slurm.submitted == []
+
+
+def test_the_journal_s_record_of_an_earlier_submission_with_the_same_id_is_forgotten_and_this_one_submitted(
+        stack, config_file, email, tmp_path, capsys):
+    """Jobbergate's database recreated or restored: its submission 1 is not the one the journal holds."""
+    config = config_file()
+    stack.api.add_submission(1, email=email)
+    assert run(config) == 0
+    earlier_job = stack.api.submissions[1]["slurm_job_id"]
+    stack.api.add_submission(1, email=email, script_created_at="2026-12-04T09:15:02.118204Z")
+    capsys.readouterr()
+
+    assert run(config, "--log-format", "text") == 0
+
+    assert len(stack.slurm.submitted) == 2
+    assert stack.api.status(1) == "SUBMITTED" and stack.api.submissions[1]["slurm_job_id"] != earlier_job
+    assert stack.slurm.submitted[1]["job"]["comment"] == tag(1, script_created_at="2026-12-04T09:15:02.118204Z")
+    [warning] = warnings_of(capsys)
+    assert "forgetting the journal's record of an earlier submission with the same id" in warning and TAG in warning
 
 
 def test_a_pending_submissions_intent_is_kept_however_old(stack, never_reached_slurm, tmp_path):

@@ -23,7 +23,7 @@ from jobbergate_sync import (
 FAMILIES = [38, 39, 40, 42]
 BASE_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/home/alice", "USER": "alice"}
 WORKDIR = "/home/alice/jobs"
-TAG = "jobbergate-sync:my-cluster:42"
+TAG = jobbergate_sync.submission_tag("my-cluster", 42, "2026-11-26T16:08:48.944717Z")
 
 
 def build(args: Sequence[str] = (), family: int = 38, directives: Sequence[str] = (),
@@ -377,6 +377,34 @@ def test_comment_carries_the_tag(args: List[str], comment: str, family: int) -> 
     job = job_of(args, family)
     assert job["comment"] == comment
     assert jobbergate_sync.comment_has_tag(job["comment"], TAG)
+
+
+def test_the_tag_names_the_cluster_the_submission_and_its_job_script_s_creation_time() -> None:
+    assert TAG == "jobbergate-sync:my-cluster:42:20261126T160848.944717Z"
+
+
+@pytest.mark.parametrize("created_at", [None, 1764173328, ["2026"]])
+def test_a_job_script_without_a_creation_time_still_gives_a_tag(created_at: Any) -> None:
+    script = {"id": 3, "files": [entry()], **({} if created_at is None else {"created_at": created_at})}
+    submission = parse_pending(pending_item(job_script=script))
+    assert submission.script_created_at is None
+    assert jobbergate_sync.submission_tag("my-cluster", 42, submission.script_created_at) == "jobbergate-sync:my-cluster:42:"
+
+
+def test_a_submission_with_the_same_id_from_a_recreated_jobbergate_database_has_another_tag() -> None:
+    recreated = jobbergate_sync.submission_tag("my-cluster", 42, "2026-12-04T09:15:02.118204Z")
+    assert recreated != TAG
+    assert not jobbergate_sync.comment_has_tag(TAG, recreated)
+    assert not jobbergate_sync.comment_has_tag(recreated, TAG)
+    assert not jobbergate_sync.comment_has_tag("jobbergate-sync:my-cluster:42", TAG)  # what versions before this one wrote
+
+
+@pytest.mark.parametrize("created_at", ["2026-11-26 16:08:48+00:00", "a b\tc\n" * 20, "", None])
+def test_the_tag_is_one_word_of_bounded_length_whatever_the_creation_time(created_at: Optional[str]) -> None:
+    tag = jobbergate_sync.submission_tag("my-cluster", 42, created_at)
+    assert tag.startswith("jobbergate-sync:my-cluster:42:") and " " not in tag
+    assert len(tag) <= len("jobbergate-sync:my-cluster:42:") + jobbergate_sync.MAX_TAG_TIME_CHARACTERS
+    assert jobbergate_sync.comment_tag(jobbergate_sync.tagged_comment(tag, "the user's comment")) == tag
 
 
 # ---------------------------------------------------------------------------------------------
@@ -873,6 +901,7 @@ def pending_item(**overrides: Any) -> Dict[str, Any]:
         "job_script": {
             "id": 3,
             "name": "demo-script",
+            "created_at": "2026-11-26T16:08:48.944717Z",
             "files": [
                 {"parent_id": 3, "filename": "job.sh", "file_type": "ENTRYPOINT"},
                 {"parent_id": 3, "filename": "helpers.sh", "file_type": "SUPPORT"},
@@ -903,6 +932,7 @@ def test_parse_pending_valid_item() -> None:
     assert submission.id == 7
     assert submission.name == "demo"
     assert submission.owner_email == "alice@example.com"
+    assert submission.script_created_at == "2026-11-26T16:08:48.944717Z"
     assert submission.execution_directory == "/home/alice/jobs"
     assert submission.sbatch_arguments == ("--partition=debug", "--nodes=1")
     assert [(f.parent_id, f.filename, f.is_entrypoint) for f in submission.files] == [

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Optional
 import pytest
 
 import jobbergate_sync
-from fakes import check_lines, journal_rows, run
+from fakes import check_lines, journal_rows, run, tag
 from jobbergate_sync import (
     CommandResult,
     ItemError,
@@ -34,7 +34,7 @@ from jobbergate_sync import (
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "sbatch"
 VERSIONS = ("22.05", "24.11", "25.11")
 JSON_VERSIONS = ("24.11", "25.11")  # 22.05's squeue --json has a raw exit status, sacct's a wrong one
-TAG = "jobbergate-sync:cluster:7"
+TAG = tag(7, "cluster")
 ENVIRONMENT = {"PATH": "/usr/bin:/bin", "HOME": "/home/alice", "USER": "alice", "LOGNAME": "alice"}
 ALICE = LocalUser("alice", 1001, 1001, "/home/alice")
 
@@ -575,7 +575,7 @@ def test_a_pass_submits_through_sbatch_as_the_user_and_reports(stack, config_fil
                                                                tmp_path):
     script = b"#!/bin/bash\n#SBATCH --time=5\necho hi\n"
     stack.api.add_submission(1, {"job.sh": script}, email=email, sbatch_arguments=["--nodes=1"], name="my-sub")
-    tools.answer(sbatch=ok("4242\n"), squeue=squeue_answer(4242, "PENDING", "jobbergate-sync:test-cluster:1",
+    tools.answer(sbatch=ok("4242\n"), squeue=squeue_answer(4242, "PENDING", tag(1),
                                                                     job_user.pw_name),
                  **{"squeue --json --states=all": ok('{"jobs": []}')})  # before the submit
 
@@ -584,7 +584,7 @@ def test_a_pass_submits_through_sbatch_as_the_user_and_reports(stack, config_fil
     [sbatch] = tools.calls("sbatch")
     directory = str(exec_root / job_user.pw_name)
     assert sbatch["argv"] == ["--parsable", "--ignore-pbs", "--nodes=1", "--job-name=my-sub",
-                              "--comment=jobbergate-sync:test-cluster:1"]
+                              f"--comment={tag(1)}"]
     assert sbatch["uid"] == job_user.pw_uid and sbatch["gid"] == job_user.pw_gid
     assert sbatch["groups"] == sorted(set(os.getgrouplist(job_user.pw_name, job_user.pw_gid)))
     assert sbatch["cwd"] == directory and sbatch["stdin"] == script.decode()
@@ -636,7 +636,7 @@ def test_a_pass_with_slurmctld_down_exits_69_and_leaves_the_submission_created(s
 
 def test_a_pass_updates_and_cancels_as_the_owner(stack, config_file, tools, email, job_user):
     stack.api.add_submission(1, email=email, status="CANCELLED", slurm_job_id=77)
-    tools.answer(squeue=squeue_answer(77, "RUNNING", "jobbergate-sync:test-cluster:1", job_user.pw_name))
+    tools.answer(squeue=squeue_answer(77, "RUNNING", tag(1), job_user.pw_name))
     run(config_file(**tools.settings()))
     [scancel] = tools.calls("scancel")
     assert scancel["argv"] == ["77"] and scancel["uid"] == job_user.pw_uid
@@ -654,7 +654,7 @@ def test_dry_run_prints_the_sbatch_command_and_runs_none(stack, config_file, too
     stack.api.add_submission(1, email=email, sbatch_arguments=["--time=5"], name="dry")
     assert run(config_file(**tools.settings()), "--dry-run") == 0
     out = capsys.readouterr().out
-    assert "sbatch --parsable --ignore-pbs --time=5 --job-name=dry --comment=jobbergate-sync:test-cluster:1" in out
+    assert "sbatch --parsable --ignore-pbs --time=5 --job-name=dry --comment=" + tag(1) in out
     assert tools.calls("sbatch") == []
 
 

@@ -17,11 +17,10 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 import jobbergate_sync
-from fakes import FIXTURES, capture, check_lines, journal_rows, ping_of_controllers, run, slurm_of
+from fakes import FIXTURES, capture, check_lines, journal_rows, ping_of_controllers, run, slurm_of, tag
 from jobbergate_sync import Controller, CrashPoint, controllers_from_ping, controllers_from_scontrol
 
 PING_CAPTURES = sorted(path.name for path in FIXTURES.glob("v0.0.*_ping_*.json"))
-TAG = "jobbergate-sync:test-cluster:{}"
 SCONTROL_CAPTURES = sorted((FIXTURES.parent / "sbatch").glob("*/scontrol_ping.json"))
 
 
@@ -244,13 +243,13 @@ def test_the_host_taking_over_adopts_the_jobs_the_other_submitted_with_one_read(
     for submission_id in range(1, 6):
         stack.api.add_submission(submission_id, email=email)
     for submission_id in (1, 3):  # head1 submitted them, then died before reporting
-        stack.slurm.add_job(500 + submission_id, "RUNNING", user=job_user.pw_name, comment=TAG.format(submission_id))
+        stack.slurm.add_job(500 + submission_id, "RUNNING", user=job_user.pw_name, comment=tag(submission_id))
     stack.slurm.requests.clear()
 
     assert run(backup) == 0
 
     assert stack.api.submissions[1]["slurm_job_id"] == 501 and stack.api.submissions[3]["slurm_job_id"] == 503
-    assert sorted(entry["job"]["comment"] for entry in stack.slurm.submitted) == [TAG.format(i) for i in (2, 4, 5)]
+    assert sorted(entry["job"]["comment"] for entry in stack.slurm.submitted) == [tag(i) for i in (2, 4, 5)]
     assert {row[:3] for row in journal_rows(tmp_path / "head2")} >= {(1, 501, 1), (3, 503, 1)}
     before_first_submit = stack.slurm.requests[:next(i for i, r in enumerate(stack.slurm.requests) if r[0] == "POST")]
     assert [url for _, url, _ in before_first_submit if "/job" in url] == ["http://slurm.test:6820/slurm/v0.0.38/jobs"]
@@ -263,7 +262,7 @@ def test_the_host_taking_over_adopts_the_jobs_the_other_submitted_with_one_read(
 def test_a_purged_job_of_the_other_host_is_adopted_from_slurmdbd(stack, config_file, email, job_user, tmp_path):
     backup = take_over(stack, config_file, tmp_path, **{"slurmrestd.slurmdbd": "true"})
     stack.api.add_submission(1, email=email)
-    stack.slurm.add_job(501, "COMPLETED", user=job_user.pw_name, comment=TAG.format(1))
+    stack.slurm.add_job(501, "COMPLETED", user=job_user.pw_name, comment=tag(1))
     stack.slurm.purge(501, submitted_at=time.time() - 900)
 
     assert run(backup) == 0
@@ -275,7 +274,7 @@ def test_a_purged_job_of_the_other_host_is_adopted_from_slurmdbd(stack, config_f
 def test_a_job_with_the_tag_owned_by_someone_else_is_never_adopted(stack, config_file, email, tmp_path, capsys):
     backup = take_over(stack, config_file, tmp_path)
     stack.api.add_submission(1, email=email)
-    stack.slurm.add_job(501, "RUNNING", user="mallory", comment=TAG.format(1))
+    stack.slurm.add_job(501, "RUNNING", user="mallory", comment=tag(1))
     capsys.readouterr()
 
     assert run(backup) == 0
@@ -287,11 +286,32 @@ def test_a_job_with_the_tag_owned_by_someone_else_is_never_adopted(stack, config
 def test_a_pass_without_a_journal_settles_before_submitting(stack, config_file, email, job_user, tmp_path):
     """One head node, state directory lost: the jobs its earlier passes submitted are adopted."""
     stack.api.add_submission(1, email=email)
-    stack.slurm.add_job(501, "PENDING", user=job_user.pw_name, comment=TAG.format(1))
+    stack.slurm.add_job(501, "PENDING", user=job_user.pw_name, comment=tag(1))
 
     assert run(config_file()) == 0
 
     assert stack.slurm.submitted == [] and stack.api.submissions[1]["slurm_job_id"] == 501
+
+
+@pytest.mark.parametrize("where", ["slurmctld", "slurmdbd"])
+def test_the_job_of_an_earlier_jobbergate_database_s_submission_with_the_same_id_is_not_adopted(
+        stack, config_file, email, job_user, where):
+    """A recreated or restored Jobbergate database hands out ids from 1 again; slurmdbd still holds the
+    jobs of the earlier submission 1, tagged with its id and its job script's creation time, or (before
+    the tag had one) with its id alone. Neither is this submission's job: it is submitted."""
+    config = config_file(**({"slurmrestd.slurmdbd": "true"} if where == "slurmdbd" else {}))
+    stack.api.add_submission(1, email=email, script_created_at="2026-12-04T09:15:02.118204Z")
+    stack.slurm.add_job(501, "COMPLETED", user=job_user.pw_name, comment=tag(1))  # the earlier database's
+    stack.slurm.add_job(502, "COMPLETED", user=job_user.pw_name, comment="jobbergate-sync:test-cluster:1")
+    if where == "slurmdbd":
+        for job_id in (501, 502):
+            stack.slurm.purge(job_id, submitted_at=time.time() - 900)
+
+    assert run(config) == 0
+
+    [submitted] = stack.slurm.submitted
+    assert submitted["job"]["comment"] == tag(1, script_created_at="2026-12-04T09:15:02.118204Z")
+    assert stack.api.submissions[1]["slurm_job_id"] not in (501, 502)
 
 
 def test_killed_after_slurm_accepted_the_job_then_the_other_host_takes_over(stack, config_file, email, tmp_path,

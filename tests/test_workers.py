@@ -16,7 +16,7 @@ import pytest
 import requests
 
 import jobbergate_sync
-from fakes import API, run
+from fakes import API, run, tag
 from jobbergate_sync import CrashPoint, DownloadCache, ScriptFile
 
 SWEEP_FILES = {"job.sh": b"#!/bin/bash\n#SBATCH --time=5\necho sweep\n", "input.txt": b"shared input\n"}
@@ -220,7 +220,7 @@ def test_one_worker_and_four_give_the_same_outcomes_and_counts(stack, config_fil
     summary = summary_of(capsys)
     assert (summary["submitted"], summary["rejected"], summary["updated"], summary["errors"]) == (10, 3, 3, 0)
     assert sorted(job["job"]["comment"] for job in stack.slurm.submitted) == sorted(
-        f"jobbergate-sync:test-cluster:{i}" for i in range(1, 11))
+        tag(i) for i in range(1, 11))
 
 
 @pytest.mark.parametrize("point", [CrashPoint.AFTER_JOURNAL_INTENT, CrashPoint.AFTER_SLURM_SUBMIT,
@@ -234,11 +234,11 @@ def test_exactly_once_with_four_workers_when_the_pass_dies_mid_way(stack, config
     assert run(config) == 0
 
     comments = [job["job"]["comment"] for job in stack.slurm.submitted]
-    assert sorted(comments) == sorted(f"jobbergate-sync:test-cluster:{i}" for i in range(1, 13))  # each once
+    assert sorted(comments) == sorted(tag(i) for i in range(1, 13))  # each once
     for submission_id in range(1, 13):
         submission = stack.api.submissions[submission_id]
         assert submission["status"] == "SUBMITTED"
-        assert stack.slurm.jobs[submission["slurm_job_id"]]["comment"] == f"jobbergate-sync:test-cluster:{submission_id}"
+        assert stack.slurm.jobs[submission["slurm_job_id"]]["comment"] == tag(submission_id)
 
 
 def test_a_dry_run_prints_its_plan_in_the_pending_order_whichever_worker_ends_first(stack, config_file, email,

@@ -5,6 +5,11 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from helpers import unique
+from jobbergate_sync import submission_tag
+
+# submission id -> when its job script was created: part of the tag, which agent/pending gives with the
+# job script but a submission's own answers do not
+script_created_at: dict[int, str] = {}
 
 
 def new_submission(user: Any, files: dict[str, bytes], *, entrypoint: Optional[str] = None,
@@ -12,8 +17,10 @@ def new_submission(user: Any, files: dict[str, bytes], *, entrypoint: Optional[s
                    client_id: str = "local-slurm") -> dict[str, Any]:
     """A job script with `files` (the first one is the entrypoint) and one submission of it."""
     script = user.create_job_script(unique("script"), files, entrypoint=entrypoint or next(iter(files)))
-    return user.create_submission(script["id"], unique("sub"), client_id=client_id,
-                                  execution_directory=execution_directory, sbatch_arguments=sbatch_arguments)
+    submission = user.create_submission(script["id"], unique("sub"), client_id=client_id,
+                                        execution_directory=execution_directory, sbatch_arguments=sbatch_arguments)
+    script_created_at[submission["id"]] = script["created_at"]
+    return submission
 
 
 def status_of(user: Any, submission: dict[str, Any]) -> str:
@@ -21,7 +28,8 @@ def status_of(user: Any, submission: dict[str, Any]) -> str:
 
 
 def tag(submission: dict[str, Any], cluster: str = "local-slurm") -> str:
-    return f"jobbergate-sync:{cluster}:{submission['id']}"
+    """The tag of a submission made by new_submission."""
+    return submission_tag(cluster, submission["id"], script_created_at[submission["id"]])
 
 
 def job_for(slurm: Any, submission: dict[str, Any], cluster: str = "local-slurm") -> list[dict[str, Any]]:

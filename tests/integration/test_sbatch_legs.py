@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import helpers
-from jobbergate_sync import Rejection, build_sbatch_request
-from scenario import new_submission, status_of
+from jobbergate_sync import Rejection, build_sbatch_request, comment_has_tag
+from scenario import new_submission, status_of, tag
 from tool import Tool
 
 
@@ -61,12 +61,12 @@ def test_slurmctld_stopped_exits_69_leaves_the_submission_created_then_submits_o
     services.start(f"slurmctld@{leg}")
     tool.run_until(lambda: status_of(alice, sub) in ("SUBMITTED", "DONE"))
     job_id = alice.get_submission(sub["id"])["slurm_job_id"]
-    tag = f"jobbergate-sync:sbatch-{leg}:{sub['id']}"
+    sub_tag = tag(sub, f"sbatch-{leg}")
 
     def accounted() -> list[str]:
         listing = helpers.slurm_cli("sacct", "-n", "-X", "-P", "-o", "JobIDRaw,Comment", "--starttime=now-15minutes",
                                     leg=leg).stdout
-        return [line.split("|", 1)[0] for line in listing.splitlines() if line.split("|", 1)[-1].startswith(tag)]
+        return [line.split("|", 1)[0] for line in listing.splitlines() if comment_has_tag(line.split("|", 1)[-1], sub_tag)]
 
     helpers.wait_for(accounted, 60, 1, f"slurmdbd's record of job {job_id}")
     assert accounted() == [str(job_id)]  # submitted exactly once
