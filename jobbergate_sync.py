@@ -1958,13 +1958,18 @@ class SbatchRequest:
 MAX_TAG_TIME_CHARACTERS = 32  # an ISO 8601 time with microseconds and an offset fits in 28
 
 
+def id_only_tag(cluster: str, submission_id: int) -> str:
+    """The tag as versions before submission_tag had the job script's time wrote it: journals may still hold it."""
+    return f"jobbergate-sync:{cluster}:{submission_id}"
+
+
 def submission_tag(cluster: str, submission_id: int, script_created_at: Optional[str]) -> str:
     """The mark put in the Slurm job's comment so a later pass can find the job after a crash: the
     submission's id and when its job script was created (letters and digits only: 2026-11-26T16:08:48.9Z
     gives 20261126T160848.9Z). The id alone is not enough: a recreated or restored Jobbergate database
     hands out ids from 1 again while slurmdbd keeps the jobs tagged with the old ones."""
     created = re.sub(r"[^0-9A-Za-z.]", "", script_created_at or "")[:MAX_TAG_TIME_CHARACTERS]
-    return f"jobbergate-sync:{cluster}:{submission_id}:{created}"
+    return f"{id_only_tag(cluster, submission_id)}:{created}"
 
 
 def comment_has_tag(comment: Any, tag: str) -> bool:
@@ -5684,7 +5689,7 @@ class EarlierSubmit(PassPart):
         journal): the Slurm jobs carrying a pending submission's tag, from one read of slurmctld, then,
         for the submissions it holds none of, one read of slurmdbd (their owners' jobs of the last
         STALE_INTENT_SECONDS, how long a journal keeps an unreported submit)."""
-        by_tag = {submission_tag(self.cluster, item["id"], script_created_at(item)): item["id"] for item in pending}
+        by_tag = {self.tag_of(item): item["id"] for item in pending}
         found: dict[int, list[TaggedJob]] = {}
         for job_id, records in self.slurm.jobs().items():
             submission_id = next((by_tag[tag] for tag in (comment_tag(job.get("comment")) for job in records)
@@ -5758,10 +5763,13 @@ class EarlierSubmit(PassPart):
         log.info("submission %d: adopting Slurm job %d, found in %s with its tag: a pass on the head node active "
                  "before submitted it", submission_id, kept.job_id, kept.where, **log_fields(submission_id=submission_id,
                                                                                       slurm_job_id=kept.job_id))
-        self.journal.record_adopted(submission_id, submission_tag(self.cluster, submission_id, script_created_at(item)),
-                                    owner, kept.job_id)
+        self.journal.record_adopted(submission_id, self.tag_of(item), owner, kept.job_id)
         self.context.report_submitted(submission_id, kept.job_id, kept.report)
         return True
+
+    def tag_of(self, item: Mapping[str, Any]) -> str:
+        """The tag of a pending item's job."""
+        return submission_tag(self.cluster, item["id"], script_created_at(item))
 
     def journal_entry_of(self, item: Mapping[str, Any]) -> Optional[JournalEntry]:
         """The journal's record of a pending submission. A record with another tag is of an earlier
@@ -5770,8 +5778,8 @@ class EarlierSubmit(PassPart):
         wrote it, the id alone, is this submission's, as those versions took it."""
         submission_id = item["id"]
         entry = self.journal.get(submission_id)
-        tag = submission_tag(self.cluster, submission_id, script_created_at(item))
-        if entry is None or entry.tag in (tag, f"jobbergate-sync:{self.cluster}:{submission_id}"):
+        tag = self.tag_of(item)
+        if entry is None or entry.tag in (tag, id_only_tag(self.cluster, submission_id)):
             return entry
         log.warning("submission %d: forgetting the journal's record of an earlier submission with the same id "
                     "(tag %r, Slurm job %s; this one's tag is %r): Jobbergate's database was recreated or restored",
